@@ -1,0 +1,53 @@
+# ulp: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+BUILD := build
+CC := gcc
+RUNTIME_CFLAGS := -O2 -g -fPIC -Wall -Wextra -Werror -std=gnu11 -fvisibility=hidden \
+	-fno-omit-frame-pointer -D_GNU_SOURCE
+RUNTIME_SRCS := $(wildcard runtime/*.c) $(wildcard runtime/*.S)
+RUNTIME_HDRS := $(wildcard runtime/*.h)
+RUNTIME := runtime/libulp.so
+
+.PHONY: all setup system-deps venv runtime demo test bench lint clean
+
+all: setup
+
+setup: system-deps venv runtime
+
+# Tools the suite runs besides Python: installed with apt-get when missing (as root).
+system-deps:
+	@missing=""; for tool in gcc gdb make; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc gdb make; \
+		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+runtime: $(RUNTIME)
+
+$(RUNTIME): $(RUNTIME_SRCS) $(RUNTIME_HDRS)
+	$(CC) $(RUNTIME_CFLAGS) -shared -o $@ $(RUNTIME_SRCS) -ldl -lpthread
+
+demo: setup
+	$(VENV)/bin/python demo/run_demo.py
+
+test: setup
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/python bench/run_bench.py
+
+lint: venv
+	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench
+
+clean:
+	rm -rf $(BUILD) $(RUNTIME) $(VENV)

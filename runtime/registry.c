@@ -1,0 +1,143 @@
+/* Prepared libraries known to the runtime, and the per-thread records the
+ * tracker keeps for each of them.
+ *
+ * A library registers itself the first time any thread enters it (the
+ * tracker's slow path) or when a patch for it is prepared.  Registration
+ * gives the library a slot in every thread's static TLS and completes its
+ * function descriptors in place.  It runs on arbitrary application threads
+ * at a function entry, so this file uses no vector registers (the tracker
+ * saves only the integer argument registers), takes no locks and calls
+ * nothing but raw system calls. */
+#pragma GCC target("general-regs-only")
+
+#include <link.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+
+#include "ulp_internal.h"
+
+/* The global universe G.  It only grows; a thread takes its value at an
+ * external entry into a library. */
+ULP_HIDDEN uint64_t ulp_global_universe = 1;
+
+/* One record per library per thread; the last is shared by the libraries
+ * beyond ULP_MAX_LIBS, which are tracked but cannot be patched. */
+static __thread struct ulp_thread_record records[ULP_MAX_LIBS + 1]
+    __attribute__((tls_model("initial-exec"), aligned(64)));
+
+static struct ulp_lib_desc *libraries[ULP_MAX_LIBS];
+static int nlibraries;
+
+#define STATE_REGISTERING (-1)
+#define STATE_OVERFLOW (-2)
+
+static long raw_syscall4(long nr, long a, long b, long c, long d)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+
+static int64_t record_offset(int slot)
+{
+    char *thread_pointer;
+    __asm__("movq %%fs:0, %0" : "=r"(thread_pointer));
+    return (char *)&records[slot] - thread_pointer;
+}
+
+static void complete_descriptors(struct ulp_lib_desc *lib, int64_t tls_offset)
+{
+    for (uint32_t i = 0; i < lib->nfuncs; i++) {
+        struct ulp_func_desc *fd = ulp_lib_func(lib, i);
+        fd->original.target = (char *)fd + fd->body_delta;
+        fd->versions = &fd->original;
+        __atomic_store_n(&fd->tls_offset, tls_offset, __ATOMIC_RELEASE);
+    }
+}
+
+/* Signals stay blocked while registering: a handler entering the same
+ * library on this thread would otherwise wait for itself. */
+ULP_HIDDEN int ulp_register_library(struct ulp_lib_desc *lib)
+{
+    uint64_t all = ~0ull, saved;
+    raw_syscall4(SYS_rt_sigprocmask, SIG_BLOCK, (long)&all, (long)&saved, 8);
+
+    int64_t expected = 0;
+    if (__atomic_compare_exchange_n(&lib->state, &expected, STATE_REGISTERING, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        int slot = __atomic_fetch_add(&nlibraries, 1, __ATOMIC_ACQ_REL);
+        int usable = slot < ULP_MAX_LIBS;
+        complete_descriptors(lib, record_offset(usable ? slot : ULP_MAX_LIBS));
+        if (usable)
+            __atomic_store_n(&libraries[slot], lib, __ATOMIC_RELEASE);
+        __atomic_store_n(&lib->state, usable ? slot + 1 : STATE_OVERFLOW, __ATOMIC_RELEASE);
+    } else {
+        while (__atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == STATE_REGISTERING)
+            __builtin_ia32_pause();
+    }
+
+    raw_syscall4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&saved, 0, 8);
+    return __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) > 0;
+}
+
+/* Called by the tracker with a descriptor whose library is not registered. */
+ULP_HIDDEN void ulp_register_function(struct ulp_func_desc *fd)
+{
+    ulp_register_library(ulp_func_lib(fd));
+}
+
+struct search {
+    uint64_t address;
+    int found;
+};
+
+static int find_writable_segment(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct search *search = data;
+    (void)size;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uint64_t start = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && search->address >= start &&
+            search->address + sizeof(struct ulp_lib_desc) <= start + ph->p_memsz) {
+            search->found = 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The library descriptor at ADDRESS, if it lies in a loaded object and
+ * looks like one; NULL otherwise.  ADDRESS comes from the trigger. */
+ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address)
+{
+    struct search search = {address, 0};
+    if (address % 8 != 0)
+        return NULL;
+    dl_iterate_phdr(find_writable_segment, &search);
+    if (!search.found)
+        return NULL;
+    struct ulp_lib_desc *lib = (struct ulp_lib_desc *)address;
+    if (memcmp(lib->magic, ULP_LIB_MAGIC, 8) != 0 || lib->layout_version != ULP_LAYOUT_VERSION)
+        return NULL;
+    return lib;
+}
+
+/* For tests and statistics: external entries this thread made into every
+ * prepared library. */
+ULP_EXPORT uint64_t ulp_thread_external_entries(void)
+{
+    uint64_t total = 0;
+    for (int i = 0; i <= ULP_MAX_LIBS; i++)
+        total += records[i].entries;
+    return total;
+}
+
+/* For tests and the ulp command: the current global universe. */
+ULP_EXPORT uint64_t ulp_global_universe_value(void)
+{
+    return __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,88 @@
+/* What the trigger and the runtime exchange (ABI version 1).
+ *
+ * The runtime exports one object, ulp_mailbox.  The trigger writes a request
+ * into it through /proc/PID/mem, then makes the runtime's agent thread call
+ * ulp_mailbox.dispatch (see trigger/agent.py).  The agent answers with a
+ * status, a message and an incremented serial.  ulp/agent_abi.py mirrors
+ * this file. */
+#ifndef ULP_ABI_H
+#define ULP_ABI_H
+
+#include <stdint.h>
+
+#define ULP_MAILBOX_MAGIC "ULPMBOX"
+#define ULP_ABI_VERSION 1
+#define ULP_MESSAGE_MAX 512
+#define ULP_REQUEST_MAX (256 * 1024)
+
+enum ulp_agent_state {
+    ULP_AGENT_STARTING = 0,
+    ULP_AGENT_IDLE = 1,
+    ULP_AGENT_BUSY = 2,
+};
+
+struct ulp_mailbox {
+    char magic[8];
+    uint32_t abi_version;
+    uint32_t state;             /* enum ulp_agent_state */
+    int32_t agent_tid;
+    uint32_t serial;            /* incremented when a request is answered */
+    int32_t status;             /* enum ulp_status of the last request */
+    uint32_t request_size;
+    uint64_t dispatch;          /* address the trigger makes the agent call */
+    uint64_t call_stack_top;    /* the stack that call runs on */
+    uint64_t universe_address;  /* where the global universe lives */
+    uint64_t reserved[3];
+    char message[ULP_MESSAGE_MAX];
+    uint8_t request[ULP_REQUEST_MAX];
+};
+
+enum ulp_op {
+    ULP_OP_PREPARE = 1,         /* load a patch; its versions stay invisible */
+    ULP_OP_COMMIT = 2,          /* publish the prepared patch: G := G + 1 */
+    ULP_OP_REVERT = 3,
+    ULP_OP_ABORT = 4,           /* drop a prepared, uncommitted patch */
+    ULP_OP_STATUS = 5,          /* list the applied patches in the message */
+};
+
+enum ulp_status {
+    ULP_OK = 0,
+    ULP_E_BAD_REQUEST = 1,
+    ULP_E_NOT_ULP_LIBRARY = 2,
+    ULP_E_TARGET_MISMATCH = 3,
+    ULP_E_PATCH_OPEN = 4,
+    ULP_E_PATCH_HASH = 5,
+    ULP_E_PATCH_LOAD = 6,
+    ULP_E_PATCH_SYMBOL = 7,
+    ULP_E_ALREADY_APPLIED = 8,
+    ULP_E_NOT_APPLIED = 9,
+    ULP_E_DEPENDENCY = 10,
+    ULP_E_DEPENDENT = 11,
+    ULP_E_NO_MEMORY = 12,
+    ULP_E_TOO_MANY_LIBS = 13,
+    ULP_E_NOT_PENDING = 14,
+};
+
+/* The request: this header, then ndeps patch ids (16 bytes each), then
+ * nunits struct ulp_request_unit, then strings_size bytes of strings. */
+struct ulp_request {
+    uint32_t op;
+    uint32_t nunits;
+    uint32_t ndeps;
+    uint32_t strings_size;
+    uint8_t patch_id[16];
+    uint64_t lib_desc;          /* address of the target's struct ulp_lib_desc */
+    uint8_t identity[32];
+    uint8_t so_sha256[32];
+    uint32_t so_path;           /* offset into the strings */
+    uint32_t reserved;
+};
+
+struct ulp_request_unit {
+    uint32_t index;             /* function index in the target library */
+    uint32_t name;              /* offset of the replacement's name */
+};
+
+_Static_assert(sizeof(struct ulp_request) == 112, "request layout");
+_Static_assert(__builtin_offsetof(struct ulp_mailbox, message) == 80, "mailbox layout");
+#endif

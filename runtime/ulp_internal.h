@@ -1,0 +1,30 @@
+/* Declarations shared by the runtime's source files. */
+#ifndef ULP_INTERNAL_H
+#define ULP_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ulp_abi.h"
+#include "ulp_layout.h"
+
+#define ULP_HIDDEN __attribute__((visibility("hidden")))
+#define ULP_EXPORT __attribute__((visibility("default")))
+#define ULP_MAX_LIBS 64
+
+/* registry.c: prepared libraries and per-thread records */
+extern uint64_t ulp_global_universe;
+int ulp_register_library(struct ulp_lib_desc *lib);
+struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address);
+void ulp_register_function(struct ulp_func_desc *fd);
+
+/* patch.c: patches, their versions and universes */
+int ulp_handle_request(const struct ulp_request *req, uint32_t size,
+                       char *message, size_t message_size);
+
+/* sha256.c */
+int ulp_sha256_fd(int fd, uint8_t digest[32]);
+
+/* agent.c */
+void ulp_agent_idle(void) __attribute__((noreturn));
+#endif

@@ -1,0 +1,109 @@
+"""Building test programs and driving the ulp commands and live targets."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+C_DIR = ROOT / "tests" / "c"
+RUNTIME = ROOT / "runtime" / "libulp.so"
+BIN_DIR = Path(sys.executable).parent
+PATCHABLE = "-fpatchable-function-entry=16,14"
+TIMEOUT = 30.0
+
+
+def cc(out: Path, sources: list[Path | str], *flags: str) -> Path:
+    """Compile with gcc; fail the test with gcc's message if it fails."""
+    command = ["gcc", "-g", "-O2", "-Wall", "-o", str(out), *map(str, sources), *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)}\n{result.stderr}")
+    return out
+
+
+def shared_library(out: Path, sources: list[Path | str], *flags: str,
+                   patchable: bool = True) -> Path:
+    extra = [PATCHABLE] if patchable else []
+    return cc(out, sources, "-shared", "-fPIC", *extra, *flags)
+
+
+def tool(name: str, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run one of the ulp console scripts as a user would."""
+    return subprocess.run([str(BIN_DIR / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class LiveProcess:
+    """A spawned program whose stdout lines are read with a timeout."""
+
+    def __init__(self, argv: list[str | Path], env: dict[str, str] | None = None,
+                 preload_runtime: bool = True, cwd: Path | None = None) -> None:
+        full_env = dict(os.environ)
+        full_env.pop("LD_PRELOAD", None)
+        if preload_runtime:
+            full_env["LD_PRELOAD"] = str(RUNTIME)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(list(map(str, argv)), stdout=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=full_env, cwd=cwd, bufsize=1)
+        self.pid = self.proc.pid
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def next_line(self, timeout: float = TIMEOUT) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"process {self.pid} printed nothing for {timeout}s") from None
+        if line is None:
+            stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
+            raise AssertionError(f"process {self.pid} ended ({self.proc.poll()}): {stderr}")
+        return line
+
+    def wait_for(self, predicate, timeout: float = TIMEOUT) -> str:
+        """Read lines until one satisfies ``predicate``; return it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"process {self.pid}: expected line not seen")
+            line = self.next_line(remaining)
+            if predicate(line):
+                return line
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=TIMEOUT)
+        for stream in (self.proc.stdout, self.proc.stdin, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> LiveProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,73 @@
+"""ulp-trigger: apply or revert a packed patch in a running process."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ulp.errors import ExitCode, UlpError, run_cli
+from ulp.metadata import read_patch
+from ulp.process import Process
+from ulp.trigger import transition
+from ulp.trigger.tracee import block_sigchld
+
+DESCRIPTION = """\
+Apply PATCH (a file written by ulp-packer) to the running process PID, or
+revert it with --revert.  A reverse patch file (NAME.rev.ulp) reverts without
+--revert.  The process must run with the ulp runtime preloaded
+(LD_PRELOAD=libulp.so) and have the patch's target library loaded.
+
+Threads switch to the new code one by one, each at its next call into the
+library from outside it.  Applying an applied patch changes nothing and exits
+with code 12; every other refusal leaves the process as it was.
+"""
+
+EPILOG = """\
+exit codes: 0 done, 3 file missing, 4 malformed patch file, 6 no such process,
+7 permission denied, 8 no ulp runtime in the process, 9 target library not
+loaded, 10 wrong target library, 11 patch object missing/changed/incomplete,
+12 already applied, 13 not applied, 14 dependency, 15 busy or timed out
+(retryable), 16 the process exited.  See docs/exit-codes.md.
+"""
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ulp-trigger", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pid", type=int, metavar="PID", help="the process to patch")
+    parser.add_argument("patch", metavar="PATCH", help="patch file written by ulp-packer")
+    parser.add_argument("--revert", action="store_true", help="revert PATCH instead")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="bound for every wait on the process (default: 10)")
+    parser.add_argument("--retries", type=int, default=0, metavar="N",
+                        help="retry N times when the process is busy (exit code 15)")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None) -> int:
+    args = parse_arguments(argv)
+    metadata = read_patch(args.patch)
+    reverting = args.revert or metadata.reverse
+    block_sigchld()
+    for attempt in range(args.retries + 1):
+        process = Process(args.pid)
+        try:
+            if reverting:
+                transition.revert(process, metadata, args.timeout)
+                print(f"reverted patch {metadata.patch_id_hex} in process {args.pid}")
+            else:
+                transition.apply(process, metadata, args.timeout)
+                names = ", ".join(unit.old_name for unit in metadata.units)
+                print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {names}")
+            return ExitCode.OK
+        except UlpError as error:
+            if error.exit_code != ExitCode.RETRY or attempt == args.retries:
+                raise
+            time.sleep(0.1)
+        finally:
+            process.close()
+    return ExitCode.FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("ulp-trigger", run, argv)

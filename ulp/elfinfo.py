@@ -1,0 +1,102 @@
+"""Reading ELF files (pyelftools), with errors a user can act on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ulp.errors import ExitCode, UlpError
+
+
+@contextlib.contextmanager
+def open_elf(path: str) -> Iterator[ELFFile]:
+    """Open ``path`` as an ELF file or raise a UlpError naming the problem."""
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
+    except IsADirectoryError:
+        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
+    except PermissionError:
+        raise UlpError(f"{path}: permission denied", ExitCode.FILE_MISSING) from None
+    with stream:
+        try:
+            elf = ELFFile(stream)
+        except ELFError:
+            raise UlpError(f"{path}: not an ELF file", ExitCode.BAD_INPUT) from None
+        try:
+            yield elf
+        except ELFError as error:
+            raise UlpError(f"{path}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
+
+
+def require_x86_64_shared_object(elf: ELFFile, path: str) -> None:
+    if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
+        raise UlpError(f"{path}: not an x86-64 ELF file", ExitCode.BAD_INPUT)
+    if elf["e_type"] != "ET_DYN" or elf.get_section_by_name(".dynamic") is None:
+        raise UlpError(f"{path}: not a shared object", ExitCode.BAD_INPUT)
+    if _is_pie_executable(elf):
+        raise UlpError(f"{path}: not a shared object (a position-independent executable)",
+                       ExitCode.BAD_INPUT)
+
+
+_DF_1_PIE = 0x08000000
+
+
+def _is_pie_executable(elf: ELFFile) -> bool:
+    """PIE executables are ET_DYN too; the linker marks them with DF_1_PIE."""
+    dynamic = elf.get_section_by_name(".dynamic")
+    for tag in dynamic.iter_tags():
+        if tag.entry.d_tag == "DT_FLAGS_1":
+            return bool(tag.entry.d_val & _DF_1_PIE)
+    return False
+
+
+def build_id(elf: ELFFile) -> bytes:
+    """The GNU build-id note of ``elf``, or b"" if it has none."""
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOTE":
+            continue
+        for note in section.iter_notes():
+            if note["n_type"] == "NT_GNU_BUILD_ID":
+                return bytes.fromhex(note["n_desc"])
+    return b""
+
+
+def dynamic_symbol_value(elf: ELFFile, name: str) -> int | None:
+    """The st_value of defined dynamic symbol ``name``, or None."""
+    dynsym = elf.get_section_by_name(".dynsym")
+    if dynsym is None:
+        return None
+    for symbol in dynsym.get_symbol_by_name(name) or ():
+        if symbol["st_shndx"] != "SHN_UNDEF":
+            return symbol["st_value"]
+    return None
+
+
+def read_vaddr(elf: ELFFile, vaddr: int, size: int) -> bytes:
+    """The file bytes that load at ``vaddr`` (from a PT_LOAD segment)."""
+    for segment in elf.iter_segments(type="PT_LOAD"):
+        start, filesz = segment["p_vaddr"], segment["p_filesz"]
+        if start <= vaddr and vaddr + size <= start + filesz:
+            elf.stream.seek(segment["p_offset"] + vaddr - start)
+            return elf.stream.read(size)
+    raise ValueError(f"address {vaddr:#x} is not in the file")
+
+
+def file_sha256(path: str) -> bytes:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def realpath(path: str) -> str:
+    return os.path.realpath(path)

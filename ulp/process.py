@@ -1,0 +1,127 @@
+"""A running process seen through /proc: its mappings, threads and memory."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from ulp.errors import ExitCode, UlpError
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str
+
+
+class Process:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._mem_fd: int | None = None
+        if not os.path.exists(f"/proc/{pid}/status"):
+            raise UlpError(f"no process with PID {pid}", ExitCode.NO_PROCESS)
+
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as stream:
+                state = stream.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        return state not in ("Z", "X")
+
+    def mappings(self) -> list[Mapping]:
+        try:
+            with open(f"/proc/{self.pid}/maps") as stream:
+                lines = stream.read().splitlines()
+        except FileNotFoundError:
+            raise self.gone() from None
+        except PermissionError:
+            raise UlpError(f"cannot read the mappings of PID {self.pid}: permission denied",
+                           ExitCode.PERMISSION) from None
+        return [_parse_mapping(line) for line in lines]
+
+    def threads(self) -> list[int]:
+        try:
+            return sorted(int(tid) for tid in os.listdir(f"/proc/{self.pid}/task"))
+        except FileNotFoundError:
+            raise self.gone() from None
+
+    def load_base(self, path: str) -> int | None:
+        """Where the object mapped from ``path`` is loaded (its offset-0 mapping)."""
+        wanted = os.stat(path)
+        for mapping in self.mappings():
+            if mapping.offset != 0 or not mapping.path.startswith("/"):
+                continue
+            try:
+                found = os.stat(mapping.path)
+            except OSError:
+                continue
+            if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+                return mapping.start
+        return None
+
+    def mapped_objects(self) -> dict[str, int]:
+        """Every file mapped at offset 0, with its load address."""
+        objects: dict[str, int] = {}
+        for mapping in self.mappings():
+            if mapping.offset == 0 and mapping.path.startswith("/") and mapping.inode:
+                objects.setdefault(mapping.path, mapping.start)
+        return objects
+
+    def _mem(self) -> int:
+        if self._mem_fd is None:
+            try:
+                self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
+            except FileNotFoundError:
+                raise self.gone() from None
+            except PermissionError:
+                raise UlpError(f"cannot access the memory of PID {self.pid}: permission denied",
+                               ExitCode.PERMISSION) from None
+        return self._mem_fd
+
+    def read(self, address: int, size: int) -> bytes:
+        try:
+            data = os.pread(self._mem(), size, address)
+        except OSError as error:
+            raise self._memory_error(error, address) from None
+        if len(data) != size:
+            raise UlpError(f"short read at {address:#x} in PID {self.pid}", ExitCode.FAILURE)
+        return data
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write through /proc/PID/mem: works on read-only code pages too."""
+        try:
+            written = os.pwrite(self._mem(), data, address)
+        except OSError as error:
+            raise self._memory_error(error, address) from None
+        if written != len(data):
+            raise UlpError(f"short write at {address:#x} in PID {self.pid}", ExitCode.FAILURE)
+
+    def _memory_error(self, error: OSError, address: int) -> UlpError:
+        if error.errno in (errno.ESRCH, errno.ENOENT) or not self.alive():
+            return self.gone()
+        if error.errno in (errno.EPERM, errno.EACCES):
+            return UlpError(f"cannot access the memory of PID {self.pid}: permission denied",
+                            ExitCode.PERMISSION)
+        return UlpError(f"cannot access address {address:#x} of PID {self.pid}: "
+                        f"{error.strerror}", ExitCode.FAILURE)
+
+    def gone(self) -> UlpError:
+        return UlpError(f"process {self.pid} exited", ExitCode.PROCESS_EXITED)
+
+    def close(self) -> None:
+        if self._mem_fd is not None:
+            os.close(self._mem_fd)
+            self._mem_fd = None
+
+
+def _parse_mapping(line: str) -> Mapping:
+    fields = line.split(maxsplit=5)
+    start, end = (int(part, 16) for part in fields[0].split("-"))
+    path = fields[5] if len(fields) > 5 else ""
+    return Mapping(start, end, fields[1], int(fields[2], 16), int(fields[4]), path)
