@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 from collections.abc import Iterator
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ulp.errors import ExitCode, UlpError
+
+# pyelftools reports a damaged file with more than ELFError: a bad offset
+# surfaces as OSError (negative seek), struct.error or a None where a section
+# was expected.
+MALFORMED_ELF_ERRORS = (ELFError, OSError, ValueError, AttributeError, TypeError, KeyError,
+                        IndexError, struct.error, UnicodeDecodeError)
 
 
 @contextlib.contextmanager
@@ -28,9 +35,11 @@ def open_elf(path: str) -> Iterator[ELFFile]:
             elf = ELFFile(stream)
         except ELFError:
             raise UlpError(f"{path}: not an ELF file", ExitCode.BAD_INPUT) from None
+        except MALFORMED_ELF_ERRORS as error:
+            raise UlpError(f"{path}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
         try:
             yield elf
-        except ELFError as error:
+        except MALFORMED_ELF_ERRORS as error:
             raise UlpError(f"{path}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
 
 

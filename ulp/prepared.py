@@ -72,6 +72,8 @@ def _read_functions(elf, library: PreparedLibrary) -> list[PreparedFunction]:
     tramp_base = library.lib_desc_vaddr + desc.trampolines_delta
     names: dict[int, list[str]] = {}
     dynsym = elf.get_section_by_name(".dynsym")
+    if dynsym is None:
+        raise UlpError(f"{library.path}: no dynamic symbol table", ExitCode.BAD_INPUT)
     for symbol in dynsym.iter_symbols():
         offset = symbol["st_value"] - tramp_base
         if symbol["st_shndx"] != "SHN_UNDEF" and 0 <= offset < desc.nfuncs * layout.TRAMPOLINE_SIZE:

@@ -1,0 +1,147 @@
+"""The patch description file (.desc) that ulp-packer reads.
+
+docs/patch-description.md describes the syntax.  Every syntax error names the
+file and the line: ``patch.desc:4: expected old:new``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ulp.errors import ExitCode, UlpError
+
+#: a symbol name: C identifiers, plus the '.' and '$' that some compilers use
+SYMBOL = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")
+REQUIRES = re.compile(r"requires:\s+(?P<path>\S.*)")
+MAX_DESC_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One ``old:new`` line."""
+
+    old: str
+    new: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One ``requires:`` line."""
+
+    path: str  # resolved against the description's directory
+    line: int
+
+
+@dataclass(frozen=True)
+class Description:
+    path: str  # the description file, as the user named it
+    patch_so: str  # resolved against the description's directory
+    patch_so_line: int
+    target: str  # resolved against the description's directory
+    target_line: int
+    pairs: tuple[Pair, ...]
+    requires: tuple[Requirement, ...]
+
+    def where(self, line: int) -> str:
+        """``file:line`` for error messages."""
+        return f"{self.path}:{line}"
+
+
+class _Builder:
+    """Collects the lines of one description, checking each as it comes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.base = os.path.dirname(os.path.abspath(path))
+        self.patch_so: tuple[str, int] | None = None
+        self.target: tuple[str, int] | None = None
+        self.pairs: list[Pair] = []
+        self.requires: list[Requirement] = []
+        self.old_lines: dict[str, int] = {}
+
+    def error(self, line: int, message: str) -> UlpError:
+        return UlpError(f"{self.path}:{line}: {message}", ExitCode.BAD_INPUT)
+
+    def resolve(self, relative: str) -> str:
+        return os.path.normpath(os.path.join(self.base, relative))
+
+    def add(self, line: int, text: str) -> None:
+        if self.patch_so is None:
+            self.add_patch_so(line, text)
+        elif text.startswith("@"):
+            self.add_target(line, text[1:].strip())
+        elif self.target is None:
+            raise self.error(line, "expected @TARGET (the prepared library) on the second line")
+        elif match := REQUIRES.fullmatch(text):
+            self.requires.append(Requirement(self.resolve(match["path"].strip()), line))
+        else:
+            self.add_pair(line, text)
+
+    def add_patch_so(self, line: int, text: str) -> None:
+        if text.startswith("@") or text.startswith("requires:") or ":" in text:
+            raise self.error(line, "expected the patch .so path first, before @TARGET")
+        self.patch_so = (self.resolve(text), line)
+
+    def add_target(self, line: int, path: str) -> None:
+        if self.target is not None:
+            raise self.error(line, f"a second target (first on line {self.target[1]});"
+                                   " one description patches one library")
+        if not path:
+            raise self.error(line, "expected a library path after '@'")
+        self.target = (self.resolve(path), line)
+
+    def add_pair(self, line: int, text: str) -> None:
+        old, colon, new = (part.strip() for part in text.partition(":"))
+        if not colon or not SYMBOL.fullmatch(old) or not SYMBOL.fullmatch(new):
+            raise self.error(line, f"expected old:new, got {text!r}")
+        if old in self.old_lines:
+            raise self.error(line, f"{old} is replaced twice (first on line {self.old_lines[old]})")
+        self.old_lines[old] = line
+        self.pairs.append(Pair(old, new, line))
+
+    def finish(self, last_line: int) -> Description:
+        if self.patch_so is None:
+            raise UlpError(f"{self.path}: empty description (no patch .so named)",
+                           ExitCode.BAD_INPUT)
+        if self.target is None:
+            raise self.error(last_line, "no @TARGET line (the prepared library)")
+        if not self.pairs:
+            raise self.error(last_line, "no old:new lines: the patch replaces nothing")
+        return Description(self.path, self.patch_so[0], self.patch_so[1], self.target[0],
+                           self.target[1], tuple(self.pairs), tuple(self.requires))
+
+
+def parse_description(text: str, path: str) -> Description:
+    """Parse the text of a description; ``path`` locates it and its relative paths."""
+    builder = _Builder(path)
+    line = 0
+    for line, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if stripped and not stripped.startswith("#"):
+            builder.add(line, stripped)
+    return builder.finish(line)
+
+
+def read_description(path: str) -> Description:
+    """Read and parse the description file at ``path``."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_DESC_SIZE + 1)
+    except FileNotFoundError:
+        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
+    except IsADirectoryError:
+        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
+    except OSError as error:
+        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
+    if len(data) > MAX_DESC_SIZE:
+        raise UlpError(f"{path}: too large for a patch description", ExitCode.BAD_INPUT)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UlpError(f"{path}: not UTF-8 text (byte {error.start})", ExitCode.BAD_INPUT) from None
+    if "\0" in text:
+        raise UlpError(f"{path}: not a text file (contains NUL)", ExitCode.BAD_INPUT)
+    return parse_description(text, path)

@@ -1,0 +1,5 @@
+/* A patch for e2e_lib.c. */
+int lib_value_v2(void)
+{
+    return 200;
+}

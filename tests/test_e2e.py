@@ -1,0 +1,203 @@
+"""Prepare, pack, apply live and revert, on real processes with real ptrace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from support import C_DIR, LiveProcess, cc, shared_library, tool
+
+ORIGINAL = "value=100 twice=42 plus=101 half=2.5"
+PATCHED = "value=200 twice=42 plus=201 half=2.5"
+
+
+@pytest.fixture(scope="module")
+def e2e(build_dir: Path) -> Path:
+    """lib/libe2e.so (prepared), app, libe2e_fix.so, fix.ulp and fix.rev.ulp."""
+    root = build_dir / "e2e"
+    (root / "lib").mkdir(parents=True)
+    lib = shared_library(root / "lib" / "libe2e.so", [C_DIR / "e2e_lib.c"])
+    shutil.copy(lib, root / "libe2e.unprepared.so")
+    assert tool("ulp-prepare", lib).returncode == 0
+    cc(root / "app", [C_DIR / "e2e_app.c"], f"-L{root / 'lib'}", "-le2e", "-ldl")
+    shared_library(root / "libe2e_fix.so", [C_DIR / "e2e_fix.c"], patchable=False)
+    (root / "fix.desc").write_text("libe2e_fix.so\n@lib/libe2e.so\nlib_value:lib_value_v2\n")
+    packed = tool("ulp-packer", root / "fix.desc", "-o", root / "fix.ulp")
+    assert packed.returncode == 0, packed.stderr
+    return root
+
+
+def start(root: Path, libdir: str = "lib", preload: bool = True) -> LiveProcess:
+    app = LiveProcess([root / "app"], env={"LD_LIBRARY_PATH": str(root / libdir)},
+                      preload_runtime=preload)
+    assert app.next_line() == "ready"
+    return app
+
+
+def results(app: LiveProcess) -> str:
+    app.send("call\n")
+    return app.next_line()
+
+
+def trigger(*args: str | Path):
+    return tool("ulp-trigger", "--timeout", "10", *map(str, args))
+
+
+def test_apply_then_revert_in_a_running_process(e2e: Path) -> None:
+    with start(e2e) as app:
+        assert results(app) == ORIGINAL
+        applied = trigger(app.pid, e2e / "fix.ulp")
+        assert applied.returncode == 0, applied.stderr
+        assert f"process {app.pid}" in applied.stdout
+        assert results(app) == PATCHED
+        reverted = trigger("--revert", app.pid, e2e / "fix.ulp")
+        assert reverted.returncode == 0, reverted.stderr
+        assert results(app) == ORIGINAL
+        assert app.alive()
+
+
+def test_reverse_patch_file_reverts_and_patch_applies_again(e2e: Path) -> None:
+    with start(e2e) as app:
+        assert trigger(app.pid, e2e / "fix.ulp").returncode == 0
+        assert results(app) == PATCHED
+        assert trigger(app.pid, e2e / "fix.rev.ulp").returncode == 0
+        assert results(app) == ORIGINAL
+        assert trigger(app.pid, e2e / "fix.ulp").returncode == 0
+        assert results(app) == PATCHED
+
+
+def test_each_exported_function_passes_the_tracker(e2e: Path) -> None:
+    with start(e2e) as app:
+        app.send("entries\n")
+        # one external entry per call: lib_value_plus's own call of lib_value is nested
+        assert app.next_line() == "lib_value=1 lib_twice=1 lib_value_plus=1 lib_half=1"
+
+
+def test_prepared_library_without_runtime_behaves_like_the_original(e2e: Path) -> None:
+    unprepared = e2e / "unprepared"
+    unprepared.mkdir(exist_ok=True)
+    shutil.copy(e2e / "libe2e.unprepared.so", unprepared / "libe2e.so")
+    with start(e2e, preload=False) as prepared_app, \
+            start(e2e, libdir="unprepared", preload=False) as original_app:
+        assert results(prepared_app) == results(original_app) == ORIGINAL
+        prepared_app.send("entries\n")
+        assert prepared_app.next_line() == "no runtime"
+
+
+def test_already_applied_is_reported_with_its_own_exit_code(e2e: Path) -> None:
+    with start(e2e) as app:
+        assert trigger(app.pid, e2e / "fix.ulp").returncode == 0
+        again = trigger(app.pid, e2e / "fix.ulp")
+        assert again.returncode == 12
+        assert "already applied" in again.stderr
+        assert results(app) == PATCHED
+
+
+def test_revert_of_a_patch_not_applied_is_refused(e2e: Path) -> None:
+    with start(e2e) as app:
+        refused = trigger("--revert", app.pid, e2e / "fix.ulp")
+        assert refused.returncode == 13
+        assert "not applied" in refused.stderr
+        assert results(app) == ORIGINAL
+
+
+def one_line_error(result, code: int, words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ulp-trigger: "), result.stderr
+    assert words in lines[0], lines[0]
+
+
+def test_missing_patch_file(e2e: Path) -> None:
+    with start(e2e) as app:
+        one_line_error(trigger(app.pid, e2e / "nothing.ulp"), 3, "no such file")
+        assert results(app) == ORIGINAL
+
+
+def test_truncated_patch_file(e2e: Path, tmp_path: Path) -> None:
+    data = (e2e / "fix.ulp").read_bytes()
+    truncated = tmp_path / "truncated.ulp"
+    truncated.write_bytes(data[: len(data) // 2])
+    with start(e2e) as app:
+        one_line_error(trigger(app.pid, truncated), 4, "truncated")
+        assert results(app) == ORIGINAL
+
+
+def test_corrupted_patch_file(e2e: Path, tmp_path: Path) -> None:
+    data = bytearray((e2e / "fix.ulp").read_bytes())
+    data[-3] ^= 0xFF
+    corrupted = tmp_path / "corrupted.ulp"
+    corrupted.write_bytes(bytes(data))
+    with start(e2e) as app:
+        one_line_error(trigger(app.pid, corrupted), 4, "corrupted")
+        assert results(app) == ORIGINAL
+
+
+def test_wrong_target_library_is_refused(e2e: Path) -> None:
+    other = e2e / "other"
+    other.mkdir(exist_ok=True)
+    lib = shared_library(other / "libe2e.so", [C_DIR / "e2e_other.c"])
+    assert tool("ulp-prepare", lib).returncode == 0
+    with start(e2e, libdir="other") as app:
+        before = results(app)
+        one_line_error(trigger(app.pid, e2e / "fix.ulp"), 10, "not the library")
+        assert results(app) == before
+
+
+def test_process_without_the_target_library(e2e: Path, build_dir: Path) -> None:
+    plain = cc(build_dir / "plain_app", [C_DIR / "e2e_plain.c"])
+    with LiveProcess([plain]) as app:
+        assert app.next_line() == "ready"
+        one_line_error(trigger(app.pid, e2e / "fix.ulp"), 9, "not loaded")
+        assert app.alive()
+
+
+def test_process_without_the_runtime(e2e: Path) -> None:
+    with start(e2e, preload=False) as app:
+        one_line_error(trigger(app.pid, e2e / "fix.ulp"), 8, "runtime")
+        assert results(app) == ORIGINAL
+
+
+def test_no_such_process(e2e: Path) -> None:
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    one_line_error(trigger(pid, e2e / "fix.ulp"), 6, f"no process with PID {pid}")
+
+
+def test_patch_object_changed_after_packing(e2e: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "patch"
+    shutil.copytree(e2e, copy, ignore=shutil.ignore_patterns("unprepared", "other"))
+    (copy / "fix.desc").write_text("libe2e_fix.so\n@lib/libe2e.so\nlib_value:lib_value_v2\n")
+    assert tool("ulp-packer", copy / "fix.desc", "-o", copy / "fix.ulp").returncode == 0
+    with open(copy / "libe2e_fix.so", "ab") as stream:
+        stream.write(b"tampered")
+    with start(e2e) as app:
+        one_line_error(trigger(app.pid, copy / "fix.ulp"), 11, "changed since it was packed")
+        assert results(app) == ORIGINAL
+        (copy / "libe2e_fix.so").unlink()
+        one_line_error(trigger(app.pid, copy / "fix.ulp"), 11, "missing")
+        assert results(app) == ORIGINAL
+
+
+def test_ulp_status_lists_applied_patches(e2e: Path) -> None:
+    patch_id = tool("ulp-packer", "--dump", e2e / "fix.ulp").stdout
+    with start(e2e) as app:
+        status = tool("ulp", "status", str(app.pid))
+        assert status.returncode == 0, status.stderr
+        assert "0 patch(es) applied" in status.stdout
+        assert trigger(app.pid, e2e / "fix.ulp").returncode == 0
+        status = tool("ulp", "status", str(app.pid))
+        assert "1 patch(es) applied" in status.stdout
+        listed = status.stdout.splitlines()[1].strip()
+        assert listed in patch_id
+        assert results(app) == PATCHED
+
+
+def test_ulp_flags_prints_the_build_flags() -> None:
+    flags = tool("ulp", "flags")
+    assert flags.returncode == 0
+    assert flags.stdout.strip() == "-fpatchable-function-entry=16,14"

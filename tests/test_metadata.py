@@ -1,0 +1,355 @@
+"""The patch metadata format (ulp/metadata.py): round trips and hostile input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import struct
+
+import pytest
+
+from ulp import metadata as md
+from ulp.errors import ExitCode, UlpError
+
+
+def sample(**changes) -> md.PatchMetadata:
+    fields = dict(
+        patch_id=bytes(range(16)),
+        reverse=False,
+        target_path="/opt/lib/libfoo.so",
+        target_identity=hashlib.sha256(b"libfoo").digest(),
+        target_build_id=bytes.fromhex("0123456789abcdef0123456789abcdef01234567"),
+        layout_version=1,
+        patch_so_path="/opt/patches/libfoo_fix.so",
+        patch_so_sha256=hashlib.sha256(b"libfoo_fix").digest(),
+        units=(md.Unit(3, "foo", "foo_fixed"), md.Unit(0, "bar", "bar_fixed")),
+        requires=(b"\xaa" * 16,),
+    )
+    fields.update(changes)
+    return md.PatchMetadata(**fields)
+
+
+def seal(payload: bytes, version: int = md.FORMAT_VERSION, flags: int = 0,
+         length: int | None = None) -> bytes:
+    """A file around ``payload`` with a correct checksum."""
+    checked = struct.pack("<8sHHI", md.MAGIC, version, flags,
+                          len(payload) if length is None else length)
+    return checked + hashlib.sha256(checked + payload).digest() + payload
+
+
+def payload_of(data: bytes) -> bytes:
+    return data[md.HEADER_SIZE:]
+
+
+def rejected(data: bytes) -> str:
+    with pytest.raises(UlpError) as caught:
+        md.parse_patch(data, "x.ulp")
+    assert caught.value.exit_code == ExitCode.BAD_INPUT
+    message = str(caught.value)
+    assert message.startswith("x.ulp: ") and "\n" not in message
+    return message
+
+
+# --- round trips --------------------------------------------------------------
+
+
+def test_round_trip():
+    metadata = sample()
+    data = metadata.pack()
+    assert data.startswith(b"ULPPATCH")
+    assert md.parse_patch(data) == metadata
+
+
+def test_round_trip_edge_values():
+    metadata = sample(target_build_id=b"", requires=(), layout_version=0xFFFF_FFFF,
+                      target_path="/" + "é" * 2047,
+                      units=tuple(md.Unit(i, f"f{i}", f"g{i}") for i in range(300)))
+    assert md.parse_patch(metadata.pack()) == metadata
+
+
+def test_reversed_differs_only_in_direction():
+    metadata = sample()
+    reverse = metadata.reversed()
+    assert reverse.reverse and not metadata.reverse
+    assert reverse.patch_id == metadata.patch_id and reverse.units == metadata.units
+    parsed = md.parse_patch(reverse.pack())
+    assert parsed == reverse
+    assert parsed.reverse
+
+
+def test_patch_id_hex():
+    assert sample().patch_id_hex == "000102030405060708090a0b0c0d0e0f"
+
+
+def test_make_patch_id_is_deterministic_and_covers_its_inputs():
+    so_hash, identity = b"\x01" * 32, b"\x02" * 32
+    units = (md.Unit(1, "foo", "foo_fixed"),)
+    first = md.make_patch_id(so_hash, identity, units)
+    assert len(first) == 16
+    assert md.make_patch_id(so_hash, identity, list(units)) == first
+    others = {
+        md.make_patch_id(b"\x03" * 32, identity, units),
+        md.make_patch_id(so_hash, b"\x03" * 32, units),
+        md.make_patch_id(so_hash, identity, (md.Unit(2, "foo", "foo_fixed"),)),
+        md.make_patch_id(so_hash, identity, (md.Unit(1, "foo", "foo_fixed2"),)),
+        md.make_patch_id(so_hash, identity, units + (md.Unit(2, "bar", "bar_fixed"),)),
+    }
+    assert first not in others and len(others) == 5
+
+
+@pytest.mark.parametrize("changes", [
+    dict(patch_id=b"short"),
+    dict(target_identity=b"\0" * 31),
+    dict(target_build_id=b"\0" * 21),
+    dict(patch_so_sha256=b""),
+    dict(units=()),
+    dict(units=(md.Unit(1, "foo", "a"), md.Unit(1, "bar", "b"))),
+    dict(units=(md.Unit(1, "foo", "a"), md.Unit(2, "foo", "b"))),
+    dict(units=(md.Unit(1, "fo\0o", "a"),)),
+    dict(units=(md.Unit(-1, "foo", "a"),)),
+    dict(target_path="relative/libfoo.so"),
+    dict(patch_so_path="/" + "x" * 4096),
+    dict(requires=(b"\1" * 16, b"\1" * 16)),
+    dict(requires=(bytes(range(16)),)),
+    dict(requires=tuple(i.to_bytes(16, "little") for i in range(100, 357))),
+])
+def test_pack_refuses_what_parse_would_refuse(changes):
+    with pytest.raises(ValueError):
+        sample(**changes).pack()
+
+
+# --- files --------------------------------------------------------------------
+
+
+def test_write_and_read(tmp_path):
+    path = tmp_path / "p.ulp"
+    path.write_bytes(b"old contents")
+    md.write_patch(str(path), sample())
+    assert md.read_patch(str(path)) == sample()
+    assert os.listdir(tmp_path) == ["p.ulp"]  # no temporary file left behind
+
+
+def test_read_missing_file(tmp_path):
+    with pytest.raises(UlpError) as caught:
+        md.read_patch(str(tmp_path / "absent.ulp"))
+    assert caught.value.exit_code == ExitCode.FILE_MISSING
+    assert "absent.ulp: no such file" in str(caught.value)
+
+
+def test_read_directory(tmp_path):
+    with pytest.raises(UlpError) as caught:
+        md.read_patch(str(tmp_path))
+    assert caught.value.exit_code == ExitCode.FILE_MISSING
+
+
+def test_write_into_missing_directory(tmp_path):
+    with pytest.raises(UlpError) as caught:
+        md.write_patch(str(tmp_path / "no" / "p.ulp"), sample())
+    assert caught.value.exit_code == ExitCode.FILE_MISSING
+
+
+# --- specific rejections ------------------------------------------------------
+
+
+def test_empty_file():
+    assert "empty file" in rejected(b"")
+
+
+def test_truncated_header():
+    data = sample().pack()
+    assert "truncated" in rejected(data[:20])
+
+
+def test_short_garbage_is_not_a_patch():
+    assert "not a ulp patch file" in rejected(b"\x7fELF")
+
+
+def test_wrong_magic():
+    data = bytearray(sample().pack())
+    data[0:8] = b"ULPLIB\0\1"
+    assert "not a ulp patch file (bad magic)" in rejected(bytes(data))
+
+
+def test_wrong_version():
+    payload = payload_of(sample().pack())
+    assert "unsupported format version 2" in rejected(seal(payload, version=2))
+
+
+def test_truncated_payload():
+    data = sample().pack()
+    message = rejected(data[:-1])
+    assert "truncated" in message and "the header says" in message
+
+
+def test_trailing_garbage():
+    assert "trailing garbage: 3 bytes" in rejected(sample().pack() + b"xyz")
+
+
+def test_corrupted_payload():
+    data = bytearray(sample().pack())
+    data[-20] ^= 0x10
+    assert "corrupted: checksum mismatch" in rejected(bytes(data))
+
+
+def test_flipped_reverse_flag_is_detected():
+    data = bytearray(sample().pack())
+    data[10] ^= md.FLAG_REVERSE  # the flags are covered by the checksum too
+    assert "checksum mismatch" in rejected(bytes(data))
+
+
+def test_unknown_flags():
+    assert "unknown flags 0x0002" in rejected(seal(payload_of(sample().pack()), flags=2))
+
+
+def test_huge_payload_length():
+    assert "exceeds the limit" in rejected(seal(b"", length=0xFFFF_FFFF))
+
+
+def test_payload_truncated_inside_a_field():
+    assert "payload truncated in target identity" in rejected(seal(b"\0" * 20))
+
+
+def test_trailing_bytes_inside_payload():
+    assert "unexpected trailing bytes" in rejected(seal(payload_of(sample().pack()) + b"\0"))
+
+
+def fields_before_strings(build_id_size: int = 0, build_id: bytes = b"") -> bytes:
+    return (b"\1" * 16 + b"\2" * 32 + bytes([build_id_size]) + build_id.ljust(20, b"\0")
+            + struct.pack("<I", 1) + b"\3" * 32)
+
+
+def string(raw: bytes) -> bytes:
+    return struct.pack("<H", len(raw)) + raw
+
+
+def test_bad_build_id_length():
+    assert "build-id length 21" in rejected(seal(fields_before_strings(21)))
+
+
+def test_nonzero_build_id_padding():
+    assert "padding" in rejected(seal(fields_before_strings(1, b"\1\1")))
+
+
+def test_string_with_nul():
+    payload = fields_before_strings() + string(b"/lib\0x.so")
+    assert "target path contains a NUL" in rejected(seal(payload))
+
+
+def test_string_not_utf8():
+    payload = fields_before_strings() + string(b"/lib\xff.so")
+    assert "target path is not valid UTF-8" in rejected(seal(payload))
+
+
+def test_string_too_long():
+    payload = fields_before_strings() + string(b"/" * 5000)
+    assert "longer than 4096" in rejected(seal(payload))
+
+
+def test_relative_path():
+    payload = fields_before_strings() + string(b"lib.so") + string(b"/fix.so")
+    payload += struct.pack("<II", 1, 0) + string(b"foo") + string(b"foo_fixed")
+    payload += struct.pack("<I", 0)
+    assert "target path is not absolute" in rejected(seal(payload))
+
+
+def test_too_many_units():
+    payload = fields_before_strings() + string(b"/lib.so") + string(b"/fix.so")
+    payload += struct.pack("<I", 70000)
+    assert "unit count 70000 exceeds the limit of 65536" in rejected(seal(payload))
+
+
+def test_unit_count_larger_than_the_data():
+    payload = fields_before_strings() + string(b"/lib.so") + string(b"/fix.so")
+    payload += struct.pack("<I", 60000)
+    assert "payload truncated in unit 0 function index" in rejected(seal(payload))
+
+
+def test_no_units():
+    payload = fields_before_strings() + string(b"/lib.so") + string(b"/fix.so")
+    payload += struct.pack("<II", 0, 0)
+    assert "unit count not in 1..65536" in rejected(seal(payload))
+
+
+def test_duplicate_unit():
+    metadata = sample()
+    payload = bytearray(payload_of(metadata.pack()))
+    # make the second unit's index equal to the first's (3)
+    second = payload.index(b"\0\0\0\0\x03\0bar")
+    payload[second] = 3
+    assert "replaces function bar a second time" in rejected(seal(bytes(payload)))
+
+
+def test_too_many_requires():
+    payload = payload_of(sample(requires=()).pack())[:-4] + struct.pack("<I", 257)
+    assert "requires count 257 exceeds the limit of 256" in rejected(seal(payload))
+
+
+# --- fuzzing ------------------------------------------------------------------
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    data = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0:  # flip a few bits
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1:  # truncate
+        del data[rng.randrange(len(data)):]
+    elif kind == 2:  # overwrite a run with random bytes
+        start = rng.randrange(len(data))
+        data[start:start + rng.randint(1, 8)] = rng.randbytes(rng.randint(1, 8))
+    elif kind == 3:  # insert bytes
+        at = rng.randrange(len(data) + 1)
+        data[at:at] = rng.randbytes(rng.randint(1, 16))
+    elif kind == 4:  # delete a run
+        start = rng.randrange(len(data))
+        del data[start:start + rng.randint(1, 16)]
+    else:  # set a byte to an interesting value
+        data[rng.randrange(len(data))] = rng.choice([0, 1, 0x7F, 0x80, 0xFF])
+    return bytes(data)
+
+
+def parses_or_is_rejected(data: bytes) -> md.PatchMetadata | None:
+    try:
+        return md.parse_patch(data, "fuzz.ulp")
+    except UlpError as error:
+        assert error.exit_code == ExitCode.BAD_INPUT, error
+        return None
+
+
+def test_fuzz_mutated_files():
+    rng = random.Random(0x55AA)
+    originals = [sample().pack(), sample().reversed().pack(),
+                 sample(requires=(), target_build_id=b"").pack()]
+    for round_number in range(3000):
+        original = originals[round_number % len(originals)]
+        data = mutate(original, rng)
+        parsed = parses_or_is_rejected(data)
+        if parsed is not None:
+            assert data == original  # any change is caught by length, checksum or a field
+
+
+def test_fuzz_mutated_payloads_with_valid_checksums():
+    """Get past the checksum so that every field check is exercised."""
+    rng = random.Random(0xC0FFEE)
+    originals = [sample(), sample().reversed(), sample(requires=(), target_build_id=b"")]
+    accepted = 0
+    for round_number in range(3000):
+        original = originals[round_number % len(originals)]
+        flags = md.FLAG_REVERSE if original.reverse else 0
+        data = seal(mutate(payload_of(original.pack()), rng), flags=flags)
+        parsed = parses_or_is_rejected(data)
+        if parsed is not None:
+            accepted += 1
+            assert parsed.pack() == data  # the encoding is canonical
+    assert accepted < 3000
+
+
+def test_fuzz_random_bytes():
+    rng = random.Random(7)
+    for _ in range(1000):
+        data = rng.randbytes(rng.randrange(200))
+        if rng.random() < 0.5:
+            data = md.MAGIC + data
+        assert parses_or_is_rejected(data) is None

@@ -1,0 +1,215 @@
+"""ulp-prepare: make a shared object live-patchable.
+
+See docs/prepared-layout.md for what is added.  In short: a ``.ulp.data``
+section with a library descriptor and one descriptor per exported function,
+a ``.ulp`` section with one trampoline per exported function (the .dynsym
+entries point at them), a stub in each function's padding and a 2-byte NOP
+at each entry.  Every original address is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+
+from ulp import layout
+from ulp.elfinfo import open_elf, read_vaddr, require_x86_64_shared_object
+from ulp.errors import ExitCode, UlpError, run_cli
+from ulp.prepared import PreparedLibrary
+
+from . import trampolines
+from .analysis import (
+    PATCHABLE_FLAG,
+    Function,
+    Library,
+    prepared_descriptor,
+    read_library,
+)
+from .elfedit import Editor, NobitsSection, original_nobits
+
+DESCRIPTION = """\
+Make an x86-64 shared object live-patchable: add a trampoline for every
+exported function and the descriptors the ulp runtime uses, keeping every
+original address. The library must be built with the flags --cflags prints.
+A library that is already prepared is left unchanged (with -o, it is copied).
+Without the runtime in the process, a prepared library behaves exactly like
+the original.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ulp-prepare", description=DESCRIPTION)
+    parser.add_argument("library", nargs="?", metavar="LIB",
+                        help="the shared object to prepare (rewritten in place without -o)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="write the prepared library to OUT instead")
+    parser.add_argument("--cflags", action="store_true",
+                        help="print the compiler flags a live-patchable build needs, and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("ulp-prepare", _body, argv)
+
+
+def _body(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cflags:
+        print(PATCHABLE_FLAG)
+        return ExitCode.OK
+    if args.library is None:
+        parser.error("LIB is required (or --cflags)")
+    output = args.output or args.library
+    if prepare(args.library, output):
+        print(f"{args.library}: prepared for live patching"
+              + (f", written to {output}" if args.output else ""))
+    else:
+        print(f"{args.library}: already prepared, left unchanged")
+    return ExitCode.OK
+
+
+def prepare(path: str, output: str) -> bool:
+    """Prepare ``path`` into ``output`` (may be the same file).
+
+    Return False if ``path`` was already prepared: it is then only copied
+    to ``output`` when that is another file.
+    """
+    with open_elf(path) as elf:
+        require_x86_64_shared_object(elf, path)
+        if prepared_descriptor(elf, path) is not None:
+            if not _same_file(path, output):
+                _replace_atomically(output, path, lambda tmp: shutil.copyfile(path, tmp))
+            return False
+        library = read_library(elf, path)
+        nobits = original_nobits(elf)
+    _replace_atomically(output, path, lambda tmp: _rewrite(library, nobits, tmp))
+    return True
+
+
+def _rewrite(library: Library, nobits: list[NobitsSection], out: str) -> None:
+    editor = Editor(library.path)
+    nfuncs = len(library.functions)
+    data_vaddr, code_vaddr = editor.add_sections(
+        layout.LIB_DESC_SIZE + nfuncs * layout.FUNC_DESC_SIZE,
+        nfuncs * layout.TRAMPOLINE_SIZE)
+    plan = Plan(library, data_vaddr, code_vaddr)
+    editor.set_contents(plan.data_section(), plan.code_section())
+    for index, function in enumerate(library.functions):
+        editor.patch(function.padding, plan.padding_stub(index, function))
+        editor.patch(function.entry_nops, layout.TWO_BYTE_NOP)
+    editor.point_dynamic_symbols({f.entry: plan.trampoline(i)
+                                  for i, f in enumerate(library.functions)})
+    editor.add_entry_symbol(plan.got_slot)
+    editor.write(out, nobits)
+    check_output(out, plan)
+
+
+class Plan:
+    """Where everything goes, once LIEF has placed the two new sections."""
+
+    def __init__(self, library: Library, data_vaddr: int, code_vaddr: int) -> None:
+        self.library = library
+        self.data_vaddr = data_vaddr
+        self.code_vaddr = code_vaddr
+        self.got_slot = data_vaddr + layout.LIB_DESC_ENTRY_GOT_OFFSET
+
+    def func_desc(self, index: int) -> int:
+        return self.data_vaddr + layout.LIB_DESC_SIZE + index * layout.FUNC_DESC_SIZE
+
+    def trampoline(self, index: int) -> int:
+        return self.code_vaddr + index * layout.TRAMPOLINE_SIZE
+
+    def data_section(self) -> bytes:
+        library = self.library
+        lib_desc = layout.LibDesc(
+            layout_version=layout.LAYOUT_VERSION,
+            nfuncs=len(library.functions),
+            identity=library.identity,
+            build_id=library.build_id,
+            funcs_delta=layout.LIB_DESC_SIZE,
+            trampolines_delta=self.code_vaddr - self.data_vaddr,
+        )
+        parts = [lib_desc.pack()]
+        for index, function in enumerate(library.functions):
+            here = self.func_desc(index)
+            parts.append(layout.FuncDesc(
+                body_delta=function.body - here,
+                entry_delta=function.entry - here,
+                lib_delta=self.data_vaddr - here,
+                flags=layout.FUNC_FLAG_ENDBR64 if function.has_endbr64 else 0,
+                index=index,
+            ).pack())
+        return b"".join(parts)
+
+    def code_section(self) -> bytes:
+        return b"".join(
+            trampolines.trampoline(index, self.trampoline(index), function.entry,
+                                   self.func_desc(index), self.got_slot)
+            for index, function in enumerate(self.library.functions))
+
+    def padding_stub(self, index: int, function: Function) -> bytes:
+        return trampolines.padding_stub(function.padding, self.func_desc(index), self.got_slot)
+
+
+def check_output(out: str, plan: Plan) -> None:
+    """Read the written file back as the packer and runtime will; fail loudly if off."""
+    try:
+        prepared = PreparedLibrary.open(out)
+        _check_prepared(prepared, plan)
+    except (UlpError, trampolines.CodeError, ValueError, KeyError) as error:
+        raise UlpError(f"{plan.library.path}: internal error, the prepared library does not "
+                       f"check out ({error})", ExitCode.FAILURE) from None
+
+
+def _check_prepared(prepared: PreparedLibrary, plan: Plan) -> None:
+    functions = plan.library.functions
+    if prepared.lib_desc_vaddr != plan.data_vaddr or len(prepared.functions) != len(functions):
+        raise ValueError("descriptor table mismatch")
+    with open_elf(prepared.path) as elf:
+        for function, found in zip(functions, prepared.functions, strict=True):
+            if (set(found.names) != set(function.names) or found.entry != function.entry
+                    or found.body != function.body):
+                raise ValueError(f"function {function.name} recorded wrongly")
+            trampolines.verify_trampoline(
+                read_vaddr(elf, found.trampoline, layout.TRAMPOLINE_SIZE), found.trampoline,
+                found.entry, found.func_desc, plan.got_slot)
+            trampolines.verify_padding_stub(
+                read_vaddr(elf, function.padding, layout.PADDING_SIZE), function.padding,
+                found.func_desc, plan.got_slot)
+            if read_vaddr(elf, function.entry_nops, 2) != layout.TWO_BYTE_NOP:
+                raise ValueError(f"entry of {function.name} not rewritten")
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _replace_atomically(output: str, source: str, produce) -> None:
+    """Have ``produce(tmp)`` write a file next to ``output``, then rename it over ``output``.
+
+    A crash or a refusal half-way never leaves a truncated library behind.
+    The result keeps the permission bits of ``source``.
+    """
+    directory = os.path.dirname(os.path.abspath(output))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(output)}.",
+                                   suffix=".tmp")
+    except OSError as error:
+        raise UlpError(f"{output}: cannot write here ({error.strerror})",
+                       ExitCode.FILE_MISSING) from None
+    os.close(fd)
+    try:
+        produce(tmp)
+        os.chmod(tmp, os.stat(source).st_mode & 0o7777)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,385 @@
+"""The patch metadata file that ulp-packer writes and ulp-trigger reads.
+
+docs/patch-format.md describes the binary format (version 1) field by field.
+In short: a 48-byte header (magic, format version, flags, payload length,
+SHA-256 checksum), then a payload of fixed-size fields and u16-length-prefixed
+UTF-8 strings.  ``parse_patch`` treats its input as hostile: whatever the
+bytes, it returns a valid ``PatchMetadata`` or raises ``UlpError`` with
+``ExitCode.BAD_INPUT`` and a one-line reason; no other exception escapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, replace
+
+from ulp.errors import ExitCode, UlpError
+
+MAGIC = b"ULPPATCH"
+FORMAT_VERSION = 1
+
+FLAG_REVERSE = 0x0001
+KNOWN_FLAGS = FLAG_REVERSE
+
+# magic, format version, flags, payload length, SHA-256 checksum
+HEADER_FORMAT = "<8sHHI32s"
+HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+CHECKED_HEADER_SIZE = HEADER_SIZE - 32  # the checksum covers these header bytes
+
+PATCH_ID_SIZE = 16
+IDENTITY_SIZE = 32
+SHA256_SIZE = 32
+MAX_BUILD_ID = 20
+MAX_UNITS = 65536
+MAX_REQUIRES = 256
+MAX_STRING = 4096
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+PATCH_ID_DOMAIN = b"ulp patch id v1\0"
+
+assert HEADER_SIZE == 48, HEADER_SIZE
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One replaced function."""
+
+    index: int  # function index in the prepared target (PreparedFunction.index)
+    old_name: str  # the function of the target
+    new_name: str  # its replacement, a function of the patch .so
+
+
+@dataclass(frozen=True)
+class PatchMetadata:
+    patch_id: bytes  # 16 bytes
+    reverse: bool  # True in the reverse patch file
+    target_path: str  # absolute path of the prepared target library at pack time
+    target_identity: bytes  # 32 bytes, PreparedLibrary.identity
+    target_build_id: bytes  # 0..20 bytes, PreparedLibrary.build_id
+    layout_version: int  # PreparedLibrary.desc.layout_version
+    patch_so_path: str  # absolute path of the patch .so
+    patch_so_sha256: bytes  # 32 bytes, SHA-256 of the patch .so file
+    units: tuple[Unit, ...]
+    requires: tuple[bytes, ...]  # patch ids (16 bytes each)
+
+    def pack(self) -> bytes:
+        """The file contents; ValueError if a field is out of range."""
+        problem = _problem(self)
+        if problem is not None:
+            raise ValueError(f"cannot pack patch metadata: {problem}")
+        payload = _pack_payload(self)
+        flags = FLAG_REVERSE if self.reverse else 0
+        checked = struct.pack("<8sHHI", MAGIC, FORMAT_VERSION, flags, len(payload))
+        return checked + _checksum(checked, payload) + payload
+
+    def reversed(self) -> PatchMetadata:
+        """The same patch as the reverse patch file describes it."""
+        return replace(self, reverse=True)
+
+    @property
+    def patch_id_hex(self) -> str:
+        return self.patch_id.hex()
+
+
+def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
+                  units: tuple[Unit, ...] | list[Unit]) -> bytes:
+    """A deterministic id: re-packing the same patch gives the same id."""
+    digest = hashlib.sha256(PATCH_ID_DOMAIN)
+    digest.update(patch_so_sha256)
+    digest.update(target_identity)
+    digest.update(struct.pack("<I", len(units)))
+    for unit in units:
+        digest.update(struct.pack("<I", unit.index))
+        digest.update(_pack_string(unit.old_name))
+        digest.update(_pack_string(unit.new_name))
+    return digest.digest()[:PATCH_ID_SIZE]
+
+
+def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
+    """Parse a patch file; UlpError(BAD_INPUT) with a precise reason if it is bad."""
+    try:
+        return _parse(bytes(data))
+    except _Malformed as error:
+        raise UlpError(f"{source}: {error}", ExitCode.BAD_INPUT) from None
+
+
+def read_patch(path: str) -> PatchMetadata:
+    """Read and parse the patch file at ``path``."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_PAYLOAD + HEADER_SIZE + 1)
+    except FileNotFoundError:
+        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
+    except IsADirectoryError:
+        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
+    except PermissionError:
+        raise UlpError(f"{path}: permission denied", ExitCode.FILE_MISSING) from None
+    except OSError as error:
+        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
+    return parse_patch(data, path)
+
+
+def write_patch(path: str, metadata: PatchMetadata) -> None:
+    """Write ``metadata`` to ``path`` atomically (a temporary file, then rename)."""
+    data = metadata.pack()
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".ulp-", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise UlpError(f"{path}: cannot write ({error.strerror})", ExitCode.FILE_MISSING) from None
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except OSError as error:
+        _remove_quietly(temp)
+        raise UlpError(f"{path}: cannot write ({error.strerror})", ExitCode.FILE_MISSING) from None
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --- writing -----------------------------------------------------------------
+
+
+def _checksum(checked_header: bytes, payload: bytes) -> bytes:
+    return hashlib.sha256(checked_header + payload).digest()
+
+
+def _pack_string(text: str) -> bytes:
+    encoded = text.encode("utf-8")
+    return struct.pack("<H", len(encoded)) + encoded
+
+
+def _pack_payload(metadata: PatchMetadata) -> bytes:
+    parts = [
+        metadata.patch_id,
+        metadata.target_identity,
+        struct.pack("<B", len(metadata.target_build_id)),
+        metadata.target_build_id.ljust(MAX_BUILD_ID, b"\0"),
+        struct.pack("<I", metadata.layout_version),
+        metadata.patch_so_sha256,
+        _pack_string(metadata.target_path),
+        _pack_string(metadata.patch_so_path),
+        struct.pack("<I", len(metadata.units)),
+    ]
+    for unit in metadata.units:
+        parts.append(struct.pack("<I", unit.index))
+        parts.append(_pack_string(unit.old_name))
+        parts.append(_pack_string(unit.new_name))
+    parts.append(struct.pack("<I", len(metadata.requires)))
+    parts.extend(metadata.requires)
+    return b"".join(parts)
+
+
+# --- validation shared by pack() and parse_patch() ---------------------------
+
+
+def _problem(metadata: PatchMetadata) -> str | None:
+    """What is wrong with ``metadata``, or None if it can be written and read."""
+    checks = [
+        (len(metadata.patch_id) == PATCH_ID_SIZE, "patch id is not 16 bytes"),
+        (len(metadata.target_identity) == IDENTITY_SIZE, "target identity is not 32 bytes"),
+        (len(metadata.target_build_id) <= MAX_BUILD_ID, "target build-id longer than 20 bytes"),
+        (0 <= metadata.layout_version <= 0xFFFF_FFFF, "layout version out of range"),
+        (len(metadata.patch_so_sha256) == SHA256_SIZE, "patch .so hash is not 32 bytes"),
+        (1 <= len(metadata.units) <= MAX_UNITS, f"unit count not in 1..{MAX_UNITS}"),
+        (len(metadata.requires) <= MAX_REQUIRES, f"more than {MAX_REQUIRES} requires"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            return message
+    return (_path_problem("target path", metadata.target_path)
+            or _path_problem("patch .so path", metadata.patch_so_path)
+            or _units_problem(metadata.units)
+            or _requires_problem(metadata.patch_id, metadata.requires))
+
+
+def _string_problem(what: str, text: str) -> str | None:
+    if not text:
+        return f"{what} is empty"
+    if "\0" in text:
+        return f"{what} contains a NUL character"
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{what} is not valid UTF-8"
+    if size > MAX_STRING:
+        return f"{what} is longer than {MAX_STRING} bytes"
+    return None
+
+
+def _path_problem(what: str, path: str) -> str | None:
+    problem = _string_problem(what, path)
+    if problem is None and not path.startswith("/"):
+        problem = f"{what} is not absolute: {path!r}"
+    return problem
+
+
+def _units_problem(units: tuple[Unit, ...]) -> str | None:
+    seen_indexes: set[int] = set()
+    seen_names: set[str] = set()
+    for number, unit in enumerate(units):
+        problem = (_string_problem(f"unit {number} old name", unit.old_name)
+                   or _string_problem(f"unit {number} new name", unit.new_name))
+        if problem is not None:
+            return problem
+        if not 0 <= unit.index <= 0xFFFF_FFFF:
+            return f"unit {number} function index out of range"
+        if unit.index in seen_indexes or unit.old_name in seen_names:
+            return f"unit {number} replaces function {unit.old_name} a second time"
+        seen_indexes.add(unit.index)
+        seen_names.add(unit.old_name)
+    return None
+
+
+def _requires_problem(patch_id: bytes, requires: tuple[bytes, ...]) -> str | None:
+    if any(len(required) != PATCH_ID_SIZE for required in requires):
+        return "a required patch id is not 16 bytes"
+    if len(set(requires)) != len(requires):
+        return "a required patch is listed twice"
+    if patch_id in requires:
+        return "the patch requires itself"
+    return None
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+class _Malformed(Exception):
+    """Internal: why the bytes are not a valid patch file."""
+
+
+class _Reader:
+    """Bounds-checked reads from the payload, with a cursor."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int, what: str) -> bytes:
+        end = self.offset + size
+        if size < 0 or end > len(self.data):
+            raise _Malformed(f"payload truncated in {what} (offset {self.offset})")
+        chunk = self.data[self.offset:end]
+        self.offset = end
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return struct.unpack("<H", self.take(2, what))[0]
+
+    def u32(self, what: str) -> int:
+        return struct.unpack("<I", self.take(4, what))[0]
+
+    def count(self, what: str, limit: int) -> int:
+        value = self.u32(what)
+        if value > limit:
+            raise _Malformed(f"{what} {value} exceeds the limit of {limit}")
+        return value
+
+    def string(self, what: str) -> str:
+        size = self.u16(f"length of {what}")
+        if size > MAX_STRING:
+            raise _Malformed(f"{what} is longer than {MAX_STRING} bytes")
+        raw = self.take(size, what)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Malformed(f"{what} is not valid UTF-8") from None
+        if "\0" in text:
+            raise _Malformed(f"{what} contains a NUL character")
+        return text
+
+    def finish(self) -> None:
+        if self.offset != len(self.data):
+            extra = len(self.data) - self.offset
+            raise _Malformed(f"payload has {extra} unexpected trailing bytes")
+
+
+def _parse(data: bytes) -> PatchMetadata:
+    payload, flags = _check_header(data)
+    reader = _Reader(payload)
+    patch_id = reader.take(PATCH_ID_SIZE, "patch id")
+    target_identity = reader.take(IDENTITY_SIZE, "target identity")
+    build_id_size = reader.u8("build-id length")
+    build_id_field = reader.take(MAX_BUILD_ID, "build-id")
+    if build_id_size > MAX_BUILD_ID:
+        raise _Malformed(f"build-id length {build_id_size} exceeds {MAX_BUILD_ID}")
+    if any(build_id_field[build_id_size:]):
+        raise _Malformed("build-id padding is not zero")
+    layout_version = reader.u32("layout version")
+    patch_so_sha256 = reader.take(SHA256_SIZE, "patch .so hash")
+    target_path = reader.string("target path")
+    patch_so_path = reader.string("patch .so path")
+    units = tuple(_read_unit(reader, number)
+                  for number in range(reader.count("unit count", MAX_UNITS)))
+    requires = tuple(reader.take(PATCH_ID_SIZE, f"required patch id {number}")
+                     for number in range(reader.count("requires count", MAX_REQUIRES)))
+    reader.finish()
+    metadata = PatchMetadata(
+        patch_id=patch_id,
+        reverse=bool(flags & FLAG_REVERSE),
+        target_path=target_path,
+        target_identity=target_identity,
+        target_build_id=build_id_field[:build_id_size],
+        layout_version=layout_version,
+        patch_so_path=patch_so_path,
+        patch_so_sha256=patch_so_sha256,
+        units=units,
+        requires=requires,
+    )
+    problem = _problem(metadata)
+    if problem is not None:
+        raise _Malformed(problem)
+    return metadata
+
+
+def _read_unit(reader: _Reader, number: int) -> Unit:
+    index = reader.u32(f"unit {number} function index")
+    old_name = reader.string(f"unit {number} old name")
+    new_name = reader.string(f"unit {number} new name")
+    return Unit(index, old_name, new_name)
+
+
+def _check_header(data: bytes) -> tuple[bytes, int]:
+    """Validate the header; return the payload and the flags."""
+    if not data:
+        raise _Malformed("empty file, not a ulp patch file")
+    if len(data) < HEADER_SIZE:
+        if not data.startswith(MAGIC[: len(data)]):
+            raise _Malformed("not a ulp patch file (bad magic)")
+        raise _Malformed(f"truncated: {len(data)} bytes, the header alone is {HEADER_SIZE}")
+    magic, version, flags, payload_size, checksum = struct.unpack_from(HEADER_FORMAT, data)
+    if magic != MAGIC:
+        raise _Malformed("not a ulp patch file (bad magic)")
+    if version != FORMAT_VERSION:
+        raise _Malformed(f"unsupported format version {version} (this ulp reads {FORMAT_VERSION})")
+    if payload_size > MAX_PAYLOAD:
+        raise _Malformed(f"payload length {payload_size} exceeds the limit of {MAX_PAYLOAD}")
+    actual = len(data) - HEADER_SIZE
+    if actual < payload_size:
+        raise _Malformed(f"truncated: payload is {actual} bytes, the header says {payload_size}")
+    if actual > payload_size:
+        raise _Malformed(f"trailing garbage: {actual - payload_size} bytes after the payload")
+    payload = data[HEADER_SIZE:]
+    if _checksum(data[:CHECKED_HEADER_SIZE], payload) != checksum:
+        raise _Malformed("corrupted: checksum mismatch")
+    if flags & ~KNOWN_FLAGS:
+        raise _Malformed(f"unknown flags {flags:#06x}")
+    return payload, flags
