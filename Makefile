@@ -40,7 +40,7 @@ $(RUNTIME): $(RUNTIME_SRCS) $(RUNTIME_HDRS)
 demo: setup
 	$(VENV)/bin/python demo/run_demo.py
 
-test: setup
+test: setup lint
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: setup

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ulp.errors import ExitCode, UlpError
+from ulp.errors import ExitCode, UlpError, open_input
 
 #: a symbol name: C identifiers, plus the '.' and '$' that some compilers use
 SYMBOL = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")
@@ -127,15 +127,12 @@ def parse_description(text: str, path: str) -> Description:
 
 def read_description(path: str) -> Description:
     """Read and parse the description file at ``path``."""
-    try:
-        with open(path, "rb") as stream:
+    with open_input(path) as stream:
+        try:
             data = stream.read(MAX_DESC_SIZE + 1)
-    except FileNotFoundError:
-        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
-    except IsADirectoryError:
-        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
-    except OSError as error:
-        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
+        except OSError as error:
+            raise UlpError(f"{path}: cannot read ({error.strerror})",
+                           ExitCode.FILE_MISSING) from None
     if len(data) > MAX_DESC_SIZE:
         raise UlpError(f"{path}: too large for a patch description", ExitCode.BAD_INPUT)
     try:

@@ -13,7 +13,7 @@ from ulp.errors import ExitCode, UlpError
 
 from . import trampolines
 
-PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
+PATCHABLE_FLAG = layout.PATCHABLE_FLAG
 ENTRIES_SECTION = "__patchable_function_entries"
 _R_X86_64_RELATIVE = 8
 

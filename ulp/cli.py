@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 
 from ulp.errors import run_cli
-
-PATCHABLE_CFLAGS = "-fpatchable-function-entry=16,14"
+from ulp.layout import PATCHABLE_FLAG
 
 
 def cmd_flags(args: argparse.Namespace) -> int:
-    print(PATCHABLE_CFLAGS)
+    print(PATCHABLE_FLAG)
     return 0
 
 

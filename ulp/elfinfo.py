@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ulp.errors import ExitCode, UlpError
+from ulp.errors import ExitCode, UlpError, open_input
 
 # pyelftools reports a damaged file with more than ELFError: a bad offset
 # surfaces as OSError (negative seek), struct.error or a None where a section
@@ -22,15 +22,7 @@ MALFORMED_ELF_ERRORS = (ELFError, OSError, ValueError, AttributeError, TypeError
 @contextlib.contextmanager
 def open_elf(path: str) -> Iterator[ELFFile]:
     """Open ``path`` as an ELF file or raise a UlpError naming the problem."""
-    try:
-        stream = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
-    except IsADirectoryError:
-        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
-    except PermissionError:
-        raise UlpError(f"{path}: permission denied", ExitCode.FILE_MISSING) from None
-    with stream:
+    with open_input(path) as stream:
         try:
             elf = ELFFile(stream)
         except ELFError:

@@ -40,6 +40,20 @@ class UlpError(Exception):
             self.exit_code = exit_code
 
 
+def open_input(path: str):
+    """Open an input file for reading in binary, or raise FILE_MISSING naming why not."""
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except FileNotFoundError:
+        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
+    except IsADirectoryError:
+        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
+    except PermissionError:
+        raise UlpError(f"{path}: permission denied", ExitCode.FILE_MISSING) from None
+    except OSError as error:
+        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
+
+
 def run_cli(prog: str, body, argv=None) -> int:
     """Run ``body(argv)``, turning a UlpError into one line on stderr."""
     import sys

@@ -48,6 +48,9 @@ FUNC_DESC_FORMAT = "<qQQQQQqqqII"
 FUNC_DESC_SIZE = struct.calcsize(FUNC_DESC_FORMAT)
 FUNC_FLAG_ENDBR64 = 1
 
+#: the compiler flag that leaves PADDING_SIZE NOPs before and ENTRY_NOP_SIZE after each entry
+PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
+
 TRAMPOLINE_SIZE = 32
 PADDING_SIZE = 14  # NOPs the compiler leaves before each entry
 ENTRY_NOP_SIZE = 2  # NOPs it leaves after the entry (after endbr64 with CET)

@@ -16,7 +16,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, replace
 
-from ulp.errors import ExitCode, UlpError
+from ulp.errors import ExitCode, UlpError, open_input
 
 MAGIC = b"ULPPATCH"
 FORMAT_VERSION = 1
@@ -108,17 +108,12 @@ def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
 
 def read_patch(path: str) -> PatchMetadata:
     """Read and parse the patch file at ``path``."""
-    try:
-        with open(path, "rb") as stream:
+    with open_input(path) as stream:
+        try:
             data = stream.read(MAX_PAYLOAD + HEADER_SIZE + 1)
-    except FileNotFoundError:
-        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
-    except IsADirectoryError:
-        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
-    except PermissionError:
-        raise UlpError(f"{path}: permission denied", ExitCode.FILE_MISSING) from None
-    except OSError as error:
-        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
+        except OSError as error:
+            raise UlpError(f"{path}: cannot read ({error.strerror})",
+                           ExitCode.FILE_MISSING) from None
     return parse_patch(data, path)
 
 
