@@ -24,7 +24,7 @@ ULP_HIDDEN uint64_t ulp_global_universe = 1;
 /* One record per library per thread; the last is shared by the libraries
  * beyond ULP_MAX_LIBS, which are tracked but cannot be patched. */
 static __thread struct ulp_thread_record records[ULP_MAX_LIBS + 1]
-    __attribute__((tls_model("initial-exec"), aligned(64)));
+    __attribute__((tls_model("initial-exec"), aligned(32)));
 
 static struct ulp_lib_desc *libraries[ULP_MAX_LIBS];
 static int nlibraries;
@@ -38,6 +38,17 @@ static long raw_syscall4(long nr, long a, long b, long c, long d)
     register long r10 __asm__("r10") = d;
     __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
                      : "rcx", "r11", "memory");
+    return ret;
+}
+
+static long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
+{
+    long ret;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8),
+                     "r"(r9) : "rcx", "r11", "memory");
     return ret;
 }
 
@@ -89,6 +100,21 @@ ULP_HIDDEN void ulp_register_function(struct ulp_func_desc *fd)
     ulp_register_library(ulp_func_lib(fd));
 }
 
+/* Does the stack slot at SLOT still hold VALUE?  Asked of slots that may be
+ * on a stack that no longer exists, so read with process_vm_readv, which
+ * reports an unmapped address instead of faulting. */
+ULP_HIDDEN int ulp_slot_holds(uintptr_t slot, uintptr_t value)
+{
+    uintptr_t found = 0;
+    struct {
+        void *base;
+        size_t len;
+    } local = {&found, sizeof found}, remote = {(void *)slot, sizeof found};
+    long pid = raw_syscall4(SYS_getpid, 0, 0, 0, 0);
+    long n = raw_syscall6(SYS_process_vm_readv, pid, (long)&local, 1, (long)&remote, 1, 0);
+    return n == (long)sizeof found && found == value;
+}
+
 struct search {
     uint64_t address;
     int found;
@@ -126,13 +152,14 @@ ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address)
     return lib;
 }
 
-/* For tests and statistics: external entries this thread made into every
- * prepared library. */
-ULP_EXPORT uint64_t ulp_thread_external_entries(void)
+/* For tests: a value that changes whenever this thread records an external
+ * entry into a prepared library from another call site (the sum of the
+ * recorded return addresses). */
+ULP_EXPORT uint64_t ulp_thread_entry_signature(void)
 {
     uint64_t total = 0;
     for (int i = 0; i <= ULP_MAX_LIBS; i++)
-        total += records[i].entries;
+        total += records[i].outer_ret;
     return total;
 }
 

@@ -17,6 +17,10 @@ extern uint64_t ulp_global_universe;
 int ulp_register_library(struct ulp_lib_desc *lib);
 struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address);
 void ulp_register_function(struct ulp_func_desc *fd);
+int ulp_slot_holds(uintptr_t slot, uintptr_t value);
+
+/* altstack.c */
+extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initial-exec")));
 
 /* patch.c: patches, their versions and universes */
 int ulp_handle_request(const struct ulp_request *req, uint32_t size,

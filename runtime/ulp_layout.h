@@ -15,8 +15,8 @@
 #define REC_OUTER_SLOT  0
 #define REC_OUTER_RET   8
 #define REC_UNIVERSE    16
-#define REC_SCRATCH     24
-#define REC_ENTRIES     32
+#define ALT_LOW         0
+#define ALT_HIGH        8
 
 #ifndef __ASSEMBLER__
 #include <stddef.h>
@@ -68,9 +68,13 @@ struct ulp_thread_record {
     uintptr_t outer_slot;           /* stack address of its return address */
     uintptr_t outer_ret;            /* the return address stored there */
     uint64_t universe;
-    uint64_t scratch;               /* the tracker spills %rax here */
-    uint64_t entries;               /* external entries, for tests and statistics */
-    uint64_t unused[3];
+    uint64_t reserved;
+};
+
+/* Per thread: the alternate signal stack, as set through sigaltstack(). */
+struct ulp_altstack {
+    uintptr_t low;
+    uintptr_t high;                 /* low == high: none */
 };
 
 _Static_assert(sizeof(struct ulp_func_desc) == 80, "func desc layout");
@@ -80,9 +84,8 @@ _Static_assert(offsetof(struct ulp_func_desc, original) == FD_ORIGINAL, "fd");
 _Static_assert(offsetof(struct ulp_version, target) == V_TARGET, "v");
 _Static_assert(offsetof(struct ulp_version, next) == V_NEXT, "v");
 _Static_assert(offsetof(struct ulp_thread_record, universe) == REC_UNIVERSE, "rec");
-_Static_assert(offsetof(struct ulp_thread_record, scratch) == REC_SCRATCH, "rec");
-_Static_assert(offsetof(struct ulp_thread_record, entries) == REC_ENTRIES, "rec");
-_Static_assert(sizeof(struct ulp_thread_record) == 64, "rec");
+_Static_assert(sizeof(struct ulp_thread_record) == 32, "rec");
+_Static_assert(offsetof(struct ulp_altstack, high) == ALT_HIGH, "alt");
 
 static inline struct ulp_lib_desc *ulp_func_lib(struct ulp_func_desc *fd)
 {

@@ -72,7 +72,7 @@ def test_reverse_patch_file_reverts_and_patch_applies_again(e2e: Path) -> None:
 def test_each_exported_function_passes_the_tracker(e2e: Path) -> None:
     with start(e2e) as app:
         app.send("entries\n")
-        # one external entry per call: lib_value_plus's own call of lib_value is nested
+        # every call, made from its own call site, is recorded as an external entry
         assert app.next_line() == "lib_value=1 lib_twice=1 lib_value_plus=1 lib_half=1"
 
 
