@@ -160,6 +160,38 @@ static int find_target(const struct parsed_request *req, struct ulp_lib_desc **o
     return ULP_OK;
 }
 
+static int loaded_before(void *handle)
+{
+    for (struct patch *p = patches; p; p = p->next)
+        if (p->handle == handle)
+            return 1;
+    return 0;
+}
+
+/* dlopen /proc/self/fd/FD.  The descriptor stays open while the object is
+ * loaded, so that name is unique: ld.so, which first matches objects by
+ * name, never takes a new patch object for one loaded earlier under a
+ * reused descriptor number.  Debuggers read the name from the link map, and
+ * /proc/self/fd/FD would name one of their own descriptors: the map gets
+ * the patch object's real path instead. */
+static void *load_through_descriptor(int fd, const char *path)
+{
+    char fd_path[64];
+    struct link_map *map;
+    snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fd);
+    void *handle = dlopen(fd_path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle || loaded_before(handle)) {
+        close(fd);      /* failed, or the same file again: its first descriptor stays */
+        return handle;
+    }
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && strcmp(map->l_name, fd_path) == 0) {
+        char *name = strdup(path);
+        if (name)
+            __atomic_store_n(&map->l_name, name, __ATOMIC_RELEASE);
+    }
+    return handle;
+}
+
 /* Open the patch object once, check its hash on that descriptor and load
  * it through the same descriptor: what was checked is what runs. */
 static int load_patch_object(const struct parsed_request *req, void **handle,
@@ -184,10 +216,7 @@ static int load_patch_object(const struct parsed_request *req, void **handle,
         return answer(reply, ULP_E_PATCH_HASH,
                     "patch object %s changed since it was packed (SHA-256 mismatch)", path);
     }
-    char fd_path[64];
-    snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fd);
-    *handle = dlopen(fd_path, RTLD_NOW | RTLD_LOCAL);
-    close(fd);
+    *handle = load_through_descriptor(fd, path);
     if (!*handle)
         return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path, dlerror());
     return ULP_OK;

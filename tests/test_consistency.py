@@ -1,0 +1,582 @@
+"""The consistency model (docs/consistency.md, issue 3), case by case, on real
+multi-threaded programs with prepared libraries, the runtime preloaded and
+ulp-trigger applying and reverting patches underneath them.
+
+Version tags: the original lib_tag returns 1 and the patch's replacement 2;
+threads record what they saw and print it when asked.  Every wait is on a
+line the program prints (with LiveProcess's timeout), never on a sleep."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from consistency_support import (
+    C_DIR,
+    LiveProcess,
+    apply,
+    ask,
+    cc,
+    cxx,
+    patch,
+    prepared_library,
+    revert,
+    tool,
+    trigger,
+)
+
+from support import PATCHABLE, shared_library
+
+
+@pytest.fixture(scope="module")
+def cm(build_dir: Path) -> dict[str, Path]:
+    """libcm.so (prepared), the program, and the patches for it."""
+    root = build_dir / "cm"
+    lib = prepared_library(root / "lib" / "libcm.so", [C_DIR / "cm_lib.c"], "-fexceptions")
+    app = cc(root / "app", [C_DIR / "cm_app.c"], f"-L{root / 'lib'}", "-lcm", "-pthread")
+    built = {"root": root, "lib": lib, "app": app}
+    built["tag"] = patch(root, "fix_tag", lib, {"lib_tag": "lib_tag_v2"}, C_DIR / "cm_fix_tag.c")
+    built["rec"] = patch(root, "fix_rec", lib, {"lib_rec": "lib_rec_v2"}, C_DIR / "cm_fix_rec.c")
+    for value in (200, 300, 400, 500):
+        built[f"v{value}"] = patch(root, f"fix_v{value}", lib, {"lib_value": f"value_{value}"},
+                                   C_DIR / "cm_fix_value.c", f"-DNAME=value_{value}",
+                                   f"-DVALUE={value}",
+                                   requires=[built["v200"]] if value == 500 else [])
+    built["o2000"] = patch(root, "fix_o2000", lib, {"lib_other": "other_2000"},
+                           C_DIR / "cm_fix_value.c", "-DNAME=other_2000", "-DVALUE=2000")
+    return built
+
+
+def start(cm: dict[str, Path], mode: str = "none") -> LiveProcess:
+    app = LiveProcess([cm["app"], mode], env={"LD_LIBRARY_PATH": str(cm["root"] / "lib")})
+    ready = app.next_line()
+    assert ready.startswith(f"w ready mode={mode} "), ready
+    return app
+
+
+# ---- 1. Blocked ----------------------------------------------------------------
+
+def test_blocked_thread_keeps_old_code_while_others_migrate(cm) -> None:
+    with start(cm) as app:
+        app.send("w spin\n")
+        assert ask(app, "spinwait 1000") == "spun"          # W is looping inside L
+        apply(app.pid, cm["tag"])
+        assert ask(app, "tag") == "main tag=2"              # external call: new code
+        assert ask(app, "spinwait 100000") == "spun"        # W called lib_tag after apply
+        assert ask(app, "tag") == "main tag=2"
+        app.send("spinstop\n")
+        assert app.next_line() == "w spin seen=2"           # bit 1 only: W saw version 1 only
+        assert ask(app, "w tag") == "w tag=2"               # W's next external call
+
+
+# ---- 2. Migration liveness -------------------------------------------------------
+
+def test_thread_calling_from_a_loop_migrates_at_its_next_call(cm) -> None:
+    with start(cm) as app:
+        assert ask(app, "w tag") == "w tag=1"
+        assert ask(app, "tag") == "main tag=1"
+        apply(app.pid, cm["tag"])
+        assert ask(app, "w tag") == "w tag=2"
+        assert ask(app, "tag") == "main tag=2"
+        revert(app.pid, cm["tag"])
+        assert ask(app, "w tag") == "w tag=1"
+        assert ask(app, "tag") == "main tag=1"
+
+
+def test_thread_first_called_from_deep_frame_migrates_from_shallower_frames(cm) -> None:
+    with start(cm) as app:
+        assert ask(app, "w deep 200") == "w deep tag=1"
+        apply(app.pid, cm["tag"])
+        assert ask(app, "w deep 20") == "w deep tag=2"
+        revert(app.pid, cm["tag"])
+        assert ask(app, "w tag") == "w tag=1"
+        apply(app.pid, cm["tag"])
+        assert ask(app, "w deep 0") == "w deep tag=2"
+
+
+# ---- 4. Callbacks ------------------------------------------------------------------
+
+def test_callback_reentering_library_keeps_the_outer_universe(cm) -> None:
+    with start(cm) as app:
+        app.send("w sort\n")
+        assert app.next_line() == "cmp inside"            # W is in the comparator, inside lib_sort
+        apply(app.pid, cm["tag"])
+        assert ask(app, "tag") == "main tag=2"            # another thread: new code
+        app.send("release\n")
+        done = app.next_line()
+        sorted_, lib_seen, cb_seen = done.split()[2:]
+        assert sorted_ == "1235789"
+        assert lib_seen.startswith("lib=") and cb_seen.startswith("cb="), done
+        assert set(lib_seen[4:]) == {"1"}, done           # L's own nested calls: old
+        assert set(cb_seen[3:]) == {"1"}, done            # the callback's calls into L: old
+        assert len(cb_seen[3:]) > 2 and len(lib_seen[4:]) > 2
+        assert ask(app, "w tag") == "w tag=2"             # next external entry: new
+
+
+# ---- 5. Signal handlers --------------------------------------------------------
+
+@pytest.mark.parametrize("mode,stack,where", [
+    ("none", "thread-stack", "none"),
+    ("malloc", "altstack", "below"),
+    ("above", "altstack", "above"),
+])
+def test_signal_handler_inside_library_keeps_the_interrupted_universe(cm, mode, stack,
+                                                                      where) -> None:
+    with LiveProcess([cm["app"], mode], env={"LD_LIBRARY_PATH": str(cm["root"] / "lib")}) as app:
+        assert app.next_line() == f"w ready mode={mode} altstack={where}"
+        app.send("w hold\n")
+        assert app.next_line() == "hold inside"           # W blocked in read() inside lib_hold
+        apply(app.pid, cm["tag"])
+        # the handler interrupts W inside L: its calls are nested, universe of lib_hold
+        assert ask(app, "signal") == f"handler tag=1 nested=1 on={stack}"
+        assert ask(app, "tag") == "main tag=2"
+        app.send("release\n")
+        assert app.next_line() == "w hold=11"             # the interrupted activation: old
+        assert ask(app, "w tag") == "w tag=2"
+        # and a handler interrupting W outside L is an external entry: new code
+        assert ask(app, "signal") == f"handler tag=2 nested=2 on={stack}"
+
+
+# ---- 6. Revert while inside ----------------------------------------------------
+
+def test_revert_while_inside_keeps_the_patch_until_the_thread_leaves(cm) -> None:
+    with start(cm) as app:
+        apply(app.pid, cm["tag"])
+        app.send("w hold\n")
+        assert app.next_line() == "hold inside"           # entered after P: sees 2
+        revert(app.pid, cm["tag"])
+        assert ask(app, "tag") == "main tag=1"
+        app.send("release\n")
+        assert app.next_line() == "w hold=22"             # keeps P until it leaves L
+        assert ask(app, "w tag") == "w tag=1"             # then the state without P
+
+
+# ---- 7. Stacks of patches and dependencies ------------------------------------
+
+def values(app: LiveProcess) -> str:
+    return ask(app, "values")
+
+
+@pytest.mark.parametrize("order", [(3, 2, 1), (2, 3, 1), (1, 3, 2), (1, 2, 3)])
+def test_stacked_patches_revert_in_any_order(cm, order) -> None:
+    patches = {1: cm["v200"], 2: cm["v300"], 3: cm["v400"]}
+    tags = {1: 200, 2: 300, 3: 400}
+    with start(cm) as app:
+        assert values(app) == "value=100 other=1000"
+        applied: list[int] = []
+        for number in (1, 2, 3):
+            apply(app.pid, patches[number])
+            applied.append(number)
+            assert values(app) == f"value={tags[number]} other=1000"
+        for number in order:
+            revert(app.pid, patches[number])
+            applied.remove(number)
+            expected = tags[max(applied)] if applied else 100
+            assert values(app) == f"value={expected} other=1000", (order, number)
+
+
+def test_patches_on_different_functions_are_independent(cm) -> None:
+    with start(cm) as app:
+        apply(app.pid, cm["v200"])
+        apply(app.pid, cm["o2000"])
+        assert values(app) == "value=200 other=2000"
+        revert(app.pid, cm["v200"])
+        assert values(app) == "value=100 other=2000"
+        apply(app.pid, cm["v300"])
+        assert values(app) == "value=300 other=2000"
+        revert(app.pid, cm["o2000"])
+        assert values(app) == "value=300 other=1000"
+        revert(app.pid, cm["v300"])
+        assert values(app) == "value=100 other=1000"
+
+
+def status(pid: int) -> str:
+    result = tool("ulp", "status", str(pid))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_dependencies_are_checked_on_apply_and_on_revert(cm) -> None:
+    with start(cm) as app:
+        before = status(app.pid)
+        refused = trigger(app.pid, cm["v500"])           # requires fix_v200, not applied
+        assert refused.returncode == 14, refused.stderr
+        assert values(app) == "value=100 other=1000"
+        assert status(app.pid) == before
+        apply(app.pid, cm["v200"])
+        apply(app.pid, cm["v500"])
+        assert values(app) == "value=500 other=1000"
+        with_both = status(app.pid)
+        refused = trigger("--revert", app.pid, cm["v200"])   # fix_v500 still needs it
+        assert refused.returncode == 14, refused.stderr
+        assert values(app) == "value=500 other=1000"
+        assert status(app.pid) == with_both
+        revert(app.pid, cm["v500"])
+        assert values(app) == "value=200 other=1000"
+        revert(app.pid, cm["v200"])
+        assert values(app) == "value=100 other=1000"
+
+
+# ---- 8. Recursion ---------------------------------------------------------------
+
+def test_recursion_patched_midway_finishes_with_the_old_version(cm) -> None:
+    with start(cm) as app:
+        app.send("w rec 60 30\n")                          # blocks at depth 30 of 60
+        assert app.next_line() == "rec inside"
+        apply(app.pid, cm["rec"])
+        app.send("release\n")
+        assert app.next_line() == "w rec " + "1" * 61 + " sum=1830"
+        assert ask(app, "w rec 60 -1") == "w rec " + "2" * 61 + " sum=1830"
+        revert(app.pid, cm["rec"])
+        assert ask(app, "w rec 60 -1") == "w rec " + "1" * 61 + " sum=1830"
+
+
+# ---- 10. longjmp out of L --------------------------------------------------------
+
+def test_longjmp_out_of_library_leaves_the_thread_able_to_migrate(cm) -> None:
+    with start(cm) as app:
+        assert ask(app, "w longjmp") == "w longjmp escaped tag=1"
+        apply(app.pid, cm["tag"])
+        assert ask(app, "w tag") == "w tag=2"
+        assert ask(app, "w longjmp") == "w longjmp escaped tag=2"
+        revert(app.pid, cm["tag"])
+        assert ask(app, "w tag") == "w tag=1"
+
+
+# ---- 3. One universe per activation ------------------------------------------------
+
+ROUNDS = 20
+
+
+@pytest.fixture(scope="module")
+def combo(build_dir: Path) -> dict[str, Path]:
+    """libcmcombo.so in two builds (calls through the PLT, direct calls), the
+    program, and a patch for each build."""
+    root = build_dir / "combo"
+    built = {"root": root}
+    for variant, flags in (("plt", ()), ("direct", ("-fno-semantic-interposition",))):
+        lib = prepared_library(root / variant / "libcmcombo.so", [C_DIR / "cm_combo.c"], *flags)
+        built[variant] = patch(root, f"fix_{variant}", lib,
+                               {f"combo_{x}": f"combo_{x}_v2" for x in "abc"},
+                               C_DIR / "cm_combo_fix.c")
+        code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)],
+                              capture_output=True, text=True, check=True).stdout
+        body = code.split("<combo>:")[1].split("\n\n")[0]
+        calls = [line.split("call")[1].strip() for line in body.splitlines() if "call" in line]
+        for name in ("combo_a", "combo_b", "combo_c"):
+            assert any(f"<{name}" in call for call in calls), body
+        through_plt = all("@plt>" in call for call in calls)
+        direct = all("@plt>" not in call for call in calls)
+        assert through_plt if variant == "plt" else direct, calls
+    built["app"] = cc(root / "app", [C_DIR / "cm_combo_app.c"], f"-L{root / 'plt'}",
+                      "-lcmcombo", "-pthread")
+    return built
+
+
+@pytest.mark.parametrize("variant", ["plt", "direct"])
+def test_each_activation_sees_one_universe_while_patches_come_and_go(combo, variant) -> None:
+    fix = combo[variant]
+    env = {"LD_LIBRARY_PATH": str(combo["root"] / variant)}
+    with LiveProcess([combo["app"]], env=env) as app:
+        assert app.next_line() == "running"
+        assert ask(app, "sync") == "last 111 111 111"
+        for _ in range(ROUNDS):
+            apply(app.pid, fix)
+            assert ask(app, "sync") == "last 222 222 222"     # every thread migrated
+            revert(app.pid, fix)
+            assert ask(app, "sync") == "last 111 111 111"
+        totals = dict(item.split("=") for item in ask(app, "stop").split())
+        assert totals["mixed"] == "0", totals
+        assert int(totals["old"]) > 0 and int(totals["new"]) > 0, totals
+
+
+# ---- 9./10. The stack stays intact: exceptions, cancellation, backtraces, gdb ------
+
+@pytest.fixture(scope="module")
+def cxx_build(build_dir: Path) -> dict[str, Path]:
+    root = build_dir / "cxx"
+    (root / "lib").mkdir(parents=True)
+    lib = cxx(root / "lib" / "libcmcxx.so", [C_DIR / "cm_cxx_lib.cpp"], "-shared", "-fPIC",
+              "-fexceptions", PATCHABLE)
+    prepared = tool("ulp-prepare", lib)
+    assert prepared.returncode == 0, prepared.stderr
+    app = cxx(root / "app", [C_DIR / "cm_cxx_app.cpp"], "-rdynamic", f"-L{root / 'lib'}",
+              "-lcmcxx", "-pthread")
+    fix = patch(root, "fix_cxx", lib, {name: f"{name}_v2" for name in
+                                       ("cxx_tag", "cxx_throw", "cxx_block", "cxx_backtrace")},
+                C_DIR / "cm_cxx_fix.cpp", compiler=cxx)
+    return {"root": root, "app": app, "fix": fix}
+
+
+def start_cxx(cxx_build) -> LiveProcess:
+    app = LiveProcess([cxx_build["app"]], env={"LD_LIBRARY_PATH": str(cxx_build["root"] / "lib")})
+    assert app.next_line() == "ready"
+    return app
+
+
+def test_cxx_exception_thrown_inside_library_is_caught_before_and_after_patch(cxx_build) -> None:
+    with start_cxx(cxx_build) as app:
+        assert ask(app, "throw") == "caught v1 -7"
+        apply(app.pid, cxx_build["fix"])
+        assert ask(app, "throw") == "caught v2 -7"        # thrown inside the patched version
+        revert(app.pid, cxx_build["fix"])
+        assert ask(app, "throw") == "caught v1 -7"
+
+
+def test_pthread_cancel_inside_library_runs_cleanup_handlers(cxx_build) -> None:
+    canceled = "joined canceled=1 app_cleanup=1 lib_cleanup=1 lib_dtor=1 result=0"
+    with start_cxx(cxx_build) as app:
+        app.send("block\n")
+        assert app.next_line() == "block1 inside"
+        assert ask(app, "cancel") == canceled
+        apply(app.pid, cxx_build["fix"])
+        app.send("block\n")
+        assert app.next_line() == "block2 inside"         # blocked in the patched version
+        assert ask(app, "cancel") == canceled
+        app.send("block\n")
+        assert app.next_line() == "block2 inside"
+        assert ask(app, "unblock") == \
+            "joined canceled=0 app_cleanup=0 lib_cleanup=0 lib_dtor=1 result=2"
+
+
+def backtrace_functions(line: str) -> list[str]:
+    """Function names of `bt v1 path(fn+0x..) [..] ...`, in order."""
+    names = []
+    for frame in line.split()[2:]:
+        if "(" in frame and "+" in frame:
+            names.append(frame.split("(")[1].split("+")[0])
+    return names
+
+
+def test_backtrace_inside_library_shows_the_callers(cxx_build) -> None:
+    with start_cxx(cxx_build) as app:
+        for version in ("v1", "v2"):
+            line = ask(app, "bt")
+            assert line.startswith(f"bt {version} "), line
+            names = backtrace_functions(line)
+            callers = [name for name in names if name in ("bt_inner", "bt_outer", "main")]
+            assert callers == ["bt_inner", "bt_outer", "main"], line
+            if version == "v1":
+                apply(app.pid, cxx_build["fix"])
+
+
+def gdb_threads(pid: int) -> list[str]:
+    """`thread apply all bt` of gdb attached to PID, one string per thread."""
+    command = ["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=20,
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as hung:
+        raise AssertionError(f"gdb attached to {pid} did not finish in 20 s; it printed "
+                             f"{hung.stdout!r}") from None
+    return result.stdout.split("\nThread ")
+
+
+def test_gdb_backtrace_of_thread_inside_library_reaches_its_start(cxx_build) -> None:
+    with start_cxx(cxx_build) as app:
+        for version in ("1", "2"):
+            app.send("block\n")
+            assert app.next_line() == f"block{version} inside"
+            threads = gdb_threads(app.pid)
+            blocked = [text for text in threads if "cxx_block" in text]
+            assert len(blocked) == 1, threads
+            frames = blocked[0]
+            assert "blocker_main" in frames, frames
+            assert frames.index("cxx_block") < frames.index("blocker_main"), frames
+            main_thread = [text for text in threads if " main " in text or " main (" in text]
+            assert main_thread, threads
+            assert app.alive()
+            assert ask(app, "cancel").startswith("joined canceled=1")
+            if version == "1":
+                apply(app.pid, cxx_build["fix"])
+
+
+def test_cxx_exception_crossing_library_leaves_the_thread_able_to_migrate(cxx_build) -> None:
+    with start_cxx(cxx_build) as app:
+        assert ask(app, "cross") == "crossed seen=11"
+        apply(app.pid, cxx_build["fix"])
+        assert ask(app, "tag") == "tag=2"
+        assert ask(app, "cross") == "crossed seen=22"
+        revert(app.pid, cxx_build["fix"])
+        assert ask(app, "tag") == "tag=1"
+
+
+# ---- 11. Arguments and returns ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def args_build(build_dir: Path) -> dict[str, Path]:
+    root = build_dir / "args"
+    include = f"-I{C_DIR}"
+    lib = prepared_library(root / "prepared" / "libcmargs.so", [C_DIR / "cm_args_lib.c"], include)
+    (root / "plain").mkdir()
+    shared_library(root / "plain" / "libcmargs.so", [C_DIR / "cm_args_lib.c"], include)
+    app = cc(root / "app", [C_DIR / "cm_args_app.c"], include, f"-L{root / 'plain'}",
+             "-lcmargs", "-ldl")
+    fix = patch(root, "fix_args", lib, {name: f"{name}_v2" for name in
+                                        ("args_many", "args_varargs", "args_pair", "args_big")},
+                C_DIR / "cm_args_fix.c", include)
+    return {"root": root, "app": app, "fix": fix, "fix_so": root / "fix_args.so"}
+
+
+def args_app(args_build, libdir: str, preload: bool = True) -> LiveProcess:
+    env = {"LD_LIBRARY_PATH": str(args_build["root"] / libdir)}
+    app = LiveProcess([args_build["app"]], env=env, preload_runtime=preload)
+    assert app.next_line() == "ready"
+    return app
+
+
+def test_arguments_and_returns_identical_prepared_and_unprepared(args_build) -> None:
+    with args_app(args_build, "plain", preload=False) as plain, \
+            args_app(args_build, "plain") as plain_runtime, \
+            args_app(args_build, "prepared", preload=False) as prepared, \
+            args_app(args_build, "prepared") as tracked:
+        expected = ask(plain, "call")
+        assert expected.startswith("many=") and "nan" not in expected, expected
+        assert ask(plain_runtime, "call") == expected
+        assert ask(prepared, "call") == expected
+        assert ask(tracked, "call") == expected
+
+
+def test_arguments_and_returns_identical_patched_and_replacement_called_directly(
+        args_build) -> None:
+    with args_app(args_build, "prepared") as app:
+        original = ask(app, "call")
+        direct = ask(app, f"direct {args_build['fix_so']}")
+        assert direct.startswith("many=") and direct != original
+        for field_original, field_direct in zip(original.split(), direct.split(), strict=True):
+            assert field_original != field_direct      # every function differs in the patch
+        apply(app.pid, args_build["fix"])
+        assert ask(app, "call") == direct
+        revert(app.pid, args_build["fix"])
+        assert ask(app, "call") == original
+
+
+# ---- 12. Library shapes ------------------------------------------------------------
+
+def symbol_address(lib: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+    with open(lib, "rb") as stream:
+        symbol = ELFFile(stream).get_section_by_name(".symtab").get_symbol_by_name(name)[0]
+        return symbol["st_value"]
+
+
+def page_crossing_library(out: Path) -> Path:
+    """libcmpage.so, with page_tag's 14 bytes of padding across a 4 KiB boundary."""
+    flags = ["-DNAME=page_tag", "-fno-toplevel-reorder", "-falign-functions=1"]
+    shared_library(out, [C_DIR / "cm_shape.c"], *flags, "-DFILL=16")
+    fill = 16 + (6 - symbol_address(out, "page_tag")) % 4096
+    shared_library(out, [C_DIR / "cm_shape.c"], *flags, f"-DFILL={fill}")
+    entry = symbol_address(out, "page_tag")
+    assert 0 < entry % 4096 < 14, hex(entry)        # padding [entry-14, entry) crosses a page
+    prepared = tool("ulp-prepare", out)
+    assert prepared.returncode == 0, prepared.stderr
+    assert symbol_address(out, "page_tag") == entry
+    return out
+
+
+@pytest.fixture(scope="module")
+def shapes(build_dir: Path) -> dict[str, Path]:
+    root = build_dir / "shapes"
+    lib = root / "lib"
+    shape = C_DIR / "cm_shape.c"
+    libs = {
+        "sym": prepared_library(lib / "libcmsym.so", [shape], "-DNAME=sym_tag", "-Wl,-Bsymbolic"),
+        "weak": prepared_library(lib / "libcmweak.so", [shape], "-DNAME=weak_tag", "-DWEAK"),
+        "cet": prepared_library(lib / "libcmcet.so", [shape], "-DNAME=cet_tag",
+                                "-fcf-protection=full"),
+        "page": page_crossing_library(lib / "libcmpage.so"),
+        "a": prepared_library(lib / "libcma.so", [shape], "-DNAME=a_tag"),
+        "b": prepared_library(lib / "libcmb.so", [shape], "-DNAME=b_tag"),
+        "dl": prepared_library(root / "dl" / "libcmdl.so", [shape], "-DNAME=dl_tag"),
+    }
+    app = cc(root / "app", [C_DIR / "cm_shapes_app.c"], f"-L{lib}", "-lcmsym", "-lcmweak",
+             "-lcmcet", "-lcmpage", "-lcma", "-lcmb", "-ldl")
+    built = {"root": root, "app": app, **{f"lib_{k}": v for k, v in libs.items()}}
+    for name, target in libs.items():
+        built[name] = patch(root, f"fix_{name}", target, {f"{name}_tag": f"{name}_tag_v2"},
+                            C_DIR / "cm_fix_value.c", f"-DNAME={name}_tag_v2", "-DVALUE=2")
+    return built
+
+
+ORIGINAL_SHAPES = "sym=1 sym_twice=11 weak=1 cet=1 page=1 a=1 b=1"
+
+
+def start_shapes(shapes) -> LiveProcess:
+    app = LiveProcess([shapes["app"]], env={"LD_LIBRARY_PATH": str(shapes["root"] / "lib")})
+    assert app.next_line() == "ready"
+    return app
+
+
+def test_bsymbolic_library_routes_its_direct_internal_calls(shapes) -> None:
+    code = subprocess.run(["objdump", "-d", str(shapes["lib_sym"])], capture_output=True,
+                          text=True, check=True).stdout
+    twice = code.split("<sym_tag_twice>:")[1].split("\n\n")[0]
+    assert "<sym_tag>" in twice and "@plt" not in twice, twice   # -Bsymbolic: direct calls
+    with start_shapes(shapes) as app:
+        assert ask(app, "call") == ORIGINAL_SHAPES
+        apply(app.pid, shapes["sym"])
+        assert ask(app, "call") == ORIGINAL_SHAPES.replace("sym=1 sym_twice=11",
+                                                           "sym=2 sym_twice=22")
+        revert(app.pid, shapes["sym"])
+        assert ask(app, "call") == ORIGINAL_SHAPES
+
+
+@pytest.mark.parametrize("name", ["weak", "cet", "page"])
+def test_library_shape_is_patched_and_reverted(shapes, name) -> None:
+    if name == "cet":
+        code = subprocess.run(["objdump", "-d", str(shapes["lib_cet"])], capture_output=True,
+                              text=True, check=True).stdout
+        body = code.split("<cet_tag>:")[1].split("\n\n")[0]
+        assert "endbr64" in body.splitlines()[1], body         # endbr64 at the entry
+    with start_shapes(shapes) as app:
+        assert ask(app, "call") == ORIGINAL_SHAPES
+        apply(app.pid, shapes[name])
+        assert ask(app, "call") == ORIGINAL_SHAPES.replace(f"{name}=1", f"{name}=2")
+        revert(app.pid, shapes[name])
+        assert ask(app, "call") == ORIGINAL_SHAPES
+
+
+def test_library_loaded_with_dlopen_after_start_is_patched(shapes) -> None:
+    with start_shapes(shapes) as app:
+        assert ask(app, "dl") == "dl=-1"
+        refused = trigger(app.pid, shapes["dl"])                  # not loaded yet
+        assert refused.returncode != 0, refused.stdout
+        assert ask(app, "dl") == "dl=-1"
+        assert ask(app, f"dlopen {shapes['lib_dl']}") == "dl loaded"
+        assert ask(app, "dl") == "dl=1"
+        apply(app.pid, shapes["dl"])
+        assert ask(app, "dl") == "dl=2"
+        assert ask(app, "call") == ORIGINAL_SHAPES
+        revert(app.pid, shapes["dl"])
+        assert ask(app, "dl") == "dl=1"
+
+
+def test_two_prepared_libraries_are_patched_independently(shapes) -> None:
+    with start_shapes(shapes) as app:
+        apply(app.pid, shapes["a"])
+        assert ask(app, "call") == ORIGINAL_SHAPES.replace("a=1", "a=2")
+        apply(app.pid, shapes["b"])
+        assert ask(app, "call") == ORIGINAL_SHAPES.replace("a=1 b=1", "a=2 b=2")
+        revert(app.pid, shapes["a"])
+        assert ask(app, "call") == ORIGINAL_SHAPES.replace("b=1", "b=2")
+        revert(app.pid, shapes["b"])
+        assert ask(app, "call") == ORIGINAL_SHAPES
+
+
+def test_forked_child_is_patched_on_its_own(shapes) -> None:
+    with start_shapes(shapes) as app:
+        app.send("fork\n")
+        child = int(app.next_line().removeprefix("child pid="))
+        try:
+            apply(child, shapes["a"])                            # the child's own agent
+            assert ask(app, "child call") == "child " + ORIGINAL_SHAPES.replace("a=1", "a=2")
+            assert ask(app, "call") == ORIGINAL_SHAPES            # the parent is unchanged
+            apply(app.pid, shapes["a"])
+            assert ask(app, "call") == ORIGINAL_SHAPES.replace("a=1", "a=2")
+            revert(child, shapes["a"])
+            assert ask(app, "child call") == "child " + ORIGINAL_SHAPES
+            assert ask(app, "call") == ORIGINAL_SHAPES.replace("a=1", "a=2")
+        finally:
+            app.send("child-exit\n")
+        assert app.next_line() == "child exited 0"
