@@ -11,9 +11,9 @@
 int bench_inc(int x);
 int bench_fib(int n);
 
-#define CALLS 20000000
+#define CALLS 200000
 #define FIB_N 24
-#define ROUNDS 7
+#define ROUNDS 301
 
 static double now(void)
 {

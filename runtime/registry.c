@@ -61,6 +61,8 @@ static int64_t record_offset(int slot)
 
 static void complete_descriptors(struct ulp_lib_desc *lib, int64_t tls_offset)
 {
+    /* The trampolines read it once they see a TLS offset: store it first. */
+    __atomic_store_n(&lib->universe, &ulp_global_universe, __ATOMIC_RELEASE);
     for (uint32_t i = 0; i < lib->nfuncs; i++) {
         struct ulp_func_desc *fd = ulp_lib_func(lib, i);
         fd->original.target = (char *)fd + fd->body_delta;

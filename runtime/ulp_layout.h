@@ -59,7 +59,8 @@ struct ulp_lib_desc {
     uint8_t build_id[20];
     int64_t funcs_delta;
     int64_t trampolines_delta;
-    uint8_t reserved[24];
+    uint64_t *universe;             /* the global universe, for the trampolines */
+    uint8_t reserved[16];
 };
 
 /* Per thread and per library: the outermost live activation and the
@@ -79,6 +80,7 @@ struct ulp_altstack {
 
 _Static_assert(sizeof(struct ulp_func_desc) == 80, "func desc layout");
 _Static_assert(sizeof(struct ulp_lib_desc) == 128, "lib desc layout");
+_Static_assert(offsetof(struct ulp_lib_desc, universe) == 104, "lib desc layout");
 _Static_assert(offsetof(struct ulp_func_desc, versions) == FD_VERSIONS, "fd");
 _Static_assert(offsetof(struct ulp_func_desc, original) == FD_ORIGINAL, "fd");
 _Static_assert(offsetof(struct ulp_version, target) == V_TARGET, "v");

@@ -115,6 +115,7 @@ class Plan:
         self.data_vaddr = data_vaddr
         self.code_vaddr = code_vaddr
         self.got_slot = data_vaddr + layout.LIB_DESC_ENTRY_GOT_OFFSET
+        self.universe_slot = data_vaddr + layout.LIB_DESC_UNIVERSE_OFFSET
 
     def func_desc(self, index: int) -> int:
         return self.data_vaddr + layout.LIB_DESC_SIZE + index * layout.FUNC_DESC_SIZE
@@ -147,7 +148,7 @@ class Plan:
     def code_section(self) -> bytes:
         return b"".join(
             trampolines.trampoline(index, self.trampoline(index), function.entry,
-                                   self.func_desc(index), self.got_slot)
+                                   self.func_desc(index), self.got_slot, self.universe_slot)
             for index, function in enumerate(self.library.functions))
 
     def padding_stub(self, index: int, function: Function) -> bytes:
@@ -175,7 +176,7 @@ def _check_prepared(prepared: PreparedLibrary, plan: Plan) -> None:
                 raise ValueError(f"function {function.name} recorded wrongly")
             trampolines.verify_trampoline(
                 read_vaddr(elf, found.trampoline, layout.TRAMPOLINE_SIZE), found.trampoline,
-                found.entry, found.func_desc, plan.got_slot)
+                found.entry, found.func_desc, plan.got_slot, plan.universe_slot)
             trampolines.verify_padding_stub(
                 read_vaddr(elf, function.padding, layout.PADDING_SIZE), function.padding,
                 found.func_desc, plan.got_slot)

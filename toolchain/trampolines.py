@@ -93,12 +93,31 @@ def _int3_fill(code: bytes, size: int, what: str) -> bytes:
     return code + _assemble_line("int3", 0) * (size - len(code))
 
 
-def trampoline(index: int, address: int, entry: int, func_desc: int, got: int) -> bytes:
-    """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``."""
-    lines = _render("trampoline.s.j2", index=index, entry=entry)
-    code = assemble(lines, address, {"got": got, "fdesc": func_desc})
-    code = _int3_fill(code, layout.TRAMPOLINE_SIZE, "a trampoline")
-    verify_trampoline(code, address, entry, func_desc, got)
+#: record and descriptor offsets the trampoline template uses
+_LAYOUT_NAMES = ("FD_TLS_OFFSET", "FD_VERSIONS", "V_APPLIED_AT", "V_REVERTED_AT", "V_TARGET",
+                 "REC_OUTER_SLOT", "REC_OUTER_RET", "REC_UNIVERSE")
+#: the tail's second instruction, the jump to the tracker, is after a 5-byte mov
+_TAIL_JUMP_OFFSET = layout.TRAMPOLINE_TAIL_OFFSET + 5
+
+
+def trampoline(index: int, address: int, entry: int, func_desc: int, got: int,
+               universe: int) -> bytes:
+    """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``.
+
+    The body starts at ``address``; the tail, its way out to the tracker, at
+    the fixed offset TRAMPOLINE_TAIL_OFFSET so the body can branch to it.
+    """
+    tail = address + layout.TRAMPOLINE_TAIL_OFFSET
+    targets = {"got": got, "fdesc": func_desc, "universe": universe}
+    context = {name: getattr(layout, name) for name in _LAYOUT_NAMES}
+    lines = _render("trampoline.s.j2", index=index, entry=entry, tail=tail,
+                    tail_jump=address + _TAIL_JUMP_OFFSET, **context)
+    body = _int3_fill(assemble(lines, address, targets), layout.TRAMPOLINE_TAIL_OFFSET,
+                      "a trampoline's body")
+    tail_code = assemble(_render("trampoline_tail.s.j2"), tail, targets)
+    code = body + _int3_fill(tail_code, layout.TRAMPOLINE_SIZE - layout.TRAMPOLINE_TAIL_OFFSET,
+                             "a trampoline's tail")
+    verify_trampoline(code, address, entry, func_desc, got, universe)
     return code
 
 
@@ -160,16 +179,43 @@ def check_shape(code: bytes, address: int, expected: list[Expected], what: str) 
         raise CodeError(f"{what} at {address:#x}: trailing bytes are not int3")
 
 
-def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int) -> None:
+def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int,
+                      universe: int) -> None:
+    """Check every instruction of a trampoline, and that its branches stay inside it."""
     if len(code) != layout.TRAMPOLINE_SIZE:
         raise CodeError(f"trampoline at {address:#x} is {len(code)} bytes")
-    check_shape(code, address, [
+    tail = address + layout.TRAMPOLINE_TAIL_OFFSET
+    tail_jump = address + _TAIL_JUMP_OFFSET
+    split = layout.TRAMPOLINE_TAIL_OFFSET
+    check_shape(code[:split], address, [
         Expected(x86.X86_INS_ENDBR64),
         Expected(x86.X86_INS_CMP, target=got),
         Expected(x86.X86_INS_JE, target=entry),
         Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
-        Expected(x86.X86_INS_JMP, target=got),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_TEST, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_JE, target=tail_jump),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RSP),
+        Expected(x86.X86_INS_JNE, target=tail_jump),
+        Expected(x86.X86_INS_MOV),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV),
+        Expected(x86.X86_INS_MOV, target=universe, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JB, target=tail),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JAE, target=tail),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JMP, register=x86.X86_REG_R11),
     ], "trampoline")
+    check_shape(code[split:], tail, [
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JMP, target=got),
+    ], "trampoline tail")
 
 
 def verify_padding_stub(code: bytes, address: int, func_desc: int, got: int) -> None:

@@ -6,10 +6,16 @@ its registers, points it at ``ulp_agent_dispatch`` on the runtime's call
 stack and lets it run while every application thread keeps running.  The
 agent answers by bumping the mailbox serial and waits again; the trigger then
 stops it and puts every register back.
+
+The agent is taken only when it is idle: state IDLE in the mailbox and,
+once stopped, inside the ``pause`` system call of its idle loop (the only
+``pause`` the agent makes).  Anything else means a request still runs, for
+example one started by a trigger that died: it is left to finish (RETRY).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -18,9 +24,24 @@ from ulp.agent_abi import AgentState, MailboxHeader, Request
 from ulp.elfinfo import dynamic_symbol_value, open_elf
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
-from ulp.trigger.tracee import ThreadGone, Tracee
+from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting, thread_stat
 
 POLL_INTERVAL = 0.0002
+SYS_PAUSE = 34
+IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
+
+
+@functools.lru_cache(maxsize=256)
+def _mailbox_offset(path: str, file_key: tuple) -> int | None:
+    """``ulp_mailbox``'s offset in the object at ``path`` (cached per file version)."""
+    with open_elf(path) as elf:
+        return dynamic_symbol_value(elf, agent_abi.MAILBOX_SYMBOL)
+
+
+def file_key(path: str) -> tuple:
+    """What identifies one version of a file, for caching what was read from it."""
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def find_mailbox(process: Process) -> int:
@@ -29,12 +50,14 @@ def find_mailbox(process: Process) -> int:
     # the runtime is usually named libulp.so: look there first
     for path in sorted(objects, key=lambda p: "ulp" not in os.path.basename(p)):
         try:
-            with open_elf(path) as elf:
-                value = dynamic_symbol_value(elf, agent_abi.MAILBOX_SYMBOL)
-        except UlpError:
+            source = process.object_file(path, objects[path])
+            value = _mailbox_offset(source, file_key(source))
+        except (UlpError, OSError):
             continue
         if value is not None:
             return objects[path] + value
+    if not process.alive():
+        raise process.gone()
     raise UlpError(f"process {process.pid} does not have the ulp runtime loaded "
                    "(start it with LD_PRELOAD=libulp.so)", ExitCode.NO_RUNTIME)
 
@@ -45,6 +68,7 @@ class Agent:
         self.timeout = timeout
         self.mailbox = find_mailbox(process)
         self.tracee: Tracee | None = None
+        self.running_request = False  # the agent was let run and has not answered
         header = self.header()
         if header.magic != agent_abi.MAILBOX_MAGIC or header.abi_version != agent_abi.ABI_VERSION:
             raise UlpError(f"process {process.pid} has an incompatible ulp runtime "
@@ -59,26 +83,69 @@ class Agent:
 
     def attach(self) -> None:
         """Stop the agent in its idle loop; only one trigger can hold it."""
+        deadline = self.deadline()
         header = self.header()
         if header.state == AgentState.STARTING or header.agent_tid <= 0:
             raise UlpError(f"the ulp agent of process {self.process.pid} is not running yet",
                            ExitCode.RETRY)
         if header.state != AgentState.IDLE:
             raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
-        tracee = Tracee(header.agent_tid)
-        try:
-            tracee.stop(self.deadline())
-        except ThreadGone:
-            raise UlpError(f"the ulp agent of process {self.process.pid} is gone",
-                           ExitCode.NO_RUNTIME) from None
-        except UlpError as error:
+        self._wait_not_job_stopped(header.agent_tid, deadline)
+        for _ in range(IDLE_ATTEMPTS):
+            tracee = self._stop_agent(header.agent_tid, deadline)
+            if tracee.group_stop or tracee.pending_signal:
+                tracee.detach()  # the process is being stopped: leave it to that
+                raise UlpError(f"process {self.process.pid} is being stopped (job control); "
+                               "nothing done", ExitCode.RETRY)
+            if tracee.get_registers().orig_rax == SYS_PAUSE:
+                self.tracee = tracee
+                tracee.save_registers()
+                return
+            # stopped between two pauses of its loop, or still running a request
             tracee.detach()
+            time.sleep(0.001)
+        raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
+
+    def _wait_not_job_stopped(self, agent_tid: int, deadline: float) -> None:
+        """A process stopped by SIGSTOP must stay stopped: wait for SIGCONT, or give up."""
+        while True:
+            fields = thread_stat(self.process.pid, agent_tid)
+            if fields is None:
+                raise self._agent_gone()
+            if fields[0] != "T":
+                return
+            if time.monotonic() > deadline:
+                raise UlpError(f"process {self.process.pid} is stopped (SIGSTOP or similar) and "
+                               f"was not continued within {self.timeout:g}s; nothing done",
+                               ExitCode.RETRY)
+            time.sleep(0.01)
+
+    def _stop_agent(self, agent_tid: int, deadline: float) -> Tracee:
+        tracee = Tracee(agent_tid)
+        try:
+            tracee.stop(deadline)
+        except ThreadGone:
+            raise self._agent_gone() from None
+        except UlpError as error:
+            tracee.let_go(time.monotonic() + 1.0)
+            if thread_is_exiting(self.process.pid, agent_tid):
+                raise self._agent_gone() from None  # the kernel refuses to seize it (EPERM)
             if error.exit_code == ExitCode.PERMISSION and self.process.alive():
-                raise UlpError(f"{error} — is another ulp-trigger working on process "
-                               f"{self.process.pid}?", ExitCode.PERMISSION) from None
+                raise UlpError(f"{error}; is another ulp-trigger or a debugger working on "
+                               f"process {self.process.pid}?", ExitCode.PERMISSION) from None
             raise
-        self.tracee = tracee
-        tracee.save_registers()
+        return tracee
+
+    def _agent_gone(self) -> UlpError:
+        # the agent never ends on its own: it goes when the process does, and
+        # the other threads of a killed process may take a moment to follow
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                return self.process.gone()
+            time.sleep(0.005)
+        return UlpError(f"the ulp agent of process {self.process.pid} is gone",
+                        ExitCode.NO_RUNTIME)
 
     def call(self, request: Request) -> tuple[int, str]:
         """Run one request on the agent; return the runtime's status and message."""
@@ -106,12 +173,14 @@ class Agent:
         regs.rbp = 0
         regs.orig_rax = -1 & 0xFFFFFFFFFFFFFFFF  # not in a system call: no restart
         self.tracee.set_registers(regs)
+        self.running_request = True
         self.tracee.resume()
 
     def _wait_answer(self, old_serial: int) -> None:
         deadline = self.deadline()
         while True:
             if self.header().serial != old_serial:
+                self.running_request = False
                 return
             if not self.process.alive():
                 raise self.process.gone()
@@ -121,13 +190,20 @@ class Agent:
             time.sleep(POLL_INTERVAL)
 
     def release(self) -> None:
-        """Put the agent back exactly as it was and let it go."""
-        if self.tracee is None:
+        """Put the agent back exactly as it was and let it go; never raises.
+
+        An agent still running a request is let go as it is: it finishes the
+        request and idles again on its own.
+        """
+        tracee, self.tracee = self.tracee, None
+        if tracee is None:
             return
-        try:
-            if self.tracee.stopped:
-                self.tracee.restore_registers()
-        except UlpError:
-            pass
-        self.tracee.detach()
-        self.tracee = None
+        if not tracee.stopped:
+            tracee.let_go(self.deadline())
+            return
+        if not self.running_request:
+            try:
+                tracee.restore_registers()
+            except UlpError:
+                pass
+        tracee.detach()

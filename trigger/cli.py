@@ -8,8 +8,8 @@ import time
 from ulp.errors import ExitCode, UlpError, run_cli
 from ulp.metadata import read_patch
 from ulp.process import Process
-from ulp.trigger import transition
-from ulp.trigger.tracee import block_sigchld
+from ulp.trigger import codewrite, transition
+from ulp.trigger.tracee import block_sigchld, release_orphans
 
 DESCRIPTION = """\
 Apply PATCH (a file written by ulp-packer) to the running process PID, or
@@ -41,7 +41,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="bound for every wait on the process (default: 10)")
     parser.add_argument("--retries", type=int, default=0, metavar="N",
                         help="retry N times when the process is busy (exit code 15)")
-    return parser.parse_args(argv)
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print how long the application threads were stopped")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0 or args.retries < 0:
+        parser.error("--timeout must be positive and --retries not negative")
+    return args
 
 
 def run(argv: list[str] | None) -> int:
@@ -49,24 +54,47 @@ def run(argv: list[str] | None) -> int:
     metadata = read_patch(args.patch)
     reverting = args.revert or metadata.reverse
     block_sigchld()
+    release_orphans()
     for attempt in range(args.retries + 1):
-        process = Process(args.pid)
         try:
-            if reverting:
-                transition.revert(process, metadata, args.timeout)
-                print(f"reverted patch {metadata.patch_id_hex} in process {args.pid}")
-            else:
-                transition.apply(process, metadata, args.timeout)
-                names = ", ".join(unit.old_name for unit in metadata.units)
-                print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {names}")
+            attempt_once(args, metadata, reverting)
             return ExitCode.OK
         except UlpError as error:
             if error.exit_code != ExitCode.RETRY or attempt == args.retries:
                 raise
             time.sleep(0.1)
-        finally:
-            process.close()
     return ExitCode.FAILURE
+
+
+def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
+    process = Process(args.pid)
+    try:
+        if reverting:
+            transition.revert(process, metadata, args.timeout)
+            print(f"reverted patch {metadata.patch_id_hex} in process {args.pid}")
+        else:
+            transition.apply(process, metadata, args.timeout, args.patch)
+            names = ", ".join(unit.old_name for unit in metadata.units)
+            print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {names}")
+            pause = codewrite.last_pause()
+            if args.verbose and pause is not None:
+                print(f"application threads stopped: {pause.threads}, "
+                      f"for {pause.seconds * 1000:.3f} ms")
+    except UlpError as error:
+        raise _explained(error, process) from None
+    except OSError as error:
+        # /proc or ptrace failing in a way not foreseen: still one line
+        raise _explained(UlpError(f"process {args.pid}: {error}", ExitCode.FAILURE),
+                         process) from None
+    finally:
+        process.close()
+
+
+def _explained(error: UlpError, process: Process) -> UlpError:
+    """Whatever went wrong, a process that died meanwhile is the reason to report."""
+    if error.exit_code != ExitCode.NO_PROCESS and not process.alive():
+        return process.gone()
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:

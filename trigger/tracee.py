@@ -3,6 +3,12 @@
 Threads are seized, never attached with SIGSTOP: a parent waiting with
 WUNTRACED must not see its child stop.  The tracer never sets
 PTRACE_O_EXITKILL, so if ulp-trigger dies its tracees just run on.
+
+A seized thread is stopped with PTRACE_INTERRUPT.  A thread blocked in a
+system call leaves it with an ERESTART* code; as long as its registers are
+not changed, the kernel restarts the call when the thread is let go, so the
+program never sees EINTR (epoll_wait and a few other calls excepted, see
+docs/trigger.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ PTRACE_EVENT_STOP = 128
 NT_X86_XSTATE = 0x202
 WALL = 0x40000000
 XSTATE_BUFFER = 16384
+PF_EXITING = 0x4  # /proc/PID/stat flags: the thread is in do_exit
+JOB_CONTROL_STOPS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
 
 class _Iovec(ctypes.Structure):
@@ -41,12 +49,60 @@ def block_sigchld() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
 
 
+def wait_for_sigchld(seconds: float) -> None:
+    """Sleep until a child (tracee) changes state, at most ``seconds``.
+
+    Another thread of this process may take the SIGCHLD (in-process use from
+    a program with threads), so callers always poll again after this.
+    """
+    if seconds > 0:
+        signal.sigtimedwait({signal.SIGCHLD}, seconds)
+
+
+def thread_stat(pid: int, tid: int) -> list[str] | None:
+    """The fields of /proc/PID/task/TID/stat after the command name, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def thread_is_exiting(pid: int, tid: int) -> bool:
+    """True if the thread is gone or in do_exit: it never runs user code again."""
+    fields = thread_stat(pid, tid)
+    if fields is None or fields[0] in ("Z", "X", "x"):
+        return True
+    try:
+        return bool(int(fields[6]) & PF_EXITING)
+    except (IndexError, ValueError):
+        return False
+
+
+_orphans: list[Tracee] = []
+
+
+def release_orphans() -> None:
+    """Detach tracees that could not be stopped before; keep those still running."""
+    waiting = list(_orphans)
+    _orphans.clear()
+    for tracee in waiting:
+        try:
+            if tracee.poll_stop():
+                tracee.detach()
+            else:
+                _orphans.append(tracee)
+        except UlpError:
+            pass
+
+
 class Tracee:
     def __init__(self, tid: int) -> None:
         self.tid = tid
         self.seized = False
         self.stopped = False
         self.pending_signal = 0  # a signal that arrived while we held it stopped
+        self.group_stop = False  # stopped by job control (SIGSTOP...), not by us
         self._regs = None
         self._xstate: bytes | None = None
 
@@ -64,29 +120,43 @@ class Tracee:
         except PtraceError as error:
             raise self._error("interrupt", error) from None
 
+    def poll_stop(self) -> bool:
+        """True once the thread is in a ptrace stop; never blocks."""
+        if self.stopped:
+            return True
+        try:
+            pid, status = os.waitpid(self.tid, os.WNOHANG | WALL)
+        except ChildProcessError:
+            self.seized = False
+            raise ThreadGone(f"thread {self.tid} exited") from None
+        if pid != self.tid:
+            return False
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.seized = False
+            raise ThreadGone(f"thread {self.tid} exited")
+        if os.WIFSTOPPED(status):
+            self._note_stop(status)
+            return True
+        return False
+
+    def _note_stop(self, status: int) -> None:
+        event = status >> 16
+        stop_signal = os.WSTOPSIG(status)
+        if event == PTRACE_EVENT_STOP:
+            # PTRACE_INTERRUPT reports SIGTRAP; a job-control stop its signal
+            self.group_stop = stop_signal in JOB_CONTROL_STOPS
+        elif stop_signal != signal.SIGTRAP:
+            # a real signal: hand it back to the thread when we let it go
+            self.pending_signal = stop_signal
+        self.stopped = True
+
     def wait_stop(self, deadline: float) -> None:
         """Wait until the thread is in a ptrace stop."""
-        while True:
-            try:
-                pid, status = os.waitpid(self.tid, os.WNOHANG | WALL)
-            except ChildProcessError:
-                raise ThreadGone(f"thread {self.tid} exited") from None
-            if pid == self.tid:
-                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                    self.seized = False
-                    raise ThreadGone(f"thread {self.tid} exited")
-                if os.WIFSTOPPED(status):
-                    event = status >> 16
-                    stop_signal = os.WSTOPSIG(status)
-                    if event != PTRACE_EVENT_STOP and stop_signal != signal.SIGTRAP:
-                        # a real signal: hand it back to the thread when we let it go
-                        self.pending_signal = stop_signal
-                    self.stopped = True
-                    return
+        while not self.poll_stop():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UlpError(f"timed out waiting for thread {self.tid} to stop", ExitCode.RETRY)
-            signal.sigtimedwait({signal.SIGCHLD}, min(remaining, 0.05))
+            wait_for_sigchld(min(remaining, 0.01))
 
     def stop(self, deadline: float) -> None:
         self.seize()
@@ -117,6 +187,10 @@ class Tracee:
         except PtraceError as error:
             raise self._error("set the registers of", error) from None
 
+    def get_xstate(self) -> bytes:
+        """The FP/SSE/AVX state as PTRACE_GETREGSET NT_X86_XSTATE gives it."""
+        return self._get_xstate()
+
     def _get_xstate(self) -> bytes:
         buffer = ctypes.create_string_buffer(XSTATE_BUFFER)
         iovec = _Iovec(ctypes.cast(buffer, ctypes.c_void_p), XSTATE_BUFFER)
@@ -143,19 +217,64 @@ class Tracee:
         self.stopped = False
 
     def detach(self) -> None:
-        """Let the thread go; never raises (it may have exited meanwhile)."""
+        """Let a stopped thread go; never raises (it may have exited meanwhile)."""
         if not self.seized:
             return
         try:
             ptrace_func.ptrace_detach(self.tid, self.pending_signal)
         except PtraceError:
-            pass
+            self._reap()
         self.seized = False
         self.stopped = False
 
+    def _reap(self) -> None:
+        """Collect a tracee that died under us.
+
+        A traced thread that exits stays a zombie until its tracer waits for
+        it, and keeps its whole process unreapable meanwhile: that matters
+        when the trigger runs inside a long-lived program (tests, a daemon).
+        """
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(self.tid, os.WNOHANG | WALL)
+            except ChildProcessError:
+                return
+            if pid == self.tid and os.WIFSTOPPED(status):
+                try:  # it had not died after all: it stopped, so it can go now
+                    ptrace_func.ptrace_detach(self.tid, self.pending_signal)
+                except PtraceError:
+                    continue
+                return
+            if pid == self.tid:
+                return
+            wait_for_sigchld(0.005)
+
+    def let_go(self, deadline: float) -> None:
+        """Detach whether it runs or not: PTRACE_DETACH needs a stopped tracee.
+
+        Registers are left as they are; never raises.
+        """
+        if not self.seized:
+            return
+        if not self.stopped:
+            try:
+                self.interrupt()
+                self.wait_stop(deadline)
+            except ThreadGone:
+                return
+            except UlpError:
+                # it would not stop in time (an uninterruptible wait): the
+                # kernel detaches it when this process exits; a long-lived
+                # caller lets it go later with release_orphans()
+                if not self.stopped:
+                    _orphans.append(self)
+                    return
+        self.detach()
+
     def _error(self, action: str, error: PtraceError) -> UlpError:
         if error.errno == errno.ESRCH:
-            self.seized = False
+            self.seized = self.seized and action != "attach to"
             return ThreadGone(f"thread {self.tid} exited")
         if error.errno in (errno.EPERM, errno.EACCES):
             return UlpError(f"cannot {action} thread {self.tid}: ptrace not permitted "

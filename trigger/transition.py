@@ -9,10 +9,15 @@ Apply is three steps, the agent held by this trigger throughout:
 3. the agent commits: it stamps the versions and publishes G+1.
 If this trigger dies before step 3, the next request drops the prepared
 patch: the process is never half-patched.  Revert is one agent request.
+
+Everything that can be checked without changing the process is checked
+first: the target in memory (identity, build-id, layout), the functions the
+patch names, the code at their entries.  docs/trigger.md has the details.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -22,8 +27,8 @@ from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
 from ulp.prepared import PreparedLibrary
 from ulp.process import Process
-from ulp.trigger.agent import Agent
-from ulp.trigger.codewrite import all_threads_stopped, write_code
+from ulp.trigger.agent import Agent, file_key
+from ulp.trigger.codewrite import CodeWrite, check_code, write_code
 
 STATUS_EXIT_CODES = {
     Status.BAD_REQUEST: ExitCode.FAILURE,
@@ -53,6 +58,34 @@ class LoadedTarget:
         return self.base + self.library.lib_desc_vaddr
 
 
+@functools.lru_cache(maxsize=256)
+def _prepared_library(path: str, key: tuple) -> PreparedLibrary:
+    return PreparedLibrary.open(path)
+
+
+def _open_prepared(process: Process, path: str, base: int) -> PreparedLibrary:
+    """The prepared library mapped at ``base``, read from the mapped file itself."""
+    source = process.object_file(path, base)
+    try:
+        key = file_key(source)
+    except OSError:
+        raise UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING) from None
+    return _prepared_library(source, key)
+
+
+def _loaded_desc(process: Process, target: LoadedTarget) -> layout.LibDesc | None:
+    try:
+        return layout.LibDesc.unpack(process.read(target.lib_desc, layout.LIB_DESC_SIZE))
+    except ValueError:
+        return None
+
+
+def _fits(loaded: layout.LibDesc | None, metadata: PatchMetadata) -> bool:
+    return (loaded is not None and loaded.identity == metadata.target_identity
+            and loaded.build_id == metadata.target_build_id
+            and loaded.layout_version == metadata.layout_version)
+
+
 def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     """The patch's target library in ``process``, checked in memory."""
     objects = process.mapped_objects()
@@ -63,23 +96,36 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     mismatch = None
     for path in candidates:
         try:
-            library = PreparedLibrary.open(path)
+            library = _open_prepared(process, path, objects[path])
         except UlpError:
             continue
         target = LoadedTarget(library, objects[path])
-        try:
-            loaded = layout.LibDesc.unpack(process.read(target.lib_desc, layout.LIB_DESC_SIZE))
-        except ValueError:
-            loaded = None
-        if loaded and loaded.identity == metadata.target_identity \
-                and loaded.layout_version == metadata.layout_version:
+        if _fits(_loaded_desc(process, target), metadata):
             return target
         mismatch = mismatch or path
     if mismatch:
         raise UlpError(f"{mismatch} in process {process.pid} is not the library the patch was "
-                       "packed for (identity or layout differs)", ExitCode.TARGET_MISMATCH)
+                       "packed for (identity, build-id or layout differs)",
+                       ExitCode.TARGET_MISMATCH)
     raise UlpError(f"{wanted} (or any library the patch fits) is not loaded in process "
                    f"{process.pid}", ExitCode.LIBRARY_NOT_LOADED)
+
+
+def check_units(target: LoadedTarget, metadata: PatchMetadata, source: str) -> None:
+    """Every unit names a function of the target by index and by name.
+
+    The target's identity matched, so a unit that does not fit comes from a
+    damaged or hand-made patch file.
+    """
+    functions = target.library.functions
+    for unit in metadata.units:
+        if unit.index >= len(functions):
+            raise UlpError(f"{source}: function #{unit.index} ({unit.old_name}) is not in the "
+                           f"target, which has {len(functions)}", ExitCode.BAD_INPUT)
+        if unit.old_name not in functions[unit.index].names:
+            raise UlpError(f"{source}: function #{unit.index} of the target is "
+                           f"{functions[unit.index].name}, not {unit.old_name}",
+                           ExitCode.BAD_INPUT)
 
 
 def check_status(status: int, message: str, process: Process) -> None:
@@ -103,45 +149,57 @@ def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None
     return request
 
 
-def _entry_detour(target: LoadedTarget, index: int) -> tuple[int, bytes]:
-    """Where the entry NOP of function ``index`` is, and the jump replacing it."""
-    function = target.library.functions[index]
-    nop_address = target.base + function.entry + (len(layout.ENDBR64)
-                                                   if function.has_endbr64 else 0)
-    stub = target.base + function.entry - layout.PADDING_SIZE
-    displacement = stub - (nop_address + 2)
-    return nop_address, bytes([0xEB, displacement & 0xFF])
-
-
-def write_entry_detours(process: Process, target: LoadedTarget, metadata: PatchMetadata) -> None:
+def entry_detours(target: LoadedTarget, metadata: PatchMetadata) -> list[CodeWrite]:
+    """For each patched function: its entry NOP becomes a short jump to its stub."""
+    writes = []
     for unit in metadata.units:
-        address, jump = _entry_detour(target, unit.index)
-        write_code(process, address, layout.TWO_BYTE_NOP, jump,
-                   f"the entry of {unit.old_name}")
+        function = target.library.functions[unit.index]
+        nop_address = target.base + function.entry + (len(layout.ENDBR64)
+                                                       if function.has_endbr64 else 0)
+        stub = target.base + function.entry - layout.PADDING_SIZE
+        displacement = stub - (nop_address + 2)
+        writes.append(CodeWrite(nop_address, layout.TWO_BYTE_NOP,
+                                bytes([0xEB, displacement & 0xFF]),
+                                f"the entry of {unit.old_name}"))
+    return writes
 
 
-def apply(process: Process, metadata: PatchMetadata, timeout: float) -> str:
+def apply(process: Process, metadata: PatchMetadata, timeout: float,
+          source: str = "the patch file") -> str:
     target = find_target(process, metadata)
+    check_units(target, metadata, source)
     if not os.path.isfile(metadata.patch_so_path):
         raise UlpError(f"patch object {metadata.patch_so_path} is missing",
                        ExitCode.PATCH_OBJECT)
+    writes = entry_detours(target, metadata)
+    check_code(process, writes)
     agent = Agent(process, timeout)
     agent.attach()
     try:
         status, message = agent.call(_request(Op.PREPARE, metadata, target))
         check_status(status, message, process)
         try:
-            with all_threads_stopped(process, {agent.tracee.tid: agent.tracee}, timeout):
-                write_entry_detours(process, target, metadata)
+            # checked again: only now does this trigger hold the agent
+            write_code(process, check_code(process, writes), {agent.tracee.tid: agent.tracee},
+                       timeout)
         except UlpError:
-            if process.alive():
-                agent.call(_request(Op.ABORT, metadata))
+            _abort(agent, metadata)
             raise
         status, message = agent.call(_request(Op.COMMIT, metadata))
         check_status(status, message, process)
         return message
     finally:
         agent.release()
+
+
+def _abort(agent: Agent, metadata: PatchMetadata) -> None:
+    """Drop the prepared patch now rather than at the next request; best effort."""
+    if not agent.process.alive() or agent.tracee is None or not agent.tracee.stopped:
+        return
+    try:
+        agent.call(_request(Op.ABORT, metadata))
+    except UlpError:
+        pass
 
 
 def revert(process: Process, metadata: PatchMetadata, timeout: float) -> str:

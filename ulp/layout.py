@@ -32,12 +32,14 @@ ENTRY_SYMBOL = "ulp_entry"
 # struct ulp_lib_desc, 128 bytes:
 #   magic, layout version, number of functions, GOT slot of ulp_entry,
 #   registration state (runtime), identity, build-id length, build-id,
-#   offset of the function descriptors, offset of the trampolines, reserved
-LIB_DESC_FORMAT = "<8sIIQq32sB3x20sqq24x"
+#   offset of the function descriptors, offset of the trampolines, address
+#   of the global universe (runtime), reserved
+LIB_DESC_FORMAT = "<8sIIQq32sB3x20sqqQ16x"
 LIB_DESC_SIZE = struct.calcsize(LIB_DESC_FORMAT)
 LIB_DESC_ENTRY_GOT_OFFSET = 16
 LIB_DESC_STATE_OFFSET = 24
 LIB_DESC_IDENTITY_OFFSET = 32
+LIB_DESC_UNIVERSE_OFFSET = 104
 
 # struct ulp_func_desc, 80 bytes:
 #   TLS offset (runtime), version list head (runtime), the embedded
@@ -47,11 +49,23 @@ LIB_DESC_IDENTITY_OFFSET = 32
 FUNC_DESC_FORMAT = "<qQQQQQqqqII"
 FUNC_DESC_SIZE = struct.calcsize(FUNC_DESC_FORMAT)
 FUNC_FLAG_ENDBR64 = 1
+FD_TLS_OFFSET = 0
+FD_VERSIONS = 8
+
+# struct ulp_version and the per-thread record the tracker keeps per library
+V_APPLIED_AT = 0
+V_REVERTED_AT = 8
+V_TARGET = 16
+REC_OUTER_SLOT = 0
+REC_OUTER_RET = 8
+REC_UNIVERSE = 16
 
 #: the compiler flag that leaves PADDING_SIZE NOPs before and ENTRY_NOP_SIZE after each entry
 PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
 
-TRAMPOLINE_SIZE = 32
+TRAMPOLINE_SIZE = 128
+#: where the trampoline's way out to the runtime's tracker starts
+TRAMPOLINE_TAIL_OFFSET = TRAMPOLINE_SIZE - 16
 PADDING_SIZE = 14  # NOPs the compiler leaves before each entry
 ENTRY_NOP_SIZE = 2  # NOPs it leaves after the entry (after endbr64 with CET)
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
@@ -86,6 +100,7 @@ class LibDesc:
             self.build_id,
             self.funcs_delta,
             self.trampolines_delta,
+            0,  # address of the global universe: the runtime fills it
         )
 
     @classmethod
@@ -94,7 +109,7 @@ class LibDesc:
         if len(data) < LIB_DESC_SIZE:
             raise ValueError("library descriptor truncated")
         (magic, version, nfuncs, _got, _state, identity, build_id_len, build_id,
-         funcs_delta, trampolines_delta) = struct.unpack_from(LIB_DESC_FORMAT, data)
+         funcs_delta, trampolines_delta, _universe) = struct.unpack_from(LIB_DESC_FORMAT, data)
         if magic != LIB_MAGIC:
             raise ValueError("no ulp library descriptor (bad magic)")
         if version != LAYOUT_VERSION:

@@ -23,33 +23,45 @@ class Process:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._mem_fd: int | None = None
+        self._objects: dict[str, Mapping] | None = None  # from the last read of maps
         if not os.path.exists(f"/proc/{pid}/status"):
             raise UlpError(f"no process with PID {pid}", ExitCode.NO_PROCESS)
 
-    def alive(self) -> bool:
+    def state(self) -> str | None:
+        """The state letter of /proc/PID/stat (R, S, D, T, t, Z...), None if gone."""
         try:
             with open(f"/proc/{self.pid}/stat") as stream:
-                state = stream.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return False
-        return state not in ("Z", "X")
+                return stream.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+
+    def alive(self) -> bool:
+        return self.state() not in (None, "Z", "X", "x")
 
     def mappings(self) -> list[Mapping]:
+        return [_parse_mapping(line) for line in self._maps_lines()]
+
+    def _maps_lines(self) -> list[str]:
         try:
             with open(f"/proc/{self.pid}/maps") as stream:
                 lines = stream.read().splitlines()
-        except FileNotFoundError:
-            raise self.gone() from None
         except PermissionError:
             raise UlpError(f"cannot read the mappings of PID {self.pid}: permission denied",
                            ExitCode.PERMISSION) from None
-        return [_parse_mapping(line) for line in lines]
+        except OSError:
+            raise self.gone() from None
+        if not lines and not self.alive():
+            raise self.gone()
+        return lines
 
     def threads(self) -> list[int]:
         try:
-            return sorted(int(tid) for tid in os.listdir(f"/proc/{self.pid}/task"))
-        except FileNotFoundError:
+            tids = sorted(int(tid) for tid in os.listdir(f"/proc/{self.pid}/task"))
+        except OSError:
             raise self.gone() from None
+        if not tids:
+            raise self.gone()
+        return tids
 
     def load_base(self, path: str) -> int | None:
         """Where the object mapped from ``path`` is loaded (its offset-0 mapping)."""
@@ -67,21 +79,48 @@ class Process:
 
     def mapped_objects(self) -> dict[str, int]:
         """Every file mapped at offset 0, with its load address."""
-        objects: dict[str, int] = {}
-        for mapping in self.mappings():
-            if mapping.offset == 0 and mapping.path.startswith("/") and mapping.inode:
-                objects.setdefault(mapping.path, mapping.start)
+        return {path: mapping.start for path, mapping in self._object_mappings().items()}
+
+    def _object_mappings(self) -> dict[str, Mapping]:
+        """The first offset-0 mapping of every mapped file.
+
+        Only those lines are parsed: a process with many threads or many
+        anonymous mappings has thousands of others.
+        """
+        objects: dict[str, Mapping] = {}
+        for line in self._maps_lines():
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/"):
+                continue
+            mapping = _parse_mapping(line)
+            if mapping.inode:
+                objects.setdefault(mapping.path, mapping)
+        self._objects = objects
         return objects
+
+    def object_file(self, path: str, start: int) -> str:
+        """A path opening the very file mapped at ``start``.
+
+        /proc/PID/map_files names the mapped inode, so what is read is what
+        runs even if the file at ``path`` was replaced or deleted since it
+        was loaded; ``path`` itself when map_files cannot be used.
+        """
+        mapping = (self._objects or self._object_mappings()).get(path)
+        if mapping is not None and mapping.start == start:
+            candidate = f"/proc/{self.pid}/map_files/{mapping.start:x}-{mapping.end:x}"
+            if os.access(candidate, os.R_OK):
+                return candidate
+        return path
 
     def _mem(self) -> int:
         if self._mem_fd is None:
             try:
                 self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
-            except FileNotFoundError:
-                raise self.gone() from None
             except PermissionError:
                 raise UlpError(f"cannot access the memory of PID {self.pid}: permission denied",
                                ExitCode.PERMISSION) from None
+            except OSError:
+                raise self.gone() from None
         return self._mem_fd
 
     def read(self, address: int, size: int) -> bytes:

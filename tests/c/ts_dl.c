@@ -1,0 +1,5 @@
+/* A small library the hammering threads dlopen and dlclose in a loop. */
+int ts_dl_value(int x)
+{
+    return x + 1;
+}
