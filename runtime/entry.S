@@ -22,9 +22,6 @@
 
 #include "ulp_layout.h"
 
-/* Slots this far above %rsp may be on another stack, one that may be gone:
- * they are read with a system call that cannot fault. */
-#define NEAR_SLOT_DISTANCE (256 * 1024)
 
 /* Save the registers C code may clobber (it uses no vector registers) and
  * align the stack. */

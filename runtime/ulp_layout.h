@@ -15,6 +15,9 @@
 #define REC_OUTER_SLOT  0
 #define REC_OUTER_RET   8
 #define REC_UNIVERSE    16
+/* Slots farther than this above %rsp may be on another stack, one that may
+ * be gone: the tracker reads them with a system call that cannot fault. */
+#define NEAR_SLOT_DISTANCE (256 * 1024)
 #define ALT_LOW         0
 #define ALT_HIGH        8
 

@@ -72,11 +72,19 @@ def _resolve(line: str, targets: dict[str, int], next_ip: int) -> str:
     return _RIP_OPERAND.sub(displacement, line)
 
 
-def assemble(lines: list[str], address: int, targets: dict[str, int]) -> bytes:
-    """Assemble ``lines`` to run at ``address``, resolving ``@name`` operands."""
+def assemble(lines: list[str], address: int, targets: dict[str, int],
+             labels: dict[str, int] | None = None) -> bytes:
+    """Assemble ``lines`` to run at ``address``, resolving ``@name`` operands.
+
+    A line ``name:`` is a label: its address goes into ``labels``.
+    """
     code = bytearray()
     for line in lines:
         here = address + len(code)
+        if line.endswith(":"):
+            if labels is not None:
+                labels[line[:-1]] = here
+            continue
         length = len(_assemble_line(_resolve(line, targets, here), here))
         # rip-relative operands always carry a 32-bit displacement, so the
         # length found with a provisional displacement is the final one.
@@ -95,7 +103,7 @@ def _int3_fill(code: bytes, size: int, what: str) -> bytes:
 
 #: record and descriptor offsets the trampoline template uses
 _LAYOUT_NAMES = ("FD_TLS_OFFSET", "FD_VERSIONS", "V_APPLIED_AT", "V_REVERTED_AT", "V_TARGET",
-                 "REC_OUTER_SLOT", "REC_OUTER_RET", "REC_UNIVERSE")
+                 "REC_OUTER_SLOT", "REC_OUTER_RET", "REC_UNIVERSE", "NEAR_SLOT_DISTANCE")
 #: the tail's second instruction, the jump to the tracker, is after a 5-byte mov
 _TAIL_JUMP_OFFSET = layout.TRAMPOLINE_TAIL_OFFSET + 5
 
@@ -104,21 +112,33 @@ def trampoline(index: int, address: int, entry: int, func_desc: int, got: int,
                universe: int) -> bytes:
     """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``.
 
-    The body starts at ``address``; the tail, its way out to the tracker, at
-    the fixed offset TRAMPOLINE_TAIL_OFFSET so the body can branch to it.
+    Three blocks at fixed offsets, so that each can branch to the others
+    before they are assembled: the body at ``address``, the nested block at
+    TRAMPOLINE_NESTED_OFFSET and the tail, the way out to the tracker, at
+    TRAMPOLINE_TAIL_OFFSET.
     """
-    tail = address + layout.TRAMPOLINE_TAIL_OFFSET
+    places = _trampoline_places(address)
     targets = {"got": got, "fdesc": func_desc, "universe": universe}
     context = {name: getattr(layout, name) for name in _LAYOUT_NAMES}
-    lines = _render("trampoline.s.j2", index=index, entry=entry, tail=tail,
-                    tail_jump=address + _TAIL_JUMP_OFFSET, **context)
-    body = _int3_fill(assemble(lines, address, targets), layout.TRAMPOLINE_TAIL_OFFSET,
-                      "a trampoline's body")
-    tail_code = assemble(_render("trampoline_tail.s.j2"), tail, targets)
-    code = body + _int3_fill(tail_code, layout.TRAMPOLINE_SIZE - layout.TRAMPOLINE_TAIL_OFFSET,
-                             "a trampoline's tail")
+    labels: dict[str, int] = {}
+    body = assemble(_render("trampoline.s.j2", index=index, entry=entry, **places, **context),
+                    address, targets, labels)
+    nested = assemble(_render("trampoline_nested.s.j2", select=labels["select"], **places,
+                              **context), places["nested"], targets)
+    tail = assemble(_render("trampoline_tail.s.j2"), places["tail"], targets)
+    code = (_int3_fill(body, layout.TRAMPOLINE_NESTED_OFFSET, "a trampoline's body")
+            + _int3_fill(nested, layout.TRAMPOLINE_TAIL_OFFSET - layout.TRAMPOLINE_NESTED_OFFSET,
+                         "a trampoline's nested block")
+            + _int3_fill(tail, layout.TRAMPOLINE_SIZE - layout.TRAMPOLINE_TAIL_OFFSET,
+                         "a trampoline's tail"))
     verify_trampoline(code, address, entry, func_desc, got, universe)
     return code
+
+
+def _trampoline_places(address: int) -> dict[str, int]:
+    return {"nested": address + layout.TRAMPOLINE_NESTED_OFFSET,
+            "tail": address + layout.TRAMPOLINE_TAIL_OFFSET,
+            "tail_jump": address + _TAIL_JUMP_OFFSET}
 
 
 def padding_stub(address: int, func_desc: int, got: int) -> bytes:
@@ -181,28 +201,13 @@ def check_shape(code: bytes, address: int, expected: list[Expected], what: str) 
 
 def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int,
                       universe: int) -> None:
-    """Check every instruction of a trampoline, and that its branches stay inside it."""
+    """Check every instruction of a trampoline's three blocks, and where each branch goes."""
     if len(code) != layout.TRAMPOLINE_SIZE:
         raise CodeError(f"trampoline at {address:#x} is {len(code)} bytes")
-    tail = address + layout.TRAMPOLINE_TAIL_OFFSET
-    tail_jump = address + _TAIL_JUMP_OFFSET
-    split = layout.TRAMPOLINE_TAIL_OFFSET
-    check_shape(code[:split], address, [
-        Expected(x86.X86_INS_ENDBR64),
-        Expected(x86.X86_INS_CMP, target=got),
-        Expected(x86.X86_INS_JE, target=entry),
-        Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
-        Expected(x86.X86_INS_TEST, register=x86.X86_REG_R11),
-        Expected(x86.X86_INS_JE, target=tail_jump),
-        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RSP),
-        Expected(x86.X86_INS_JNE, target=tail_jump),
-        Expected(x86.X86_INS_MOV),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV),
-        Expected(x86.X86_INS_MOV, target=universe, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV),
+    places = _trampoline_places(address)
+    tail, nested = places["tail"], places["nested"]
+    body_end, nested_end = layout.TRAMPOLINE_NESTED_OFFSET, layout.TRAMPOLINE_TAIL_OFFSET
+    select_check = [
         Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
         Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
         Expected(x86.X86_INS_JB, target=tail),
@@ -211,8 +216,41 @@ def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got
         Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
         Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
         Expected(x86.X86_INS_JMP, register=x86.X86_REG_R11),
-    ], "trampoline")
-    check_shape(code[split:], tail, [
+    ]
+    body = [
+        Expected(x86.X86_INS_ENDBR64),
+        Expected(x86.X86_INS_CMP, target=got),
+        Expected(x86.X86_INS_JE, target=entry),
+        Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_TEST, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_JE, target=places["tail_jump"]),
+        Expected(x86.X86_INS_MOV),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RSP),
+        Expected(x86.X86_INS_JNE, target=nested),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV),
+        Expected(x86.X86_INS_MOV, target=universe, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV),
+        *select_check,
+    ]
+    check_shape(code[:body_end], address, body, "trampoline")
+    select = decode(code[:body_end], address)[len(body) - len(select_check)].address
+    check_shape(code[body_end:nested_end], nested, [
+        Expected(x86.X86_INS_JA, target=tail),
+        Expected(x86.X86_INS_SUB, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JA, target=tail),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JNE, target=tail),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
+        Expected(x86.X86_INS_JMP, target=select),
+    ], "trampoline nested block")
+    check_shape(code[nested_end:], tail, [
         Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
         Expected(x86.X86_INS_JMP, target=got),
     ], "trampoline tail")

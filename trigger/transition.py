@@ -102,7 +102,9 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
         target = LoadedTarget(library, objects[path])
         if _fits(_loaded_desc(process, target), metadata):
             return target
-        mismatch = mismatch or path
+        # another build of the target, by its name; other prepared libraries are just others
+        if os.path.basename(path) == wanted:
+            mismatch = mismatch or path
     if mismatch:
         raise UlpError(f"{mismatch} in process {process.pid} is not the library the patch was "
                        "packed for (identity, build-id or layout differs)",

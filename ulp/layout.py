@@ -63,9 +63,13 @@ REC_UNIVERSE = 16
 #: the compiler flag that leaves PADDING_SIZE NOPs before and ENTRY_NOP_SIZE after each entry
 PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
 
-TRAMPOLINE_SIZE = 128
+TRAMPOLINE_SIZE = 192
+#: where the trampoline's check of a nested entry starts
+TRAMPOLINE_NESTED_OFFSET = 112
 #: where the trampoline's way out to the runtime's tracker starts
 TRAMPOLINE_TAIL_OFFSET = TRAMPOLINE_SIZE - 16
+#: a stack slot at most this far above %rsp is read directly (runtime/entry.S)
+NEAR_SLOT_DISTANCE = 256 * 1024
 PADDING_SIZE = 14  # NOPs the compiler leaves before each entry
 ENTRY_NOP_SIZE = 2  # NOPs it leaves after the entry (after endbr64 with CET)
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
