@@ -133,7 +133,7 @@ def tracer_pids(pid: int) -> dict[int, int]:
                 for line in stream:
                     if line.startswith("TracerPid:"):
                         found[int(tid)] = int(line.split()[1])
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass  # the thread ended meanwhile
     return found
 
@@ -174,6 +174,12 @@ def blocked_in_syscall(pid: int, tid: int) -> bool:
 def agent_tid(pid: int) -> int:
     [tid] = threads_named(pid, "ulp-agent")
     return tid
+
+
+def agent_idle(pid: int, tid: int) -> bool:
+    """The agent waits in its idle loop: the only place it calls pause (34)."""
+    with open(f"/proc/{pid}/task/{tid}/syscall") as stream:
+        return stream.read().split()[0] == "34"
 
 
 # --- the basics, through the real command ------------------------------------------
@@ -411,6 +417,8 @@ def test_trigger_killed_at_random_moments(ts: Path) -> None:
             finally:
                 trigger.wait(timeout=30)
             assert app.alive()
+            # a request the killed trigger had handed to the agent still completes
+            wait_until(lambda: agent_idle(app.pid, agent), what="agent idle")
             state = both(app)
             assert state in (ORIGINAL, PATCHED), (trial, state)
             patched = state == PATCHED

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
-from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting, wait_for_sigchld
+from ulp.trigger.tracee import WALL, ThreadGone, Tracee, thread_is_exiting, wait_for_sigchld
 
 
 @dataclass(frozen=True)
@@ -179,33 +179,66 @@ def _interrupt_all(seized: list[Tracee]) -> None:
             pass  # _wait_all collects it
 
 
+def _peek_event() -> int | None:
+    """The thread or child with a wait event ready, without taking the event."""
+    try:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT | WALL)
+    except ChildProcessError:
+        return None
+    return info.si_pid if info is not None else None
+
+
+def _collect(tracee: Tracee, waiting: dict[int, Tracee], stopped: dict[int, Tracee]) -> bool:
+    """Take the tracee's event if it has one; True if it did (stopped or gone)."""
+    try:
+        if not tracee.poll_stop():
+            return False
+        stopped[tracee.tid] = tracee
+    except ThreadGone:
+        pass
+    del waiting[tracee.tid]
+    return True
+
+
+def _collect_ready(waiting: dict[int, Tracee], stopped: dict[int, Tracee]) -> None:
+    """Take every event the kernel has ready for the waiting tracees.
+
+    Peeking (WNOWAIT) at whichever child has an event spares polling every
+    waiting thread after each SIGCHLD, which made the pause grow with the
+    square of the number of threads.  When the event belongs to some other
+    child of this process, every tracee is polled instead.
+    """
+    while waiting:
+        pid = _peek_event()
+        if pid is None:
+            return
+        tracee = waiting.get(pid)
+        if tracee is None or not _collect(tracee, waiting, stopped):
+            for tracee in list(waiting.values()):
+                _collect(tracee, waiting, stopped)
+            return
+
+
 def _wait_all(seized: list[Tracee], deadline: float) -> dict[int, Tracee]:
     """Wait until every seized thread is stopped (or gone); return the stopped ones."""
-    waiting = list(seized)
+    waiting = {tracee.tid: tracee for tracee in seized}
     stopped: dict[int, Tracee] = {}
     try:
+        for tracee in list(waiting.values()):
+            _collect(tracee, waiting, stopped)
         while waiting:
-            still = []
-            for tracee in waiting:
-                try:
-                    if tracee.poll_stop():
-                        stopped[tracee.tid] = tracee
-                    else:
-                        still.append(tracee)
-                except ThreadGone:
-                    pass
-            waiting = still
+            _collect_ready(waiting, stopped)
             if not waiting:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UlpError(f"timed out waiting for {len(waiting)} thread(s) to stop "
-                               f"(thread {waiting[0].tid}, in an uninterruptible wait?)",
+                               f"(thread {next(iter(waiting))}, in an uninterruptible wait?)",
                                ExitCode.RETRY)
             wait_for_sigchld(min(remaining, 0.001))
     except BaseException:
         release = time.monotonic() + RELEASE_WAIT
-        for tracee in waiting:
+        for tracee in waiting.values():
             tracee.let_go(release)
         for tracee in stopped.values():
             tracee.detach()

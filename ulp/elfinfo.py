@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import struct
 from collections.abc import Iterator
 
@@ -97,7 +96,3 @@ def file_sha256(path: str) -> bytes:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.digest()
-
-
-def realpath(path: str) -> str:
-    return os.path.realpath(path)

@@ -63,20 +63,6 @@ class Process:
             raise self.gone()
         return tids
 
-    def load_base(self, path: str) -> int | None:
-        """Where the object mapped from ``path`` is loaded (its offset-0 mapping)."""
-        wanted = os.stat(path)
-        for mapping in self.mappings():
-            if mapping.offset != 0 or not mapping.path.startswith("/"):
-                continue
-            try:
-                found = os.stat(mapping.path)
-            except OSError:
-                continue
-            if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
-                return mapping.start
-        return None
-
     def mapped_objects(self) -> dict[str, int]:
         """Every file mapped at offset 0, with its load address."""
         return {path: mapping.start for path, mapping in self._object_mappings().items()}
