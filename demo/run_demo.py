@@ -67,6 +67,11 @@ class App:
             line = self.lines.get(timeout=TIMEOUT)
             print("    " + line, flush=True)
 
+    def show_pending(self) -> None:
+        """Print what the program printed meanwhile, so each step shows after it."""
+        while not self.lines.empty():
+            print("    " + self.lines.get_nowait(), flush=True)
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=TIMEOUT)
@@ -78,9 +83,11 @@ def main() -> int:
     app = App()
     try:
         app.show(4, "original")
+        app.show_pending()
         step(f"apply the patch live to PID {app.proc.pid}")
         run(BIN / "ulp-trigger", str(app.proc.pid), "patch.ulp")
         app.show(4, "PATCHED")
+        app.show_pending()
         step(f"revert it, still the same PID {app.proc.pid}")
         run(BIN / "ulp-trigger", "--revert", str(app.proc.pid), "patch.ulp")
         app.show(4, "original")
