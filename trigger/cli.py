@@ -90,11 +90,18 @@ def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
         process.close()
 
 
+#: errors a process that is being killed can cause on its way out
+DEATH_SYMPTOMS = {ExitCode.FAILURE, ExitCode.PERMISSION, ExitCode.NO_RUNTIME,
+                  ExitCode.LIBRARY_NOT_LOADED, ExitCode.TARGET_MISMATCH, ExitCode.RETRY}
+DYING_GRACE = 0.2  # seconds a dying process takes at most to become a zombie
+
+
 def _explained(error: UlpError, process: Process) -> UlpError:
     """Whatever went wrong, a process that died meanwhile is the reason to report."""
-    if error.exit_code != ExitCode.NO_PROCESS and not process.alive():
-        return process.gone()
-    return error
+    if error.exit_code == ExitCode.NO_PROCESS:
+        return error
+    grace = DYING_GRACE if error.exit_code in DEATH_SYMPTOMS else 0.0
+    return process.gone() if process.exits_within(grace) else error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from dataclasses import dataclass
 
 from ulp.errors import ExitCode, UlpError
@@ -37,6 +38,20 @@ class Process:
 
     def alive(self) -> bool:
         return self.state() not in (None, "Z", "X", "x")
+
+    def exits_within(self, seconds: float) -> bool:
+        """True if the process is dead, or dies within ``seconds``.
+
+        A process being killed tears down its memory and threads before it
+        turns into a zombie: meanwhile it looks alive but its maps are empty
+        and its threads vanish.  Errors seen then are its death, not theirs.
+        """
+        deadline = time.monotonic() + seconds
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def mappings(self) -> list[Mapping]:
         return [_parse_mapping(line) for line in self._maps_lines()]
