@@ -21,11 +21,7 @@ def prepared_library(out: Path, sources: list[Path | str], *flags: str) -> Path:
 
 def cxx(out: Path, sources: list[Path | str], *flags: str) -> Path:
     """Compile C++ with g++; fail with g++'s message if it fails."""
-    command = ["g++", "-g", "-O2", "-Wall", "-o", str(out), *map(str, sources), *flags]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)}\n{result.stderr}")
-    return out
+    return cc(out, sources, *flags, compiler="g++")
 
 
 def patch(root: Path, name: str, target: Path, replacements: dict[str, str],

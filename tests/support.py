@@ -18,9 +18,9 @@ PATCHABLE = "-fpatchable-function-entry=16,14"
 TIMEOUT = 30.0
 
 
-def cc(out: Path, sources: list[Path | str], *flags: str) -> Path:
-    """Compile with gcc; fail the test with gcc's message if it fails."""
-    command = ["gcc", "-g", "-O2", "-Wall", "-o", str(out), *map(str, sources), *flags]
+def cc(out: Path, sources: list[Path | str], *flags: str, compiler: str = "gcc") -> Path:
+    """Compile with gcc (or ``compiler``); fail the test with its message if it fails."""
+    command = [compiler, "-g", "-O2", "-Wall", "-o", str(out), *map(str, sources), *flags]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(command)}\n{result.stderr}")
