@@ -580,3 +580,33 @@ def test_forked_child_is_patched_on_its_own(shapes) -> None:
         finally:
             app.send("child-exit\n")
         assert app.next_line() == "child exited 0"
+
+
+# ---- coroutine stacks -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def coro(build_dir: Path) -> dict[str, Path]:
+    root = build_dir / "coro"
+    lib = prepared_library(root / "lib" / "libcoro.so", [C_DIR / "cm_coro_lib.c"])
+    app = cc(root / "app", [C_DIR / "cm_coro_app.c"], f"-L{root / 'lib'}", "-lcoro")
+    fix = patch(root, "fix_coro", lib, {"coro_tag": "coro_tag_v2"}, C_DIR / "cm_coro_fix.c")
+    return {"root": root, "app": app, "fix": fix}
+
+
+def test_coroutine_on_another_stack_keeps_the_live_activation_universe(coro) -> None:
+    """A callback of L switches to a coroutine on a heap stack, far below the
+    thread's stack, which calls L: the activation on the thread's stack is
+    live, so the coroutine's call is nested and sees its universe, and so does
+    the rest of the activation; the next external call migrates."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        app.send("run\n")
+        assert app.next_line() == "coroutine waiting"     # inside L, on the coroutine
+        apply(app.pid, coro["fix"])
+        app.send("go\n")
+        assert app.next_line() == "run=11 coroutine=1"    # one universe: the old one
+        assert ask(app, "tag") == "tag=2"
+        app.send("run\n")
+        assert app.next_line() == "coroutine waiting"
+        app.send("go\n")
+        assert app.next_line() == "run=22 coroutine=2"

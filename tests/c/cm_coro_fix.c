@@ -1,0 +1,4 @@
+int coro_tag_v2(void)
+{
+    return 2;
+}

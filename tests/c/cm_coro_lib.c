@@ -1,0 +1,15 @@
+/* A library whose activation hands control to a coroutine (through the
+ * program's callback) that calls the library again on its own stack. */
+int coro_tag(void)
+{
+    return 1;
+}
+
+/* Returns the tags seen before and after the callback, as 10*before+after. */
+int coro_run(void (*callback)(void))
+{
+    int before = coro_tag();
+    callback();
+    int after = coro_tag();
+    return 10 * before + after;
+}
