@@ -353,3 +353,20 @@ def test_fuzz_random_bytes():
         if rng.random() < 0.5:
             data = md.MAGIC + data
         assert parses_or_is_rejected(data) is None
+
+
+def test_errors_quoting_control_characters_stay_on_one_line(tmp_path) -> None:
+    """A path from a damaged or hostile file may hold any character: the
+    error still prints as one line, with the character escaped."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    odd = tmp_path / "odd\rname\n.ulp"
+    odd.write_bytes(b"not a patch")
+    tool = Path(sys.executable).parent / "ulp-trigger"
+    result = subprocess.run([str(tool), str(os.getpid()), str(odd)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 4, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "odd\\rname\\n.ulp" in result.stderr

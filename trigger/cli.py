@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ulp.errors import ExitCode, UlpError, run_cli
+from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.metadata import read_patch
 from ulp.process import Process
 from ulp.trigger import codewrite, transition
@@ -75,7 +75,7 @@ def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
         else:
             transition.apply(process, metadata, args.timeout, args.patch)
             names = ", ".join(unit.old_name for unit in metadata.units)
-            print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {names}")
+            print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {one_line(names)}")
             pause = codewrite.last_pause()
             if args.verbose and pause is not None:
                 print(f"application threads stopped: {pause.threads}, "

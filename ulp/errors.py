@@ -54,6 +54,17 @@ def open_input(path: str):
         raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
 
 
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped (\\n, \\r, \\x1b...).
+
+    Messages quote paths and names from files and processes, which may hold
+    any character: an error stays one line, and no escape sequence reaches
+    the terminal.
+    """
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode()
+                   for char in text)
+
+
 def run_cli(prog: str, body, argv=None) -> int:
     """Run ``body(argv)``, turning a UlpError into one line on stderr."""
     import sys
@@ -61,7 +72,7 @@ def run_cli(prog: str, body, argv=None) -> int:
     try:
         return int(body(argv) or 0)
     except UlpError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
+        print(f"{prog}: {one_line(str(error))}", file=sys.stderr)
         return int(error.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
