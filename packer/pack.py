@@ -20,7 +20,7 @@ from elftools.common.exceptions import ELFError
 
 from ulp import metadata as md
 from ulp.elfinfo import file_sha256, open_elf, require_x86_64_shared_object
-from ulp.errors import ExitCode, UlpError, run_cli
+from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.prepared import PreparedLibrary
 
 from .desc import Description, read_description
@@ -240,7 +240,8 @@ def _body(argv: list[str] | None) -> int:
     if args.dump is not None:
         if args.desc or args.output or args.reverse_output:
             raise UlpError("--dump takes no other arguments", ExitCode.USAGE)
-        print("\n".join(dump_lines(md.read_patch(args.dump))))
+        # the fields come from a file: escape what a terminal would interpret
+        print("\n".join(one_line(line) for line in dump_lines(md.read_patch(args.dump))))
         return ExitCode.OK
     if args.desc is None:
         raise UlpError(f"expected DESC or --dump FILE (see {PROG} --help)", ExitCode.USAGE)
