@@ -32,15 +32,6 @@ static int nlibraries;
 #define STATE_REGISTERING (-1)
 #define STATE_OVERFLOW (-2)
 
-static long raw_syscall4(long nr, long a, long b, long c, long d)
-{
-    long ret;
-    register long r10 __asm__("r10") = d;
-    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-
 static long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
 {
     long ret;
@@ -50,6 +41,11 @@ static long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f
     __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8),
                      "r"(r9) : "rcx", "r11", "memory");
     return ret;
+}
+
+static long raw_syscall4(long nr, long a, long b, long c, long d)
+{
+    return raw_syscall6(nr, a, b, c, d, 0, 0);
 }
 
 static int64_t record_offset(int slot)

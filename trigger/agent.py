@@ -21,10 +21,10 @@ import time
 
 from ulp import agent_abi
 from ulp.agent_abi import AgentState, MailboxHeader, Request
-from ulp.elfinfo import dynamic_symbol_value, open_elf
+from ulp.elfinfo import dynamic_symbol_value, file_key, open_elf
 from ulp.errors import ExitCode, UlpError
-from ulp.process import Process
-from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting, thread_stat
+from ulp.process import Process, stat_fields
+from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
 POLL_INTERVAL = 0.0002
 SYS_PAUSE = 34
@@ -36,12 +36,6 @@ def _mailbox_offset(path: str, file_key: tuple) -> int | None:
     """``ulp_mailbox``'s offset in the object at ``path`` (cached per file version)."""
     with open_elf(path) as elf:
         return dynamic_symbol_value(elf, agent_abi.MAILBOX_SYMBOL)
-
-
-def file_key(path: str) -> tuple:
-    """What identifies one version of a file, for caching what was read from it."""
-    info = os.stat(path)
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def find_mailbox(process: Process) -> int:
@@ -109,7 +103,7 @@ class Agent:
     def _wait_not_job_stopped(self, agent_tid: int, deadline: float) -> None:
         """A process stopped by SIGSTOP must stay stopped: wait for SIGCONT, or give up."""
         while True:
-            fields = thread_stat(self.process.pid, agent_tid)
+            fields = stat_fields(self.process.pid, agent_tid)
             if fields is None:
                 raise self._agent_gone()
             if fields[0] != "T":

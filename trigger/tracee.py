@@ -23,6 +23,7 @@ from ptrace.binding import func as ptrace_func
 from ptrace.error import PtraceError
 
 from ulp.errors import ExitCode, UlpError
+from ulp.process import DEAD_STATES, stat_fields
 
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
@@ -59,19 +60,10 @@ def wait_for_sigchld(seconds: float) -> None:
         signal.sigtimedwait({signal.SIGCHLD}, seconds)
 
 
-def thread_stat(pid: int, tid: int) -> list[str] | None:
-    """The fields of /proc/PID/task/TID/stat after the command name, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as stream:
-            return stream.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def thread_is_exiting(pid: int, tid: int) -> bool:
     """True if the thread is gone or in do_exit: it never runs user code again."""
-    fields = thread_stat(pid, tid)
-    if fields is None or fields[0] in ("Z", "X", "x"):
+    fields = stat_fields(pid, tid)
+    if fields is None or fields[0] in DEAD_STATES:
         return True
     try:
         return bool(int(fields[6]) & PF_EXITING)

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 from ulp import layout
 from ulp.agent_abi import Op, Request, Status
+from ulp.elfinfo import file_key
 from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
 from ulp.prepared import PreparedLibrary
 from ulp.process import Process
-from ulp.trigger.agent import Agent, file_key
+from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
 
 STATUS_EXIT_CODES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 from collections.abc import Iterator
 
@@ -96,3 +97,9 @@ def file_sha256(path: str) -> bytes:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.digest()
+
+
+def file_key(path: str) -> tuple:
+    """What identifies one version of a file, for caching what was read from it."""
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)

@@ -20,6 +20,20 @@ class Mapping:
     path: str
 
 
+#: /proc states of a task that will never run again
+DEAD_STATES = ("Z", "X", "x")
+
+
+def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
+    """The fields of /proc/PID[/task/TID]/stat after the command name; None if gone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        with open(path) as stream:
+            return stream.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 class Process:
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -30,14 +44,11 @@ class Process:
 
     def state(self) -> str | None:
         """The state letter of /proc/PID/stat (R, S, D, T, t, Z...), None if gone."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as stream:
-                return stream.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return None
+        fields = stat_fields(self.pid)
+        return fields[0] if fields else None
 
     def alive(self) -> bool:
-        return self.state() not in (None, "Z", "X", "x")
+        return self.state() not in (None, *DEAD_STATES)
 
     def exits_within(self, seconds: float) -> bool:
         """True if the process is dead, or dies within ``seconds``.
