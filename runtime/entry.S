@@ -1,4 +1,5 @@
-/* ulp_entry: the tracker every call into a prepared library passes.
+/* ulp_entry: the fast paths of the tracker every call into a prepared
+ * library passes (the judgment itself is in tracker.c).
  *
  * A trampoline (or a patched function's entry stub) jumps here with
  *   %r10 = the function's descriptor (struct ulp_func_desc),
@@ -8,23 +9,30 @@
  * body untouched, so unwinders, exceptions and debuggers see the caller's
  * frames as if the function had been called directly.
  *
- * An entry is nested when the thread still has a live activation of the
- * library: its outermost activation is recorded as the stack slot holding
- * its return address and the value stored there, and it is live while
- *   - we are below that slot on the same stack and the slot still holds
- *     that value, or
- *   - we run on the alternate signal stack and the slot is not on it (a
- *     handler interrupted the activation).
- * Otherwise the entry is external: the thread takes the global universe.
- * Then the newest version whose interval [applied_at, reverted_at) holds
- * the thread's universe is chosen; the list ends with the original body,
- * valid in every universe. */
+ * The paths, each with what it may conclude (docs/consistency.md proves
+ * them):
+ *   from the library: the return address lies in the library's own code,
+ *     so the caller is an activation of the library: nested, keep the
+ *     thread's universe.  Writes nothing.
+ *   from outside, record claimed: this entry interrupted an update of the
+ *     record (it runs in a signal handler): it writes nothing and keeps the
+ *     universe (tracker.c decides whether the claimer is gone for good).
+ *   from outside, the loop: the record's only anchor is this very slot, so
+ *     the activation it anchored has returned: external, take G.
+ *   from outside, anything else: tracker.c judges, under the claim.
+ * Every write to the record happens between the claim (one store) and its
+ * release (one store), so a signal handler entering the library in the
+ * middle sees either the whole old record or a claimed one. */
 
 #include "ulp_layout.h"
 
+/* Below %rsp is free at a function entry (signal frames skip the red zone):
+ * the tracker spills there instead of moving %rsp. */
+#define SPILL1 -8(%rsp)
+
 
 /* Save the registers C code may clobber (it uses no vector registers) and
- * align the stack. */
+ * align the stack.  The saved %r11 is at -72(%rbp). */
 .macro SAVE_INTEGER_REGISTERS
     pushq   %rbp
     .cfi_adjust_cfa_offset 8
@@ -60,10 +68,20 @@
     .cfi_restore %rbp
 .endm
 
-/* Below %rsp is free at a function entry (signal frames skip the red zone):
- * the tracker spills there instead of moving %rsp. */
-#define SPILL1 -8(%rsp)
-#define SPILL2 -16(%rsp)
+/* Call FUNC(record, entry %rsp) with every register saved; its result (a
+ * universe) comes back in %r11, %rax is spilled again. */
+.macro CALL_JUDGE func
+    movq    SPILL1, %rax
+    SAVE_INTEGER_REGISTERS
+    movq    %fs:0, %rdi
+    addq    %r11, %rdi
+    leaq    8(%rbp), %rsi
+    call    \func
+    movq    %rax, -72(%rbp)
+    RESTORE_INTEGER_REGISTERS
+    movq    %rax, SPILL1
+.endm
+
 
     .text
     .globl  ulp_entry
@@ -75,93 +93,65 @@ ulp_entry:
     movq    FD_TLS_OFFSET(%r10), %r11
     testq   %r11, %r11
     jz      .Lregister
-    movq    FD_VERSIONS(%r10), %r10     /* from here %r10 walks the versions */
-    cmpq    %fs:REC_OUTER_SLOT(%r11), %rsp
-    jne     .Lnot_at_slot
-    /* At the slot: the same call site called again after returning. */
-
-.Lexternal:                             /* %r11 = record */
-    movq    %rsp, %fs:REC_OUTER_SLOT(%r11)
     movq    %rax, SPILL1
     movq    (%rsp), %rax
-    movq    %rax, %fs:REC_OUTER_RET(%r11)
-    movq    ulp_global_universe(%rip), %rax
-    movq    %rax, %fs:REC_UNIVERSE(%r11)
-    movq    %rax, %r11
-    movq    SPILL1, %rax
+    subq    FD_CODE_START(%r10), %rax
+    cmpq    FD_CODE_SIZE(%r10), %rax
+    jae     .Lfrom_outside
 
-.Lselect:                               /* %r10 = version, %r11 = universe */
+    /* From the library itself: nested. */
+    movq    %fs:REC_UNIVERSE(%r11), %r11
+
+.Lselect:                               /* %r10 = descriptor, %r11 = universe */
+    movq    FD_VERSIONS(%r10), %r10
+.Lversion:
     cmpq    V_APPLIED_AT(%r10), %r11
     jb      .Lskip                      /* applied after this universe */
     cmpq    V_REVERTED_AT(%r10), %r11
     jae     .Lskip                      /* reverted at or before it */
+    movq    SPILL1, %rax
     jmp     *V_TARGET(%r10)
 .Lskip:
     movq    V_NEXT(%r10), %r10
+    jmp     .Lversion
+
+.Lfrom_outside:
+    cmpq    $0, %fs:REC_CLAIM(%r11)
+    jne     .Lclaimed
+    movq    %rsp, %fs:REC_CLAIM(%r11)
+    /* The loop: one anchor, at this slot. */
+    cmpq    $1, %fs:REC_DEPTH(%r11)
+    jne     .Ljudge
+    cmpq    %rsp, %fs:REC_ANCHORS+ANCHOR_SLOT(%r11)
+    jne     .Ljudge
+    movq    (%rsp), %rax
+    movq    %rax, %fs:REC_ANCHORS+ANCHOR_RET(%r11)
+    movq    ulp_global_universe(%rip), %rax
+    movq    %rax, %fs:REC_UNIVERSE(%r11)
+    movq    $0, %fs:REC_CLAIM(%r11)     /* release */
+    movq    %rax, %r11
     jmp     .Lselect
 
-.Lnot_at_slot:
-    ja      .Labove
-    /* Below the slot: nested if the slot still holds its return address. */
-    movq    %rax, SPILL1
-    movq    %fs:REC_OUTER_SLOT(%r11), %rax
-    subq    %rsp, %rax
-    cmpq    $NEAR_SLOT_DISTANCE, %rax
-    ja      .Lfar_below
-    movq    %fs:REC_OUTER_SLOT(%r11), %rax
-    movq    (%rax), %rax
-    cmpq    %fs:REC_OUTER_RET(%r11), %rax
-    movq    SPILL1, %rax
-    jne     .Lexternal                  /* the outer activation has returned */
-
-.Lnested:                               /* keep the thread's universe */
-    movq    %fs:REC_UNIVERSE(%r11), %r11
+.Ljudge:
+    CALL_JUDGE ulp_judge_entry
     jmp     .Lselect
 
-/* Above the slot: nested only on an alternate signal stack that holds %rsp
- * but not the slot (a handler interrupted the activation).  ulp_altstack
- * is kept by the runtime's sigaltstack(). */
-.Labove:
-    movq    %rax, SPILL1
-    movq    %r10, SPILL2
-    movq    %fs:REC_OUTER_SLOT(%r11), %r10
-    movq    ulp_altstack@gottpoff(%rip), %rax
-    cmpq    %fs:ALT_LOW(%rax), %r10
-    jb      1f
-    cmpq    %fs:ALT_HIGH(%rax), %r10
-    jb      2f                          /* the slot is on the altstack too */
-1:  cmpq    %fs:ALT_LOW(%rax), %rsp
-    jb      2f
-    cmpq    %fs:ALT_HIGH(%rax), %rsp
-    jae     2f
-    movq    SPILL2, %r10
-    movq    SPILL1, %rax
-    jmp     .Lnested
-2:  movq    SPILL2, %r10
-    movq    SPILL1, %rax
-    jmp     .Lexternal
+.Lclaimed:
+    CALL_JUDGE ulp_judge_claimed_entry
+    jmp     .Lselect
 
-/* The slot is far above: maybe on a stack since switched away from, or
- * freed.  Read it without risking a fault. */
-.Lfar_below:
-    movq    SPILL1, %rax
-    SAVE_INTEGER_REGISTERS
-    movq    %fs:REC_OUTER_SLOT(%r11), %rdi
-    movq    %fs:REC_OUTER_RET(%r11), %rsi
-    call    ulp_slot_holds
-    testl   %eax, %eax
-    RESTORE_INTEGER_REGISTERS
-    jnz     .Lnested
-    jmp     .Lexternal
-
-/* First entry into a library not yet known to the runtime: register it,
- * then start over. */
+/* First entry into a library not yet known to the runtime: register it and
+ * start over; a library that cannot be registered runs its original body. */
 .Lregister:
     SAVE_INTEGER_REGISTERS
     movq    %r10, %rdi
     call    ulp_register_function
     RESTORE_INTEGER_REGISTERS
-    jmp     ulp_entry
+    cmpq    $0, FD_TLS_OFFSET(%r10)
+    jne     ulp_entry
+    movq    FD_BODY_DELTA(%r10), %r11
+    addq    %r10, %r11
+    jmp     *%r11
     .cfi_endproc
     .size   ulp_entry, .-ulp_entry
 

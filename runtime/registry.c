@@ -5,15 +5,16 @@
  * tracker's slow path) or when a patch for it is prepared.  Registration
  * gives the library a slot in every thread's static TLS and completes its
  * function descriptors in place.  It runs on arbitrary application threads
- * at a function entry, so this file uses no vector registers (the tracker
- * saves only the integer argument registers), takes no locks and calls
- * nothing but raw system calls. */
+ * at a function entry, maybe in a signal handler that interrupted another
+ * registration, so it waits for nothing: every step is a store of a value
+ * any thread would store, or a compare-and-swap, and any thread that finds
+ * a descriptor incomplete completes it itself.  No vector registers (the
+ * tracker saves only the integer registers), no locks, no system calls
+ * (a seccomp filter may forbid them: docs/consistency.md). */
 #pragma GCC target("general-regs-only")
 
 #include <link.h>
-#include <signal.h>
 #include <string.h>
-#include <sys/syscall.h>
 
 #include "ulp_internal.h"
 
@@ -24,29 +25,13 @@ ULP_HIDDEN uint64_t ulp_global_universe = 1;
 /* One record per library per thread; the last is shared by the libraries
  * beyond ULP_MAX_LIBS, which are tracked but cannot be patched. */
 static __thread struct ulp_thread_record records[ULP_MAX_LIBS + 1]
-    __attribute__((tls_model("initial-exec"), aligned(32)));
+    __attribute__((tls_model("initial-exec"), aligned(64)));
 
 static struct ulp_lib_desc *libraries[ULP_MAX_LIBS];
 static int nlibraries;
 
-#define STATE_REGISTERING (-1)
 #define STATE_OVERFLOW (-2)
-
-static long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f)
-{
-    long ret;
-    register long r10 __asm__("r10") = d;
-    register long r8 __asm__("r8") = e;
-    register long r9 __asm__("r9") = f;
-    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8),
-                     "r"(r9) : "rcx", "r11", "memory");
-    return ret;
-}
-
-static long raw_syscall4(long nr, long a, long b, long c, long d)
-{
-    return raw_syscall6(nr, a, b, c, d, 0, 0);
-}
+#define STATE_REFUSED (-3)
 
 static int64_t record_offset(int slot)
 {
@@ -55,62 +40,64 @@ static int64_t record_offset(int slot)
     return (char *)&records[slot] - thread_pointer;
 }
 
+/* Every store here writes what any other registering thread writes too. */
 static void complete_descriptors(struct ulp_lib_desc *lib, int64_t tls_offset)
 {
-    /* The trampolines read it once they see a TLS offset: store it first. */
+    uintptr_t code_start = (uintptr_t)lib + lib->code_delta;
+    /* The trigger reads it once the library is registered: store it first. */
     __atomic_store_n(&lib->universe, &ulp_global_universe, __ATOMIC_RELEASE);
     for (uint32_t i = 0; i < lib->nfuncs; i++) {
         struct ulp_func_desc *fd = ulp_lib_func(lib, i);
+        if (__atomic_load_n(&fd->tls_offset, __ATOMIC_ACQUIRE) == tls_offset)
+            continue;
+        struct ulp_version *none = NULL;
         fd->original.target = (char *)fd + fd->body_delta;
-        fd->versions = &fd->original;
+        fd->code_start = code_start;
+        fd->code_size = lib->code_size;
+        /* Never over a version the agent linked already. */
+        __atomic_compare_exchange_n(&fd->versions, &none, &fd->original, 0, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED);
         __atomic_store_n(&fd->tls_offset, tls_offset, __ATOMIC_RELEASE);
     }
 }
 
-/* Signals stay blocked while registering: a handler entering the same
- * library on this thread would otherwise wait for itself. */
+/* The library's state: its slot + 1 once it has one.  The first thread to
+ * install a slot wins; a thread that loses the race leaves its slot number
+ * unused (a handler interrupting a registration can cause that, rarely). */
+static int64_t claim_slot(struct ulp_lib_desc *lib)
+{
+    int64_t state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
+    if (state != 0)
+        return state;
+    if (lib->layout_version != ULP_LAYOUT_VERSION) {
+        __atomic_store_n(&lib->state, STATE_REFUSED, __ATOMIC_RELEASE);
+        return STATE_REFUSED;
+    }
+    int slot = __atomic_fetch_add(&nlibraries, 1, __ATOMIC_ACQ_REL);
+    int64_t wanted = slot < ULP_MAX_LIBS ? slot + 1 : STATE_OVERFLOW;
+    if (__atomic_compare_exchange_n(&lib->state, &state, wanted, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        if (wanted > 0)
+            __atomic_store_n(&libraries[slot], lib, __ATOMIC_RELEASE);
+        return wanted;
+    }
+    return state;
+}
+
+/* Register LIB (again: it is idempotent).  Returns 1 if it can be patched. */
 ULP_HIDDEN int ulp_register_library(struct ulp_lib_desc *lib)
 {
-    uint64_t all = ~0ull, saved;
-    raw_syscall4(SYS_rt_sigprocmask, SIG_BLOCK, (long)&all, (long)&saved, 8);
-
-    int64_t expected = 0;
-    if (__atomic_compare_exchange_n(&lib->state, &expected, STATE_REGISTERING, 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        int slot = __atomic_fetch_add(&nlibraries, 1, __ATOMIC_ACQ_REL);
-        int usable = slot < ULP_MAX_LIBS;
-        complete_descriptors(lib, record_offset(usable ? slot : ULP_MAX_LIBS));
-        if (usable)
-            __atomic_store_n(&libraries[slot], lib, __ATOMIC_RELEASE);
-        __atomic_store_n(&lib->state, usable ? slot + 1 : STATE_OVERFLOW, __ATOMIC_RELEASE);
-    } else {
-        while (__atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == STATE_REGISTERING)
-            __builtin_ia32_pause();
-    }
-
-    raw_syscall4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&saved, 0, 8);
-    return __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) > 0;
+    int64_t state = claim_slot(lib);
+    if (state == STATE_REFUSED)
+        return 0;
+    complete_descriptors(lib, record_offset(state > 0 ? (int)state - 1 : ULP_MAX_LIBS));
+    return state > 0;
 }
 
 /* Called by the tracker with a descriptor whose library is not registered. */
 ULP_HIDDEN void ulp_register_function(struct ulp_func_desc *fd)
 {
     ulp_register_library(ulp_func_lib(fd));
-}
-
-/* Does the stack slot at SLOT still hold VALUE?  Asked of slots that may be
- * on a stack that no longer exists, so read with process_vm_readv, which
- * reports an unmapped address instead of faulting. */
-ULP_HIDDEN int ulp_slot_holds(uintptr_t slot, uintptr_t value)
-{
-    uintptr_t found = 0;
-    struct {
-        void *base;
-        size_t len;
-    } local = {&found, sizeof found}, remote = {(void *)slot, sizeof found};
-    long pid = raw_syscall4(SYS_getpid, 0, 0, 0, 0);
-    long n = raw_syscall6(SYS_process_vm_readv, pid, (long)&local, 1, (long)&remote, 1, 0);
-    return n == (long)sizeof found && found == value;
 }
 
 struct search {
@@ -152,12 +139,12 @@ ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address)
 
 /* For tests: a value that changes whenever this thread records an external
  * entry into a prepared library from another call site (the sum of the
- * recorded return addresses). */
+ * return addresses of the outermost anchors). */
 ULP_EXPORT uint64_t ulp_thread_entry_signature(void)
 {
     uint64_t total = 0;
     for (int i = 0; i <= ULP_MAX_LIBS; i++)
-        total += records[i].outer_ret;
+        total += records[i].anchors[0].ret;
     return total;
 }
 

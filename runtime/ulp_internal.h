@@ -17,7 +17,10 @@ extern uint64_t ulp_global_universe;
 int ulp_register_library(struct ulp_lib_desc *lib);
 struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address);
 void ulp_register_function(struct ulp_func_desc *fd);
-int ulp_slot_holds(uintptr_t slot, uintptr_t value);
+
+/* tracker.c: the judgment of entries from outside a library */
+uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t rsp);
+uint64_t ulp_judge_claimed_entry(struct ulp_thread_record *record, uintptr_t rsp);
 
 /* altstack.c */
 extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initial-exec")));

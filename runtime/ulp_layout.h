@@ -1,6 +1,7 @@
 /* The structures shared by ulp-prepare (ulp/layout.py), prepared libraries,
- * the tracker (entry.S) and the rest of the runtime.  Layout version 1;
- * docs/prepared-layout.md describes them. */
+ * the tracker (entry.S, tracker.c) and the rest of the runtime.  Layout
+ * version 2; docs/prepared-layout.md describes them, and
+ * tests/test_layout.py checks that ulp/layout.py agrees with every offset. */
 #ifndef ULP_LAYOUT_H
 #define ULP_LAYOUT_H
 
@@ -8,15 +9,26 @@
 #define FD_TLS_OFFSET   0
 #define FD_VERSIONS     8
 #define FD_ORIGINAL     16
+#define FD_BODY_DELTA   48
+#define FD_CODE_START   80
+#define FD_CODE_SIZE    88
 #define V_APPLIED_AT    0
 #define V_REVERTED_AT   8
 #define V_TARGET        16
 #define V_NEXT          24
-#define REC_OUTER_SLOT  0
-#define REC_OUTER_RET   8
-#define REC_UNIVERSE    16
+#define REC_UNIVERSE    0
+#define REC_CLAIM       8
+#define REC_DEPTH       16
+#define REC_SATURATED   24
+#define REC_ANCHORS     32
+#define ANCHOR_SLOT     0
+#define ANCHOR_RET      8
+#define ANCHOR_SIZE     16
+/* Live activations a record can hold an anchor for (callback nesting). */
+#define ULP_MAX_ANCHORS 6
+#define REC_SIZE        (REC_ANCHORS + ULP_MAX_ANCHORS * ANCHOR_SIZE)
 /* Slots farther than this above %rsp may be on another stack, one that may
- * be gone: the tracker reads them with a system call that cannot fault. */
+ * be gone: the tracker never reads them (docs/consistency.md). */
 #define NEAR_SLOT_DISTANCE (256 * 1024)
 #define ALT_LOW         0
 #define ALT_HIGH        8
@@ -26,7 +38,7 @@
 #include <stdint.h>
 
 #define ULP_LIB_MAGIC "ULPLIB\0\1"
-#define ULP_LAYOUT_VERSION 1
+#define ULP_LAYOUT_VERSION 2
 #define ULP_UNIVERSE_NEVER UINT64_MAX
 #define ULP_FUNC_FLAG_ENDBR64 1u
 
@@ -48,6 +60,8 @@ struct ulp_func_desc {
     int64_t lib_delta;
     uint32_t flags;
     uint32_t index;
+    uintptr_t code_start;           /* the library's code, absolute: runtime */
+    uint64_t code_size;
 };
 
 struct ulp_lib_desc {
@@ -55,24 +69,38 @@ struct ulp_lib_desc {
     uint32_t layout_version;
     uint32_t nfuncs;
     void *entry_got;                /* ulp_entry, resolved by ld.so */
-    int64_t state;                  /* 0: unregistered, -1: registering, n > 0: slot n-1 */
+    int64_t state;                  /* 0: unregistered, n > 0: slot n-1, < 0: no slot */
     uint8_t identity[32];           /* SHA-256 of the library before preparing */
     uint8_t build_id_len;
     uint8_t pad[3];
     uint8_t build_id[20];
     int64_t funcs_delta;
     int64_t trampolines_delta;
-    uint64_t *universe;             /* the global universe, for the trampolines */
-    uint8_t reserved[16];
+    uint64_t *universe;             /* the global universe: runtime */
+    int64_t code_delta;             /* the library's executable segments, */
+    uint64_t code_size;             /* from this descriptor: ulp-prepare */
 };
 
-/* Per thread and per library: the outermost live activation and the
- * universe the thread sees in the library. */
+/* A live activation of a library entered from outside it: the stack slot
+ * of its return address and the value stored there. */
+struct ulp_anchor {
+    uintptr_t slot;
+    uintptr_t ret;
+};
+
+/* Per thread and per library (docs/consistency.md, "The tracker").
+ * universe: the universe the thread sees in the library.
+ * claim: nonzero (the claimer's %rsp) while an entry updates the record; an
+ *   entry that finds it set interrupted that update (it runs in a signal
+ *   handler) and neither writes nor changes universe.
+ * anchors[0..depth): the thread's live activations entered from outside,
+ *   outermost first; saturated: more were live than fit. */
 struct ulp_thread_record {
-    uintptr_t outer_slot;           /* stack address of its return address */
-    uintptr_t outer_ret;            /* the return address stored there */
     uint64_t universe;
-    uint64_t reserved;
+    uintptr_t claim;
+    uint64_t depth;
+    uint64_t saturated;
+    struct ulp_anchor anchors[ULP_MAX_ANCHORS];
 };
 
 /* Per thread: the alternate signal stack, as set through sigaltstack(). */
@@ -81,15 +109,27 @@ struct ulp_altstack {
     uintptr_t high;                 /* low == high: none */
 };
 
-_Static_assert(sizeof(struct ulp_func_desc) == 80, "func desc layout");
+_Static_assert(sizeof(struct ulp_func_desc) == 96, "func desc layout");
 _Static_assert(sizeof(struct ulp_lib_desc) == 128, "lib desc layout");
 _Static_assert(offsetof(struct ulp_lib_desc, universe) == 104, "lib desc layout");
+_Static_assert(offsetof(struct ulp_lib_desc, code_delta) == 112, "lib desc layout");
 _Static_assert(offsetof(struct ulp_func_desc, versions) == FD_VERSIONS, "fd");
 _Static_assert(offsetof(struct ulp_func_desc, original) == FD_ORIGINAL, "fd");
+_Static_assert(offsetof(struct ulp_func_desc, body_delta) == FD_BODY_DELTA, "fd");
+_Static_assert(offsetof(struct ulp_func_desc, code_start) == FD_CODE_START, "fd");
+_Static_assert(offsetof(struct ulp_func_desc, code_size) == FD_CODE_SIZE, "fd");
+_Static_assert(offsetof(struct ulp_version, applied_at) == V_APPLIED_AT, "v");
+_Static_assert(offsetof(struct ulp_version, reverted_at) == V_REVERTED_AT, "v");
 _Static_assert(offsetof(struct ulp_version, target) == V_TARGET, "v");
 _Static_assert(offsetof(struct ulp_version, next) == V_NEXT, "v");
 _Static_assert(offsetof(struct ulp_thread_record, universe) == REC_UNIVERSE, "rec");
-_Static_assert(sizeof(struct ulp_thread_record) == 32, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, claim) == REC_CLAIM, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, depth) == REC_DEPTH, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, saturated) == REC_SATURATED, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, anchors) == REC_ANCHORS, "rec");
+_Static_assert(sizeof(struct ulp_anchor) == ANCHOR_SIZE, "anchor");
+_Static_assert(offsetof(struct ulp_anchor, ret) == ANCHOR_RET, "anchor");
+_Static_assert(sizeof(struct ulp_thread_record) == REC_SIZE, "rec");
 _Static_assert(offsetof(struct ulp_altstack, high) == ALT_HIGH, "alt");
 
 static inline struct ulp_lib_desc *ulp_func_lib(struct ulp_func_desc *fd)

@@ -16,6 +16,7 @@ from . import trampolines
 PATCHABLE_FLAG = layout.PATCHABLE_FLAG
 ENTRIES_SECTION = "__patchable_function_entries"
 _R_X86_64_RELATIVE = 8
+_PF_X = 1
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,19 @@ class Library:
     path: str
     identity: bytes  # SHA-256 of the file
     build_id: bytes
+    code_start: int  # the executable segments: a return address there is inside the library
+    code_end: int
     functions: list[Function] = field(default_factory=list)
+
+
+def code_range(elf: ELFFile, path: str) -> tuple[int, int]:
+    """From the lowest to the highest address of the executable PT_LOAD segments."""
+    ranges = [(segment["p_vaddr"], segment["p_vaddr"] + segment["p_memsz"])
+              for segment in elf.iter_segments()
+              if segment["p_type"] == "PT_LOAD" and segment["p_flags"] & _PF_X]
+    if not ranges:
+        raise UlpError(f"{path}: has no executable segment", ExitCode.NOT_PATCHABLE)
+    return min(start for start, _ in ranges), max(end for _, end in ranges)
 
 
 def prepared_descriptor(elf: ELFFile, path: str) -> layout.LibDesc | None:
@@ -70,7 +83,9 @@ def prepared_descriptor(elf: ELFFile, path: str) -> layout.LibDesc | None:
 def read_library(elf: ELFFile, path: str) -> Library:
     """Check that every exported function of ``elf`` can be patched; describe them."""
     entries = patchable_entries(elf, path)
-    library = Library(path, elfinfo.file_sha256(path), elfinfo.build_id(elf))
+    code_start, code_end = code_range(elf, path)
+    library = Library(path, elfinfo.file_sha256(path), elfinfo.build_id(elf), code_start,
+                      code_end)
     for entry, names in exported_functions(elf).items():
         library.functions.append(check_function(elf, path, entry, names, entries))
     if not library.functions:

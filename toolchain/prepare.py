@@ -115,7 +115,6 @@ class Plan:
         self.data_vaddr = data_vaddr
         self.code_vaddr = code_vaddr
         self.got_slot = data_vaddr + layout.LIB_DESC_ENTRY_GOT_OFFSET
-        self.universe_slot = data_vaddr + layout.LIB_DESC_UNIVERSE_OFFSET
 
     def func_desc(self, index: int) -> int:
         return self.data_vaddr + layout.LIB_DESC_SIZE + index * layout.FUNC_DESC_SIZE
@@ -132,6 +131,8 @@ class Plan:
             build_id=library.build_id,
             funcs_delta=layout.LIB_DESC_SIZE,
             trampolines_delta=self.code_vaddr - self.data_vaddr,
+            code_delta=library.code_start - self.data_vaddr,
+            code_size=library.code_end - library.code_start,
         )
         parts = [lib_desc.pack()]
         for index, function in enumerate(library.functions):
@@ -148,7 +149,7 @@ class Plan:
     def code_section(self) -> bytes:
         return b"".join(
             trampolines.trampoline(index, self.trampoline(index), function.entry,
-                                   self.func_desc(index), self.got_slot, self.universe_slot)
+                                   self.func_desc(index), self.got_slot)
             for index, function in enumerate(self.library.functions))
 
     def padding_stub(self, index: int, function: Function) -> bytes:
@@ -176,7 +177,7 @@ def _check_prepared(prepared: PreparedLibrary, plan: Plan) -> None:
                 raise ValueError(f"function {function.name} recorded wrongly")
             trampolines.verify_trampoline(
                 read_vaddr(elf, found.trampoline, layout.TRAMPOLINE_SIZE), found.trampoline,
-                found.entry, found.func_desc, plan.got_slot, plan.universe_slot)
+                found.entry, found.func_desc, plan.got_slot)
             trampolines.verify_padding_stub(
                 read_vaddr(elf, function.padding, layout.PADDING_SIZE), function.padding,
                 found.func_desc, plan.got_slot)

@@ -101,44 +101,13 @@ def _int3_fill(code: bytes, size: int, what: str) -> bytes:
     return code + _assemble_line("int3", 0) * (size - len(code))
 
 
-#: record and descriptor offsets the trampoline template uses
-_LAYOUT_NAMES = ("FD_TLS_OFFSET", "FD_VERSIONS", "V_APPLIED_AT", "V_REVERTED_AT", "V_TARGET",
-                 "REC_OUTER_SLOT", "REC_OUTER_RET", "REC_UNIVERSE", "NEAR_SLOT_DISTANCE")
-#: the tail's second instruction, the jump to the tracker, is after a 5-byte mov
-_TAIL_JUMP_OFFSET = layout.TRAMPOLINE_TAIL_OFFSET + 5
-
-
-def trampoline(index: int, address: int, entry: int, func_desc: int, got: int,
-               universe: int) -> bytes:
-    """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``.
-
-    Three blocks at fixed offsets, so that each can branch to the others
-    before they are assembled: the body at ``address``, the nested block at
-    TRAMPOLINE_NESTED_OFFSET and the tail, the way out to the tracker, at
-    TRAMPOLINE_TAIL_OFFSET.
-    """
-    places = _trampoline_places(address)
-    targets = {"got": got, "fdesc": func_desc, "universe": universe}
-    context = {name: getattr(layout, name) for name in _LAYOUT_NAMES}
-    labels: dict[str, int] = {}
-    body = assemble(_render("trampoline.s.j2", index=index, entry=entry, **places, **context),
-                    address, targets, labels)
-    nested = assemble(_render("trampoline_nested.s.j2", select=labels["select"], **places,
-                              **context), places["nested"], targets)
-    tail = assemble(_render("trampoline_tail.s.j2"), places["tail"], targets)
-    code = (_int3_fill(body, layout.TRAMPOLINE_NESTED_OFFSET, "a trampoline's body")
-            + _int3_fill(nested, layout.TRAMPOLINE_TAIL_OFFSET - layout.TRAMPOLINE_NESTED_OFFSET,
-                         "a trampoline's nested block")
-            + _int3_fill(tail, layout.TRAMPOLINE_SIZE - layout.TRAMPOLINE_TAIL_OFFSET,
-                         "a trampoline's tail"))
-    verify_trampoline(code, address, entry, func_desc, got, universe)
+def trampoline(index: int, address: int, entry: int, func_desc: int, got: int) -> bytes:
+    """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``."""
+    lines = _render("trampoline.s.j2", index=index, entry=entry)
+    code = assemble(lines, address, {"got": got, "fdesc": func_desc})
+    code = _int3_fill(code, layout.TRAMPOLINE_SIZE, "a trampoline")
+    verify_trampoline(code, address, entry, func_desc, got)
     return code
-
-
-def _trampoline_places(address: int) -> dict[str, int]:
-    return {"nested": address + layout.TRAMPOLINE_NESTED_OFFSET,
-            "tail": address + layout.TRAMPOLINE_TAIL_OFFSET,
-            "tail_jump": address + _TAIL_JUMP_OFFSET}
 
 
 def padding_stub(address: int, func_desc: int, got: int) -> bytes:
@@ -199,61 +168,17 @@ def check_shape(code: bytes, address: int, expected: list[Expected], what: str) 
         raise CodeError(f"{what} at {address:#x}: trailing bytes are not int3")
 
 
-def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int,
-                      universe: int) -> None:
-    """Check every instruction of a trampoline's three blocks, and where each branch goes."""
+def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int) -> None:
+    """Check every instruction of a trampoline, and where each branch goes."""
     if len(code) != layout.TRAMPOLINE_SIZE:
         raise CodeError(f"trampoline at {address:#x} is {len(code)} bytes")
-    places = _trampoline_places(address)
-    tail, nested = places["tail"], places["nested"]
-    body_end, nested_end = layout.TRAMPOLINE_NESTED_OFFSET, layout.TRAMPOLINE_TAIL_OFFSET
-    select_check = [
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
-        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_JB, target=tail),
-        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_JAE, target=tail),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_JMP, register=x86.X86_REG_R11),
-    ]
-    body = [
+    check_shape(code, address, [
         Expected(x86.X86_INS_ENDBR64),
         Expected(x86.X86_INS_CMP, target=got),
         Expected(x86.X86_INS_JE, target=entry),
         Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
-        Expected(x86.X86_INS_TEST, register=x86.X86_REG_R11),
-        Expected(x86.X86_INS_JE, target=places["tail_jump"]),
-        Expected(x86.X86_INS_MOV),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RSP),
-        Expected(x86.X86_INS_JNE, target=nested),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV),
-        Expected(x86.X86_INS_MOV, target=universe, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV),
-        *select_check,
-    ]
-    check_shape(code[:body_end], address, body, "trampoline")
-    select = decode(code[:body_end], address)[len(body) - len(select_check)].address
-    check_shape(code[body_end:nested_end], nested, [
-        Expected(x86.X86_INS_JA, target=tail),
-        Expected(x86.X86_INS_SUB, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_JA, target=tail),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_CMP, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_JNE, target=tail),
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
-        Expected(x86.X86_INS_JMP, target=select),
-    ], "trampoline nested block")
-    check_shape(code[nested_end:], tail, [
-        Expected(x86.X86_INS_MOV, register=x86.X86_REG_RAX),
         Expected(x86.X86_INS_JMP, target=got),
-    ], "trampoline tail")
+    ], "trampoline")
 
 
 def verify_padding_stub(code: bytes, address: int, func_desc: int, got: int) -> None:

@@ -1,4 +1,4 @@
-"""The layout ulp-prepare gives a live-patchable library (version 1).
+"""The layout ulp-prepare gives a live-patchable library (version 2).
 
 A prepared library carries two new sections (see docs/prepared-layout.md):
 
@@ -12,7 +12,8 @@ A prepared library carries two new sections (see docs/prepared-layout.md):
     same order as the function descriptors.  Every ``.dynsym`` entry of the
     function points at its trampoline.
 
-The C side of these structures is ``runtime/ulp_layout.h``; the two must agree.
+The C side of these structures is ``runtime/ulp_layout.h``; tests/test_layout.py
+checks that the two agree on every offset.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 LIB_MAGIC = b"ULPLIB\x00\x01"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 DATA_SECTION = ".ulp.data"
 CODE_SECTION = ".ulp"
@@ -33,42 +34,49 @@ ENTRY_SYMBOL = "ulp_entry"
 #   magic, layout version, number of functions, GOT slot of ulp_entry,
 #   registration state (runtime), identity, build-id length, build-id,
 #   offset of the function descriptors, offset of the trampolines, address
-#   of the global universe (runtime), reserved
-LIB_DESC_FORMAT = "<8sIIQq32sB3x20sqqQ16x"
+#   of the global universe (runtime), offset and size of the library's code
+LIB_DESC_FORMAT = "<8sIIQq32sB3x20sqqQqQ"
 LIB_DESC_SIZE = struct.calcsize(LIB_DESC_FORMAT)
 LIB_DESC_ENTRY_GOT_OFFSET = 16
 LIB_DESC_STATE_OFFSET = 24
 LIB_DESC_IDENTITY_OFFSET = 32
 LIB_DESC_UNIVERSE_OFFSET = 104
+LIB_DESC_CODE_OFFSET = 112
 
-# struct ulp_func_desc, 80 bytes:
+# struct ulp_func_desc, 96 bytes:
 #   TLS offset (runtime), version list head (runtime), the embedded
 #   "original body" version (applied_at, reverted_at, target, next),
 #   body, entry and library descriptor as offsets from this descriptor,
-#   flags, index
-FUNC_DESC_FORMAT = "<qQQQQQqqqII"
+#   flags, index, the library's code start and size (runtime)
+FUNC_DESC_FORMAT = "<qQQQQQqqqIIQQ"
 FUNC_DESC_SIZE = struct.calcsize(FUNC_DESC_FORMAT)
 FUNC_FLAG_ENDBR64 = 1
 FD_TLS_OFFSET = 0
 FD_VERSIONS = 8
+FD_ORIGINAL = 16
+FD_BODY_DELTA = 48
+FD_CODE_START = 80
+FD_CODE_SIZE = 88
 
 # struct ulp_version and the per-thread record the tracker keeps per library
 V_APPLIED_AT = 0
 V_REVERTED_AT = 8
 V_TARGET = 16
-REC_OUTER_SLOT = 0
-REC_OUTER_RET = 8
-REC_UNIVERSE = 16
+V_NEXT = 24
+REC_UNIVERSE = 0
+REC_CLAIM = 8
+REC_DEPTH = 16
+REC_SATURATED = 24
+REC_ANCHORS = 32
+ANCHOR_SIZE = 16
+MAX_ANCHORS = 6
+REC_SIZE = REC_ANCHORS + MAX_ANCHORS * ANCHOR_SIZE
 
 #: the compiler flag that leaves PADDING_SIZE NOPs before and ENTRY_NOP_SIZE after each entry
 PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
 
-TRAMPOLINE_SIZE = 192
-#: where the trampoline's check of a nested entry starts
-TRAMPOLINE_NESTED_OFFSET = 112
-#: where the trampoline's way out to the runtime's tracker starts
-TRAMPOLINE_TAIL_OFFSET = TRAMPOLINE_SIZE - 16
-#: a stack slot at most this far above %rsp is read directly (runtime/entry.S)
+TRAMPOLINE_SIZE = 32
+#: a stack slot farther than this above %rsp is never read (runtime/tracker.c)
 NEAR_SLOT_DISTANCE = 256 * 1024
 PADDING_SIZE = 14  # NOPs the compiler leaves before each entry
 ENTRY_NOP_SIZE = 2  # NOPs it leaves after the entry (after endbr64 with CET)
@@ -77,7 +85,7 @@ TWO_BYTE_NOP = b"\x66\x90"
 UNIVERSE_NEVER = 0xFFFF_FFFF_FFFF_FFFF
 
 assert LIB_DESC_SIZE == 128, LIB_DESC_SIZE
-assert FUNC_DESC_SIZE == 80, FUNC_DESC_SIZE
+assert FUNC_DESC_SIZE == 96, FUNC_DESC_SIZE
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class LibDesc:
     build_id: bytes  # the GNU build-id of the library, empty if it has none
     funcs_delta: int  # offset of the first FuncDesc from the LibDesc
     trampolines_delta: int  # offset of the first trampoline from the LibDesc
+    code_delta: int = 0  # offset of the library's executable segments from the LibDesc
+    code_size: int = 0  # their extent: a return address there is inside the library
 
     def pack(self) -> bytes:
         return struct.pack(
@@ -105,6 +115,8 @@ class LibDesc:
             self.funcs_delta,
             self.trampolines_delta,
             0,  # address of the global universe: the runtime fills it
+            self.code_delta,
+            self.code_size,
         )
 
     @classmethod
@@ -113,7 +125,8 @@ class LibDesc:
         if len(data) < LIB_DESC_SIZE:
             raise ValueError("library descriptor truncated")
         (magic, version, nfuncs, _got, _state, identity, build_id_len, build_id,
-         funcs_delta, trampolines_delta, _universe) = struct.unpack_from(LIB_DESC_FORMAT, data)
+         funcs_delta, trampolines_delta, _universe, code_delta,
+         code_size) = struct.unpack_from(LIB_DESC_FORMAT, data)
         if magic != LIB_MAGIC:
             raise ValueError("no ulp library descriptor (bad magic)")
         if version != LAYOUT_VERSION:
@@ -121,7 +134,7 @@ class LibDesc:
         if build_id_len > len(build_id):
             raise ValueError("library descriptor has a bad build-id length")
         return cls(version, nfuncs, identity, build_id[:build_id_len],
-                   funcs_delta, trampolines_delta)
+                   funcs_delta, trampolines_delta, code_delta, code_size)
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ class FuncDesc:
             0, 0,  # TLS offset and version list: the runtime fills them
             0, UNIVERSE_NEVER, 0, 0,  # the original body: valid in every universe
             self.body_delta, self.entry_delta, self.lib_delta, self.flags, self.index,
+            0, 0,  # the library's code: the runtime fills it
         )
 
     @classmethod
@@ -147,7 +161,7 @@ class FuncDesc:
         if len(data) < FUNC_DESC_SIZE:
             raise ValueError("function descriptor truncated")
         fields = struct.unpack_from(FUNC_DESC_FORMAT, data)
-        return cls(*fields[6:])
+        return cls(*fields[6:11])
 
     @property
     def has_endbr64(self) -> bool:

@@ -1,0 +1,112 @@
+/* The tracker's judgment: is an entry into a prepared library external (the
+ * thread takes the global universe) or nested (it keeps its universe)?
+ *
+ * entry.S handles the common cases and calls here, with every register
+ * saved, for an entry from outside the library (its return address is not
+ * in the library's code) that it cannot settle alone.  The record is then
+ * claimed by this entry (record->claim != 0), so nothing else writes it: a
+ * signal handler that enters the library meanwhile goes to
+ * ulp_judge_claimed_entry, which writes nothing.
+ *
+ * The record keeps one anchor per live activation entered from outside:
+ * the stack slot of its return address and the value stored there.  The
+ * one rule everything rests on:
+ *
+ *   An entry is judged external only when no anchor is live, and an anchor
+ *   is judged dead only when its activation has certainly returned.
+ *
+ * Judging a dead anchor live (a stale return address still in memory, a
+ * slot too far away to read safely) only delays migration: the entry is
+ * nested, keeps the thread's universe, and pushes its own anchor, which
+ * stays live for as long as its own activation.  So an activation never
+ * changes universe, whatever the memory around its anchors does.
+ * docs/consistency.md has the argument per case.
+ *
+ * Runs at a function entry on any thread, maybe in a signal handler: no
+ * vector registers, no locks, no calls, no system calls. */
+#pragma GCC target("general-regs-only")
+
+#include "ulp_internal.h"
+
+static int on_altstack(uintptr_t address)
+{
+    return ulp_altstack.low <= address && address < ulp_altstack.high;
+}
+
+/* Seen from an entry whose return address is at RSP, may the activation
+ * anchored at ANCHOR still be live?  0 only when it has certainly returned. */
+static int may_be_live(const struct ulp_anchor *anchor, uintptr_t rsp)
+{
+    uintptr_t slot = anchor->slot;
+    if (slot == rsp)
+        return 0;   /* this call's return address overwrote it */
+    if (slot < rsp) /* popped, unless a handler on the alternate stack interrupted it */
+        return on_altstack(rsp) && !on_altstack(slot);
+    if (on_altstack(slot) && !on_altstack(rsp))
+        return 0;   /* a handler's activation: it ended when the handler left its stack */
+    if (slot - rsp > NEAR_SLOT_DISTANCE)
+        return 1;   /* maybe another stack, maybe gone: not read (a delay at worst) */
+    return *(volatile const uintptr_t *)slot == anchor->ret;
+}
+
+static void release(struct ulp_thread_record *record)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&record->claim, 0, __ATOMIC_RELAXED);
+}
+
+/* RECORD is claimed by this entry, whose return address is at RSP; the
+ * return address is outside the library.  Returns the universe the entry
+ * runs in and releases the claim. */
+ULP_HIDDEN uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t rsp)
+{
+    uint64_t depth = record->depth <= ULP_MAX_ANCHORS ? record->depth : ULP_MAX_ANCHORS;
+    uint64_t universe;
+
+    if (record->saturated && depth > 0) {
+        /* Anchors were lost below the innermost one kept: every entry
+         * below it is nested until the thread is back above it. */
+        uintptr_t innermost = record->anchors[depth - 1].slot;
+        if (rsp < innermost || (on_altstack(rsp) && !on_altstack(innermost))) {
+            universe = record->universe;
+            release(record);
+            return universe;
+        }
+    }
+    record->saturated = 0;
+    while (depth > 0 && !may_be_live(&record->anchors[depth - 1], rsp))
+        depth--;
+
+    struct ulp_anchor self = {rsp, *(const uintptr_t *)rsp};
+    if (depth == 0) {
+        record->universe = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
+        record->anchors[0] = self;
+        record->depth = 1;
+    } else if (depth < ULP_MAX_ANCHORS) {
+        record->anchors[depth] = self;
+        record->depth = depth + 1;
+    } else {
+        record->depth = depth;
+        record->saturated = 1;
+    }
+    universe = record->universe;
+    release(record);
+    return universe;
+}
+
+/* An entry from outside found RECORD claimed.  Either it interrupted the
+ * claimer (it runs in a signal handler that arrived during the update):
+ * then it writes nothing and runs in the record's universe, which nothing
+ * changes until the handler returns.  Or the claimer is gone (a handler
+ * left it with longjmp): its frame is below this entry's, so this entry
+ * takes the claim over and judges normally. */
+ULP_HIDDEN uint64_t ulp_judge_claimed_entry(struct ulp_thread_record *record, uintptr_t rsp)
+{
+    uintptr_t claimer = record->claim;
+    int interrupted = claimer > rsp || (on_altstack(rsp) && !on_altstack(claimer));
+    if (interrupted)
+        return record->universe;
+    record->claim = rsp;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return ulp_judge_entry(record, rsp);
+}
