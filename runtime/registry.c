@@ -148,6 +148,13 @@ ULP_EXPORT uint64_t ulp_thread_entry_signature(void)
     return total;
 }
 
+/* For tests: where the global universe lives (the single-stepping test
+ * moves it at chosen instructions, as a commit does). */
+ULP_EXPORT uint64_t *ulp_global_universe_address(void)
+{
+    return &ulp_global_universe;
+}
+
 /* For tests and the ulp command: the current global universe. */
 ULP_EXPORT uint64_t ulp_global_universe_value(void)
 {

@@ -1,0 +1,93 @@
+"""The tracker under signals at every instruction (issue 7, items 6 and 8a).
+
+A tracer stops a thread at every instruction boundary of a round of calls
+that takes every path of the tracker (trampoline, loop path, judgment,
+calls from the library itself, a patched entry's stub, callbacks), makes
+the universe move there as a commit does, and delivers a signal whose
+handler runs a whole activation of the library.  No activation may see two
+versions.  The versions are real (a real apply and revert stamp them);
+only the moment the global universe moves is chosen by the tracer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from consistency_support import C_DIR, LiveProcess, apply, ask, cc, patch, prepared_library, revert
+
+
+@pytest.fixture(scope="module")
+def step(build_dir: Path) -> Path:
+    root = build_dir / "step"
+    lib = prepared_library(root / "lib" / "libcmstep.so", [C_DIR / "cm_step_lib.c"])
+    cc(root / "app", [C_DIR / "cm_step_app.c"], f"-L{lib.parent}", "-lcmstep", "-ldl",
+       "-lpthread")
+    for name, version in (("fix", 2), ("fix3", 3)):
+        patch(root, name, lib, {"lib_tag": f"lib_tag_v{version}", "lib_act": f"lib_act_v{version}"},
+              C_DIR / f"cm_step_{name}.c")
+    return root
+
+
+def counts(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=([\d,]+)", line))
+
+
+@pytest.mark.parametrize("moment", ["apply", "revert"])
+def test_a_signal_at_every_instruction_never_mixes_an_activation(step: Path,
+                                                                  moment: str) -> None:
+    with LiveProcess([step / "app"], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
+        assert app.next_line() == "ready"
+        # Real stamps: universe 1 runs version 1 (the original), 2 runs fix
+        # (version 2), 3 the original again (fix reverted), 4 fix3 (version
+        # 3), 5 the original (fix3 reverted).
+        for patch_file in ("fix.ulp", "fix3.ulp"):
+            apply(app.pid, step / patch_file)
+            revert(app.pid, step / patch_file)
+        # The universe at the round's start, at the signal, after the
+        # handler, and from the round's callback on.
+        universes = (1, 2, 4, 5) if moment == "apply" else (2, 3, 4, 5)
+        found = counts(ask(app, "go " + " ".join(map(str, universes))))
+    assert found["tracer"] == "1", found
+    boundaries, runtime = int(found["boundaries"]), int(found["runtime"])
+    # Every boundary of the round got its own round and its own signal.
+    assert int(found["rounds"]) == boundaries + 1 and int(found["handlers"]) == boundaries
+    assert runtime >= 100, found          # the tracker's instructions were among them
+    assert int(found["library"]) >= 10, found
+    assert int(found["inside"]) >= 20, found
+    assert found["mixed_round"] == found["mixed_handler"] == found["mixed_across"] == "0", found
+    # The universe did move under the round: a round's activation that began
+    # before the signal ran the version of the round's start, one that began
+    # after the handler the third version; the handlers saw the signal's.
+    old_tag, new_tag = (1, 2) if moment == "apply" else (2, 1)
+    round_seen = dict(zip((1, 2, 3), map(int, found["round_seen"].split(",")), strict=True))
+    handler_seen = dict(zip((1, 2, 3), map(int, found["handler_seen"].split(",")), strict=True))
+    assert round_seen[old_tag] > 0 and round_seen[3] > 0, found
+    assert handler_seen[new_tag] > 0, found
+
+
+# --- stale stack words (issue 7, items 5 and 8b) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def stale(step: Path) -> Path:
+    cc(step / "stale_app", [C_DIR / "cm_stale_app.c"], f"-L{step / 'lib'}", "-lcmstep")
+    return step / "stale_app"
+
+
+@pytest.mark.parametrize("around", [0, 1, 4])
+def test_a_stale_return_address_never_mixes_an_activation(step: Path, stale: Path,
+                                                           around: int) -> None:
+    with LiveProcess([stale], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "shallow") == "recorded"
+        apply(app.pid, step / "fix.ulp")
+        # The stale word makes the entry look nested (the old universe, a
+        # delay); the library then destroys it and calls back into the
+        # program: that entry must still see the activation's universe.
+        assert ask(app, f"deep {around}") == "seen=111"
+        # The delay ends at the next entry from outside.
+        assert ask(app, "call") == "tag=2"
+        revert(app.pid, step / "fix.ulp")
+        assert ask(app, "call") == "tag=1"
