@@ -24,9 +24,10 @@ def step(build_dir: Path) -> Path:
     lib = prepared_library(root / "lib" / "libcmstep.so", [C_DIR / "cm_step_lib.c"])
     cc(root / "app", [C_DIR / "cm_step_app.c"], f"-L{lib.parent}", "-lcmstep", "-ldl",
        "-lpthread")
-    for name, version in (("fix", 2), ("fix3", 3)):
-        patch(root, name, lib, {"lib_tag": f"lib_tag_v{version}", "lib_act": f"lib_act_v{version}"},
-              C_DIR / f"cm_step_{name}.c")
+    for version in (2, 3, 4):
+        patch(root, f"fix{version}", lib,
+              {"lib_tag": f"lib_tag_v{version}", "lib_act": f"lib_act_v{version}"},
+              C_DIR / "cm_step_fix.c", f"-DVERSION={version}")
     return root
 
 
@@ -39,10 +40,10 @@ def test_a_signal_at_every_instruction_never_mixes_an_activation(step: Path,
                                                                   moment: str) -> None:
     with LiveProcess([step / "app"], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
         assert app.next_line() == "ready"
-        # Real stamps: universe 1 runs version 1 (the original), 2 runs fix
-        # (version 2), 3 the original again (fix reverted), 4 fix3 (version
+        # Real stamps: universe 1 runs version 1 (the original), 2 runs fix2
+        # (version 2), 3 the original again (fix2 reverted), 4 fix3 (version
         # 3), 5 the original (fix3 reverted).
-        for patch_file in ("fix.ulp", "fix3.ulp"):
+        for patch_file in ("fix2.ulp", "fix3.ulp"):
             apply(app.pid, step / patch_file)
             revert(app.pid, step / patch_file)
         # The universe at the round's start, at the signal, after the
@@ -82,12 +83,28 @@ def test_a_stale_return_address_never_mixes_an_activation(step: Path, stale: Pat
     with LiveProcess([stale], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
         assert app.next_line() == "ready"
         assert ask(app, "shallow") == "recorded"
-        apply(app.pid, step / "fix.ulp")
+        apply(app.pid, step / "fix2.ulp")
         # The stale word makes the entry look nested (the old universe, a
         # delay); the library then destroys it and calls back into the
         # program: that entry must still see the activation's universe.
         assert ask(app, f"deep {around}") == "seen=111"
         # The delay ends at the next entry from outside.
         assert ask(app, "call") == "tag=2"
-        revert(app.pid, step / "fix.ulp")
+        revert(app.pid, step / "fix2.ulp")
         assert ask(app, "call") == "tag=1"
+
+
+# --- seccomp (issue 7, item 11) -----------------------------------------------------
+
+
+def test_the_tracker_makes_no_system_call_on_application_threads(step: Path) -> None:
+    app_path = cc(step / "seccomp_app", [C_DIR / "cm_seccomp_app.c"], f"-L{step / 'lib'}",
+                  "-lcmstep")
+    with LiveProcess([app_path], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "call") == "first=1 far=1 act=11111"
+        apply(app.pid, step / "fix2.ulp")
+        assert ask(app, "call") == "first=2 far=2 act=2222"
+        revert(app.pid, step / "fix2.ulp")
+        assert ask(app, "call") == "first=1 far=1 act=11111"
+        assert app.alive()
