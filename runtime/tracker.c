@@ -33,19 +33,29 @@ static int on_altstack(uintptr_t address)
     return ulp_altstack.low <= address && address < ulp_altstack.high;
 }
 
+/* Has the frame whose return address was at SLOT certainly returned, as the
+ * stack pointer RSP of a later entry shows by its position alone?  On one
+ * stack, a slot at or below RSP belongs to a popped frame.  A slot on the
+ * alternate signal stack seen from elsewhere belongs to a handler that has
+ * left it; a slot elsewhere seen from the alternate stack belongs to an
+ * activation the handler may have interrupted. */
+static int returned_by_position(uintptr_t slot, uintptr_t rsp)
+{
+    if (on_altstack(slot) != on_altstack(rsp))
+        return on_altstack(slot);
+    return slot <= rsp;
+}
+
 /* Seen from an entry whose return address is at RSP, may the activation
  * anchored at ANCHOR still be live?  0 only when it has certainly returned. */
 static int may_be_live(const struct ulp_anchor *anchor, uintptr_t rsp)
 {
     uintptr_t slot = anchor->slot;
-    if (slot == rsp)
-        return 0;   /* this call's return address overwrote it */
-    if (slot < rsp) /* popped, unless a handler on the alternate stack interrupted it */
-        return on_altstack(rsp) && !on_altstack(slot);
-    if (on_altstack(slot) && !on_altstack(rsp))
-        return 0;   /* a handler's activation: it ended when the handler left its stack */
-    if (slot - rsp > NEAR_SLOT_DISTANCE)
-        return 1;   /* maybe another stack, maybe gone: not read (a delay at worst) */
+    if (returned_by_position(slot, rsp))
+        return 0;
+    if (slot < rsp || slot - rsp > NEAR_SLOT_DISTANCE)
+        return 1;   /* another stack, maybe gone: not read (a delay at worst) */
+    /* Its return-address slot is overwritten once it has returned. */
     return *(volatile const uintptr_t *)slot == anchor->ret;
 }
 
@@ -64,10 +74,9 @@ ULP_HIDDEN uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t 
     uint64_t universe;
 
     if (record->saturated && depth > 0) {
-        /* Anchors were lost below the innermost one kept: every entry
-         * below it is nested until the thread is back above it. */
-        uintptr_t innermost = record->anchors[depth - 1].slot;
-        if (rsp < innermost || (on_altstack(rsp) && !on_altstack(innermost))) {
+        /* Anchors were lost, of activations inside the innermost one kept:
+         * every entry is nested until that one has returned. */
+        if (!returned_by_position(record->anchors[depth - 1].slot, rsp)) {
             universe = record->universe;
             release(record);
             return universe;
@@ -102,9 +111,7 @@ ULP_HIDDEN uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t 
  * takes the claim over and judges normally. */
 ULP_HIDDEN uint64_t ulp_judge_claimed_entry(struct ulp_thread_record *record, uintptr_t rsp)
 {
-    uintptr_t claimer = record->claim;
-    int interrupted = claimer > rsp || (on_altstack(rsp) && !on_altstack(claimer));
-    if (interrupted)
+    if (!returned_by_position(record->claim, rsp))
         return record->universe;
     record->claim = rsp;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
