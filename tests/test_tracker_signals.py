@@ -108,3 +108,20 @@ def test_the_tracker_makes_no_system_call_on_application_threads(step: Path) -> 
         revert(app.pid, step / "fix2.ulp")
         assert ask(app, "call") == "first=1 far=1 act=11111"
         assert app.alive()
+
+
+# --- more live activations than anchors (issue 7, item 7) ---------------------------
+
+
+@pytest.mark.parametrize("depth", [3, 12])
+def test_callbacks_nested_beyond_the_anchors_keep_one_universe(step: Path, depth: int) -> None:
+    app_path = cc(step / "nest_app", [C_DIR / "cm_nest_app.c"], f"-L{step / 'lib'}", "-lcmstep")
+    with LiveProcess([app_path], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
+        assert app.next_line() == "ready"
+        app.send(f"nest {depth}\n")
+        assert app.next_line() == "deepest"
+        apply(app.pid, step / "fix2.ulp")
+        # Every level, and the entry from the deepest callback, keep version 1.
+        assert ask(app, "go") == "seen=" + "1" * (2 * (depth + 1) + 1)
+        assert ask(app, "call") == "tag=2"
+        revert(app.pid, step / "fix2.ulp")

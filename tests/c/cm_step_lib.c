@@ -52,3 +52,15 @@ __attribute__((noipa)) int lib_scribble(unsigned long *buffer, int words,
     tags[(*n)++] = lib_tag();
     return *n;
 }
+
+/* Callbacks nested DEPTH deep: each level records its version before and
+ * after calling back into the program, which enters the next level. */
+typedef void (*nest_callback)(int depth, int *tags, int *n);
+
+__attribute__((noipa)) int lib_nest(int depth, nest_callback callback, int *tags, int *n)
+{
+    tags[(*n)++] = lib_tag();
+    callback(depth, tags, n);
+    tags[(*n)++] = lib_tag();
+    return *n;
+}
