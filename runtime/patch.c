@@ -177,7 +177,6 @@ ULP_HIDDEN int32_t ulp_staged_fd = -1;
 #define MFD_EXEC 0x0010U
 #endif
 #define ULP_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
-#define ULP_MAX_OBJECT_SIZE (1ULL << 30)
 
 static void drop_staged(void)
 {

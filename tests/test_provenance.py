@@ -48,7 +48,7 @@ def pv(build_dir: Path) -> Path:
     (root / "lib").mkdir(parents=True)
     lib = shared_library(root / "lib" / "libpv.so", [C_DIR / "pv_lib.c"])
     assert tool("ulp-prepare", lib).returncode == 0
-    cc(root / "app", [C_DIR / "pv_app.c"], f"-L{root / 'lib'}", "-lpv")
+    cc(root / "app", [C_DIR / "pv_app.c"], f"-L{root / 'lib'}", "-lpv", "-ldl")
     for name, value, symbol in (("fix1", 2, "pv_value_fix"), ("fix1b", 7, "pv_value_fix"),
                                 ("fix2", 3, "pv_value_fix"), ("fix3", 4, "pv_value_other")):
         shared_library(root / f"lib{name}.so", [C_DIR / "pv_fix.c"], f"-DPV_VALUE={value}",
@@ -168,6 +168,20 @@ def test_reapplied_patch_then_another_patch_runs_its_own_code(pv: Path) -> None:
         memfds = [os.readlink(f"/proc/{app.pid}/fd/{fd}") for fd in os.listdir(
             f"/proc/{app.pid}/fd")]
         assert sum(link.startswith("/memfd:ulp-patch") for link in memfds) == 3, memfds
+
+
+def test_name_an_application_object_carries_is_not_taken(pv: Path) -> None:
+    """The application loaded libfix2.so as /proc/self/fd/N and closed N: the
+    memfd of the next patch gets N.  The runtime loads it under another name
+    instead of being handed the application's object (whose pv_value_fix
+    returns 3)."""
+    with start(pv) as app:
+        app.send(f"dlfd {pv / 'libfix2.so'}\n")
+        reply = app.next_line()
+        assert reply.startswith("dlfd ") and "failed" not in reply, reply
+        ok(trigger(app.pid, pv / "p1.ulp"))
+        assert call(app) == "value=2"
+        assert str(pv / "libfix1.so") in objects(app)
 
 
 # --- 2. the bytes hashed are the bytes mapped ----------------------------------------------

@@ -2,11 +2,16 @@
  * stdin, each answered with one line:
  *   call      "value=N": what pv_value returns now
  *   objects   the names of the loaded objects (dl_iterate_phdr, as a
- *             debugger reads them from the link map), separated by '|' */
+ *             debugger reads them from the link map), separated by '|'
+ *   dlfd PATH open PATH, dlopen it as /proc/self/fd/N, close N: "dlfd N"
+ *             (an object now carries a name the next descriptor N gets) */
 #define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <link.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int pv_value(void);
 
@@ -30,6 +35,15 @@ int main(void)
         } else if (strncmp(line, "objects", 7) == 0) {
             dl_iterate_phdr(print_name, NULL);
             printf("\n");
+        } else if (strncmp(line, "dlfd ", 5) == 0) {
+            char name[64];
+            line[strcspn(line, "\n")] = '\0';
+            int fd = open(line + 5, O_RDONLY | O_CLOEXEC);
+            snprintf(name, sizeof name, "/proc/self/fd/%d", fd);
+            void *handle = fd >= 0 ? dlopen(name, RTLD_NOW | RTLD_LOCAL) : NULL;
+            if (fd >= 0)
+                close(fd);
+            printf(handle ? "dlfd %d\n" : "dlfd failed %d\n", fd);
         } else {
             printf("unknown command\n");
         }
