@@ -217,7 +217,11 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
     try:
         status, message = agent.call(_request(Op.STAGE, metadata))
         check_status(status, message, process)
-        staged = agent.fill_staged(so_bytes)
+        try:
+            staged = agent.fill_staged(so_bytes)
+        except UlpError:
+            _abort(agent, metadata)  # closes the staged memfd now
+            raise
         status, message = agent.call(_request(Op.PREPARE, metadata, target, staged,
                                               len(so_bytes)))
         check_status(status, message, process)
@@ -236,7 +240,8 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
 
 
 def _abort(agent: Agent, metadata: PatchMetadata) -> None:
-    """Drop the prepared patch now rather than at the next request; best effort."""
+    """Drop the prepared patch (or staged memfd) now rather than at the next
+    request; best effort."""
     if not agent.process.alive() or agent.tracee is None or not agent.tracee.stopped:
         return
     try:
