@@ -188,10 +188,11 @@ static void drop_staged(void)
 static int stage(struct reply *reply)
 {
     drop_staged();
-    /* MFD_EXEC: the object is mapped executable (kernels before 6.3 do not
-     * know the flag and refuse it with EINVAL) */
+    /* MFD_EXEC: the object is mapped executable.  Kernels before 6.3 do
+     * not know the flag (EINVAL), and vm.memfd_noexec=2 refuses it (EACCES):
+     * then without it (ld.so maps the object; nothing executes the file) */
     int fd = memfd_create("ulp-patch", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
-    if (fd < 0 && errno == EINVAL)
+    if (fd < 0 && (errno == EINVAL || errno == EACCES))
         fd = memfd_create("ulp-patch", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return answer(reply, ULP_E_STAGE, "cannot create a memfd for the patch object: %s",

@@ -367,8 +367,9 @@ def test_runtime_checks_id_staging_and_descriptor_itself(pv: Path, tmp_path: Pat
     """Requests a buggy or hostile trigger could send, straight to the agent:
     an id that does not match the request, a descriptor that is not the
     staged memfd (here the process's stdin), a path naming a FIFO (never
-    opened), bytes that do not match the hash.  Each refused, the agent
-    answers on, and nothing is loaded."""
+    opened), bytes that do not match the hash, a memfd staged and never
+    prepared.  Each refused (the FIFO path is accepted: it only names the
+    object), the agent answers on, and no descriptor is left behind."""
     md = metadata.read_patch(str(pv / "p1.ulp"))
     good = (pv / "libfix1.so").read_bytes()
     fifo = tmp_path / "fifo"
@@ -408,11 +409,13 @@ def test_runtime_checks_id_staging_and_descriptor_itself(pv: Path, tmp_path: Pat
                 assert status == Status.PATCH_HASH, message
                 status, message = prepare(so_fd=stage(good[:-1]))
                 assert status == Status.PATCH_HASH and "bytes" in message, message
+                stage(good)  # and left staged, as by a trigger that dies here
             finally:
                 agent.release()
         finally:
             process.close()
         assert call(app) == ORIGINAL
+        assert applied(app) == []  # the next request closes the staged memfd
         # one object was loaded (then its patch aborted) and keeps its memfd;
         # no staged descriptor is left behind
         added = set(snapshot(app)[1]) - set(before[1])
