@@ -10,7 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from ulp.errors import ExitCode, UlpError, open_input
+from ulp.errors import ExitCode, UlpError
+from ulp.files import open_input
 
 #: a symbol name: C identifiers, plus the '.' and '$' that some compilers use
 SYMBOL = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")

@@ -171,9 +171,7 @@ def build_metadata(desc: Description) -> md.PatchMetadata:
     units = _units(desc, library)
     requires = _required_ids(desc)
     so_hash = _sha256(desc.patch_so)
-    patch_id = md.make_patch_id(so_hash, library.identity, units)
-    if patch_id in requires:
-        raise UlpError(f"{desc.path}: the patch requires itself", ExitCode.BAD_INPUT)
+    patch_id = md.make_patch_id(so_hash, library.identity, units, requires)
     return md.PatchMetadata(
         patch_id=patch_id,
         reverse=False,

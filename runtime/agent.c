@@ -42,6 +42,7 @@ ULP_HIDDEN __attribute__((noreturn, used)) void ulp_agent_dispatch(void)
     uint32_t size = box->request_size <= ULP_REQUEST_MAX ? box->request_size : 0;
     box->status = ulp_handle_request((const struct ulp_request *)box->request, size,
                                      box->message, sizeof box->message);
+    box->staged_fd = ulp_staged_fd;
     __atomic_store_n(&box->state, ULP_AGENT_IDLE, __ATOMIC_RELEASE);
     __atomic_add_fetch(&box->serial, 1, __ATOMIC_RELEASE);
     ulp_agent_idle();
@@ -65,6 +66,7 @@ static void start_agent(void)
 
     ulp_mailbox.state = ULP_AGENT_STARTING;
     ulp_mailbox.agent_tid = 0;
+    ulp_mailbox.staged_fd = -1;
     ulp_mailbox.dispatch = (uint64_t)(uintptr_t)ulp_agent_dispatch;
     ulp_mailbox.call_stack_top = (uint64_t)(uintptr_t)(call_stack + sizeof call_stack);
     ulp_mailbox.universe_address = (uint64_t)(uintptr_t)&ulp_global_universe;

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ulp_internal.h"
@@ -29,6 +31,7 @@ struct patch {
     enum patch_state state;
     struct ulp_lib_desc *lib;
     void *handle;
+    int so_fd;                      /* the sealed memfd its object was loaded from */
     uint32_t nunits;
     struct patch_version **versions;
     uint32_t nrequires;
@@ -160,65 +163,172 @@ static int find_target(const struct parsed_request *req, struct ulp_lib_desc **o
     return ULP_OK;
 }
 
-static int loaded_before(void *handle)
+/* The patch object travels as bytes: STAGE creates an empty memfd, the
+ * trigger fills it through /proc/PID/fd/N, PREPARE seals it, hashes the
+ * sealed bytes and loads them.  Sealed bytes can no longer change, so what
+ * was hashed is what is mapped; no path the patch names is ever opened here,
+ * so no FIFO or device can block the agent and the file need not be visible
+ * in this process's mount namespace.  At most one descriptor is staged: a
+ * trigger that dies between STAGE and PREPARE leaves one, which the next
+ * request closes. */
+ULP_HIDDEN int32_t ulp_staged_fd = -1;
+
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+#define ULP_SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
+
+static void drop_staged(void)
 {
-    for (struct patch *p = patches; p; p = p->next)
-        if (p->handle == handle)
-            return 1;
-    return 0;
+    if (ulp_staged_fd >= 0)
+        close(ulp_staged_fd);
+    ulp_staged_fd = -1;
 }
 
-/* dlopen /proc/self/fd/FD.  The descriptor stays open while the object is
- * loaded, so that name is unique: ld.so, which first matches objects by
- * name, never takes a new patch object for one loaded earlier under a
- * reused descriptor number.  Debuggers read the name from the link map, and
- * /proc/self/fd/FD would name one of their own descriptors: the map gets
- * the patch object's real path instead. */
-static void *load_through_descriptor(int fd, const char *path)
+static int stage(struct reply *reply)
 {
-    char fd_path[64];
-    struct link_map *map;
-    snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", fd);
-    void *handle = dlopen(fd_path, RTLD_NOW | RTLD_LOCAL);
-    if (!handle || loaded_before(handle)) {
-        close(fd);      /* failed, or the same file again: its first descriptor stays */
-        return handle;
-    }
-    if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && strcmp(map->l_name, fd_path) == 0) {
-        char *name = strdup(path);
-        if (name)
-            __atomic_store_n(&map->l_name, name, __ATOMIC_RELEASE);
-    }
-    return handle;
+    drop_staged();
+    /* MFD_EXEC: the object is mapped executable.  Kernels before 6.3 do
+     * not know the flag (EINVAL), and vm.memfd_noexec=2 refuses it (EACCES):
+     * then without it (ld.so maps the object; nothing executes the file) */
+    int fd = memfd_create("ulp-patch", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+    if (fd < 0 && (errno == EINVAL || errno == EACCES))
+        fd = memfd_create("ulp-patch", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return answer(reply, ULP_E_STAGE, "cannot create a memfd for the patch object: %s",
+                      strerror(errno));
+    ulp_staged_fd = fd;
+    return answer(reply, ULP_OK, "staged on descriptor %d", fd);
 }
 
-/* Open the patch object once, check its hash on that descriptor and load
- * it through the same descriptor: what was checked is what runs. */
-static int load_patch_object(const struct parsed_request *req, void **handle,
+/* The patch id is derived from the patch's content (docs/patch-format.md):
+ * the first 16 bytes of SHA-256 over a tag, the patch object's hash, the
+ * target identity, the units (index and replacement name) and the ids it
+ * requires.  Recomputed here from the request, it binds the id to the bytes
+ * checked below. */
+static void patch_id_of(const struct parsed_request *req, uint8_t id[16])
+{
+    static const char tag[16] = "ulp patch id v2";    /* 15 characters and a NUL */
+    const struct ulp_request *head = req->head;
+    struct ulp_sha256 h;
+    uint8_t digest[32], word[4];
+
+    ulp_sha256_init(&h);
+    ulp_sha256_update(&h, tag, sizeof tag);
+    ulp_sha256_update(&h, head->so_sha256, 32);
+    ulp_sha256_update(&h, head->identity, 32);
+    memcpy(word, &head->nunits, 4);                 /* little-endian, as the packer */
+    ulp_sha256_update(&h, word, 4);
+    for (uint32_t i = 0; i < head->nunits; i++) {
+        const char *name = string_at(req, req->units[i].name);
+        size_t length = name ? strlen(name) : 0;
+        uint8_t size[2] = {(uint8_t)length, (uint8_t)(length >> 8)};
+        memcpy(word, &req->units[i].index, 4);
+        ulp_sha256_update(&h, word, 4);
+        ulp_sha256_update(&h, size, 2);
+        ulp_sha256_update(&h, name ? name : "", length);
+    }
+    memcpy(word, &head->ndeps, 4);
+    ulp_sha256_update(&h, word, 4);
+    ulp_sha256_update(&h, req->deps, (size_t)head->ndeps * 16);
+    ulp_sha256_final(&h, digest);
+    memcpy(id, digest, 16);
+}
+
+/* An object is loaded under the name /proc/self/fd/N, and ld.so matches
+ * objects by name before it opens anything: the name must not be one an
+ * object already carries (an application may have loaded something through
+ * /proc/self/fd/N and closed N since).  Move the descriptor until its name
+ * is free.  Our own descriptors stay open for the life of their objects, so
+ * no later patch can take their names. */
+static int free_name(int *fd, char name[64])
+{
+    for (int attempt = 0; attempt < 16; attempt++) {
+        snprintf(name, 64, "/proc/self/fd/%d", *fd);
+        void *other = dlopen(name, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+        if (!other) {
+            dlerror();
+            return 0;
+        }
+        dlclose(other);
+        int moved = fcntl(*fd, F_DUPFD_CLOEXEC, *fd + 1);
+        if (moved < 0)
+            return -1;
+        close(*fd);
+        *fd = moved;
+    }
+    return -1;
+}
+
+/* Seal the staged memfd, check its size and hash, and load it; the patch
+ * keeps the descriptor.  Debuggers read the name from the link map, and
+ * /proc/self/fd/N would name one of their own descriptors: the map gets the
+ * patch object's path at pack time instead. */
+static int load_patch_object(const struct parsed_request *req, struct patch *p,
                              struct reply *reply)
 {
     const char *path = string_at(req, req->head->so_path);
+    char fd_name[64];
+    struct stat info;
+    uint8_t digest[32];
+    int err;
+
     if (!path)
         return answer(reply, ULP_E_BAD_REQUEST, "malformed patch object path");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return answer(reply, ULP_E_PATCH_OPEN, "cannot open patch object %s: %s", path,
-                    strerror(errno));
-    uint8_t digest[32];
-    int err = ulp_sha256_fd(fd, digest);
-    if (err < 0) {
+    if (ulp_staged_fd < 0 || req->head->so_fd != ulp_staged_fd)
+        return answer(reply, ULP_E_STAGE, "no staged patch object on descriptor %d",
+                      req->head->so_fd);
+    int fd = ulp_staged_fd;
+    ulp_staged_fd = -1;     /* ours now: closed on every failure below */
+    if (fcntl(fd, F_ADD_SEALS, ULP_SEALS) != 0 || fcntl(fd, F_GET_SEALS) != ULP_SEALS) {
+        err = errno;
         close(fd);
-        return answer(reply, ULP_E_PATCH_OPEN, "cannot read patch object %s: %s", path,
-                    strerror(-err));
+        return answer(reply, ULP_E_STAGE, "cannot seal the staged patch object: %s",
+                      strerror(err));
+    }
+    if (fstat(fd, &info) != 0 || (uint64_t)info.st_size != req->head->so_size) {
+        close(fd);
+        return answer(reply, ULP_E_PATCH_HASH, "patch object %s arrived with %lld bytes, "
+                      "not %llu", path, (long long)info.st_size,
+                      (unsigned long long)req->head->so_size);
+    }
+    if ((err = ulp_sha256_fd(fd, digest)) < 0) {
+        close(fd);
+        return answer(reply, ULP_E_PATCH_OPEN, "cannot read the staged patch object: %s",
+                      strerror(-err));
     }
     if (memcmp(digest, req->head->so_sha256, 32) != 0) {
         close(fd);
         return answer(reply, ULP_E_PATCH_HASH,
-                    "patch object %s changed since it was packed (SHA-256 mismatch)", path);
+                      "patch object %s changed since it was packed (SHA-256 mismatch)", path);
     }
-    *handle = load_through_descriptor(fd, path);
-    if (!*handle)
-        return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path, dlerror());
+    /* the same patch loaded before (applied, reverted, applied again): its
+     * id covers the hash just checked, so its object holds these bytes */
+    for (struct patch *q = patches; q; q = q->next) {
+        if (q->handle && memcmp(q->id, p->id, 16) == 0) {
+            close(fd);
+            p->handle = q->handle;
+            return ULP_OK;
+        }
+    }
+    if (free_name(&fd, fd_name) != 0) {
+        close(fd);
+        return answer(reply, ULP_E_PATCH_LOAD, "no free name to load patch object %s", path);
+    }
+    void *handle = dlopen(fd_name, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        close(fd);
+        return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path,
+                      dlerror());
+    }
+    struct link_map *map;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && strcmp(map->l_name, fd_name) == 0) {
+        char *name = strdup(path);
+        if (name)
+            __atomic_store_n(&map->l_name, name, __ATOMIC_RELEASE);
+    }
+    p->handle = handle;
+    p->so_fd = fd;
     return ULP_OK;
 }
 
@@ -234,8 +344,7 @@ static void *patch_symbol(void *handle, const char *name)
     return (uintptr_t)info.dli_fbase == map->l_addr ? address : NULL;
 }
 
-static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_desc *lib,
-                               void *handle)
+static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_desc *lib)
 {
     const struct ulp_request *head = req->head;
     struct patch *p = calloc(1, sizeof *p);
@@ -253,7 +362,7 @@ static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_
     memcpy(p->requires, req->deps, (size_t)head->ndeps * 16);
     p->nrequires = head->ndeps;
     p->lib = lib;
-    p->handle = handle;
+    p->so_fd = -1;
     p->state = PATCH_PENDING;
     return p;
 }
@@ -286,29 +395,46 @@ static int create_versions(const struct parsed_request *req, struct patch *p,
     return ULP_OK;
 }
 
+static void free_patch(struct patch *p)
+{
+    for (uint32_t i = 0; i < p->nunits; i++)
+        free(p->versions[i]);
+    free(p->versions);
+    free(p->requires);
+    free(p);
+}
+
 static int prepare(const struct parsed_request *req, struct reply *reply)
 {
     struct ulp_lib_desc *lib = NULL;
-    void *handle = NULL;
+    uint8_t id[16];
     int status;
 
+    patch_id_of(req, id);
+    if (memcmp(id, req->head->patch_id, 16) != 0)
+        return answer(reply, ULP_E_PATCH_ID, "the patch id does not match the patch's content");
     if (find_patch(req->head->patch_id, PATCH_APPLIED))
         return answer(reply, ULP_E_ALREADY_APPLIED, "patch is already applied");
     if ((status = check_requirements(req, reply)) != ULP_OK)
         return status;
     if ((status = find_target(req, &lib, reply)) != ULP_OK)
         return status;
-    if ((status = load_patch_object(req, &handle, reply)) != ULP_OK)
-        return status;
-    struct patch *p = new_patch(req, lib, handle);
+    struct patch *p = new_patch(req, lib);
     if (!p)
         return answer(reply, ULP_E_NO_MEMORY, "out of memory");
+    if ((status = load_patch_object(req, p, reply)) != ULP_OK) {
+        free_patch(p);
+        return status;
+    }
     if ((status = create_versions(req, p, reply)) != ULP_OK) {
+        /* a loaded object stays (never unloaded) and keeps its descriptor,
+         * so its name stays unique: remember it as a discarded patch */
         for (uint32_t i = 0; i < p->nunits; i++)
             free(p->versions[i]);
-        free(p->versions);
-        free(p->requires);
-        free(p);
+        p->nunits = 0;
+        p->state = PATCH_DISCARDED;
+        p->next = patches;
+        patches = p;
         return status;
     }
     p->next = patches;
@@ -384,10 +510,19 @@ ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
     message[0] = '\0';
     if (parse_request(head, size, &req) != 0)
         return answer(&reply, ULP_E_BAD_REQUEST, "malformed request");
+    if (head->op != ULP_OP_PREPARE)
+        drop_staged();
     switch (head->op) {
+    case ULP_OP_STAGE:
+        discard_pending();
+        return stage(&reply);
     case ULP_OP_PREPARE:
         discard_pending();
-        return prepare(&req, &reply);
+        {
+            int result = prepare(&req, &reply);
+            drop_staged();
+            return result;
+        }
     case ULP_OP_COMMIT:
         return commit(&req, &reply);
     case ULP_OP_REVERT:

@@ -1,17 +1,12 @@
-/* SHA-256 (FIPS 180-4) of an open file, to check a patch object on the very
- * descriptor that will be loaded. */
+/* SHA-256 (FIPS 180-4): of a sealed patch object on the very descriptor that
+ * will be loaded, and of the fields a patch id is derived from. */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "ulp_internal.h"
 
-struct sha256 {
-    uint32_t state[8];
-    uint64_t length;
-    uint8_t block[64];
-    size_t used;
-};
+#define sha256 ulp_sha256
 
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -84,11 +79,29 @@ static void finish(struct sha256 *h, uint8_t digest[32])
             digest[4 * i + j] = (uint8_t)(h->state[i] >> (24 - 8 * j));
 }
 
+ULP_HIDDEN void ulp_sha256_init(struct ulp_sha256 *h)
+{
+    static const struct sha256 initial = {{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                           0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19},
+                                          0, {0}, 0};
+    *h = initial;
+}
+
+ULP_HIDDEN void ulp_sha256_update(struct ulp_sha256 *h, const void *data, size_t n)
+{
+    update(h, data, n);
+}
+
+ULP_HIDDEN void ulp_sha256_final(struct ulp_sha256 *h, uint8_t digest[32])
+{
+    finish(h, digest);
+}
+
 /* Hash the whole file behind FD from its start; -errno on failure. */
 ULP_HIDDEN int ulp_sha256_fd(int fd, uint8_t digest[32])
 {
-    struct sha256 h = {{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f,
-                        0x9b05688c, 0x1f83d9ab, 0x5be0cd19}, 0, {0}, 0};
+    struct sha256 h;
+    ulp_sha256_init(&h);
     uint8_t buffer[16384];
     off_t offset = 0;
     for (;;) {

@@ -1,17 +1,18 @@
-/* What the trigger and the runtime exchange (ABI version 1).
+/* What the trigger and the runtime exchange (ABI version 2).
  *
  * The runtime exports one object, ulp_mailbox.  The trigger writes a request
  * into it through /proc/PID/mem, then makes the runtime's agent thread call
  * ulp_mailbox.dispatch (see trigger/agent.py).  The agent answers with a
  * status, a message and an incremented serial.  ulp/agent_abi.py mirrors
- * this file. */
+ * this file field by field; tests/test_provenance.py compiles this header
+ * and checks every offset, size and value of the mirror. */
 #ifndef ULP_ABI_H
 #define ULP_ABI_H
 
 #include <stdint.h>
 
 #define ULP_MAILBOX_MAGIC "ULPMBOX"
-#define ULP_ABI_VERSION 1
+#define ULP_ABI_VERSION 2
 #define ULP_MESSAGE_MAX 512
 #define ULP_REQUEST_MAX (256 * 1024)
 
@@ -32,7 +33,9 @@ struct ulp_mailbox {
     uint64_t dispatch;          /* address the trigger makes the agent call */
     uint64_t call_stack_top;    /* the stack that call runs on */
     uint64_t universe_address;  /* where the global universe lives */
-    uint64_t reserved[3];
+    int32_t staged_fd;          /* STAGE: the descriptor the trigger fills */
+    uint32_t reserved0;
+    uint64_t reserved[2];
     char message[ULP_MESSAGE_MAX];
     uint8_t request[ULP_REQUEST_MAX];
 };
@@ -43,6 +46,7 @@ enum ulp_op {
     ULP_OP_REVERT = 3,
     ULP_OP_ABORT = 4,           /* drop a prepared, uncommitted patch */
     ULP_OP_STATUS = 5,          /* list the applied patches in the message */
+    ULP_OP_STAGE = 6,           /* create an empty sealable memfd for the patch object */
 };
 
 enum ulp_status {
@@ -61,6 +65,8 @@ enum ulp_status {
     ULP_E_NO_MEMORY = 12,
     ULP_E_TOO_MANY_LIBS = 13,
     ULP_E_NOT_PENDING = 14,
+    ULP_E_STAGE = 15,           /* the patch object could not be staged or sealed */
+    ULP_E_PATCH_ID = 16,        /* the patch id is not the one its content gives */
 };
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then
@@ -74,8 +80,9 @@ struct ulp_request {
     uint64_t lib_desc;          /* address of the target's struct ulp_lib_desc */
     uint8_t identity[32];
     uint8_t so_sha256[32];
-    uint32_t so_path;           /* offset into the strings */
-    uint32_t reserved;
+    uint32_t so_path;           /* offset into the strings: the name shown in the link map */
+    int32_t so_fd;              /* PREPARE: the descriptor STAGE returned, filled */
+    uint64_t so_size;           /* PREPARE: size of the patch object */
 };
 
 struct ulp_request_unit {
@@ -83,6 +90,6 @@ struct ulp_request_unit {
     uint32_t name;              /* offset of the replacement's name */
 };
 
-_Static_assert(sizeof(struct ulp_request) == 112, "request layout");
+_Static_assert(sizeof(struct ulp_request) == 120, "request layout");
 _Static_assert(__builtin_offsetof(struct ulp_mailbox, message) == 80, "mailbox layout");
 #endif

@@ -29,7 +29,19 @@ extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initi
 int ulp_handle_request(const struct ulp_request *req, uint32_t size,
                        char *message, size_t message_size);
 
+/* patch.c: what the agent returns besides status and message */
+extern int32_t ulp_staged_fd;
+
 /* sha256.c */
+struct ulp_sha256 {
+    uint32_t state[8];
+    uint64_t length;
+    uint8_t block[64];
+    size_t used;
+};
+void ulp_sha256_init(struct ulp_sha256 *h);
+void ulp_sha256_update(struct ulp_sha256 *h, const void *data, size_t n);
+void ulp_sha256_final(struct ulp_sha256 *h, uint8_t digest[32]);
 int ulp_sha256_fd(int fd, uint8_t digest[32]);
 
 /* agent.c */

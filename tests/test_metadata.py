@@ -14,8 +14,8 @@ from ulp.errors import ExitCode, UlpError
 
 
 def sample(**changes) -> md.PatchMetadata:
+    """A valid patch; its id derived from its content unless ``patch_id`` is given."""
     fields = dict(
-        patch_id=bytes(range(16)),
         reverse=False,
         target_path="/opt/lib/libfoo.so",
         target_identity=hashlib.sha256(b"libfoo").digest(),
@@ -27,6 +27,13 @@ def sample(**changes) -> md.PatchMetadata:
         requires=(b"\xaa" * 16,),
     )
     fields.update(changes)
+    if "patch_id" not in fields:
+        try:
+            fields["patch_id"] = md.make_patch_id(fields["patch_so_sha256"],
+                                                  fields["target_identity"], fields["units"],
+                                                  fields["requires"])
+        except (struct.error, UnicodeEncodeError):
+            fields["patch_id"] = bytes(16)  # fields pack() refuses anyway
     return md.PatchMetadata(**fields)
 
 
@@ -79,7 +86,8 @@ def test_reversed_differs_only_in_direction():
 
 
 def test_patch_id_hex():
-    assert sample().patch_id_hex == "000102030405060708090a0b0c0d0e0f"
+    metadata = sample()
+    assert metadata.patch_id_hex == metadata.patch_id.hex() and len(metadata.patch_id_hex) == 32
 
 
 def test_make_patch_id_is_deterministic_and_covers_its_inputs():
@@ -94,8 +102,26 @@ def test_make_patch_id_is_deterministic_and_covers_its_inputs():
         md.make_patch_id(so_hash, identity, (md.Unit(2, "foo", "foo_fixed"),)),
         md.make_patch_id(so_hash, identity, (md.Unit(1, "foo", "foo_fixed2"),)),
         md.make_patch_id(so_hash, identity, units + (md.Unit(2, "bar", "bar_fixed"),)),
+        md.make_patch_id(so_hash, identity, units, (b"\x04" * 16,)),
+        md.make_patch_id(so_hash, identity, units, (b"\x04" * 16, b"\x05" * 16)),
     }
-    assert first not in others and len(others) == 5
+    assert first not in others and len(others) == 7
+
+
+def test_id_that_does_not_match_the_content_is_refused():
+    """Issue 7: a re-checksummed file with a new id, or with the id of another
+    patch, does not parse; neither does a file whose content changed under
+    its id."""
+    metadata = sample()
+    other_id = sample(units=(md.Unit(0, "bar", "bar_fixed"),)).patch_id
+    for forged in (b"\x42" * 16, other_id):
+        payload = bytearray(payload_of(metadata.pack()))
+        payload[:16] = forged
+        assert "does not match its content" in rejected(seal(bytes(payload)))
+    changed = sample(patch_id=metadata.patch_id, requires=())
+    assert "does not match its content" in rejected(seal(md._pack_payload(changed)))
+    with pytest.raises(ValueError, match="does not match its content"):
+        sample(patch_id=b"\x42" * 16).pack()
 
 
 @pytest.mark.parametrize("changes", [
@@ -111,7 +137,7 @@ def test_make_patch_id_is_deterministic_and_covers_its_inputs():
     dict(target_path="relative/libfoo.so"),
     dict(patch_so_path="/" + "x" * 4096),
     dict(requires=(b"\1" * 16, b"\1" * 16)),
-    dict(requires=(bytes(range(16)),)),
+    dict(patch_id=bytes(range(16))),
     dict(requires=tuple(i.to_bytes(16, "little") for i in range(100, 357))),
 ])
 def test_pack_refuses_what_parse_would_refuse(changes):
@@ -173,7 +199,8 @@ def test_wrong_magic():
 
 def test_wrong_version():
     payload = payload_of(sample().pack())
-    assert "unsupported format version 2" in rejected(seal(payload, version=2))
+    version = md.FORMAT_VERSION + 1
+    assert f"unsupported format version {version}" in rejected(seal(payload, version=version))
 
 
 def test_truncated_payload():

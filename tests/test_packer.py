@@ -274,8 +274,8 @@ def test_dump(files, tmp_path):
 
 def test_dump_rejects_bad_files(tmp_path):
     bad = tmp_path / "bad.ulp"
-    bad.write_bytes(b"ULPPATCH\x02\x00" + b"\0" * 60)
-    assert "unsupported format version 2" in pack_fails(ExitCode.BAD_INPUT, "--dump", bad)
+    bad.write_bytes(b"ULPPATCH\x09\x00" + b"\0" * 60)
+    assert "unsupported format version 9" in pack_fails(ExitCode.BAD_INPUT, "--dump", bad)
     pack_fails(ExitCode.FILE_MISSING, "--dump", tmp_path / "absent.ulp")
 
 

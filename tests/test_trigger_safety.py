@@ -489,10 +489,13 @@ def rechecksummed(data: bytes) -> bytes:
 
 
 def hand_made(ts: Path, tmp_path: Path, name: str, **changes) -> Path:
-    """fix.ulp with some fields changed, written with a valid checksum."""
-    original = metadata.read_patch(str(ts / "fix.ulp"))
+    """fix.ulp with some fields changed, written with a valid checksum and
+    the id its new content gives."""
+    changed = dataclasses.replace(metadata.read_patch(str(ts / "fix.ulp")), **changes)
+    changed = dataclasses.replace(changed, patch_id=metadata.make_patch_id(
+        changed.patch_so_sha256, changed.target_identity, changed.units, changed.requires))
     path = tmp_path / f"{name}.ulp"
-    metadata.write_patch(str(path), dataclasses.replace(original, **changes))
+    metadata.write_patch(str(path), changed)
     return path
 
 

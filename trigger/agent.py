@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import time
 
 from ulp import agent_abi
@@ -157,6 +158,36 @@ class Agent:
         raw = self.process.read(self.mailbox + agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX)
         message = raw.split(b"\0", 1)[0].decode(errors="replace")
         return answer.status, message
+
+    def fill_staged(self, data: bytes) -> int:
+        """After a STAGE request: fill the agent's empty memfd with ``data``
+        through /proc/PID/fd/N; return N.  The agent seals and hashes it in
+        PREPARE; until then nothing in the process uses it."""
+        fd = self.header().staged_fd
+        path = f"/proc/{self.process.pid}/fd/{fd}"
+        try:
+            # O_NONBLOCK and the checks below: whatever N turned out to be,
+            # only the agent's fresh, unlinked memfd is written
+            target = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as error:
+            raise UlpError(f"process {self.process.pid}: cannot open the staged patch object "
+                           f"({error.strerror})", ExitCode.PERMISSION) from None
+        try:
+            info = os.fstat(target)
+            name = os.readlink(path)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0 or info.st_size != 0 \
+                    or not name.startswith("/memfd:ulp-patch"):
+                raise UlpError(f"process {self.process.pid}: descriptor {fd} is not the agent's "
+                               "staging memfd", ExitCode.FAILURE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(target, view):]
+        except OSError as error:
+            raise UlpError(f"process {self.process.pid}: cannot write the staged patch object "
+                           f"({error.strerror})", ExitCode.FAILURE) from None
+        finally:
+            os.close(target)
+        return fd
 
     def _start_dispatch(self, header: MailboxHeader) -> None:
         regs = self.tracee.get_registers()

@@ -27,7 +27,8 @@ exit codes: 0 done, 3 file missing, 4 malformed patch file, 6 no such process,
 7 permission denied, 8 no ulp runtime in the process, 9 target library not
 loaded, 10 wrong target library, 11 patch object missing/changed/incomplete,
 12 already applied, 13 not applied, 14 dependency, 15 busy or timed out
-(retryable), 16 the process exited.  See docs/exit-codes.md.
+(retryable), 16 the process exited, 17 a file another user could change.
+See docs/exit-codes.md.
 """
 
 
@@ -51,7 +52,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None) -> int:
     args = parse_arguments(argv)
-    metadata = read_patch(args.patch)
+    metadata = read_patch(args.patch, trusted=True)
     reverting = args.revert or metadata.reverse
     block_sigchld()
     release_orphans()

@@ -7,6 +7,10 @@ Apply is three steps, the agent held by this trigger throughout:
    function into a short jump to its tracker stub (harmless by itself: the
    tracker picks the original body until a patch is visible);
 3. the agent commits: it stamps the versions and publishes G+1.
+Step 1 itself is two requests: STAGE makes the agent create an empty memfd,
+which the trigger fills with the patch .so's bytes (read and hash-checked
+here) through /proc/PID/fd/N; PREPARE seals it, checks size and hash on the
+sealed bytes, recomputes the patch id from the request and loads the memfd.
 If this trigger dies before step 3, the next request drops the prepared
 patch: the process is never half-patched.  Revert is one agent request.
 
@@ -18,6 +22,7 @@ patch names, the code at their entries.  docs/trigger.md has the details.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -25,6 +30,7 @@ from ulp import layout
 from ulp.agent_abi import Op, Request, Status
 from ulp.elfinfo import file_key
 from ulp.errors import ExitCode, UlpError
+from ulp.files import read_input
 from ulp.metadata import PatchMetadata
 from ulp.prepared import PreparedLibrary
 from ulp.process import Process
@@ -46,7 +52,12 @@ STATUS_EXIT_CODES = {
     Status.NO_MEMORY: ExitCode.FAILURE,
     Status.TOO_MANY_LIBS: ExitCode.FAILURE,
     Status.NOT_PENDING: ExitCode.FAILURE,
+    Status.STAGE: ExitCode.PATCH_OBJECT,
+    Status.PATCH_ID: ExitCode.BAD_INPUT,
 }
+
+#: the largest patch .so the trigger reads
+MAX_PATCH_OBJECT = 1 << 30
 
 
 @dataclass
@@ -141,15 +152,42 @@ def check_status(status: int, message: str, process: Process) -> None:
     raise UlpError(f"process {process.pid}: {message or f'runtime error {status}'}", code)
 
 
-def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None) -> Request:
+def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None,
+             staged_fd: int = -1, so_size: int = 0) -> Request:
     request = Request(op, patch_id=metadata.patch_id, identity=metadata.target_identity)
     if op == Op.PREPARE:
         request.lib_desc = target.lib_desc
         request.so_sha256 = metadata.patch_so_sha256
         request.so_path = metadata.patch_so_path
+        request.so_fd = staged_fd
+        request.so_size = so_size
         request.requires = tuple(metadata.requires)
         request.units = tuple((unit.index, unit.new_name) for unit in metadata.units)
     return request
+
+
+def read_patch_object(metadata: PatchMetadata) -> bytes:
+    """The patch .so's bytes, as packed: a regular file no other user can
+    change (ulp.files), whose SHA-256 is the one in the patch file.  These
+    bytes, not the file, go into the process, where the runtime checks the
+    hash again on a sealed copy."""
+    path = metadata.patch_so_path
+    try:
+        data = read_input(path, MAX_PATCH_OBJECT, trusted=True)
+    except UlpError as error:
+        if error.exit_code != ExitCode.FILE_MISSING:
+            raise
+        reason = str(error)
+        if reason == f"{path}: no such file":
+            reason = f"{path} is missing"
+        raise UlpError(f"patch object {reason}", ExitCode.PATCH_OBJECT) from None
+    if len(data) > MAX_PATCH_OBJECT:
+        raise UlpError(f"patch object {path} is larger than {MAX_PATCH_OBJECT} bytes",
+                       ExitCode.PATCH_OBJECT)
+    if hashlib.sha256(data).digest() != metadata.patch_so_sha256:
+        raise UlpError(f"patch object {path} changed since it was packed (SHA-256 mismatch)",
+                       ExitCode.PATCH_OBJECT)
+    return data
 
 
 def entry_detours(target: LoadedTarget, metadata: PatchMetadata) -> list[CodeWrite]:
@@ -171,15 +209,21 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
           source: str = "the patch file") -> str:
     target = find_target(process, metadata)
     check_units(target, metadata, source)
-    if not os.path.isfile(metadata.patch_so_path):
-        raise UlpError(f"patch object {metadata.patch_so_path} is missing",
-                       ExitCode.PATCH_OBJECT)
+    so_bytes = read_patch_object(metadata)
     writes = entry_detours(target, metadata)
     check_code(process, writes)
     agent = Agent(process, timeout)
     agent.attach()
     try:
-        status, message = agent.call(_request(Op.PREPARE, metadata, target))
+        status, message = agent.call(_request(Op.STAGE, metadata))
+        check_status(status, message, process)
+        try:
+            staged = agent.fill_staged(so_bytes)
+        except UlpError:
+            _abort(agent, metadata)  # closes the staged memfd now
+            raise
+        status, message = agent.call(_request(Op.PREPARE, metadata, target, staged,
+                                              len(so_bytes)))
         check_status(status, message, process)
         try:
             # checked again: only now does this trigger hold the agent
@@ -196,7 +240,8 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
 
 
 def _abort(agent: Agent, metadata: PatchMetadata) -> None:
-    """Drop the prepared patch now rather than at the next request; best effort."""
+    """Drop the prepared patch (or staged memfd) now rather than at the next
+    request; best effort."""
     if not agent.process.alive() or agent.tracee is None or not agent.tracee.stopped:
         return
     try:

@@ -1,4 +1,8 @@
-"""The mailbox protocol between ulp-trigger and the runtime (runtime/ulp_abi.h)."""
+"""The mailbox protocol between ulp-trigger and the runtime (runtime/ulp_abi.h).
+
+This mirrors the C header field by field; tests/test_provenance.py compiles
+the header and checks every offset, size and constant here against it.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,23 @@ from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
-ABI_VERSION = 1
+ABI_VERSION = 2
 MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
 # struct ulp_mailbox up to the message
-MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQ24x"
+MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQiI16x"
 MAILBOX_HEADER_SIZE = struct.calcsize(MAILBOX_HEADER_FORMAT)
 MESSAGE_OFFSET = MAILBOX_HEADER_SIZE
 REQUEST_OFFSET = MESSAGE_OFFSET + MESSAGE_MAX
 SERIAL_OFFSET = 20
 REQUEST_SIZE_OFFSET = 28
+STAGED_FD_OFFSET = 56
 assert MAILBOX_HEADER_SIZE == 80
 
-REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sII"
+REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQ"
 REQUEST_UNIT_FORMAT = "<II"
-assert struct.calcsize(REQUEST_HEADER_FORMAT) == 112
+assert struct.calcsize(REQUEST_HEADER_FORMAT) == 120
 
 
 class AgentState(enum.IntEnum):
@@ -38,6 +43,7 @@ class Op(enum.IntEnum):
     REVERT = 3
     ABORT = 4
     STATUS = 5
+    STAGE = 6
 
 
 class Status(enum.IntEnum):
@@ -56,6 +62,8 @@ class Status(enum.IntEnum):
     NO_MEMORY = 12
     TOO_MANY_LIBS = 13
     NOT_PENDING = 14
+    STAGE = 15
+    PATCH_ID = 16
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class MailboxHeader:
     dispatch: int
     call_stack_top: int
     universe_address: int
+    staged_fd: int
+    reserved0: int
 
     @classmethod
     def unpack(cls, data: bytes) -> MailboxHeader:
@@ -83,7 +93,9 @@ class Request:
     lib_desc: int = 0
     identity: bytes = bytes(32)
     so_sha256: bytes = bytes(32)
-    so_path: str = ""
+    so_path: str = ""  # the name the link map shows for the patch object
+    so_fd: int = -1  # PREPARE: the descriptor STAGE returned, filled
+    so_size: int = 0
     requires: tuple[bytes, ...] = ()
     units: tuple[tuple[int, str], ...] = ()  # (function index, replacement name)
 
@@ -100,7 +112,7 @@ class Request:
                          for index, name in self.units)
         header = struct.pack(REQUEST_HEADER_FORMAT, self.op, len(self.units), len(self.requires),
                              len(strings), self.patch_id, self.lib_desc, self.identity,
-                             self.so_sha256, so_path, 0)
+                             self.so_sha256, so_path, self.so_fd, self.so_size)
         data = header + b"".join(self.requires) + units + bytes(strings)
         if len(data) > REQUEST_MAX:
             raise ValueError("request too large for the runtime's mailbox")

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ulp.errors import ExitCode, UlpError, open_input
+from ulp.errors import ExitCode, UlpError
+from ulp.files import open_input
 
 # pyelftools reports a damaged file with more than ELFError: a bad offset
 # surfaces as OSError (negative seek), struct.error or a None where a section
@@ -93,7 +94,7 @@ def file_sha256(path: str) -> bytes:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with open_input(path) as stream:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.digest()

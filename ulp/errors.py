@@ -27,6 +27,7 @@ class ExitCode(enum.IntEnum):
     DEPENDENCY = 14  # a required patch is missing, or an applied one depends on it
     RETRY = 15  # busy or timed out; nothing changed, try again
     PROCESS_EXITED = 16  # the process went away while we worked on it
+    UNSAFE_FILE = 17  # a file to load that another user could change (ulp-trigger)
 
 
 class UlpError(Exception):
@@ -38,20 +39,6 @@ class UlpError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
-
-
-def open_input(path: str):
-    """Open an input file for reading in binary, or raise FILE_MISSING naming why not."""
-    try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
-    except FileNotFoundError:
-        raise UlpError(f"{path}: no such file", ExitCode.FILE_MISSING) from None
-    except IsADirectoryError:
-        raise UlpError(f"{path}: is a directory", ExitCode.FILE_MISSING) from None
-    except PermissionError:
-        raise UlpError(f"{path}: permission denied", ExitCode.FILE_MISSING) from None
-    except OSError as error:
-        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
 
 
 def one_line(text: str) -> str:

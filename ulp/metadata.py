@@ -1,11 +1,16 @@
 """The patch metadata file that ulp-packer writes and ulp-trigger reads.
 
-docs/patch-format.md describes the binary format (version 1) field by field.
+docs/patch-format.md describes the binary format (version 2) field by field.
 In short: a 48-byte header (magic, format version, flags, payload length,
 SHA-256 checksum), then a payload of fixed-size fields and u16-length-prefixed
 UTF-8 strings.  ``parse_patch`` treats its input as hostile: whatever the
 bytes, it returns a valid ``PatchMetadata`` or raises ``UlpError`` with
 ``ExitCode.BAD_INPUT`` and a one-line reason; no other exception escapes.
+
+The patch id is derived from the content (``make_patch_id``) and checked on
+every read and write: a file whose id is not the one its content gives is
+malformed, so an id always names one patch .so, target, set of units and set
+of requirements.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import struct
 import tempfile
 from dataclasses import dataclass, replace
 
-from ulp.errors import ExitCode, UlpError, open_input
+from ulp.errors import ExitCode, UlpError
+from ulp.files import read_input
 
 MAGIC = b"ULPPATCH"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 FLAG_REVERSE = 0x0001
 KNOWN_FLAGS = FLAG_REVERSE
@@ -38,7 +44,7 @@ MAX_REQUIRES = 256
 MAX_STRING = 4096
 MAX_PAYLOAD = 64 * 1024 * 1024
 
-PATCH_ID_DOMAIN = b"ulp patch id v1\0"
+PATCH_ID_DOMAIN = b"ulp patch id v2\0"
 
 assert HEADER_SIZE == 48, HEADER_SIZE
 
@@ -85,16 +91,25 @@ class PatchMetadata:
 
 
 def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
-                  units: tuple[Unit, ...] | list[Unit]) -> bytes:
-    """A deterministic id: re-packing the same patch gives the same id."""
+                  units: tuple[Unit, ...] | list[Unit],
+                  requires: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+    """The id a patch's content gives (docs/patch-format.md, "Patch id").
+
+    The runtime recomputes it from its request (runtime/patch.c,
+    ``patch_id_of``): only what the request carries enters, so a unit counts
+    by its function index and replacement name; the old name is fixed by the
+    index once the target identity is.
+    """
     digest = hashlib.sha256(PATCH_ID_DOMAIN)
     digest.update(patch_so_sha256)
     digest.update(target_identity)
     digest.update(struct.pack("<I", len(units)))
     for unit in units:
         digest.update(struct.pack("<I", unit.index))
-        digest.update(_pack_string(unit.old_name))
         digest.update(_pack_string(unit.new_name))
+    digest.update(struct.pack("<I", len(requires)))
+    for required in requires:
+        digest.update(required)
     return digest.digest()[:PATCH_ID_SIZE]
 
 
@@ -106,15 +121,10 @@ def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
         raise UlpError(f"{source}: {error}", ExitCode.BAD_INPUT) from None
 
 
-def read_patch(path: str) -> PatchMetadata:
-    """Read and parse the patch file at ``path``."""
-    with open_input(path) as stream:
-        try:
-            data = stream.read(MAX_PAYLOAD + HEADER_SIZE + 1)
-        except OSError as error:
-            raise UlpError(f"{path}: cannot read ({error.strerror})",
-                           ExitCode.FILE_MISSING) from None
-    return parse_patch(data, path)
+def read_patch(path: str, trusted: bool = False) -> PatchMetadata:
+    """Read and parse the patch file at ``path`` (a regular file; with
+    ``trusted``, one no other user can change: ulp.files)."""
+    return parse_patch(read_input(path, MAX_PAYLOAD + HEADER_SIZE, trusted), path)
 
 
 def write_patch(path: str, metadata: PatchMetadata) -> None:
@@ -200,7 +210,17 @@ def _problem(metadata: PatchMetadata) -> str | None:
     return (_path_problem("target path", metadata.target_path)
             or _path_problem("patch .so path", metadata.patch_so_path)
             or _units_problem(metadata.units)
-            or _requires_problem(metadata.patch_id, metadata.requires))
+            or _requires_problem(metadata.patch_id, metadata.requires)
+            or _id_problem(metadata))
+
+
+def _id_problem(metadata: PatchMetadata) -> str | None:
+    expected = make_patch_id(metadata.patch_so_sha256, metadata.target_identity,
+                             metadata.units, metadata.requires)
+    if metadata.patch_id != expected:
+        return (f"patch id {metadata.patch_id.hex()} does not match its content "
+                f"(which gives {expected.hex()})")
+    return None
 
 
 def _string_problem(what: str, text: str) -> str | None:

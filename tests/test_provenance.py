@@ -1,0 +1,527 @@
+"""What runs is what was checked (issue 7, items 1-4).  Real processes, real
+ptrace; every wait has a timeout.
+
+1. a patch object is never taken for another one loaded earlier;
+2. the bytes hashed are the bytes mapped: rewriting the patch .so during or
+   after apply changes nothing that runs;
+3. a patch .so or .ulp another user could change is refused;
+4. only regular files are read, by every tool and by the runtime;
+5. a patch id is bound to the patch's content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import os
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from support import C_DIR, LiveProcess, cc, shared_library, tool
+from ulp import agent_abi, metadata
+from ulp.agent_abi import Op, Request, Status
+from ulp.errors import ExitCode
+from ulp.process import Process
+from ulp.trigger import cli
+from ulp.trigger.agent import Agent
+from ulp.trigger.tracee import block_sigchld
+
+ORIGINAL = "value=1"
+TOOL_TIMEOUT = 60  # a tool that blocks on a FIFO would never end: fail instead
+
+
+@pytest.fixture(scope="module")
+def pv(build_dir: Path) -> Path:
+    """lib/libpv.so (prepared), app, and patch objects replacing pv_value:
+    libfix1.so (pv_value_fix, 2), libfix1b.so (the same size, 7),
+    libfix2.so (pv_value_fix, 3), libfix3.so (pv_value_other, 4);
+    p1.ulp, p2.ulp and p3.ulp pack the first, third and fourth."""
+    root = build_dir / "pv"
+    (root / "lib").mkdir(parents=True)
+    lib = shared_library(root / "lib" / "libpv.so", [C_DIR / "pv_lib.c"])
+    assert tool("ulp-prepare", lib).returncode == 0
+    cc(root / "app", [C_DIR / "pv_app.c"], f"-L{root / 'lib'}", "-lpv", "-ldl")
+    for name, value, symbol in (("fix1", 2, "pv_value_fix"), ("fix1b", 7, "pv_value_fix"),
+                                ("fix2", 3, "pv_value_fix"), ("fix3", 4, "pv_value_other")):
+        shared_library(root / f"lib{name}.so", [C_DIR / "pv_fix.c"], f"-DPV_VALUE={value}",
+                       f"-DPV_NAME={symbol}", patchable=False)
+    assert (root / "libfix1.so").stat().st_size == (root / "libfix1b.so").stat().st_size
+    pack(root, "p1", "libfix1.so", "pv_value:pv_value_fix")
+    pack(root, "p2", "libfix2.so", "pv_value:pv_value_fix")
+    pack(root, "p3", "libfix3.so", "pv_value:pv_value_other")
+    return root
+
+
+def pack(directory: Path, name: str, so: str, *pairs: str, target: Path | None = None) -> Path:
+    target = target or directory / "lib" / "libpv.so"
+    (directory / f"{name}.desc").write_text("\n".join([so, f"@{target}", *pairs]) + "\n")
+    packed = tool("ulp-packer", directory / f"{name}.desc", "-o", directory / f"{name}.ulp")
+    assert packed.returncode == 0, packed.stderr
+    return directory / f"{name}.ulp"
+
+
+def private_copy(pv: Path, tmp_path: Path, *names: str) -> Path:
+    """A directory of its own (mode 0755) holding copies of ``names``."""
+    directory = tmp_path / "own"
+    directory.mkdir(mode=0o755, parents=True)
+    os.chmod(directory, 0o755)
+    for name in names:
+        shutil.copy(pv / name, directory / name)
+        os.chmod(directory / name, 0o644)
+    return directory
+
+
+# --- driving ---------------------------------------------------------------------------
+
+
+def start(pv: Path) -> LiveProcess:
+    app = LiveProcess([pv / "app"], env={"LD_LIBRARY_PATH": str(pv / "lib")})
+    assert app.next_line() == "ready"
+    return app
+
+
+def call(app: LiveProcess) -> str:
+    app.send("call\n")
+    return app.next_line()
+
+
+def objects(app: LiveProcess) -> list[str]:
+    app.send("objects\n")
+    return app.next_line().split("|")
+
+
+def trigger(*args: str | Path) -> subprocess.CompletedProcess:
+    return tool("ulp-trigger", "--timeout", "20", "--retries", "20", *args,
+                timeout=TOOL_TIMEOUT)
+
+
+def trigger_here(*args: str | Path) -> tuple[int, str]:
+    """ulp-trigger's main() in this process (fast, for loops): exit code, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["--timeout", "20", "--retries", "20", *map(str, args)])
+    return code, err.getvalue()
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, words: str,
+                   prog: str = "ulp-trigger") -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: "), result.stderr
+    assert words in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(app: LiveProcess) -> tuple[list[str], list[str]]:
+    """The target's mappings and descriptors: what a refusal must leave alone."""
+    maps = Path(f"/proc/{app.pid}/maps").read_text().splitlines()
+    fds = sorted(os.listdir(f"/proc/{app.pid}/fd"))
+    return maps, fds
+
+
+def applied(app: LiveProcess) -> list[str]:
+    status = tool("ulp", "status", str(app.pid), timeout=TOOL_TIMEOUT)
+    assert status.returncode == 0, status.stderr
+    return [line.strip() for line in status.stdout.splitlines()[1:] if line.strip()]
+
+
+def patch_id(path: Path) -> str:
+    return metadata.read_patch(str(path)).patch_id_hex
+
+
+# --- 1. a patch object is never taken for an earlier one ----------------------------------
+
+
+def test_reapplied_patch_then_another_patch_runs_its_own_code(pv: Path) -> None:
+    """P1 applied, reverted, applied, reverted; then P2, whose replacement
+    has P1's name: P2's code runs.  Then P3 (another name) applies too.  The
+    link map names each patch object by its path, as gdb shows it."""
+    with start(pv) as app:
+        for _ in range(2):
+            ok(trigger(app.pid, pv / "p1.ulp"))
+            assert call(app) == "value=2"
+            ok(trigger("--revert", app.pid, pv / "p1.ulp"))
+            assert call(app) == ORIGINAL
+        ok(trigger(app.pid, pv / "p2.ulp"))
+        assert call(app) == "value=3"
+        assert applied(app) == [patch_id(pv / "p2.ulp")]
+        ok(trigger("--revert", app.pid, pv / "p2.ulp"))
+        ok(trigger(app.pid, pv / "p3.ulp"))
+        assert call(app) == "value=4"
+        names = objects(app)
+        for so in ("libfix1.so", "libfix2.so", "libfix3.so"):
+            assert str(pv / so) in names, names
+        assert not [name for name in names if name.startswith("/proc/self/fd/")], names
+        # every patch object is its own sealed memfd, which the runtime keeps open
+        memfds = [os.readlink(f"/proc/{app.pid}/fd/{fd}") for fd in os.listdir(
+            f"/proc/{app.pid}/fd")]
+        assert sum(link.startswith("/memfd:ulp-patch") for link in memfds) == 3, memfds
+
+
+def test_name_an_application_object_carries_is_not_taken(pv: Path) -> None:
+    """The application loaded libfix2.so as /proc/self/fd/N and closed N: the
+    memfd of the next patch gets N.  The runtime loads it under another name
+    instead of being handed the application's object (whose pv_value_fix
+    returns 3)."""
+    with start(pv) as app:
+        app.send(f"dlfd {pv / 'libfix2.so'}\n")
+        reply = app.next_line()
+        assert reply.startswith("dlfd ") and "failed" not in reply, reply
+        ok(trigger(app.pid, pv / "p1.ulp"))
+        assert call(app) == "value=2"
+        assert str(pv / "libfix1.so") in objects(app)
+
+
+# --- 2. the bytes hashed are the bytes mapped ----------------------------------------------
+
+
+def test_patch_object_rewritten_after_apply_changes_nothing(pv: Path, tmp_path: Path) -> None:
+    own = private_copy(pv, tmp_path, "libfix1.so")
+    patch = pack(own, "p", "libfix1.so", "pv_value:pv_value_fix", target=pv / "lib" / "libpv.so")
+    with start(pv) as app:
+        ok(trigger(app.pid, patch))
+        assert call(app) == "value=2"
+        # in place, same inode: a MAP_PRIVATE mapping of the file would follow
+        with open(own / "libfix1.so", "r+b") as stream:
+            stream.write((pv / "libfix1b.so").read_bytes())
+        for _ in range(3):
+            assert call(app) == "value=2"
+        ok(trigger("--revert", app.pid, patch))
+        assert call(app) == ORIGINAL
+        one_line_error(trigger(app.pid, patch), ExitCode.PATCH_OBJECT,
+                       "changed since it was packed")
+        assert call(app) == ORIGINAL
+
+
+def test_writer_during_apply_cannot_get_unhashed_code_run(pv: Path, tmp_path: Path) -> None:
+    """A writer flips the patch .so between the packed bytes (2) and others
+    of the same size (7) while the patch is applied and reverted: each apply
+    is refused (hash mismatch) or runs 2, never 7."""
+    own = private_copy(pv, tmp_path, "libfix1.so")
+    patch = pack(own, "p", "libfix1.so", "pv_value:pv_value_fix", target=pv / "lib" / "libpv.so")
+    good, bad = (pv / "libfix1.so").read_bytes(), (pv / "libfix1b.so").read_bytes()
+    stop = threading.Event()
+
+    def writer() -> None:
+        with open(own / "libfix1.so", "r+b", buffering=0) as stream:
+            while not stop.is_set():
+                for data, pause in ((bad, 0.001), (good, 0.004)):
+                    stream.seek(0)
+                    stream.write(data)
+                    time.sleep(pause)
+
+    block_sigchld()
+    thread = threading.Thread(target=writer, daemon=True)
+    results = {0: 0, ExitCode.PATCH_OBJECT: 0}
+    with start(pv) as app:
+        thread.start()
+        try:
+            for _ in range(40):
+                code, err = trigger_here(app.pid, patch)
+                assert code in results, err
+                results[code] += 1
+                if code == 0:
+                    for _ in range(3):
+                        assert call(app) == "value=2"
+                        time.sleep(0.003)  # let the writer write the other bytes
+                    code, err = trigger_here("--revert", app.pid, patch)
+                    assert code == 0, err
+                assert call(app) == ORIGINAL
+        finally:
+            stop.set()
+            thread.join(10)
+    assert results[0] > 0, results
+
+
+# --- 3. files another user could change -------------------------------------------------------
+
+
+UNSAFE_CASES = {
+    "so group-writable": ("so", lambda p: os.chmod(p, 0o664), "writable by group or others"),
+    "so world-writable": ("so", lambda p: os.chmod(p, 0o646), "writable by group or others"),
+    "so foreign": ("so", lambda p: os.chown(p, 65534, -1), "owned by uid 65534"),
+    "ulp world-writable": ("ulp", lambda p: os.chmod(p, 0o666), "writable by group or others"),
+    "ulp foreign": ("ulp", lambda p: os.chown(p, 65534, 65534), "owned by uid 65534"),
+    "directory world-writable": ("dir", lambda p: os.chmod(p, 0o777),
+                                 "is writable by group or others"),
+    "directory foreign": ("dir", lambda p: os.chown(p, 65534, -1), "is owned by uid 65534"),
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_files_another_user_could_change_are_refused(pv: Path, tmp_path: Path) -> None:
+    with start(pv) as app:
+        before = snapshot(app)
+        for number, (case, (which, spoil, words)) in enumerate(UNSAFE_CASES.items()):
+            directory = private_copy(pv, tmp_path / str(number), "libfix1.so")
+            patch = pack(directory, "p", "libfix1.so", "pv_value:pv_value_fix",
+                         target=pv / "lib" / "libpv.so")
+            spoil({"so": directory / "libfix1.so", "ulp": patch, "dir": directory}[which])
+            line = one_line_error(trigger(app.pid, patch), ExitCode.UNSAFE_FILE, words)
+            assert "refusing" in line, (case, line)
+            assert call(app) == ORIGINAL, case
+            assert snapshot(app) == before, case
+        # a sticky directory (like /tmp) is fine: others cannot replace our entries
+        directory = private_copy(pv, tmp_path / "sticky", "libfix1.so")
+        patch = pack(directory, "p", "libfix1.so", "pv_value:pv_value_fix",
+                         target=pv / "lib" / "libpv.so")
+        os.chmod(directory, 0o1777)
+        ok(trigger(app.pid, patch))
+        assert call(app) == "value=2"
+
+
+# --- 4. only regular files are read --------------------------------------------------------------
+
+
+def hand_made(pv: Path, tmp_path: Path, name: str, **changes) -> Path:
+    """p1.ulp with fields changed, its id the one its new content gives."""
+    changed = dataclasses.replace(metadata.read_patch(str(pv / "p1.ulp")), **changes)
+    changed = dataclasses.replace(changed, patch_id=metadata.make_patch_id(
+        changed.patch_so_sha256, changed.target_identity, changed.units, changed.requires))
+    path = tmp_path / f"{name}.ulp"
+    metadata.write_patch(str(path), changed)
+    return path
+
+
+def test_fifo_or_device_as_an_input_is_refused_without_blocking(pv: Path,
+                                                                tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with start(pv) as app:
+        before = snapshot(app)
+        for source, words in ((fifo, "not a regular file (a FIFO)"),
+                              (Path("/dev/zero"), "not a regular file (a character device)")):
+            patch = hand_made(pv, tmp_path, source.name, patch_so_path=str(source))
+            one_line_error(trigger(app.pid, patch), ExitCode.PATCH_OBJECT, words)
+        one_line_error(trigger(app.pid, fifo), ExitCode.FILE_MISSING, "not a regular file")
+        assert snapshot(app) == before
+        # the agent still answers, and a valid patch applies
+        assert applied(app) == []
+        ok(trigger(app.pid, pv / "p1.ulp"))
+        assert call(app) == "value=2"
+
+    target = pv / "lib" / "libpv.so"
+    desc = tmp_path / "so.desc"
+    desc.write_text(f"{fifo}\n@{target}\npv_value:pv_value_fix\n")
+    cases = [
+        ("ulp-packer", [fifo]),                    # the description
+        ("ulp-packer", [desc]),                    # the patch .so it names
+        ("ulp-packer", ["--dump", fifo]),
+        ("ulp-prepare", [fifo]),
+    ]
+    target_desc = tmp_path / "target.desc"
+    target_desc.write_text(f"{pv / 'libfix1.so'}\n@{fifo}\npv_value:pv_value_fix\n")
+    cases.append(("ulp-packer", [target_desc]))    # the target library
+    requires_desc = tmp_path / "requires.desc"
+    requires_desc.write_text(f"{pv / 'libfix1.so'}\n@{target}\npv_value:pv_value_fix\n"
+                             f"requires: {fifo}\n")
+    cases.append(("ulp-packer", [requires_desc]))  # a required patch
+    for prog, args in cases:
+        result = tool(prog, *args, timeout=TOOL_TIMEOUT)
+        one_line_error(result, ExitCode.FILE_MISSING, "not a regular file", prog=prog)
+
+
+# --- 5. the patch id is bound to the content ---------------------------------------------------
+
+
+def rechecksummed(data: bytes) -> bytes:
+    checked, payload = data[:metadata.CHECKED_HEADER_SIZE], data[metadata.HEADER_SIZE:]
+    return checked + hashlib.sha256(checked + payload).digest() + payload
+
+
+def test_patch_with_an_id_its_content_does_not_give_is_refused(pv: Path,
+                                                              tmp_path: Path) -> None:
+    """p1.ulp re-checksummed with a new id, or with p2's id: refused before
+    the process is touched.  p1 itself applies, and p2 with it."""
+    data = (pv / "p1.ulp").read_bytes()
+    forged = {"new": b"\x42" * 16, "p2": bytes.fromhex(patch_id(pv / "p2.ulp"))}
+    with start(pv) as app:
+        before = snapshot(app)
+        for name, new_id in forged.items():
+            payload = bytearray(data)
+            payload[metadata.HEADER_SIZE:metadata.HEADER_SIZE + 16] = new_id
+            path = tmp_path / f"{name}.ulp"
+            path.write_bytes(rechecksummed(bytes(payload)))
+            one_line_error(trigger(app.pid, path), ExitCode.BAD_INPUT,
+                           "does not match its content")
+            assert snapshot(app) == before
+        ok(trigger(app.pid, pv / "p1.ulp"))
+        ok(trigger(app.pid, pv / "p2.ulp"))  # stacked on p1
+        assert call(app) == "value=3"
+        assert sorted(applied(app)) == sorted([patch_id(pv / "p1.ulp"), patch_id(pv / "p2.ulp")])
+
+
+def test_runtime_checks_id_staging_and_descriptor_itself(pv: Path, tmp_path: Path) -> None:
+    """Requests a buggy or hostile trigger could send, straight to the agent:
+    an id that does not match the request, a descriptor that is not the
+    staged memfd (here the process's stdin), a path naming a FIFO (never
+    opened), bytes that do not match the hash, a memfd staged and never
+    prepared.  Each refused (the FIFO path is accepted: it only names the
+    object), the agent answers on, and no descriptor is left behind."""
+    md = metadata.read_patch(str(pv / "p1.ulp"))
+    good = (pv / "libfix1.so").read_bytes()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    block_sigchld()
+    with start(pv) as app:
+        before = snapshot(app)
+        process = Process(app.pid)
+        try:
+            from ulp.trigger.transition import find_target
+            lib_desc = find_target(process, md).lib_desc
+            agent = Agent(process, 20)
+            agent.attach()
+            try:
+                def prepare(**changes) -> tuple[int, str]:
+                    fields = dict(patch_id=md.patch_id, lib_desc=lib_desc,
+                                  identity=md.target_identity, so_sha256=md.patch_so_sha256,
+                                  so_path=md.patch_so_path, so_size=len(good),
+                                  units=tuple((u.index, u.new_name) for u in md.units))
+                    fields.update(changes)
+                    return agent.call(Request(Op.PREPARE, **fields))
+
+                def stage(data: bytes) -> int:
+                    assert agent.call(Request(Op.STAGE))[0] == Status.OK
+                    return agent.fill_staged(data)
+
+                fd = stage(good)
+                status, message = prepare(patch_id=b"\x42" * 16, so_fd=fd)
+                assert status == Status.PATCH_ID, message
+                status, message = prepare(so_fd=0)
+                assert status == Status.STAGE and "no staged patch object" in message, message
+                status, message = prepare(so_fd=stage(good), so_path=str(fifo))
+                assert status == Status.OK, message  # the path only names the object
+                assert agent.call(Request(Op.ABORT, patch_id=md.patch_id))[0] == Status.OK
+                bad = (pv / "libfix1b.so").read_bytes()
+                status, message = prepare(so_fd=stage(bad))
+                assert status == Status.PATCH_HASH, message
+                status, message = prepare(so_fd=stage(good[:-1]))
+                assert status == Status.PATCH_HASH and "bytes" in message, message
+                stage(good)  # and left staged, as by a trigger that dies here
+            finally:
+                agent.release()
+        finally:
+            process.close()
+        assert call(app) == ORIGINAL
+        assert applied(app) == []  # the next request closes the staged memfd
+        # one object was loaded (then its patch aborted) and keeps its memfd;
+        # no staged descriptor is left behind
+        added = set(snapshot(app)[1]) - set(before[1])
+        assert len(added) == 1, added
+        assert os.readlink(f"/proc/{app.pid}/fd/{added.pop()}").startswith("/memfd:ulp-patch")
+        ok(trigger(app.pid, pv / "p1.ulp"))
+        assert call(app) == "value=2"
+
+
+# --- the ABI mirror ----------------------------------------------------------------------------
+
+
+ABI_PROBE = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include "ulp_abi.h"
+#define FIELD(type, name) printf(#type "." #name " %zu %zu %d\n", offsetof(struct type, name), \
+    sizeof(((struct type *)0)->name), (__typeof__(((struct type *)0)->name))-1 < 0)
+#define ARRAY(type, name) printf(#type "." #name " %zu %zu 0\n", offsetof(struct type, name), \
+    sizeof(((struct type *)0)->name))
+#define VALUE(name) printf(#name " %lld\n", (long long)(name))
+int main(void)
+{
+    ARRAY(ulp_mailbox, magic); FIELD(ulp_mailbox, abi_version); FIELD(ulp_mailbox, state);
+    FIELD(ulp_mailbox, agent_tid); FIELD(ulp_mailbox, serial); FIELD(ulp_mailbox, status);
+    FIELD(ulp_mailbox, request_size); FIELD(ulp_mailbox, dispatch);
+    FIELD(ulp_mailbox, call_stack_top); FIELD(ulp_mailbox, universe_address);
+    FIELD(ulp_mailbox, staged_fd); FIELD(ulp_mailbox, reserved0);
+    ARRAY(ulp_mailbox, reserved); ARRAY(ulp_mailbox, message); ARRAY(ulp_mailbox, request);
+    FIELD(ulp_request, op); FIELD(ulp_request, nunits); FIELD(ulp_request, ndeps);
+    FIELD(ulp_request, strings_size); ARRAY(ulp_request, patch_id); FIELD(ulp_request, lib_desc);
+    ARRAY(ulp_request, identity); ARRAY(ulp_request, so_sha256); FIELD(ulp_request, so_path);
+    FIELD(ulp_request, so_fd); FIELD(ulp_request, so_size);
+    FIELD(ulp_request_unit, index); FIELD(ulp_request_unit, name);
+    VALUE(sizeof(struct ulp_request)); VALUE(sizeof(struct ulp_request_unit));
+    VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
+    printf("magic %s\n", ULP_MAILBOX_MAGIC);
+@VALUES@
+    return 0;
+}
+"""
+
+MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "status",
+                  "request_size", "dispatch", "call_stack_top", "universe_address", "staged_fd",
+                  "reserved0", "reserved"]
+REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
+                  "so_sha256", "so_path", "so_fd", "so_size"]
+
+
+def layout_of(fmt: str, names: list[str]) -> dict[str, tuple[int, int, int]]:
+    """name -> (offset, size, signed) of each item of a struct format."""
+    items = []
+    count = ""
+    for char in fmt[1:]:
+        if char.isdigit():
+            count += char
+            continue
+        items.append((int(count or 1), char))
+        count = ""
+    layout, offset = {}, 0
+    for name, (number, char) in zip(names, items, strict=True):
+        size = struct.calcsize(f"<{number}{char}")
+        layout[name] = (offset, size, int(char in "bhilq" and number == 1))
+        offset += size
+    return layout
+
+
+def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
+    enums = [f"    VALUE(ULP_OP_{op.name});" for op in Op]
+    enums += [f"    VALUE({'ULP_OK' if s == Status.OK else 'ULP_E_' + s.name});" for s in Status]
+    enums += [f"    VALUE(ULP_AGENT_{state.name});" for state in agent_abi.AgentState]
+    source = tmp_path / "probe.c"
+    source.write_text(ABI_PROBE.replace("@VALUES@", "\n".join(enums)))
+    probe = cc(tmp_path / "probe", [source], f"-I{C_DIR.parent.parent / 'runtime'}")
+    lines = subprocess.run([probe], capture_output=True, text=True, timeout=30,
+                           check=True).stdout.splitlines()
+    fields = {line.split()[0]: tuple(map(int, line.split()[1:])) for line in lines
+              if line.startswith("ulp_") and "." in line.split()[0]}
+    values = dict(line.rsplit(" ", 1) for line in lines if line.split()[0] not in fields)
+    expected = {f"ulp_mailbox.{name}": value for name, value in
+                layout_of(agent_abi.MAILBOX_HEADER_FORMAT, MAILBOX_FIELDS).items()}
+    expected |= {f"ulp_request.{name}": value for name, value in
+                 layout_of(agent_abi.REQUEST_HEADER_FORMAT, REQUEST_FIELDS).items()}
+    expected |= {f"ulp_request_unit.{name}": value for name, value in
+                 layout_of(agent_abi.REQUEST_UNIT_FORMAT, ["index", "name"]).items()}
+    expected["ulp_mailbox.message"] = (agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX, 0)
+    expected["ulp_mailbox.request"] = (agent_abi.REQUEST_OFFSET, agent_abi.REQUEST_MAX, 0)
+    assert set(expected) == set(fields)
+    for name, (offset, size, signed) in expected.items():
+        c_offset, c_size, c_signed = fields[name]
+        assert (c_offset, c_size) == (offset, size), name
+        assert c_signed == signed, name
+    assert fields["ulp_mailbox.serial"][0] == agent_abi.SERIAL_OFFSET
+    assert fields["ulp_mailbox.request_size"][0] == agent_abi.REQUEST_SIZE_OFFSET
+    assert fields["ulp_mailbox.staged_fd"][0] == agent_abi.STAGED_FD_OFFSET
+    assert int(values["sizeof(struct ulp_request)"]) == struct.calcsize(
+        agent_abi.REQUEST_HEADER_FORMAT)
+    assert int(values["sizeof(struct ulp_request_unit)"]) == struct.calcsize(
+        agent_abi.REQUEST_UNIT_FORMAT)
+    assert int(values["ULP_ABI_VERSION"]) == agent_abi.ABI_VERSION
+    assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
+    assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
+    assert values["magic"].encode() + b"\0" == agent_abi.MAILBOX_MAGIC
+    for op in Op:
+        assert int(values[f"ULP_OP_{op.name}"]) == op
+    for status in Status:
+        assert int(values["ULP_OK" if status == Status.OK else f"ULP_E_{status.name}"]) == status
+    for state in agent_abi.AgentState:
+        assert int(values[f"ULP_AGENT_{state.name}"]) == state
