@@ -14,12 +14,18 @@
  * round's saw one version, the handler's saw one, and a handler that
  * interrupted the round's activation (the tracer tells) saw that one.
  *
- * stdin: "go BEFORE AFTER LATER LAST" runs one phase; it prints one line of
- * counts. */
+ * With "jump", the handler leaves with siglongjmp to the top of the round
+ * instead of returning, abandoning whatever it interrupted (an update of
+ * the tracker's record included); the next round then runs without a
+ * signal and is checked.
+ *
+ * stdin: "go BEFORE AFTER LATER LAST [jump]" runs one phase; it prints one
+ * line of counts. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -52,6 +58,8 @@ static volatile int stop_rounds;
 static volatile int interrupted_inside;
 static volatile int traced;
 static volatile int round_n;
+static int jump_out;
+static sigjmp_buf round_top;
 static uint64_t last_universe;
 /* Written by the handler. */
 static int handler_tags[MAX_TAGS], handler_n;
@@ -84,6 +92,8 @@ static void on_usr1(int sig)
     lib_act(callback, handler_tags, &handler_n);
     handler_ran = 1;
     marker_handler_done();
+    if (jump_out)
+        siglongjmp(round_top, 1);
 }
 
 static int one_version(const int *tags, int n)
@@ -124,6 +134,8 @@ static void *worker(void *unused)
     while (!traced)
         sched_yield();
     for (;;) {
+        if (sigsetjmp(round_top, 1))
+            handler_ran = 0;    /* that round was abandoned: check the next one */
         marker_round_start();
         if (stop_rounds)
             return NULL;
@@ -244,6 +256,8 @@ static void trace(pid_t tid, const uint64_t universes[4], int report)
         if (registers(tid).rip - 1 != (uintptr_t)marker_handler_done)
             fail("the handler did not finish");
         poke(tid, global_universe, universes[2]);
+        if (jump_out)
+            run_to(tid, marker_round_start);
         run_to(tid, marker_round_end);
     }
     if (ptrace(PTRACE_DETACH, tid, 0, 0) != 0)
@@ -306,6 +320,7 @@ int main(void)
         if (sscanf(line, "go %lu %lu %lu %lu", &universes[0], &universes[1], &universes[2],
                    &universes[3]) == 4) {
             uint64_t saved = universe_value();
+            jump_out = strstr(line, "jump") != NULL;
             run_phase((uint64_t[4]){universes[0], universes[1], universes[2], universes[3]});
             *global_universe = saved;
         } else {
