@@ -17,8 +17,10 @@
  *   from outside, record claimed: this entry interrupted an update of the
  *     record (it runs in a signal handler): it writes nothing and keeps the
  *     universe (tracker.c decides whether the claimer is gone for good).
- *   from outside, the loop: the record's only anchor is this very slot, so
- *     the activation it anchored has returned: external, take G.
+ *   from outside, one anchor (and no alternate signal stack): it is this
+ *     very slot (the loop), or below this entry, or near above and
+ *     overwritten, so the activation it anchored has returned: external,
+ *     take G.
  *   from outside, anything else: tracker.c judges, under the claim.
  * Every write to the record happens between the claim (one store) and its
  * release (one store), so a signal handler entering the library in the
@@ -119,11 +121,30 @@ ulp_entry:
     cmpq    $0, %fs:REC_CLAIM(%r11)
     jne     .Lclaimed
     movq    %rsp, %fs:REC_CLAIM(%r11)
-    /* The loop: one anchor, at this slot. */
+    /* One anchor, and no alternate signal stack to reason about: its
+     * activation has returned if its slot is at or below this entry's, or
+     * near above and overwritten.  Anything else: tracker.c. */
     cmpq    $1, %fs:REC_DEPTH(%r11)
     jne     .Ljudge
-    cmpq    %rsp, %fs:REC_ANCHORS+ANCHOR_SLOT(%r11)
+    movq    %fs:REC_ANCHORS+ANCHOR_SLOT(%r11), %rax
+    cmpq    %rsp, %rax
+    je      .Lexternal                  /* the loop: this very slot */
+    movq    ulp_altstack@gottpoff(%rip), %rax
+    cmpq    $0, %fs:ALT_HIGH(%rax)
     jne     .Ljudge
+    movq    %fs:REC_ANCHORS+ANCHOR_SLOT(%r11), %rax
+    cmpq    %rsp, %rax
+    jb      .Lexternal                  /* below this entry: popped */
+    subq    %rsp, %rax
+    cmpq    $NEAR_SLOT_DISTANCE, %rax
+    ja      .Ljudge
+    movq    %fs:REC_ANCHORS+ANCHOR_SLOT(%r11), %rax
+    movq    (%rax), %rax
+    cmpq    %fs:REC_ANCHORS+ANCHOR_RET(%r11), %rax
+    je      .Ljudge                     /* may be live */
+
+.Lexternal:                             /* no live activation: take G */
+    movq    %rsp, %fs:REC_ANCHORS+ANCHOR_SLOT(%r11)
     movq    (%rsp), %rax
     movq    %rax, %fs:REC_ANCHORS+ANCHOR_RET(%r11)
     movq    ulp_global_universe(%rip), %rax
