@@ -1,4 +1,4 @@
-/* What the trigger and the runtime exchange (ABI version 1).
+/* What the trigger and the runtime exchange (ABI version 2).
  *
  * The runtime exports one object, ulp_mailbox.  The trigger writes a request
  * into it through /proc/PID/mem, then makes the runtime's agent thread call
@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #define ULP_MAILBOX_MAGIC "ULPMBOX"
-#define ULP_ABI_VERSION 1
+#define ULP_ABI_VERSION 2
 #define ULP_MESSAGE_MAX 512
 #define ULP_REQUEST_MAX (256 * 1024)
 
@@ -19,6 +19,8 @@ enum ulp_agent_state {
     ULP_AGENT_STARTING = 0,
     ULP_AGENT_IDLE = 1,
     ULP_AGENT_BUSY = 2,
+    ULP_AGENT_OFF = 3,          /* no agent: ULP_AGENT=off, or it could not start */
+    ULP_AGENT_ENDED = 4,        /* it was the last thread and ended */
 };
 
 struct ulp_mailbox {
@@ -32,7 +34,8 @@ struct ulp_mailbox {
     uint64_t dispatch;          /* address the trigger makes the agent call */
     uint64_t call_stack_top;    /* the stack that call runs on */
     uint64_t universe_address;  /* where the global universe lives */
-    uint64_t reserved[3];
+    uint64_t idle_address;      /* %rip of the agent waiting in its idle ppoll */
+    uint64_t reserved[2];
     char message[ULP_MESSAGE_MAX];
     uint8_t request[ULP_REQUEST_MAX];
 };
@@ -61,6 +64,7 @@ enum ulp_status {
     ULP_E_NO_MEMORY = 12,
     ULP_E_TOO_MANY_LIBS = 13,
     ULP_E_NOT_PENDING = 14,
+    ULP_E_UNLOADED = 15,        /* the patch's target library was unloaded */
 };
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
-ABI_VERSION = 1
+ABI_VERSION = 2
 MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
 # struct ulp_mailbox up to the message
-MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQ24x"
+MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQQ16x"
 MAILBOX_HEADER_SIZE = struct.calcsize(MAILBOX_HEADER_FORMAT)
 MESSAGE_OFFSET = MAILBOX_HEADER_SIZE
 REQUEST_OFFSET = MESSAGE_OFFSET + MESSAGE_MAX
@@ -30,6 +30,8 @@ class AgentState(enum.IntEnum):
     STARTING = 0
     IDLE = 1
     BUSY = 2
+    OFF = 3  # no agent: ULP_AGENT=off, or it could not be started
+    ENDED = 4  # it was the last thread of the process and ended
 
 
 class Op(enum.IntEnum):
@@ -56,6 +58,7 @@ class Status(enum.IntEnum):
     NO_MEMORY = 12
     TOO_MANY_LIBS = 13
     NOT_PENDING = 14
+    UNLOADED = 15
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class MailboxHeader:
     dispatch: int
     call_stack_top: int
     universe_address: int
+    idle_address: int
 
     @classmethod
     def unpack(cls, data: bytes) -> MailboxHeader:
