@@ -140,6 +140,22 @@ class Agent:
             raise
         return tracee
 
+    def _release_exec_survivor(self) -> None:
+        """An agent that called execve (a patch object's constructor can) goes
+        on as the process's main thread, with the PID as its thread ID, and
+        stays traced by this process: let it go."""
+        pid = self.process.pid
+        try:
+            with open(f"/proc/{pid}/status") as stream:
+                traced_by_us = any(line.split()[1:] == [str(os.getpid())]
+                                   for line in stream if line.startswith("TracerPid:"))
+        except OSError:
+            return
+        if traced_by_us:
+            survivor = Tracee(pid)
+            survivor.seized = True
+            survivor.let_go(time.monotonic() + 1.0)
+
     def _agent_gone(self) -> UlpError:
         # the agent ends on its own only as the last thread, when the process
         # ends; the other threads of a killed process may take a moment to follow
@@ -188,6 +204,12 @@ class Agent:
                 return
             if not self.process.known():
                 raise self.process.gone()
+            try:
+                # an agent killed meanwhile (by an execve of another thread)
+                # must be reaped now: the kernel waits for it to finish the exec
+                self.tracee.poll_stop()
+            except ThreadGone:
+                raise self._agent_gone() from None
             if time.monotonic() > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
@@ -201,6 +223,10 @@ class Agent:
         """
         tracee, self.tracee = self.tracee, None
         if tracee is None:
+            return
+        if self.process.image_changed():
+            tracee.let_go(time.monotonic() + 0.2)
+            self._release_exec_survivor()
             return
         if not tracee.stopped:
             tracee.let_go(self.deadline())

@@ -51,6 +51,10 @@ class Process:
         self._objects: dict[str, Mapping] | None = None  # from the last read of maps
         if not os.path.exists(f"/proc/{pid}/status"):
             raise UlpError(f"no process with PID {pid}", ExitCode.NO_PROCESS)
+        if self.state() in DEAD_STATES and self._other_threads_live():
+            # /proc/PID/maps and /proc/PID/mem follow the main thread
+            raise UlpError(f"the main thread of process {pid} has exited (pthread_exit); "
+                           "ulp cannot work on such a process", ExitCode.FAILURE)
         try:
             self._mem()
         except UlpError as error:
@@ -63,6 +67,14 @@ class Process:
 
     def alive(self) -> bool:
         return self.state() not in (None, *DEAD_STATES)
+
+    def _other_threads_live(self) -> bool:
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return False
+        return any(int(tid) != self.pid and (stat_fields(self.pid, int(tid)) or ["Z"])[0]
+                   not in DEAD_STATES for tid in tids)
 
     def image_changed(self) -> bool:
         """True if the address space this object was opened on is gone:
