@@ -1,9 +1,20 @@
 /* The agent: a thread of the runtime that waits in a known state, holding no
  * lock, for the trigger to make it call ulp_agent_dispatch.  Loading a patch
  * (open, dlopen, malloc) therefore runs on a thread that may take locks, while
- * application threads keep running. */
+ * application threads keep running.
+ *
+ * The agent never keeps the process alive: it wakes every IDLE_TICK_MS, and
+ * when it finds itself the last live thread it returns from its start
+ * routine, so glibc ends the process as it would have without it (exit(0)
+ * from the last thread).  ULP_AGENT=off in the environment starts no agent
+ * at all: the process stays exactly as single-threaded as without the
+ * runtime, and cannot be patched (docs/design.md). */
+#include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -13,28 +24,95 @@
 ULP_EXPORT struct ulp_mailbox ulp_mailbox = {
     .magic = ULP_MAILBOX_MAGIC,
     .abi_version = ULP_ABI_VERSION,
+    .state = ULP_AGENT_OFF,
 };
 
 /* The trigger runs each call on this stack, not on the agent's own, so the
  * agent's frames survive even a trigger that dies in the middle. */
 static char call_stack[256 * 1024] __attribute__((aligned(64)));
 
-/* Wait forever without touching the stack: the trigger interrupts the
- * agent here, and restores it here afterwards. */
+#define IDLE_TICK_MS 250
+
+/* Where the idle loop keeps the agent's own stack pointer while a request
+ * runs on call_stack, and the timeout of its wait (rewritten before each
+ * wait: the kernel writes the time left into it when the wait is
+ * interrupted). */
+ULP_HIDDEN uintptr_t ulp_agent_home;
+ULP_HIDDEN struct {
+    long seconds;
+    long nanoseconds;
+} ulp_agent_timeout;
+
+ULP_HIDDEN uint8_t ulp_agent_xsave[4096] __attribute__((aligned(64)));
+ULP_HIDDEN int ulp_agent_ending;
+
+int ulp_agent_idle(void);
+void ulp_agent_resume(void) __attribute__((noreturn));
+extern char ulp_agent_wait_return[];
+
+/* int ulp_agent_idle(void): wait, look around, wait again; returns only
+ * when the agent should end.  The wait is the only ppoll the agent makes,
+ * and it makes it with nothing on the stack that a request could damage:
+ * the trigger interrupts the agent there and restores it there afterwards.
+ * ulp_agent_resume() comes back into the loop on the agent's own stack
+ * after a request (whether or not a trigger is still there to restore it). */
 __asm__(".text\n"
         ".globl ulp_agent_idle\n"
         ".hidden ulp_agent_idle\n"
         ".type ulp_agent_idle, @function\n"
         "ulp_agent_idle:\n"
-        "1:  movl $" "34" ", %eax\n"      /* SYS_pause */
+        "    pushq %rbx\n    pushq %rbp\n    pushq %r12\n"
+        "    pushq %r13\n    pushq %r14\n    pushq %r15\n"
+        "    subq $8, %rsp\n"                       /* 16-byte aligned for calls */
+        "    movq %rsp, ulp_agent_home(%rip)\n"
+        "ulp_agent_wait:\n"
+        "    movq $0, ulp_agent_timeout(%rip)\n"
+        "    movq $" "250000000" ", ulp_agent_timeout+8(%rip)\n"
+        "    movl $" "271" ", %eax\n"               /* SYS_ppoll */
+        "    xorl %edi, %edi\n"
+        "    xorl %esi, %esi\n"
+        "    leaq ulp_agent_timeout(%rip), %rdx\n"
+        "    xorl %r10d, %r10d\n"
+        "    xorl %r8d, %r8d\n"
         "    syscall\n"
-        "    jmp 1b\n"
-        ".size ulp_agent_idle, .-ulp_agent_idle\n");
+        ".globl ulp_agent_wait_return\n"
+        ".hidden ulp_agent_wait_return\n"
+        "ulp_agent_wait_return:\n"
+        /* the tick runs C code: keep every register as it was, so that the
+         * agent's state seen by a tracer does not change while it idles */
+        "    pushq %rax\n    pushq %rcx\n    pushq %rdx\n    pushq %rsi\n    pushq %rdi\n"
+        "    pushq %r8\n    pushq %r9\n    pushq %r10\n    pushq %r11\n    subq $8, %rsp\n"
+        "    movl $" "0xe7" ", %eax\n"       /* x87 SSE AVX AVX-512, as enabled in XCR0 */
+        "    xorl %edx, %edx\n"
+        "    xsave64 ulp_agent_xsave(%rip)\n"
+        "    call ulp_agent_tick\n"
+        "    movl %eax, ulp_agent_ending(%rip)\n"
+        "    movl $" "0xe7" ", %eax\n"
+        "    xorl %edx, %edx\n"
+        "    xrstor64 ulp_agent_xsave(%rip)\n"
+        "    addq $8, %rsp\n    popq %r11\n    popq %r10\n    popq %r9\n    popq %r8\n"
+        "    popq %rdi\n    popq %rsi\n    popq %rdx\n    popq %rcx\n    popq %rax\n"
+        "    cmpl $0, ulp_agent_ending(%rip)\n"
+        "    je ulp_agent_wait\n"
+        "    addq $8, %rsp\n"
+        "    popq %r15\n    popq %r14\n    popq %r13\n"
+        "    popq %r12\n    popq %rbp\n    popq %rbx\n"
+        "    ret\n"
+        ".size ulp_agent_idle, .-ulp_agent_idle\n"
+        ".globl ulp_agent_resume\n"
+        ".hidden ulp_agent_resume\n"
+        ".type ulp_agent_resume, @function\n"
+        "ulp_agent_resume:\n"
+        "    movq ulp_agent_home(%rip), %rsp\n"
+        "    jmp ulp_agent_wait\n"
+        ".size ulp_agent_resume, .-ulp_agent_resume\n");
 
-_Static_assert(SYS_pause == 34, "ulp_agent_idle uses pause");
+_Static_assert(SYS_ppoll == 271, "ulp_agent_idle uses ppoll");
+_Static_assert(IDLE_TICK_MS * 1000000L == 250000000L, "ulp_agent_idle's timeout");
 
 /* Entered by the trigger with %rsp at the top of call_stack.  It never
- * returns: it answers, then idles until the trigger restores the agent. */
+ * returns: it answers, then goes back to the idle loop on the agent's own
+ * stack, where the trigger finds it and restores it. */
 ULP_HIDDEN __attribute__((noreturn, used)) void ulp_agent_dispatch(void)
 {
     struct ulp_mailbox *box = &ulp_mailbox;
@@ -45,7 +123,71 @@ ULP_HIDDEN __attribute__((noreturn, used)) void ulp_agent_dispatch(void)
     box->staged_fd = ulp_staged_fd;
     __atomic_store_n(&box->state, ULP_AGENT_IDLE, __ATOMIC_RELEASE);
     __atomic_add_fetch(&box->serial, 1, __ATOMIC_RELEASE);
-    ulp_agent_idle();
+    ulp_agent_resume();
+}
+
+/* The number in /proc/self/stat's field 20 (num_threads), -1 if unknown. */
+static long thread_count(void)
+{
+    char buffer[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t got = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (got <= 0)
+        return -1;
+    buffer[got] = '\0';
+    char *field = strrchr(buffer, ')');
+    for (int i = 0; field && i < 18; i++)
+        field = strchr(field + 1, ' ');
+    return field ? strtol(field + 1, NULL, 10) : -1;
+}
+
+/* Is every other thread of the process gone?  A main thread that called
+ * pthread_exit stays a zombie (and is counted) until the last thread ends,
+ * so with two threads counted, their states are looked at. */
+static int alone(void)
+{
+    long count = thread_count();
+    if (count == 1)
+        return 1;
+    if (count != 2)
+        return 0;
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir)
+        return 0;
+    int others = 0;
+    long self = syscall(SYS_gettid);
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        long tid = strtol(entry->d_name, NULL, 10);
+        if (tid <= 0 || tid == self)
+            continue;
+        char path[64], buffer[512];
+        snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;       /* gone meanwhile */
+        ssize_t got = read(fd, buffer, sizeof buffer - 1);
+        close(fd);
+        if (got <= 0)
+            continue;
+        buffer[got] = '\0';
+        char *state = strrchr(buffer, ')');
+        if (!state || (state[2] != 'Z' && state[2] != 'X' && state[2] != 'x'))
+            others++;
+    }
+    closedir(dir);
+    return others == 0;
+}
+
+/* Called by the idle loop after each wait: forget unloaded libraries, and
+ * tell whether the agent should end. */
+ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
+{
+    ulp_forget_unloaded();
+    return alone();
 }
 
 static void *agent_main(void *unused)
@@ -54,6 +196,8 @@ static void *agent_main(void *unused)
     ulp_mailbox.agent_tid = (int32_t)syscall(SYS_gettid);
     __atomic_store_n(&ulp_mailbox.state, ULP_AGENT_IDLE, __ATOMIC_RELEASE);
     ulp_agent_idle();
+    __atomic_store_n(&ulp_mailbox.state, ULP_AGENT_ENDED, __ATOMIC_RELEASE);
+    return NULL;    /* the last thread: glibc calls exit(0) */
 }
 
 /* The agent blocks every signal (it inherits the mask), so signals meant
@@ -66,11 +210,6 @@ static void start_agent(void)
 
     ulp_mailbox.state = ULP_AGENT_STARTING;
     ulp_mailbox.agent_tid = 0;
-    ulp_mailbox.staged_fd = -1;
-    ulp_mailbox.dispatch = (uint64_t)(uintptr_t)ulp_agent_dispatch;
-    ulp_mailbox.call_stack_top = (uint64_t)(uintptr_t)(call_stack + sizeof call_stack);
-    ulp_mailbox.universe_address = (uint64_t)(uintptr_t)&ulp_global_universe;
-
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &saved);
     pthread_attr_init(&attr);
@@ -78,6 +217,8 @@ static void start_agent(void)
     pthread_attr_setstacksize(&attr, 64 * 1024);
     if (pthread_create(&thread, &attr, agent_main, NULL) == 0)
         pthread_setname_np(thread, "ulp-agent");
+    else
+        ulp_mailbox.state = ULP_AGENT_OFF;
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
 }
@@ -89,8 +230,23 @@ static void restart_agent_in_child(void)
     start_agent();
 }
 
+/* ULP_AGENT=off (or 0, no): no agent thread, ever. */
+static int agent_wanted(void)
+{
+    const char *setting = getenv("ULP_AGENT");
+    return !setting || (strcmp(setting, "off") != 0 && strcmp(setting, "0") != 0 &&
+                        strcmp(setting, "no") != 0);
+}
+
 __attribute__((constructor)) static void ulp_runtime_init(void)
 {
+    ulp_mailbox.dispatch = (uint64_t)(uintptr_t)ulp_agent_dispatch;
+    ulp_mailbox.call_stack_top = (uint64_t)(uintptr_t)(call_stack + sizeof call_stack);
+    ulp_mailbox.universe_address = (uint64_t)(uintptr_t)&ulp_global_universe;
+    ulp_mailbox.idle_address = (uint64_t)(uintptr_t)ulp_agent_wait_return;
+    ulp_mailbox.staged_fd = -1;
+    if (!agent_wanted())
+        return;
     start_agent();
     pthread_atfork(NULL, NULL, restart_agent_in_child);
 }

@@ -4,7 +4,17 @@
  * list needs no lock.  Application threads read the version lists
  * concurrently through the tracker: a version is linked in before it can be
  * chosen (its interval is empty until commit), intervals change only by
- * single aligned stores, and nothing a tracker may still hold is freed. */
+ * single aligned stores, and nothing a tracker may still hold is freed.
+ *
+ * The program may dlclose a prepared library at any time.  Each request
+ * (and each idle tick of the agent) first looks which registered libraries
+ * are still loaded: the patches of one that is gone become UNLOADED (never
+ * touched again: their versions lived in its memory), its slot is freed,
+ * and those still loaded stay pinned (dlopen RTLD_NOLOAD) until the request
+ * is answered.  Patch objects are never dlclosed, not even when their
+ * target is gone: a thread may still run a replacement it entered before,
+ * and a replacement may have left pointers into itself (atexit handlers,
+ * callbacks) that nothing tracks. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +29,7 @@
 
 #include "ulp_internal.h"
 
-enum patch_state { PATCH_PENDING, PATCH_APPLIED, PATCH_REVERTED, PATCH_DISCARDED };
+enum patch_state { PATCH_PENDING, PATCH_APPLIED, PATCH_REVERTED, PATCH_DISCARDED, PATCH_UNLOADED };
 
 struct patch_version {
     struct ulp_version version;     /* first: the tracker reads it */
@@ -30,6 +40,7 @@ struct patch {
     uint8_t id[16];
     enum patch_state state;
     struct ulp_lib_desc *lib;
+    int slot;                       /* lib's slot in the library table */
     void *handle;
     int so_fd;                      /* the sealed memfd its object was loaded from */
     uint32_t nunits;
@@ -40,6 +51,61 @@ struct patch {
 };
 
 static struct patch *patches;
+
+/* Objects kept loaded until the current request is answered. */
+static struct {
+    void *handles[ULP_MAX_LIBS + 1];
+    int n;
+} pins;
+
+static void release_pins(void)
+{
+    while (pins.n > 0)
+        dlclose(pins.handles[--pins.n]);
+}
+
+/* Mark the patches of the library in SLOT unloaded, and free the slot. */
+static void forget_library(int slot, struct ulp_lib_desc *lib)
+{
+    for (struct patch *p = patches; p; p = p->next)
+        if (p->slot == slot && p->state != PATCH_DISCARDED)
+            p->state = PATCH_UNLOADED;
+    ulp_forget_slot(slot, lib);
+}
+
+/* Look which registered libraries are still loaded and registered where
+ * the table says; forget the others.  KEEP: leave those still loaded
+ * pinned until release_pins(). */
+static void sweep(int keep)
+{
+    for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
+        struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
+        if (!lib)
+            continue;
+        int gone;
+        void *handle = ulp_pin_object((uint64_t)(uintptr_t)lib, &gone);
+        if (!handle && !gone)
+            continue;       /* there, but its memory is not to be touched: keep it */
+        if (handle) {
+            int64_t state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
+            if (memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 && (state == slot + 1 || state == -1)) {
+                if (keep && pins.n < ULP_MAX_LIBS)
+                    pins.handles[pins.n++] = handle;
+                else
+                    dlclose(handle);
+                continue;   /* still loaded, still registered there (or registering) */
+            }
+            dlclose(handle);
+        }
+        forget_library(slot, lib);
+    }
+}
+
+/* The agent's idle tick: forget what was unloaded since the last look. */
+ULP_HIDDEN void ulp_forget_unloaded(void)
+{
+    sweep(0);
+}
 
 /* A request as received, with bounds already checked. */
 struct parsed_request {
@@ -145,7 +211,10 @@ static int check_requirements(const struct parsed_request *req, struct reply *re
 static int find_target(const struct parsed_request *req, struct ulp_lib_desc **out,
                        struct reply *reply)
 {
-    struct ulp_lib_desc *lib = ulp_find_loaded_library(req->head->lib_desc);
+    void *pin;
+    struct ulp_lib_desc *lib = ulp_find_loaded_library(req->head->lib_desc, &pin);
+    if (pin)
+        pins.handles[pins.n++] = pin;   /* room: at most one beyond the sweep's */
     if (!lib)
         return answer(reply, ULP_E_NOT_ULP_LIBRARY,
                     "no prepared library descriptor at %#lx", (unsigned long)req->head->lib_desc);
@@ -413,8 +482,13 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     patch_id_of(req, id);
     if (memcmp(id, req->head->patch_id, 16) != 0)
         return answer(reply, ULP_E_PATCH_ID, "the patch id does not match the patch's content");
-    if (find_patch(req->head->patch_id, PATCH_APPLIED))
+    struct patch *applied = find_patch(req->head->patch_id, PATCH_APPLIED);
+    if (applied && applied->lib == (struct ulp_lib_desc *)(uintptr_t)req->head->lib_desc)
         return answer(reply, ULP_E_ALREADY_APPLIED, "patch is already applied");
+    if (applied)
+        return answer(reply, ULP_E_TARGET_MISMATCH,
+                      "patch is applied to another copy of the library (descriptor at %p); "
+                      "a library loaded twice cannot be patched", (void *)applied->lib);
     if ((status = check_requirements(req, reply)) != ULP_OK)
         return status;
     if ((status = find_target(req, &lib, reply)) != ULP_OK)
@@ -437,6 +511,7 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
         patches = p;
         return status;
     }
+    p->slot = ulp_library_slot(lib);
     p->next = patches;
     patches = p;
     return answer(reply, ULP_OK, "prepared %u function(s)", p->nunits);
@@ -459,6 +534,9 @@ static uint64_t stamp_and_publish(struct patch *p, int reverting)
 static int commit(const struct parsed_request *req, struct reply *reply)
 {
     struct patch *p = find_patch(req->head->patch_id, PATCH_PENDING);
+    if (!p && find_patch(req->head->patch_id, PATCH_UNLOADED))
+        return answer(reply, ULP_E_UNLOADED, "the target library was unloaded before the "
+                      "commit; nothing applied");
     if (!p)
         return answer(reply, ULP_E_NOT_PENDING, "no prepared patch to commit");
     uint64_t universe = stamp_and_publish(p, 0);
@@ -470,6 +548,8 @@ static int revert(const struct parsed_request *req, struct reply *reply)
 {
     char hex[33];
     struct patch *p = find_patch(req->head->patch_id, PATCH_APPLIED);
+    if (!p && find_patch(req->head->patch_id, PATCH_UNLOADED))
+        return answer(reply, ULP_E_NOT_APPLIED, "patch is not applied: its library was unloaded");
     if (!p)
         return answer(reply, ULP_E_NOT_APPLIED, "patch is not applied");
     for (struct patch *q = patches; q; q = q->next) {
@@ -502,8 +582,20 @@ static int status(struct reply *reply)
     return ULP_OK;
 }
 
+static int handle_request(const struct ulp_request *head, uint32_t size, char *message,
+                          size_t message_size);
+
 ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
                                   char *message, size_t message_size)
+{
+    sweep(1);
+    int status = handle_request(head, size, message, message_size);
+    release_pins();
+    return status;
+}
+
+static int handle_request(const struct ulp_request *head, uint32_t size, char *message,
+                          size_t message_size)
 {
     struct parsed_request req;
     struct reply reply = {message, message_size};

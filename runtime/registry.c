@@ -13,6 +13,7 @@
  * (a seccomp filter may forbid them: docs/consistency.md). */
 #pragma GCC target("general-regs-only")
 
+#include <dlfcn.h>
 #include <link.h>
 #include <string.h>
 
@@ -27,8 +28,10 @@ ULP_HIDDEN uint64_t ulp_global_universe = 1;
 static __thread struct ulp_thread_record records[ULP_MAX_LIBS + 1]
     __attribute__((tls_model("initial-exec"), aligned(64)));
 
+/* The library table: slot i holds the library whose state is i + 1.  A
+ * slot is claimed by registration (any thread, lock-free) and freed by the
+ * agent once the library is unloaded (ulp_forget_slot). */
 static struct ulp_lib_desc *libraries[ULP_MAX_LIBS];
-static int nlibraries;
 
 #define STATE_OVERFLOW (-2)
 #define STATE_REFUSED (-3)
@@ -61,9 +64,23 @@ static void complete_descriptors(struct ulp_lib_desc *lib, int64_t tls_offset)
     }
 }
 
+/* A free slot of the table for LIB, or -1 if every slot is taken.  Taken
+ * with one compare-and-swap per slot: registration runs on application
+ * threads. */
+static int take_free_slot(struct ulp_lib_desc *lib)
+{
+    for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
+        struct ulp_lib_desc *expected = NULL;
+        if (__atomic_compare_exchange_n(&libraries[slot], &expected, lib, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return slot;
+    }
+    return -1;
+}
+
 /* The library's state: its slot + 1 once it has one.  The first thread to
- * install a slot wins; a thread that loses the race leaves its slot number
- * unused (a handler interrupting a registration can cause that, rarely). */
+ * install a slot wins; a thread that loses the race (another thread, or a
+ * handler that interrupted it) gives its table slot back. */
 static int64_t claim_slot(struct ulp_lib_desc *lib)
 {
     int64_t state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
@@ -73,14 +90,13 @@ static int64_t claim_slot(struct ulp_lib_desc *lib)
         __atomic_store_n(&lib->state, STATE_REFUSED, __ATOMIC_RELEASE);
         return STATE_REFUSED;
     }
-    int slot = __atomic_fetch_add(&nlibraries, 1, __ATOMIC_ACQ_REL);
-    int64_t wanted = slot < ULP_MAX_LIBS ? slot + 1 : STATE_OVERFLOW;
+    int slot = take_free_slot(lib);
+    int64_t wanted = slot >= 0 ? slot + 1 : STATE_OVERFLOW;
     if (__atomic_compare_exchange_n(&lib->state, &state, wanted, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_ACQUIRE)) {
-        if (wanted > 0)
-            __atomic_store_n(&libraries[slot], lib, __ATOMIC_RELEASE);
+                                    __ATOMIC_ACQUIRE))
         return wanted;
-    }
+    if (slot >= 0)
+        ulp_forget_slot(slot, lib);
     return state;
 }
 
@@ -121,20 +137,82 @@ static int find_writable_segment(struct dl_phdr_info *info, size_t size, void *d
     return 0;
 }
 
+/* --- the library table, as the agent sees it ------------------------------
+ * Everything below runs on the agent only (it takes the loader's locks). */
+
+/* Keep the object holding ADDRESS loaded: a handle to dlclose later, or
+ * NULL.  *GONE tells whether no loaded object holds ADDRESS (asked under
+ * the loader's lock, which dlclose holds from unmapping to unlinking).  An
+ * object found but not reopened by its name (NULL, *GONE == 0) is there,
+ * but its memory is left alone. */
+ULP_HIDDEN void *ulp_pin_object(uint64_t address, int *gone)
+{
+    Dl_info info;
+    struct link_map *map = NULL, *pinned_map = NULL;
+    *gone = 0;
+    if (!dladdr1((void *)(uintptr_t)address, &info, (void **)&map, RTLD_DL_LINKMAP) || !map) {
+        *gone = 1;
+        return NULL;
+    }
+    const char *name = map->l_name;     /* read under no lock: only compared below */
+    void *handle = dlopen(name && name[0] ? name : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    if (!handle)
+        return NULL;
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &pinned_map) != 0 || pinned_map != map) {
+        dlclose(handle);
+        return NULL;
+    }
+    return handle;
+}
+
 /* The library descriptor at ADDRESS, if it lies in a loaded object and
- * looks like one; NULL otherwise.  ADDRESS comes from the trigger. */
-ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address)
+ * looks like one; NULL otherwise.  ADDRESS comes from the trigger.  The
+ * object is kept loaded (*PIN, to dlclose) so that a dlclose by the
+ * program cannot unmap it while the agent uses it. */
+ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address, void **pin)
 {
     struct search search = {address, 0};
+    int gone;
+    *pin = NULL;
     if (address % 8 != 0)
         return NULL;
+    void *handle = ulp_pin_object(address, &gone);
+    if (!handle)
+        return NULL;
     dl_iterate_phdr(find_writable_segment, &search);
-    if (!search.found)
-        return NULL;
     struct ulp_lib_desc *lib = (struct ulp_lib_desc *)address;
-    if (memcmp(lib->magic, ULP_LIB_MAGIC, 8) != 0 || lib->layout_version != ULP_LAYOUT_VERSION)
+    if (!search.found || memcmp(lib->magic, ULP_LIB_MAGIC, 8) != 0 ||
+        lib->layout_version != ULP_LAYOUT_VERSION) {
+        dlclose(handle);
         return NULL;
+    }
+    *pin = handle;
     return lib;
+}
+
+/* The library registered in SLOT, NULL if the slot is free. */
+ULP_HIDDEN struct ulp_lib_desc *ulp_library_in_slot(int slot)
+{
+    return __atomic_load_n(&libraries[slot], __ATOMIC_ACQUIRE);
+}
+
+/* LIB's slot, -1 if it has none (not registered, or registered while the
+ * table was full).  LIB must be loaded (pinned). */
+ULP_HIDDEN int ulp_library_slot(const struct ulp_lib_desc *lib)
+{
+    int64_t state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
+    return state > 0 && state <= ULP_MAX_LIBS ? (int)state - 1 : -1;
+}
+
+/* Free SLOT, which held LIB, once LIB is unloaded or no longer registered
+ * there.  Threads' records for the slot keep stale values; a library that
+ * takes the slot later can only judge an entry "nested" against them,
+ * which keeps a universe older than any of its versions: the original
+ * code, as if the entry had come before its first patch (docs/design.md). */
+ULP_HIDDEN void ulp_forget_slot(int slot, struct ulp_lib_desc *lib)
+{
+    __atomic_compare_exchange_n(&libraries[slot], &lib, NULL, 0, __ATOMIC_ACQ_REL,
+                                __ATOMIC_ACQUIRE);
 }
 
 /* For tests: a value that changes whenever this thread records an external

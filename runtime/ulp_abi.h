@@ -20,6 +20,8 @@ enum ulp_agent_state {
     ULP_AGENT_STARTING = 0,
     ULP_AGENT_IDLE = 1,
     ULP_AGENT_BUSY = 2,
+    ULP_AGENT_OFF = 3,          /* no agent: ULP_AGENT=off, or it could not start */
+    ULP_AGENT_ENDED = 4,        /* it was the last thread and ended */
 };
 
 struct ulp_mailbox {
@@ -35,7 +37,8 @@ struct ulp_mailbox {
     uint64_t universe_address;  /* where the global universe lives */
     int32_t staged_fd;          /* STAGE: the descriptor the trigger fills */
     uint32_t reserved0;
-    uint64_t reserved[2];
+    uint64_t idle_address;      /* %rip of the agent waiting in its idle ppoll */
+    uint64_t reserved[1];
     char message[ULP_MESSAGE_MAX];
     uint8_t request[ULP_REQUEST_MAX];
 };
@@ -67,6 +70,7 @@ enum ulp_status {
     ULP_E_NOT_PENDING = 14,
     ULP_E_STAGE = 15,           /* the patch object could not be staged or sealed */
     ULP_E_PATCH_ID = 16,        /* the patch id is not the one its content gives */
+    ULP_E_UNLOADED = 17,        /* the patch's target library was unloaded */
 };
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then

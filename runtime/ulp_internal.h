@@ -15,12 +15,18 @@
 /* registry.c: prepared libraries and per-thread records */
 extern uint64_t ulp_global_universe;
 int ulp_register_library(struct ulp_lib_desc *lib);
-struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address);
+struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address, void **pin);
 void ulp_register_function(struct ulp_func_desc *fd);
 
 /* tracker.c: the judgment of entries from outside a library */
 uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t rsp);
 uint64_t ulp_judge_claimed_entry(struct ulp_thread_record *record, uintptr_t rsp);
+
+/* registry.c: the library table (agent side) */
+struct ulp_lib_desc *ulp_library_in_slot(int slot);
+int ulp_library_slot(const struct ulp_lib_desc *lib);
+void ulp_forget_slot(int slot, struct ulp_lib_desc *lib);
+void *ulp_pin_object(uint64_t address, int *gone);
 
 /* altstack.c */
 extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initial-exec")));
@@ -28,6 +34,7 @@ extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initi
 /* patch.c: patches, their versions and universes */
 int ulp_handle_request(const struct ulp_request *req, uint32_t size,
                        char *message, size_t message_size);
+void ulp_forget_unloaded(void);
 
 /* patch.c: what the agent returns besides status and message */
 extern int32_t ulp_staged_fd;
@@ -45,5 +52,4 @@ void ulp_sha256_final(struct ulp_sha256 *h, uint8_t digest[32]);
 int ulp_sha256_fd(int fd, uint8_t digest[32]);
 
 /* agent.c */
-void ulp_agent_idle(void) __attribute__((noreturn));
 #endif

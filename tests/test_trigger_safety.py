@@ -177,9 +177,9 @@ def agent_tid(pid: int) -> int:
 
 
 def agent_idle(pid: int, tid: int) -> bool:
-    """The agent waits in its idle loop: the only place it calls pause (34)."""
+    """The agent waits in its idle loop: the only place it calls ppoll (271)."""
     with open(f"/proc/{pid}/task/{tid}/syscall") as stream:
-        return stream.read().split()[0] == "34"
+        return stream.read().split()[0] == "271"
 
 
 # --- the basics, through the real command ------------------------------------------

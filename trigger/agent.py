@@ -1,16 +1,19 @@
 """Driving the runtime's agent thread: the hijack.
 
-The agent waits in a system call in a loop that holds no lock and uses no
-stack.  To run a request, the trigger stops it (PTRACE_INTERRUPT), saves all
-its registers, points it at ``ulp_agent_dispatch`` on the runtime's call
-stack and lets it run while every application thread keeps running.  The
-agent answers by bumping the mailbox serial and waits again; the trigger then
-stops it and puts every register back.
+The agent waits in a system call (ppoll with a timeout) in a loop that
+holds no lock.  It wakes up now and then to see whether it is the last
+thread of the process (then it ends, and so does the process).  To run a
+request, the trigger stops it (PTRACE_INTERRUPT), saves all its registers,
+points it at ``ulp_agent_dispatch`` on the runtime's call stack and lets it
+run while every application thread keeps running.  The agent answers by
+bumping the mailbox serial and goes back to its idle loop on its own stack;
+the trigger then stops it and puts every register back.
 
 The agent is taken only when it is idle: state IDLE in the mailbox and,
-once stopped, inside the ``pause`` system call of its idle loop (the only
-``pause`` the agent makes).  Anything else means a request still runs, for
-example one started by a trigger that died: it is left to finish (RETRY).
+once stopped, inside the ``ppoll`` of its idle loop (the mailbox gives its
+address; the only ``ppoll`` the agent makes).  Anything else means a request
+still runs, for example one started by a trigger that died: it is left to
+finish (RETRY).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ulp.process import Process, stat_fields
 from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
 POLL_INTERVAL = 0.0002
-SYS_PAUSE = 34
+SYS_PPOLL = 271
 IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
 
 
@@ -51,7 +54,7 @@ def find_mailbox(process: Process) -> int:
             continue
         if value is not None:
             return objects[path] + value
-    if not process.alive():
+    if not process.known():
         raise process.gone()
     raise UlpError(f"process {process.pid} does not have the ulp runtime loaded "
                    "(start it with LD_PRELOAD=libulp.so)", ExitCode.NO_RUNTIME)
@@ -80,6 +83,12 @@ class Agent:
         """Stop the agent in its idle loop; only one trigger can hold it."""
         deadline = self.deadline()
         header = self.header()
+        if header.state == AgentState.OFF:
+            raise UlpError(f"process {self.process.pid} runs the ulp runtime without its agent "
+                           "(started with ULP_AGENT=off): it cannot be patched",
+                           ExitCode.NO_RUNTIME)
+        if header.state == AgentState.ENDED:
+            raise self._agent_gone()
         if header.state == AgentState.STARTING or header.agent_tid <= 0:
             raise UlpError(f"the ulp agent of process {self.process.pid} is not running yet",
                            ExitCode.RETRY)
@@ -92,7 +101,8 @@ class Agent:
                 tracee.detach()  # the process is being stopped: leave it to that
                 raise UlpError(f"process {self.process.pid} is being stopped (job control); "
                                "nothing done", ExitCode.RETRY)
-            if tracee.get_registers().orig_rax == SYS_PAUSE:
+            regs = tracee.get_registers()
+            if regs.orig_rax == SYS_PPOLL and regs.rip == header.idle_address:
                 self.tracee = tracee
                 tracee.save_registers()
                 return
@@ -131,12 +141,28 @@ class Agent:
             raise
         return tracee
 
+    def _release_exec_survivor(self) -> None:
+        """An agent that called execve (a patch object's constructor can) goes
+        on as the process's main thread, with the PID as its thread ID, and
+        stays traced by this process: let it go."""
+        pid = self.process.pid
+        try:
+            with open(f"/proc/{pid}/status") as stream:
+                traced_by_us = any(line.split()[1:] == [str(os.getpid())]
+                                   for line in stream if line.startswith("TracerPid:"))
+        except OSError:
+            return
+        if traced_by_us:
+            survivor = Tracee(pid)
+            survivor.seized = True
+            survivor.let_go(time.monotonic() + 1.0)
+
     def _agent_gone(self) -> UlpError:
-        # the agent never ends on its own: it goes when the process does, and
-        # the other threads of a killed process may take a moment to follow
+        # the agent ends on its own only as the last thread, when the process
+        # ends; the other threads of a killed process may take a moment to follow
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            if not self.process.alive():
+            if not self.process.known():
                 return self.process.gone()
             time.sleep(0.005)
         return UlpError(f"the ulp agent of process {self.process.pid} is gone",
@@ -207,8 +233,14 @@ class Agent:
             if self.header().serial != old_serial:
                 self.running_request = False
                 return
-            if not self.process.alive():
+            if not self.process.known():
                 raise self.process.gone()
+            try:
+                # an agent killed meanwhile (by an execve of another thread)
+                # must be reaped now: the kernel waits for it to finish the exec
+                self.tracee.poll_stop()
+            except ThreadGone:
+                raise self._agent_gone() from None
             if time.monotonic() > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
@@ -222,6 +254,10 @@ class Agent:
         """
         tracee, self.tracee = self.tracee, None
         if tracee is None:
+            return
+        if self.process.image_changed():
+            tracee.let_go(time.monotonic() + 0.2)
+            self._release_exec_survivor()
             return
         if not tracee.stopped:
             tracee.let_go(self.deadline())

@@ -98,9 +98,12 @@ DYING_GRACE = 0.2  # seconds a dying process takes at most to become a zombie
 
 
 def _explained(error: UlpError, process: Process) -> UlpError:
-    """Whatever went wrong, a process that died meanwhile is the reason to report."""
+    """Whatever went wrong, a process that died or called execve meanwhile is
+    the reason to report: the process the trigger knew is gone."""
     if error.exit_code == ExitCode.NO_PROCESS:
         return error
+    if process.image_changed():
+        return process.gone()
     grace = DYING_GRACE if error.exit_code in DEATH_SYMPTOMS else 0.0
     return process.gone() if process.exits_within(grace) else error
 

@@ -136,7 +136,7 @@ def _stopping(process: Process, held: dict[int, Tracee], deadline: float,
                 started.append(time.monotonic())
             _interrupt_all(seized)
             stopped.update(_wait_all(seized, deadline))
-        if not process.alive():
+        if not process.known():
             raise process.gone()
         yield started
     finally:

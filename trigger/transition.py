@@ -54,6 +54,7 @@ STATUS_EXIT_CODES = {
     Status.NOT_PENDING: ExitCode.FAILURE,
     Status.STAGE: ExitCode.PATCH_OBJECT,
     Status.PATCH_ID: ExitCode.BAD_INPUT,
+    Status.UNLOADED: ExitCode.LIBRARY_NOT_LOADED,
 }
 
 #: the largest patch .so the trigger reads
@@ -99,13 +100,18 @@ def _fits(loaded: layout.LibDesc | None, metadata: PatchMetadata) -> bool:
 
 
 def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
-    """The patch's target library in ``process``, checked in memory."""
+    """The patch's target library in ``process``, checked in memory.
+
+    Two copies of the target (the same library loaded from two paths) are
+    refused: patching one would leave calls into the other unpatched.
+    """
     objects = process.mapped_objects()
     wanted = os.path.basename(metadata.target_path)
     candidates = sorted(objects, key=lambda path: (
         os.path.realpath(path) != os.path.realpath(metadata.target_path),
         os.path.basename(path) != wanted))
     mismatch = None
+    fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:
         try:
             library = _open_prepared(process, path, objects[path])
@@ -113,10 +119,18 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
             continue
         target = LoadedTarget(library, objects[path])
         if _fits(_loaded_desc(process, target), metadata):
-            return target
+            fitting.append((path, target))
+            continue
         # another build of the target, by its name; other prepared libraries are just others
         if os.path.basename(path) == wanted:
             mismatch = mismatch or path
+    if len(fitting) > 1:
+        paths = ", ".join(path for path, _ in fitting)
+        raise UlpError(f"the patch's target is loaded {len(fitting)} times in process "
+                       f"{process.pid} ({paths}): patching one copy would leave the other "
+                       "unpatched; nothing done", ExitCode.TARGET_MISMATCH)
+    if fitting:
+        return fitting[0][1]
     if mismatch:
         raise UlpError(f"{mismatch} in process {process.pid} is not the library the patch was "
                        "packed for (identity, build-id or layout differs)",
@@ -242,7 +256,7 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
 def _abort(agent: Agent, metadata: PatchMetadata) -> None:
     """Drop the prepared patch (or staged memfd) now rather than at the next
     request; best effort."""
-    if not agent.process.alive() or agent.tracee is None or not agent.tracee.stopped:
+    if not agent.process.known() or agent.tracee is None or not agent.tracee.stopped:
         return
     try:
         agent.call(_request(Op.ABORT, metadata))

@@ -17,7 +17,7 @@ MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
 # struct ulp_mailbox up to the message
-MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQiI16x"
+MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQiIQ8x"
 MAILBOX_HEADER_SIZE = struct.calcsize(MAILBOX_HEADER_FORMAT)
 MESSAGE_OFFSET = MAILBOX_HEADER_SIZE
 REQUEST_OFFSET = MESSAGE_OFFSET + MESSAGE_MAX
@@ -35,6 +35,8 @@ class AgentState(enum.IntEnum):
     STARTING = 0
     IDLE = 1
     BUSY = 2
+    OFF = 3  # no agent: ULP_AGENT=off, or it could not be started
+    ENDED = 4  # it was the last thread of the process and ended
 
 
 class Op(enum.IntEnum):
@@ -64,6 +66,7 @@ class Status(enum.IntEnum):
     NOT_PENDING = 14
     STAGE = 15
     PATCH_ID = 16
+    UNLOADED = 17
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class MailboxHeader:
     universe_address: int
     staged_fd: int
     reserved0: int
+    idle_address: int
 
     @classmethod
     def unpack(cls, data: bytes) -> MailboxHeader:

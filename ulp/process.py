@@ -35,12 +35,30 @@ def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
 
 
 class Process:
+    """One process image: the PID as it runs now, until it exits or execs.
+
+    /proc/PID/mem is opened at once: that descriptor stays bound to the
+    address space it was opened on, and reads EOF once that address space is
+    gone, whether the process exited or replaced its program with execve
+    (same PID, new image).  Either way the process the caller knew is gone:
+    ``image_changed()`` and ``gone()`` say so (PROCESS_EXITED).
+    """
+
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._mem_fd: int | None = None
+        self._mem_error: UlpError | None = None
         self._objects: dict[str, Mapping] | None = None  # from the last read of maps
         if not os.path.exists(f"/proc/{pid}/status"):
             raise UlpError(f"no process with PID {pid}", ExitCode.NO_PROCESS)
+        if self.state() in DEAD_STATES and self._other_threads_live():
+            # /proc/PID/maps and /proc/PID/mem follow the main thread
+            raise UlpError(f"the main thread of process {pid} has exited (pthread_exit); "
+                           "ulp cannot work on such a process", ExitCode.FAILURE)
+        try:
+            self._mem()
+        except UlpError as error:
+            self._mem_error = error  # raised again when memory is needed
 
     def state(self) -> str | None:
         """The state letter of /proc/PID/stat (R, S, D, T, t, Z...), None if gone."""
@@ -50,6 +68,30 @@ class Process:
     def alive(self) -> bool:
         return self.state() not in (None, *DEAD_STATES)
 
+    def _other_threads_live(self) -> bool:
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return False
+        return any(int(tid) != self.pid and (stat_fields(self.pid, int(tid)) or ["Z"])[0]
+                   not in DEAD_STATES for tid in tids)
+
+    def image_changed(self) -> bool:
+        """True if the address space this object was opened on is gone:
+        the process exited or called execve since."""
+        if self._mem_fd is None:
+            return not self.alive()
+        try:
+            # an address space that exists answers EIO for address 0 (unmapped),
+            # one that is gone answers EOF for every address
+            return os.pread(self._mem_fd, 1, 0) == b""
+        except OSError:
+            return False
+
+    def known(self) -> bool:
+        """Alive and still running the image this object was opened on."""
+        return self.alive() and not self.image_changed()
+
     def exits_within(self, seconds: float) -> bool:
         """True if the process is dead, or dies within ``seconds``.
 
@@ -58,7 +100,7 @@ class Process:
         and its threads vanish.  Errors seen then are its death, not theirs.
         """
         deadline = time.monotonic() + seconds
-        while self.alive():
+        while self.known():
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
@@ -76,7 +118,7 @@ class Process:
                            ExitCode.PERMISSION) from None
         except OSError:
             raise self.gone() from None
-        if not lines and not self.alive():
+        if not lines and not self.known():
             raise self.gone()
         return lines
 
@@ -125,6 +167,8 @@ class Process:
         return path
 
     def _mem(self) -> int:
+        if self._mem_error is not None:
+            raise self._mem_error
         if self._mem_fd is None:
             try:
                 self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR)
@@ -140,6 +184,8 @@ class Process:
             data = os.pread(self._mem(), size, address)
         except OSError as error:
             raise self._memory_error(error, address) from None
+        if not data and size and self.image_changed():
+            raise self.gone()
         if len(data) != size:
             raise UlpError(f"short read at {address:#x} in PID {self.pid}", ExitCode.FAILURE)
         return data
@@ -150,11 +196,13 @@ class Process:
             written = os.pwrite(self._mem(), data, address)
         except OSError as error:
             raise self._memory_error(error, address) from None
+        if written == 0 and data and self.image_changed():
+            raise self.gone()
         if written != len(data):
             raise UlpError(f"short write at {address:#x} in PID {self.pid}", ExitCode.FAILURE)
 
     def _memory_error(self, error: OSError, address: int) -> UlpError:
-        if error.errno in (errno.ESRCH, errno.ENOENT) or not self.alive():
+        if error.errno in (errno.ESRCH, errno.ENOENT) or not self.known():
             return self.gone()
         if error.errno in (errno.EPERM, errno.EACCES):
             return UlpError(f"cannot access the memory of PID {self.pid}: permission denied",
@@ -163,6 +211,10 @@ class Process:
                         f"{error.strerror}", ExitCode.FAILURE)
 
     def gone(self) -> UlpError:
+        """PROCESS_EXITED: the process exited, or execve replaced its program."""
+        if self.alive():
+            return UlpError(f"process {self.pid} exited (it replaced its program with execve)",
+                            ExitCode.PROCESS_EXITED)
         return UlpError(f"process {self.pid} exited", ExitCode.PROCESS_EXITED)
 
     def close(self) -> None:

@@ -1,0 +1,193 @@
+/* The target program of the lifecycle tests (tests/test_lifecycle.py).
+ *
+ * Arguments: none; "execd" (printed first: this image came from an execve);
+ * "pthread-exit" (the main thread starts a thread running the command loop,
+ * then calls pthread_exit: the process must end when that thread returns).
+ * It prints "ready" (or "execd"), then answers one line per command:
+ *   open K PATH     dlopen PATH (RTLD_NOW | RTLD_LOCAL) as handle K (0-7)
+ *   call K          lc_value() of handle K
+ *   close K         dlclose handle K
+ *   threads         the number of threads of the process
+ *   fork-unshare    a fork child tries unshare(CLONE_NEWUSER): its result and
+ *                   the child's number of threads
+ *   exec-traced D   a thread execs this program ("execd") as soon as the ulp
+ *                   agent is traced, after D microseconds more
+ *   bench N         N rounds of 256 malloc(200) then 256 free: ns per pair
+ *   handoff         (main thread) a new thread takes the command loop, the
+ *                   main thread calls pthread_exit
+ *   end             the command loop returns */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void *handles[8];
+
+static int count_threads(void)
+{
+    char line[256];
+    int threads = -1;
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof line, status))
+        if (strncmp(line, "Threads:", 8) == 0)
+            threads = atoi(line + 8);
+    if (status)
+        fclose(status);
+    return threads;
+}
+
+static void fork_unshare(void)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return;
+    pid_t child = fork();
+    if (child == 0) {
+        char text[64];
+        int threads = count_threads();
+        int ok = unshare(CLONE_NEWUSER) == 0;
+        int len = snprintf(text, sizeof text, "unshare=%s child-threads=%d\n",
+                           ok ? "ok" : strerrorname_np(errno), threads);
+        (void)!write(fds[1], text, len);
+        _exit(0);
+    }
+    close(fds[1]);
+    char text[64] = {0};
+    (void)!read(fds[0], text, sizeof text - 1);
+    close(fds[0]);
+    waitpid(child, NULL, 0);
+    fputs(text, stdout);
+}
+
+static char *self_argv0;
+static long exec_delay_us;
+static int agent_tid;
+
+static int agent_is_traced(void)
+{
+    char path[64], line[256];
+    int tracer = 0;
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", agent_tid);
+    FILE *status = fopen(path, "r");
+    while (status && fgets(line, sizeof line, status))
+        if (strncmp(line, "TracerPid:", 10) == 0)
+            tracer = atoi(line + 10);
+    if (status)
+        fclose(status);
+    return tracer != 0;
+}
+
+static void *exec_when_traced(void *unused)
+{
+    (void)unused;
+    struct timespec pause = {0, 100 * 1000};
+    while (!agent_is_traced())
+        nanosleep(&pause, NULL);
+    struct timespec delay = {0, exec_delay_us * 1000};
+    nanosleep(&delay, NULL);
+    char *argv[] = {self_argv0, "execd", NULL};
+    execv("/proc/self/exe", argv);
+    printf("exec failed: %s\n", strerror(errno));
+    return NULL;
+}
+
+static int find_agent(void)
+{
+    char path[64], name[64];
+    for (int tid = getpid(); tid < getpid() + 64; tid++) {
+        snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+        FILE *comm = fopen(path, "r");
+        if (!comm)
+            continue;
+        int found = fgets(name, sizeof name, comm) && strncmp(name, "ulp-agent", 9) == 0;
+        fclose(comm);
+        if (found)
+            return tid;
+    }
+    return 0;
+}
+
+static void bench(long rounds)
+{
+    void *blocks[256];
+    struct timespec start, end;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (long r = 0; r < rounds; r++) {
+        for (int i = 0; i < 256; i++)
+            blocks[i] = malloc(200);
+        for (int i = 0; i < 256; i++)
+            free(blocks[i]);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    double ns = (end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec);
+    printf("bench ns=%.2f\n", ns / (rounds * 256.0));
+}
+
+static void *command_loop(void *unused)
+{
+    char line[4096];
+    (void)unused;
+    while (fgets(line, sizeof line, stdin)) {
+        int k = 0;
+        char path[4000];
+        line[strcspn(line, "\n")] = '\0';
+        if (sscanf(line, "open %d %3999s", &k, path) == 2 && k >= 0 && k < 8) {
+            handles[k] = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+            printf(handles[k] ? "opened\n" : "open failed: %s\n", dlerror());
+        } else if (sscanf(line, "call %d", &k) == 1 && k >= 0 && k < 8 && handles[k]) {
+            int (*value)(void) = (int (*)(void))dlsym(handles[k], "lc_value");
+            printf("value=%d\n", value ? value() : -1);
+        } else if (sscanf(line, "close %d", &k) == 1 && k >= 0 && k < 8 && handles[k]) {
+            dlclose(handles[k]);
+            handles[k] = NULL;
+            printf("closed\n");
+        } else if (strcmp(line, "threads") == 0) {
+            printf("threads=%d\n", count_threads());
+        } else if (strcmp(line, "fork-unshare") == 0) {
+            fork_unshare();
+        } else if (sscanf(line, "exec-traced %ld", &exec_delay_us) == 1) {
+            pthread_t thread;
+            agent_tid = find_agent();
+            if (!agent_tid || pthread_create(&thread, NULL, exec_when_traced, NULL) != 0)
+                printf("exec-traced failed\n");
+            else
+                printf("armed\n");
+        } else if (strncmp(line, "bench ", 6) == 0) {
+            bench(atol(line + 6));
+        } else if (strcmp(line, "handoff") == 0) {
+            return (void *)1;
+        } else if (strcmp(line, "end") == 0) {
+            break;
+        } else {
+            printf("unknown command %s\n", line);
+        }
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    self_argv0 = argv[0];
+    pthread_t thread;
+    if (argc > 1 && strcmp(argv[1], "pthread-exit") == 0) {
+        if (pthread_create(&thread, NULL, command_loop, NULL) != 0)
+            return 2;
+        printf("ready\n");
+        pthread_exit(NULL);
+    }
+    printf(argc > 1 && strcmp(argv[1], "execd") == 0 ? "execd\n" : "ready\n");
+    if (command_loop(NULL) == NULL)
+        return 0;
+    if (pthread_create(&thread, NULL, command_loop, NULL) != 0)
+        return 2;
+    printf("handed\n");
+    pthread_exit(NULL);
+}

@@ -1,0 +1,313 @@
+"""The runtime never harms its process (issue 7, items 9, 10, 12, 13, 14):
+a library loaded twice, libraries unloaded under pending or applied
+patches, a process whose threads all end, a process never patched, a
+process that calls execve while the trigger works.  Real processes, real
+ptrace; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import C_DIR, RUNTIME, LiveProcess, cc, shared_library, tool
+from ulp import metadata
+from ulp.agent_abi import Op, Status
+from ulp.errors import ExitCode
+from ulp.process import Process
+from ulp.trigger import cli, transition
+from ulp.trigger.agent import Agent
+
+TIMEOUT = 20
+
+
+@pytest.fixture(scope="module")
+def lc(build_dir: Path) -> Path:
+    """app, lib/liblc.so (prepared), copy/liblc.so (the same file under
+    another path), fix.ulp (lc_value returns 2), exec.ulp (its constructor
+    execs the program again)."""
+    root = build_dir / "lc"
+    (root / "lib").mkdir(parents=True)
+    (root / "copy").mkdir()
+    lib = shared_library(root / "lib" / "liblc.so", [C_DIR / "lc_lib.c"])
+    assert tool("ulp-prepare", lib).returncode == 0
+    shutil.copy(lib, root / "copy" / "liblc.so")
+    cc(root / "app", [C_DIR / "lc_app.c"], "-ldl", "-lpthread")
+    for name, source, pair in (("fix", "lc_fix.c", "lc_value:lc_value_v2"),
+                               ("exec", "lc_fix_exec.c", "lc_value:lc_value_v3")):
+        shared_library(root / f"lib{name}.so", [C_DIR / source], patchable=False)
+        (root / f"{name}.desc").write_text(f"lib{name}.so\n@lib/liblc.so\n{pair}\n")
+        packed = tool("ulp-packer", root / f"{name}.desc", "-o", root / f"{name}.ulp")
+        assert packed.returncode == 0, packed.stderr
+    return root
+
+
+def start(root: Path, *args: str, env: dict[str, str] | None = None,
+          runtime: bool = True) -> LiveProcess:
+    app = LiveProcess([root / "app", *args], env=env, preload_runtime=runtime)
+    assert app.next_line() == "ready"
+    return app
+
+
+def ask(app: LiveProcess, command: str) -> str:
+    app.send(command + "\n")
+    return app.next_line(TIMEOUT)
+
+
+def trigger_here(*args: str | Path) -> tuple[int, str]:
+    """ulp-trigger's main() in this process: exit code and stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli.main(["--timeout", str(TIMEOUT), "--retries", "20", *map(str, args)])
+    return code, err.getvalue()
+
+
+def apply(app: LiveProcess, patch: Path) -> None:
+    code, err = trigger_here(app.pid, patch)
+    assert code == 0, err
+
+
+def revert(app: LiveProcess, patch: Path) -> None:
+    code, err = trigger_here("--revert", app.pid, patch)
+    assert code == 0, err
+
+
+def prepare_only(app: LiveProcess, patch: Path) -> None:
+    """What a trigger killed between PREPARE and COMMIT leaves: a prepared
+    patch whose versions no universe can see."""
+    process = Process(app.pid)
+    try:
+        md = metadata.read_patch(str(patch))
+        target = transition.find_target(process, md)
+        so_bytes = transition.read_patch_object(md)
+        agent = Agent(process, TIMEOUT)
+        agent.attach()
+        try:
+            status, message = agent.call(transition._request(Op.STAGE, md))
+            assert status == Status.OK, message
+            staged = agent.fill_staged(so_bytes)
+            status, message = agent.call(transition._request(Op.PREPARE, md, target, staged,
+                                                             len(so_bytes)))
+            assert status == Status.OK, message
+        finally:
+            agent.release()
+    finally:
+        process.close()
+
+
+def tracer_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as stream:
+        return next(int(line.split()[1]) for line in stream if line.startswith("TracerPid:"))
+
+
+def agent_threads(pid: int) -> int:
+    count = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            count += Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "ulp-agent"
+    return count
+
+
+# --- item 9: a library loaded twice ---------------------------------------------------
+
+
+def test_library_loaded_twice_is_refused_never_half_patched(lc: Path) -> None:
+    """Two copies of the target (the same file under two paths): the apply is
+    refused with one line and nothing changes; with one copy left it works;
+    a copy loaded after the apply makes the next apply refuse again (not
+    "already applied"), and the revert still works."""
+    with start(lc) as app:
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        assert ask(app, f"open 1 {lc / 'copy' / 'liblc.so'}") == "opened"
+        assert ask(app, "call 0") == ask(app, "call 1") == "value=1"
+        code, err = trigger_here(app.pid, lc / "fix.ulp")
+        assert code == ExitCode.TARGET_MISMATCH, err
+        assert "loaded 2 times" in err and len(err.strip().splitlines()) == 1, err
+        assert ask(app, "call 0") == ask(app, "call 1") == "value=1"
+        assert ask(app, "close 1") == "closed"
+        apply(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=2"
+        assert ask(app, f"open 1 {lc / 'copy' / 'liblc.so'}") == "opened"
+        assert ask(app, "call 1") == "value=1"
+        code, err = trigger_here(app.pid, lc / "fix.ulp")
+        assert code == ExitCode.TARGET_MISMATCH and "loaded 2 times" in err, err
+        revert(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == ask(app, "call 1") == "value=1"
+
+
+# --- item 10: libraries unloaded under patches ---------------------------------------------
+
+
+def test_dlclose_after_a_dead_trigger(lc: Path) -> None:
+    """A prepared, never committed patch, then the program dlcloses the
+    library: the next request must not touch the unmapped descriptors."""
+    path = lc / "lib" / "liblc.so"
+    with start(lc) as app:
+        assert ask(app, f"open 0 {path}") == "opened"
+        assert ask(app, "call 0") == "value=1"
+        prepare_only(app, lc / "fix.ulp")
+        assert ask(app, "close 0") == "closed"
+        code, err = trigger_here("--revert", app.pid, lc / "fix.ulp")
+        assert code == ExitCode.NOT_APPLIED, err
+        assert app.alive()
+        assert ask(app, f"open 0 {path}") == "opened"
+        assert ask(app, "call 0") == "value=1"
+        apply(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=2"
+
+
+def test_seventy_load_cycles_under_every_kind_of_patch_state(lc: Path) -> None:
+    """70 times: dlopen the library, call it, leave it unpatched, applied,
+    applied then reverted, or with a pending patch, dlclose it.  The process
+    never crashes, the library table forgets every unloaded copy (64 slots),
+    and the 71st copy is patched and reverted."""
+    path = lc / "lib" / "liblc.so"
+    patch = lc / "fix.ulp"
+    with start(lc) as app:
+        for cycle in range(70):
+            assert ask(app, f"open 0 {path}") == "opened", cycle
+            assert ask(app, "call 0") == "value=1", cycle
+            kind = cycle % 4
+            if kind == 1:
+                apply(app, patch)
+                assert ask(app, "call 0") == "value=2", cycle
+            elif kind == 2:
+                apply(app, patch)
+                revert(app, patch)
+                assert ask(app, "call 0") == "value=1", cycle
+            elif kind == 3:
+                prepare_only(app, patch)
+                assert ask(app, "call 0") == "value=1", cycle
+            assert ask(app, "close 0") == "closed", cycle
+        code, err = trigger_here("--revert", app.pid, patch)
+        assert code == ExitCode.NOT_APPLIED and "unloaded" in err, err
+        assert ask(app, f"open 0 {path}") == "opened"
+        assert ask(app, "call 0") == "value=1"
+        apply(app, patch)
+        assert ask(app, "call 0") == "value=2"
+        revert(app, patch)
+        assert ask(app, "call 0") == "value=1"
+        assert app.alive()
+
+
+# --- item 12: the process must be able to end -------------------------------------------------
+
+
+def test_process_ends_when_its_last_thread_returns(lc: Path) -> None:
+    """main calls pthread_exit; when the last application thread returns, the
+    process exits (status 0) although the agent runs, patched or not."""
+    with start(lc, "pthread-exit") as app:
+        assert agent_threads(app.pid) == 1
+        app.send("end\n")
+        assert app.proc.wait(timeout=TIMEOUT) == 0
+    with start(lc) as app:
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        apply(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=2"
+        assert ask(app, "handoff") == "handed"
+        assert ask(app, "call 0") == "value=2"
+        deadline = time.monotonic() + TIMEOUT
+        while Path(f"/proc/{app.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the main thread did not exit"
+            time.sleep(0.002)
+        code, err = trigger_here("--revert", app.pid, lc / "fix.ulp")
+        assert code == ExitCode.FAILURE and "main thread" in err, err
+        app.send("end\n")
+        assert app.proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_sigterm_ends_a_process_whose_last_thread_just_returned(lc: Path) -> None:
+    """SIGTERM right after the last application thread returned: taken by
+    that thread, or the process ends anyway; never pending forever."""
+    with start(lc, "pthread-exit") as app:
+        app.send("end\n")
+        os.kill(app.pid, signal.SIGTERM)
+        assert app.proc.wait(timeout=TIMEOUT) in (0, -signal.SIGTERM)
+
+
+# --- item 13: a process never patched -----------------------------------------------------------
+
+
+def observed(app: LiveProcess) -> tuple[str, str]:
+    return ask(app, "threads"), ask(app, "fork-unshare")
+
+
+def test_ulp_agent_off_is_as_single_threaded_as_without_the_runtime(lc: Path) -> None:
+    """ULP_AGENT=off: one thread, unshare(CLONE_NEWUSER) and fork children as
+    without the runtime; the trigger refuses with one line (exit 8).  By
+    default the agent runs from the start, at the cost the docs state."""
+    with start(lc, runtime=False) as app:
+        baseline = observed(app)
+    assert baseline[0] == "threads=1" and "child-threads=1" in baseline[1], baseline
+    with start(lc, env={"ULP_AGENT": "off"}) as app:
+        assert observed(app) == baseline
+        assert agent_threads(app.pid) == 0
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        assert ask(app, "call 0") == "value=1"
+        code, err = trigger_here(app.pid, lc / "fix.ulp")
+        assert code == ExitCode.NO_RUNTIME and "ULP_AGENT=off" in err, err
+        assert len(err.strip().splitlines()) == 1
+    with start(lc) as app:
+        threads, forked = observed(app)
+        assert threads == "threads=2" and "child-threads=2" in forked, forked
+        if "unshare=ok" in baseline[1]:
+            assert "unshare=EINVAL" in forked, forked
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        apply(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=2"
+
+
+# --- item 14: execve while the trigger works ------------------------------------------------------
+
+
+def test_execve_by_the_patch_being_loaded_is_process_exited(lc: Path) -> None:
+    """The patch object's constructor execs the program while the agent loads
+    it: the real command reports the process gone (16) in one line, and the
+    process runs on in its new image, traced by nobody."""
+    with start(lc) as app:
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        result = subprocess.run([str(RUNTIME.parents[1] / ".venv" / "bin" / "ulp-trigger"),
+                                 "--timeout", str(TIMEOUT), str(app.pid), str(lc / "exec.ulp")],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == ExitCode.PROCESS_EXITED, result.stderr
+        assert "execve" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert app.next_line() == "execd"
+        assert ask(app, "threads") == "threads=2"
+        assert tracer_of(app.pid) == 0
+    # the same in-process: nothing stays traced by this (long-lived) process
+    with start(lc) as app:
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        code, err = trigger_here(app.pid, lc / "exec.ulp")
+        assert code == ExitCode.PROCESS_EXITED, err
+        assert app.next_line() == "execd"
+        assert tracer_of(app.pid) == 0
+
+
+def test_execve_at_random_moments_of_an_apply(lc: Path) -> None:
+    """40 trials: a thread of the target execs the program 0-3 ms after the
+    trigger took the agent.  Every answer is 0 (done before the exec) or 16,
+    never another code; nothing stays traced."""
+    rng = random.Random(14)
+    codes: dict[int, int] = {}
+    for trial in range(40):
+        with start(lc) as app:
+            assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+            assert ask(app, f"exec-traced {rng.randrange(0, 3000)}") == "armed"
+            code, err = trigger_here(app.pid, lc / "fix.ulp")
+            codes[code] = codes.get(code, 0) + 1
+            assert code in (ExitCode.OK, ExitCode.PROCESS_EXITED), (trial, code, err)
+            assert app.next_line() == "execd"
+            deadline = time.monotonic() + TIMEOUT
+            while tracer_of(app.pid) != 0:
+                assert time.monotonic() < deadline, "still traced"
+                time.sleep(0.002)
+    print(f"\nexit codes when the target execs: {codes}")
