@@ -485,6 +485,15 @@ def fuzz(corpus: list[Path], loader: Path, scratch: Path, cases: range, seed: in
             conn.send(None)
             process.join(10)
 
+    described: list[Worker] = []
+
+    def describe(outcome: Outcome) -> Outcome:
+        """Name the input of a case whose worker died (the parent makes it again)."""
+        if not described:
+            described.append(Worker(corpus, scratch / "describe", loader, seed))
+        outcome.base, _data, outcome.mutation = described[0].case_input(outcome.case)
+        return outcome
+
     for number in range(jobs):
         conn, process = spawn(number)
         feed(conn, process, number)
@@ -496,8 +505,8 @@ def fuzz(corpus: list[Path], loader: Path, scratch: Path, cases: range, seed: in
                 outcome = conn.recv()
             except EOFError:
                 process.join(10)
-                outcome = Outcome(case, "?", "?", None, "crash",
-                                  f"worker died, exit status {process.exitcode}")
+                outcome = describe(Outcome(case, "?", "?", None, "crash",
+                                           f"worker died, exit status {process.exitcode}"))
                 conn, process = spawn(number)
             outcomes.append(outcome)
             if progress:
@@ -509,8 +518,9 @@ def fuzz(corpus: list[Path], loader: Path, scratch: Path, cases: range, seed: in
                 process.kill()
                 process.join(10)
                 del workers[conn]
-                outcomes.append(Outcome(case, "?", "?", None, "hang",
-                                        f"worker stuck for {now - started:.0f} s, killed"))
+                outcomes.append(describe(Outcome(
+                    case, "?", "?", None, "hang",
+                    f"worker stuck for {now - started:.0f} s, killed")))
                 conn, process = spawn(number)
                 feed(conn, process, number)
     outcomes.sort(key=lambda o: o.case)

@@ -38,10 +38,10 @@ _RELA = struct.Struct("<QQq")
 _DYN = struct.Struct("<qQ")
 
 _ET_DYN, _EM_X86_64 = 3, 62
-_PT_LOAD, _PT_DYNAMIC, _PT_PHDR, _PT_TLS = 1, 2, 6, 7
+_PT_LOAD, _PT_DYNAMIC, _PT_NOTE, _PT_PHDR, _PT_TLS = 1, 2, 4, 6, 7
 _PF_X = 1
 _SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_HASH, _SHT_DYNAMIC = 0, 2, 3, 4, 5, 6
-_SHT_NOBITS, _SHT_REL, _SHT_DYNSYM = 8, 9, 11
+_SHT_NOTE, _SHT_NOBITS, _SHT_REL, _SHT_DYNSYM = 7, 8, 9, 11
 _SHT_GNU_HASH, _SHT_VERDEF, _SHT_VERNEED, _SHT_VERSYM = (0x6FFFFFF6, 0x6FFFFFFD, 0x6FFFFFFE,
                                                         0x6FFFFFFF)
 _SHF_ALLOC, _SHF_TLS = 2, 0x400
@@ -52,7 +52,17 @@ _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 #: STB_LOCAL, GLOBAL, WEAK, GNU_UNIQUE
 _SYMBOL_BINDINGS = {0, 1, 2, 10}
 _R_X86_64_MAX = 42  # R_X86_64_REX_GOTPCRELX, the last type of the x86-64 psABI
-_KNOWN_TAGS = {value for value in ENUM_D_TAG.values() if isinstance(value, int)}
+#: the dynamic tags linkers write for an x86-64 shared object (none of REL, none
+#: of the range markers or other processors' tags)
+_KNOWN_TAGS = {ENUM_D_TAG[name] for name in (
+    "DT_NEEDED", "DT_PLTRELSZ", "DT_PLTGOT", "DT_HASH", "DT_STRTAB", "DT_SYMTAB", "DT_RELA",
+    "DT_RELASZ", "DT_RELAENT", "DT_STRSZ", "DT_SYMENT", "DT_INIT", "DT_FINI", "DT_SONAME",
+    "DT_RPATH", "DT_SYMBOLIC", "DT_PLTREL", "DT_DEBUG", "DT_TEXTREL", "DT_JMPREL",
+    "DT_BIND_NOW", "DT_INIT_ARRAY", "DT_FINI_ARRAY", "DT_INIT_ARRAYSZ", "DT_FINI_ARRAYSZ",
+    "DT_RUNPATH", "DT_FLAGS", "DT_RELRSZ", "DT_RELR", "DT_RELRENT", "DT_GNU_PRELINKED",
+    "DT_CHECKSUM", "DT_GNU_HASH", "DT_TLSDESC_PLT", "DT_TLSDESC_GOT", "DT_AUDIT",
+    "DT_DEPAUDIT", "DT_VERSYM", "DT_RELACOUNT", "DT_FLAGS_1", "DT_VERDEF", "DT_VERDEFNUM",
+    "DT_VERNEED", "DT_VERNEEDNUM", "DT_AUXILIARY", "DT_FILTER")}
 
 #: dynamic tags holding an address, and the section that address must start
 _TAG_SECTION = {"DT_STRTAB": ".dynstr", "DT_SYMTAB": ".dynsym", "DT_RELA": ".rela.dyn",
@@ -66,7 +76,18 @@ _TAG_SIZE = {"DT_STRSZ": ".dynstr", "DT_RELASZ": ".rela.dyn", "DT_PLTRELSZ": ".r
 #: dynamic tags holding some other address in the library
 _TAG_ADDRESS = {"DT_INIT", "DT_FINI", "DT_PLTGOT"}
 #: dynamic tags holding an offset into .dynstr
-_TAG_STRING = {"DT_NEEDED", "DT_SONAME", "DT_RPATH", "DT_RUNPATH"}
+_TAG_STRING = {"DT_NEEDED", "DT_SONAME", "DT_RPATH", "DT_RUNPATH", "DT_AUDIT", "DT_DEPAUDIT",
+               "DT_AUXILIARY", "DT_FILTER"}
+#: a tag of the first kind needs the tags that go with it
+_TAG_NEEDS = {"DT_STRTAB": ("DT_STRSZ",), "DT_SYMTAB": ("DT_SYMENT",),
+              "DT_RELA": ("DT_RELASZ", "DT_RELAENT"), "DT_JMPREL": ("DT_PLTRELSZ", "DT_PLTREL"),
+              "DT_INIT_ARRAY": ("DT_INIT_ARRAYSZ",), "DT_FINI_ARRAY": ("DT_FINI_ARRAYSZ",),
+              "DT_VERDEF": ("DT_VERDEFNUM",), "DT_VERNEED": ("DT_VERNEEDNUM",)}
+#: the section type each section a dynamic tag points at must have
+_SECTION_TYPES = {".dynstr": 3, ".dynsym": 11, ".rela.dyn": 4, ".rela.plt": 4,
+                  ".gnu.hash": 0x6FFFFFF6, ".hash": 5, ".gnu.version": 0x6FFFFFFF,
+                  ".gnu.version_r": 0x6FFFFFFE, ".gnu.version_d": 0x6FFFFFFD,
+                  ".init_array": 14, ".fini_array": 15, ".dynamic": 6}
 _TAG_VALUE = {name: value for name, value in ENUM_D_TAG.items() if isinstance(value, int)}
 
 
@@ -190,6 +211,11 @@ class _Checker:
             raise self.malformed("the first loadable segment does not map the ELF header")
         for segment in self.segments:
             self.read(segment.offset, segment.filesz, "a segment")
+            if segment.vaddr + segment.memsz > MAX_ADDRESS:
+                raise self.malformed(f"a segment ends beyond {MAX_ADDRESS:#x}")
+            if segment.type == _PT_NOTE:
+                self.check_notes(self.read(segment.offset, segment.filesz, "a note segment"),
+                                 "a note segment")
             if segment.type in (_PT_LOAD, _PT_TLS) or not segment.memsz:
                 continue
             if not self.in_load(segment.vaddr, segment.memsz, segment.offset):
@@ -255,6 +281,8 @@ class _Checker:
             what = f"section {section.name or section.index}"
             if section.align > 1 and section.align & (section.align - 1):
                 raise self.malformed(f"{what} has an alignment that is not a power of two")
+            if section.addr + section.size > MAX_ADDRESS:
+                raise self.malformed(f"{what} ends beyond {MAX_ADDRESS:#x}")
             if section.link >= len(self.sections):
                 raise self.malformed(f"{what} links to a section that does not exist")
             if section.has_bytes:
@@ -287,9 +315,22 @@ class _Checker:
         if section.type in (_SHT_RELA, _SHT_HASH, _SHT_GNU_HASH, _SHT_VERSYM) and \
                 linked.type not in (_SHT_DYNSYM, _SHT_SYMTAB):
             raise self.malformed(f"{what} does not link to a symbol table")
+        if section.type == _SHT_NOTE:
+            self.check_notes(self.read(section.offset, section.size, what), what)
         if section.type == _SHT_STRTAB and section.size and \
                 self.read(section.offset + section.size - 1, 1, what) != b"\0":
             raise self.malformed(f"{what}: string table does not end with a NUL")
+
+    def check_notes(self, data: bytes, what: str) -> None:
+        """Every note's name and descriptor stay inside the section."""
+        offset = 0
+        while offset < len(data):
+            if offset + 12 > len(data):
+                raise self.malformed(f"{what}: truncated note")
+            namesz, descsz, _type = struct.unpack_from("<III", data, offset)
+            offset += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+            if offset > len(data):
+                raise self.malformed(f"{what}: a note runs past its section")
 
     # -- the dynamic section ------------------------------------------------------
 
@@ -333,6 +374,11 @@ class _Checker:
                 raise self.malformed(f"{name} is outside the loadable segments")
         else:
             raise self.malformed(".dynamic has no DT_NULL")
+        for name, type_ in _SECTION_TYPES.items():
+            self.section(name, type_)
+        for tag, needs in _TAG_NEEDS.items():
+            if tag in tags and not all(need in tags for need in needs):
+                raise self.malformed(f"{tag} without {' or '.join(needs)}")
         for tag, name in _TAG_SECTION.items():
             section = self.by_name.get(name)
             if (tag in tags) != (section is not None and section.size > 0) or \
@@ -356,6 +402,7 @@ class _Checker:
         versym = self.section(".gnu.version", _SHT_VERSYM)
         if versym is not None and versym.size != 2 * self.symbol_count:
             raise self.malformed(".gnu.version does not have one entry per dynamic symbol")
+        self.check_hash_tables()
         for index in range(self.symbol_count):
             name, info, other, shndx, value, size = _SYM.unpack_from(data, index * _SYM.size)
             what = f"dynamic symbol {index}"
@@ -376,6 +423,37 @@ class _Checker:
                 segment = self.in_load(value, max(size, 1))
                 if segment is None or not segment.flags & _PF_X:
                     raise self.malformed(f"{what} is a function outside the code segments")
+
+    def check_hash_tables(self) -> None:
+        """Readers count the dynamic symbols from the hash tables: they must agree."""
+        count = self.symbol_count
+        gnu = self.section(".gnu.hash", _SHT_GNU_HASH)
+        if gnu is not None:
+            data = self.read(gnu.offset, gnu.size, ".gnu.hash")
+            if len(data) < 16:
+                raise self.malformed(".gnu.hash is truncated")
+            buckets, first, bloom, shift = struct.unpack_from("<IIII", data)
+            if (not buckets or not bloom or bloom & (bloom - 1) or shift >= 64
+                    or first > count
+                    or len(data) != 16 + 8 * bloom + 4 * buckets + 4 * (count - first)):
+                raise self.malformed(".gnu.hash does not fit .dynsym")
+            start = 16 + 8 * bloom
+            heads = struct.unpack_from(f"<{buckets}I", data, start)
+            chains = struct.unpack_from(f"<{count - first}I", data, start + 4 * buckets)
+            if any(head and not first <= head < count for head in heads) or \
+                    (chains and not chains[-1] & 1):
+                raise self.malformed(".gnu.hash does not fit .dynsym")
+        sysv = self.section(".hash", _SHT_HASH)
+        if sysv is not None:
+            data = self.read(sysv.offset, sysv.size, ".hash")
+            if len(data) < 8:
+                raise self.malformed(".hash is truncated")
+            buckets, chains = struct.unpack_from("<II", data)
+            if not buckets or chains != count or len(data) != 8 + 4 * (buckets + chains):
+                raise self.malformed(".hash does not fit .dynsym")
+            if any(entry >= count for entry in struct.unpack_from(f"<{buckets + chains}I",
+                                                                   data, 8)):
+                raise self.malformed(".hash does not fit .dynsym")
 
     def check_relocations(self) -> None:
         for section in self.sections:

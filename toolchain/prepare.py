@@ -98,6 +98,14 @@ def prepare(path: str, output: str) -> bool:
 
 
 def _rewrite(library: Library, nobits: list[NobitsSection], out: str) -> None:
+    try:
+        _edit(library, nobits, out)
+    except trampolines.CodeError as error:
+        # check_input keeps every address in reach of a trampoline: a bug if seen
+        raise UlpError(f"{library.path}: internal error, {error}", ExitCode.FAILURE) from None
+
+
+def _edit(library: Library, nobits: list[NobitsSection], out: str) -> None:
     editor = Editor(library.path)
     nfuncs = len(library.functions)
     data_vaddr, code_vaddr = editor.add_sections(
