@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import io
 import multiprocessing
 import os
@@ -49,7 +48,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from support import C_DIR, PATCHABLE, cc, shared_library  # noqa: E402
+from support import C_DIR, cc, shared_library  # noqa: E402
 
 #: exit codes a mutated library may get
 ALLOWED = {0, 4, 5}
@@ -206,7 +205,8 @@ def interesting(rng: random.Random, size: int, old: int, file_size: int) -> int:
     choice = rng.randrange(14)
     value = [
         0, 1, top, top >> 1, (top >> 1) + 1, file_size, file_size + 1, file_size - 1,
-        old + rng.choice([-16, -8, -1, 1, 8, 16, 4096, -4096]), old * 2, old ^ (1 << rng.randrange(8 * size)),
+        old + rng.choice([-16, -8, -1, 1, 8, 16, 4096, -4096]), old * 2,
+        old ^ (1 << rng.randrange(8 * size)),
         rng.getrandbits(8 * size), 1 << rng.randrange(8 * size), 0x7FFF_FFFF,
     ][choice]
     return value & top
@@ -215,7 +215,8 @@ def interesting(rng: random.Random, size: int, old: int, file_size: int) -> int:
 _FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 
 
-def mutate(data: bytes, rng: random.Random, table: list[Field], spans: Regions) -> tuple[bytes, str]:
+def mutate(data: bytes, rng: random.Random, table: list[Field],
+           spans: Regions) -> tuple[bytes, str]:
     """One to three mutations of ``data``; return the result and what was done."""
     out = bytearray(data)
     done = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
 
 from elftools.elf.enums import ENUM_D_TAG
 
@@ -297,7 +298,7 @@ class _Checker:
                                          "not match them")
             self.check_table(section, what)
         spans.sort()
-        for (start, length, what), (next_start, _length, other) in zip(spans, spans[1:]):
+        for (start, length, what), (next_start, _length, other) in pairwise(spans):
             if start + length > next_start:
                 raise self.malformed(f"{what} overlaps {other}")
 
@@ -328,9 +329,12 @@ class _Checker:
             if offset + 12 > len(data):
                 raise self.malformed(f"{what}: truncated note")
             namesz, descsz, _type = struct.unpack_from("<III", data, offset)
+            name_end = offset + 12 + namesz
             offset += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
             if offset > len(data):
                 raise self.malformed(f"{what}: a note runs past its section")
+            if namesz and data[name_end - 1] != 0:
+                raise self.malformed(f"{what}: a note's name does not end with a NUL")
 
     # -- the dynamic section ------------------------------------------------------
 

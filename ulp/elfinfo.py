@@ -8,15 +8,18 @@ import struct
 from collections.abc import Iterator
 
 from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from ulp.errors import ExitCode, UlpError, open_input
 
 # pyelftools reports a damaged file with more than ELFError: a bad offset
-# surfaces as OSError (negative seek), struct.error or a None where a section
-# was expected.
-MALFORMED_ELF_ERRORS = (ELFError, OSError, ValueError, AttributeError, TypeError, KeyError,
-                        IndexError, struct.error, UnicodeDecodeError)
+# surfaces as OSError (negative seek), struct.error, a construct error (a
+# string without its NUL), a zero entry size or a None where a section was
+# expected.
+MALFORMED_ELF_ERRORS = (ELFError, ConstructError, OSError, ValueError, AttributeError,
+                        TypeError, KeyError, IndexError, ZeroDivisionError, struct.error,
+                        UnicodeDecodeError)
 
 
 @contextlib.contextmanager
