@@ -37,6 +37,10 @@ _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
 _DYN = struct.Struct("<qQ")
+_VERDEF = struct.Struct("<HHHHIII")
+_VERDAUX = struct.Struct("<II")
+_VERNEED = struct.Struct("<HHIII")
+_VERNAUX = struct.Struct("<IHHII")
 
 _ET_DYN, _EM_X86_64 = 3, 62
 _PT_LOAD, _PT_DYNAMIC, _PT_NOTE, _PT_PHDR, _PT_TLS = 1, 2, 4, 6, 7
@@ -145,9 +149,13 @@ class _Checker:
         self.sections: list[Section] = []
         self.by_name: dict[str, Section] = {}
 
-    def read(self, offset: int, length: int, what: str) -> bytes:
+    def within(self, offset: int, length: int, what: str) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise Malformed(f"malformed ELF file ({what} is past the end of the file)")
+
+    def read(self, offset: int, length: int, what: str) -> bytes:
+        """Bytes of the file; never more than the file holds."""
+        self.within(offset, length, what)
         self.stream.seek(offset)
         return self.stream.read(length)
 
@@ -158,6 +166,7 @@ class _Checker:
         self.check_sections()
         self.check_dynamic()
         self.check_symbols()
+        self.check_versions(self.tags)
         self.check_relocations()
 
     # -- the ELF header -----------------------------------------------------------
@@ -211,7 +220,7 @@ class _Checker:
         if loads[0].offset != 0 or loads[0].vaddr != 0:
             raise self.malformed("the first loadable segment does not map the ELF header")
         for segment in self.segments:
-            self.read(segment.offset, segment.filesz, "a segment")
+            self.within(segment.offset, segment.filesz, "a segment")
             if segment.vaddr + segment.memsz > MAX_ADDRESS:
                 raise self.malformed(f"a segment ends beyond {MAX_ADDRESS:#x}")
             if segment.type == _PT_NOTE:
@@ -287,7 +296,7 @@ class _Checker:
             if section.link >= len(self.sections):
                 raise self.malformed(f"{what} links to a section that does not exist")
             if section.has_bytes:
-                self.read(section.offset, section.size, what)
+                self.within(section.offset, section.size, what)
                 spans.append((section.offset, section.size, what))
             if section.flags & _SHF_ALLOC and section.size and not section.flags & _SHF_TLS:
                 if section.type == _SHT_NOBITS:
@@ -396,6 +405,7 @@ class _Checker:
         for tag, value in expected.items():
             if tag in tags and tags[tag] != value:
                 raise self.malformed(f"{tag} is {tags[tag]:#x}")
+        self.tags = tags
 
     # -- dynamic symbols and relocations -----------------------------------------
 
@@ -458,6 +468,58 @@ class _Checker:
             if any(entry >= count for entry in struct.unpack_from(f"<{buckets + chains}I",
                                                                    data, 8)):
                 raise self.malformed(".hash does not fit .dynsym")
+
+    def check_versions(self, tags: dict[str, int]) -> None:
+        """Version definitions and needs stay in their sections; .gnu.version uses them."""
+        dynstr = self.by_name[".dynstr"].size
+        indexes = {0, 1}  # local, global
+        verdef = self.section(".gnu.version_d", _SHT_VERDEF)
+        if verdef is not None:
+            if verdef.info != tags.get("DT_VERDEFNUM"):
+                raise self.malformed(".gnu.version_d and DT_VERDEFNUM disagree")
+            data = self.read(verdef.offset, verdef.size, ".gnu.version_d")
+            for at, (_v, _flags, index, count, _hash, aux, _next) in self.walk(
+                    data, 0, verdef.info, _VERDEF, 6, ".gnu.version_d"):
+                indexes.add(index)
+                for _at, (name, _next) in self.walk(data, at + aux, count, _VERDAUX, 1,
+                                                    ".gnu.version_d"):
+                    if name >= dynstr:
+                        raise self.malformed(".gnu.version_d names a string outside .dynstr")
+        verneed = self.section(".gnu.version_r", _SHT_VERNEED)
+        if verneed is not None:
+            if verneed.info != tags.get("DT_VERNEEDNUM"):
+                raise self.malformed(".gnu.version_r and DT_VERNEEDNUM disagree")
+            data = self.read(verneed.offset, verneed.size, ".gnu.version_r")
+            for at, (_v, count, file, aux, _next) in self.walk(
+                    data, 0, verneed.info, _VERNEED, 4, ".gnu.version_r"):
+                if file >= dynstr:
+                    raise self.malformed(".gnu.version_r names a file outside .dynstr")
+                for _at, (_hash, _flags, index, name, _next) in self.walk(
+                        data, at + aux, count, _VERNAUX, 4, ".gnu.version_r"):
+                    if name >= dynstr:
+                        raise self.malformed(".gnu.version_r names a string outside .dynstr")
+                    indexes.add(index)
+        versym = self.section(".gnu.version", _SHT_VERSYM)
+        if versym is not None:
+            data = self.read(versym.offset, versym.size, ".gnu.version")
+            if any(index & 0x7FFF not in indexes
+                   for index in struct.unpack_from(f"<{len(data) // 2}H", data)):
+                raise self.malformed(".gnu.version uses a version that is not defined")
+
+    def walk(self, data: bytes, start: int, count: int, record: struct.Struct,
+             next_field: int, what: str):
+        """``count`` records chained by their field ``next_field`` (a relative offset)."""
+        if count > len(data) // record.size:
+            raise self.malformed(f"{what} counts more entries than it can hold")
+        offset = start
+        for number in range(count):
+            if offset + record.size > len(data):
+                raise self.malformed(f"{what} runs past its section")
+            fields = record.unpack_from(data, offset)
+            yield offset, fields
+            if number + 1 < count and not fields[next_field]:
+                raise self.malformed(f"{what} ends before its count")
+            offset += fields[next_field]
 
     def check_relocations(self) -> None:
         for section in self.sections:
