@@ -387,6 +387,8 @@ class Worker:
             return ""
         if stderr:
             return "exit 0 with a message on stderr"
+        if output != source and source.read_bytes() != data:
+            return "input changed although written to another file"
         try:
             verify_prepared(str(output))
         except UlpError as error:

@@ -228,7 +228,8 @@ class _Checker:
                                  "a note segment")
             if segment.type in (_PT_LOAD, _PT_TLS) or not segment.memsz:
                 continue
-            if not self.in_load(segment.vaddr, segment.memsz, segment.offset):
+            if not self.in_load(segment.vaddr, segment.memsz, segment.offset,
+                                file_bytes=False):
                 raise self.malformed(f"segment of type {segment.type:#x} is outside the "
                                      "loadable segments")
         if not self.in_load(phoff, phnum * _PHDR.size, phoff):
