@@ -116,9 +116,24 @@ def _unknown_symbol_type(path: Path, data: bytearray) -> None:
     _put(data, dynsym["sh_offset"] + 24 + 4, "<B", 0x1F)  # LIEF warned on stderr
 
 
+def _function_made_undefined(path: Path, data: bytearray) -> None:
+    dynsym = _sections(path)[".dynsym"]
+    with open(path, "rb") as stream:
+        symbols = list(ELFFile(stream).get_section_by_name(".dynsym").iter_symbols())
+    index = next(i for i, s in enumerate(symbols) if s.name == "foo")
+    _put(data, dynsym["sh_offset"] + 24 * index + 6, "<H", 0)  # the output did not load
+
+
+def _section_after_the_section_headers(path: Path, data: bytearray) -> None:
+    _put(data, _shdr_field(_sections(path)[".comment"], 24), "<Q", len(data))
+    data.extend(bytes(64))  # LIEF garbled the section names
+
+
 @pytest.mark.parametrize("damage", [_gnu_hash_without_buckets, _section_past_the_end,
                                     _note_past_its_section, _segment_far_away,
-                                    _relocations_retyped, _unknown_symbol_type])
+                                    _relocations_retyped, _unknown_symbol_type,
+                                    _function_made_undefined,
+                                    _section_after_the_section_headers])
 def test_crash_classes_found_by_the_fuzzer_are_refused(corpus, tmp_path, damage):
     libraries, _loader = corpus
     library = tmp_path / "libsmall.so"

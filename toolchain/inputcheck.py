@@ -298,6 +298,10 @@ class _Checker:
                 raise self.malformed(f"{what} links to a section that does not exist")
             if section.has_bytes:
                 self.within(section.offset, section.size, what)
+                if section.offset + section.size > self.shdr_range[0]:
+                    # Linkers write the section header table last; LIEF
+                    # mangles the names of a file that has data after it.
+                    raise self.malformed(f"{what} is after the section header table")
                 spans.append((section.offset, section.size, what))
             if section.flags & _SHF_ALLOC and section.size and not section.flags & _SHF_TLS:
                 if section.type == _SHT_NOBITS:
@@ -427,6 +431,10 @@ class _Checker:
                 continue
             if name >= dynstr.size:
                 raise self.malformed(f"{what} has a name outside .dynstr")
+            if shndx == 0 and value:
+                # ld.so binds a GLOB_DAT to an undefined symbol with a value,
+                # LIEF moves it out of the hash table: the output would differ.
+                raise self.malformed(f"{what} is undefined but has a value")
             if info & 0xF not in _SYMBOL_TYPES or info >> 4 not in _SYMBOL_BINDINGS:
                 raise self.malformed(f"{what} has an unknown type or binding")
             if other & ~3:

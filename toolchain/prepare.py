@@ -196,7 +196,7 @@ def _check_plan(prepared: PreparedLibrary, plan: Plan) -> None:
         raise ValueError("descriptor table mismatch")
     for function, found in zip(functions, prepared.functions, strict=True):
         if (set(found.names) != set(function.names) or found.entry != function.entry
-                or found.body != function.body):
+                or found.body != function.body or found.has_endbr64 != function.has_endbr64):
             raise ValueError(f"function {function.name} recorded wrongly")
 
 
