@@ -81,6 +81,12 @@ def build_corpus(directory: Path) -> list[Path]:
         shared_library(directory / "libprep_cet.so", [C_DIR / "prep_lib.c"], "-fcf-protection"),
         shared_library(directory / "libsmall.so", [C_DIR / "prep_small.c"]),
     ]
+    script = directory / "fuzz_extra.map"
+    script.write_text("EXTRA_1 { global: extra_count; extra_ifunc; extra_versioned; "
+                      "local: *; };\n")
+    corpus.append(shared_library(directory / "libextra.so", [C_DIR / "fuzz_extra.c"],
+                                 f"-Wl,--version-script={script}", "-Wl,--hash-style=both",
+                                 "-Wl,-z,now"))
     # An already prepared library: the path that only checks and copies.
     prepared = directory / "libsmall_prepared.so"
     result = subprocess.run([str(Path(sys.executable).parent / "ulp-prepare"),

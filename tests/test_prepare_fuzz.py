@@ -69,6 +69,10 @@ def test_the_real_command_agrees_with_main(corpus, build_dir, tmp_path):
     assert seen == {0, 4, 5}
 
 
+def _named(libraries: list[Path], name: str) -> Path:
+    return next(path for path in libraries if path.name == name)
+
+
 # -- crash classes the fuzzer found, one each -----------------------------------------
 
 
@@ -137,7 +141,7 @@ def _section_after_the_section_headers(path: Path, data: bytearray) -> None:
 def test_crash_classes_found_by_the_fuzzer_are_refused(corpus, tmp_path, damage):
     libraries, _loader = corpus
     library = tmp_path / "libsmall.so"
-    shutil.copy(libraries[2], library)
+    shutil.copy(_named(libraries, "libsmall.so"), library)
     data = bytearray(library.read_bytes())
     damage(library, data)
     library.write_bytes(bytes(data))
@@ -163,7 +167,7 @@ def test_an_output_that_does_not_verify_is_not_written(corpus, tmp_path, monkeyp
                                                        in_place):
     libraries, _loader = corpus
     library = tmp_path / "libsmall.so"
-    shutil.copy(libraries[2], library)
+    shutil.copy(_named(libraries, "libsmall.so"), library)
     before = library.read_bytes()
 
     def broken(path: str):
@@ -181,7 +185,7 @@ def test_an_output_that_does_not_verify_is_not_written(corpus, tmp_path, monkeyp
 def test_a_damaged_prepared_library_is_not_taken_as_prepared(corpus, tmp_path):
     libraries, _loader = corpus
     library = tmp_path / "libsmall.so"
-    shutil.copy(libraries[3], library)  # prepared already
+    shutil.copy(_named(libraries, "libsmall_prepared.so"), library)
     prepared = prepare_module.verify_prepared(str(library))
     trampoline = prepared.functions[0].trampoline
     code = _sections(library)[layout.CODE_SECTION]

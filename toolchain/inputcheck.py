@@ -207,8 +207,6 @@ class _Checker:
             raise self.malformed("no loadable segment")
         end = 0
         for segment in loads:
-            if segment.filesz > segment.memsz:
-                raise self.malformed("a segment's file size exceeds its memory size")
             if segment.align > 1 and (segment.align & (segment.align - 1)
                                       or (segment.vaddr - segment.offset) % segment.align):
                 raise self.malformed("a segment is not aligned")
@@ -221,12 +219,18 @@ class _Checker:
             raise self.malformed("the first loadable segment does not map the ELF header")
         for segment in self.segments:
             self.within(segment.offset, segment.filesz, "a segment")
+            if segment.filesz > segment.memsz:
+                raise self.malformed("a segment's file size exceeds its memory size")
             if segment.vaddr + segment.memsz > MAX_ADDRESS:
                 raise self.malformed(f"a segment ends beyond {MAX_ADDRESS:#x}")
             if segment.type == _PT_NOTE:
                 self.check_notes(self.read(segment.offset, segment.filesz, "a note segment"),
                                  "a note segment")
-            if segment.type in (_PT_LOAD, _PT_TLS) or not segment.memsz:
+            if segment.type == _PT_TLS:  # its .tbss part takes no room in the segment
+                if not self.in_load(segment.vaddr, segment.filesz, segment.offset):
+                    raise self.malformed("the TLS segment is outside the loadable segments")
+                continue
+            if segment.type == _PT_LOAD or not segment.memsz:
                 continue
             if not self.in_load(segment.vaddr, segment.memsz, segment.offset,
                                 file_bytes=False):
