@@ -152,6 +152,18 @@ def test_crash_classes_found_by_the_fuzzer_are_refused(corpus, tmp_path, damage)
     assert [p.name for p in tmp_path.iterdir()] == ["libsmall.so"]
 
 
+def test_thread_local_section_moved_out_of_its_segment_is_refused(corpus, tmp_path):
+    libraries, _loader = corpus
+    library = tmp_path / "libextra.so"
+    shutil.copy(_named(libraries, "libextra.so"), library)
+    data = bytearray(library.read_bytes())
+    _put(data, _shdr_field(_sections(library)[".tbss"], 16), "<Q", 0x2003D70)
+    library.write_bytes(bytes(data))
+    result = tool("ulp-prepare", library)  # was: internal error, NOBITS in no segment
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert ".tbss is outside the TLS segment" in result.stderr
+
+
 # -- a prepared library is valid or not written ----------------------------------------
 
 

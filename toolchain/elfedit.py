@@ -155,5 +155,5 @@ def _file_offset_of(elf: ELFFile, vaddr: int) -> int:
     for segment in elf.iter_segments(type="PT_LOAD"):
         if segment["p_vaddr"] <= vaddr <= segment["p_vaddr"] + segment["p_memsz"]:
             return segment["p_offset"] + vaddr - segment["p_vaddr"]
-    raise UlpError(f"address {vaddr:#x} of a NOBITS section is in no segment",
+    raise UlpError(f"internal error, address {vaddr:#x} of a NOBITS section is in no segment",
                    ExitCode.FAILURE)

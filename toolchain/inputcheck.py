@@ -238,6 +238,10 @@ class _Checker:
                                      "loadable segments")
         if not self.in_load(phoff, phnum * _PHDR.size, phoff):
             raise self.malformed("the program header table is not loaded")
+        tls = [s for s in self.segments if s.type == _PT_TLS]
+        if len(tls) > 1:
+            raise self.malformed("more than one TLS segment")
+        self.tls = tls[0] if tls else None
         dynamics = [s for s in self.segments if s.type == _PT_DYNAMIC]
         if len(dynamics) != 1:
             raise Malformed("not a shared object (no single dynamic segment)")
@@ -307,18 +311,32 @@ class _Checker:
                     # mangles the names of a file that has data after it.
                     raise self.malformed(f"{what} is after the section header table")
                 spans.append((section.offset, section.size, what))
-            if section.flags & _SHF_ALLOC and section.size and not section.flags & _SHF_TLS:
-                if section.type == _SHT_NOBITS:
-                    if not self.in_load(section.addr, section.size, file_bytes=False):
-                        raise self.malformed(f"{what} is outside the loadable segments")
-                elif not self.in_load(section.addr, section.size, section.offset):
-                    raise self.malformed(f"{what} is outside the loadable segments or does "
-                                         "not match them")
+            # ulp-prepare puts back the address of every NOBITS section that has one
+            if section.flags & _SHF_ALLOC or (section.type == _SHT_NOBITS and section.addr):
+                self.check_placement(section, what)
             self.check_table(section, what)
         spans.sort()
         for (start, length, what), (next_start, _length, other) in pairwise(spans):
             if start + length > next_start:
                 raise self.malformed(f"{what} overlaps {other}")
+
+    def check_placement(self, section: Section, what: str) -> None:
+        """A loaded section lies in the PT_LOAD that maps it (and PT_TLS for TLS)."""
+        if section.flags & _SHF_TLS:
+            tls = self.tls
+            if tls is None or not (tls.vaddr <= section.addr
+                                   and section.addr + section.size <= tls.vaddr + tls.memsz):
+                raise self.malformed(f"{what} is outside the TLS segment")
+            if section.type == _SHT_NOBITS:  # .tbss takes no room in the PT_LOAD
+                if not self.in_load(section.addr, 0, file_bytes=False):
+                    raise self.malformed(f"{what} is outside the loadable segments")
+                return
+        if section.type == _SHT_NOBITS:
+            if not self.in_load(section.addr, section.size, file_bytes=False):
+                raise self.malformed(f"{what} is outside the loadable segments")
+        elif section.size and not self.in_load(section.addr, section.size, section.offset):
+            raise self.malformed(f"{what} is outside the loadable segments or does not "
+                                 "match them")
 
     def check_table(self, section: Section, what: str) -> None:
         linked = self.sections[section.link]
