@@ -10,7 +10,7 @@ RUNTIME_SRCS := $(wildcard runtime/*.c) $(wildcard runtime/*.S)
 RUNTIME_HDRS := $(wildcard runtime/*.h)
 RUNTIME := runtime/libulp.so
 
-.PHONY: all setup system-deps venv runtime demo test bench lint clean
+.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean
 
 all: setup
 
@@ -45,6 +45,15 @@ test: setup lint
 
 bench: setup
 	$(VENV)/bin/python bench/run_bench.py
+
+# ulp-prepare on mutated libraries: FUZZ_COUNT cases of seed FUZZ_SEED (the
+# suite runs 1,200 of another seed); failing inputs are kept in build/fuzz-failures.
+FUZZ_COUNT ?= 20000
+FUZZ_SEED ?= 1
+FUZZ_JOBS ?= 2
+fuzz: setup
+	nice $(VENV)/bin/python tests/fuzz_prepare.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED) \
+		--jobs $(FUZZ_JOBS) --work $(BUILD)/fuzz --save $(BUILD)/fuzz-failures
 
 lint: venv
 	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench

@@ -17,6 +17,8 @@ PATCHABLE_FLAG = layout.PATCHABLE_FLAG
 ENTRIES_SECTION = "__patchable_function_entries"
 _R_X86_64_RELATIVE = 8
 _PF_X = 1
+#: the LibDesc has room for a build-id of this many bytes (ld's sha1 build-id)
+BUILD_ID_MAX = 20
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ def read_library(elf: ELFFile, path: str) -> Library:
     code_start, code_end = code_range(elf, path)
     library = Library(path, elfinfo.file_sha256(path), elfinfo.build_id(elf), code_start,
                       code_end)
+    if len(library.build_id) > BUILD_ID_MAX:
+        raise UlpError(f"{path}: its build-id is {len(library.build_id)} bytes, the "
+                       f".ulp layout holds at most {BUILD_ID_MAX}",
+                       ExitCode.NOT_PATCHABLE)
     for entry, names in exported_functions(elf).items():
         library.functions.append(check_function(elf, path, entry, names, entries))
     if not library.functions:

@@ -22,6 +22,7 @@ import lief
 from elftools.elf.elffile import ELFFile
 
 from ulp import layout
+from ulp.elfinfo import MALFORMED_ELF_ERRORS
 from ulp.errors import ExitCode, UlpError
 
 lief.logging.disable()
@@ -74,7 +75,11 @@ class Editor:
         section.flags = flags
         section.alignment = _ALIGNMENT
         section.content = list(content)
-        return self.binary.add(section, loaded=True)
+        added = self.binary.add(section, loaded=True)
+        if added is None:  # inputcheck refuses what LIEF cannot extend: a bug if seen
+            raise UlpError(f"{self.path}: internal error, LIEF could not add section {name}",
+                           ExitCode.FAILURE)
+        return added
 
     def set_contents(self, data: bytes, code: bytes) -> None:
         assert self.data is not None and self.code is not None
@@ -115,7 +120,11 @@ class Editor:
 
     def write(self, out: str, nobits: list[NobitsSection]) -> None:
         self.binary.write(out)
-        restore_nobits_headers(out, nobits)
+        try:
+            restore_nobits_headers(out, nobits)
+        except MALFORMED_ELF_ERRORS as error:  # LIEF wrote a file we cannot read: a bug
+            raise UlpError(f"{self.path}: internal error, the file LIEF wrote does not "
+                           f"parse ({error})", ExitCode.FAILURE) from None
 
 
 def restore_nobits_headers(path: str, nobits: list[NobitsSection]) -> None:
@@ -146,5 +155,5 @@ def _file_offset_of(elf: ELFFile, vaddr: int) -> int:
     for segment in elf.iter_segments(type="PT_LOAD"):
         if segment["p_vaddr"] <= vaddr <= segment["p_vaddr"] + segment["p_memsz"]:
             return segment["p_offset"] + vaddr - segment["p_vaddr"]
-    raise UlpError(f"address {vaddr:#x} of a NOBITS section is in no segment",
+    raise UlpError(f"internal error, address {vaddr:#x} of a NOBITS section is in no segment",
                    ExitCode.FAILURE)

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 
 from ulp import layout
-from ulp.elfinfo import open_elf, read_vaddr, require_x86_64_shared_object
+from ulp.elfinfo import open_elf, require_x86_64_shared_object
 from ulp.errors import ExitCode, UlpError, run_cli
 from ulp.prepared import PreparedLibrary
 
@@ -28,6 +28,8 @@ from .analysis import (
     read_library,
 )
 from .elfedit import Editor, NobitsSection, original_nobits
+from .inputcheck import check_input
+from .verify import verify_prepared
 
 DESCRIPTION = """\
 Make an x86-64 shared object live-patchable: add a trampoline for every
@@ -77,19 +79,33 @@ def prepare(path: str, output: str) -> bool:
     Return False if ``path`` was already prepared: it is then only copied
     to ``output`` when that is another file.
     """
+    check_input(path)
     with open_elf(path) as elf:
         require_x86_64_shared_object(elf, path)
-        if prepared_descriptor(elf, path) is not None:
-            if not _same_file(path, output):
-                _replace_atomically(output, path, lambda tmp: shutil.copyfile(path, tmp))
-            return False
-        library = read_library(elf, path)
-        nobits = original_nobits(elf)
+        already = prepared_descriptor(elf, path) is not None
+        if not already:
+            library = read_library(elf, path)
+            nobits = original_nobits(elf)
+    if already:
+        # Only a library that checks out as ulp-prepare's own output counts
+        # as prepared: anything else is refused, never passed on.
+        verify_prepared(path)
+        if not _same_file(path, output):
+            _replace_atomically(output, path, lambda tmp: shutil.copyfile(path, tmp))
+        return False
     _replace_atomically(output, path, lambda tmp: _rewrite(library, nobits, tmp))
     return True
 
 
 def _rewrite(library: Library, nobits: list[NobitsSection], out: str) -> None:
+    try:
+        _edit(library, nobits, out)
+    except trampolines.CodeError as error:
+        # check_input keeps every address in reach of a trampoline: a bug if seen
+        raise UlpError(f"{library.path}: internal error, {error}", ExitCode.FAILURE) from None
+
+
+def _edit(library: Library, nobits: list[NobitsSection], out: str) -> None:
     editor = Editor(library.path)
     nfuncs = len(library.functions)
     data_vaddr, code_vaddr = editor.add_sections(
@@ -157,32 +173,32 @@ class Plan:
 
 
 def check_output(out: str, plan: Plan) -> None:
-    """Read the written file back as the packer and runtime will; fail loudly if off."""
+    """Read the written file back as the packer and runtime will; fail loudly if off.
+
+    ``verify_prepared`` is the check any prepared library must pass; on top
+    of it the file must hold what ``plan`` put there.  A library that fails
+    either is a bug of ulp-prepare: it is not renamed over the output.
+    """
     try:
-        prepared = PreparedLibrary.open(out)
-        _check_prepared(prepared, plan)
-    except (UlpError, trampolines.CodeError, ValueError, KeyError) as error:
+        prepared = verify_prepared(out)
+        _check_plan(prepared, plan)
+    except (UlpError, ValueError) as error:
         raise UlpError(f"{plan.library.path}: internal error, the prepared library does not "
                        f"check out ({error})", ExitCode.FAILURE) from None
 
 
-def _check_prepared(prepared: PreparedLibrary, plan: Plan) -> None:
+def _check_plan(prepared: PreparedLibrary, plan: Plan) -> None:
     functions = plan.library.functions
-    if prepared.lib_desc_vaddr != plan.data_vaddr or len(prepared.functions) != len(functions):
+    if (prepared.lib_desc_vaddr != plan.data_vaddr
+            or prepared.lib_desc_vaddr + prepared.desc.trampolines_delta != plan.code_vaddr
+            or prepared.identity != plan.library.identity
+            or prepared.build_id != plan.library.build_id
+            or len(prepared.functions) != len(functions)):
         raise ValueError("descriptor table mismatch")
-    with open_elf(prepared.path) as elf:
-        for function, found in zip(functions, prepared.functions, strict=True):
-            if (set(found.names) != set(function.names) or found.entry != function.entry
-                    or found.body != function.body):
-                raise ValueError(f"function {function.name} recorded wrongly")
-            trampolines.verify_trampoline(
-                read_vaddr(elf, found.trampoline, layout.TRAMPOLINE_SIZE), found.trampoline,
-                found.entry, found.func_desc, plan.got_slot)
-            trampolines.verify_padding_stub(
-                read_vaddr(elf, function.padding, layout.PADDING_SIZE), function.padding,
-                found.func_desc, plan.got_slot)
-            if read_vaddr(elf, function.entry_nops, 2) != layout.TWO_BYTE_NOP:
-                raise ValueError(f"entry of {function.name} not rewritten")
+    for function, found in zip(functions, prepared.functions, strict=True):
+        if (set(found.names) != set(function.names) or found.entry != function.entry
+                or found.body != function.body or found.has_endbr64 != function.has_endbr64):
+            raise ValueError(f"function {function.name} recorded wrongly")
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -58,7 +58,10 @@ def _assemble_line(line: str, address: int) -> bytes:
     # keystone 0.9 predates CET and does not know endbr64: it is a constant.
     if line == "endbr64":
         return layout.ENDBR64
-    encoding, _count = _keystone().asm(line, address)
+    try:
+        encoding, _count = _keystone().asm(line, address)
+    except keystone.KsError as error:
+        raise CodeError(f"keystone cannot assemble {line!r} at {address:#x} ({error})") from None
     if not encoding:
         raise CodeError(f"keystone produced nothing for {line!r}")
     return bytes(encoding)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 
 from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from ulp.errors import ExitCode, UlpError
 from ulp.files import open_input
 
 # pyelftools reports a damaged file with more than ELFError: a bad offset
-# surfaces as OSError (negative seek), struct.error or a None where a section
-# was expected.
-MALFORMED_ELF_ERRORS = (ELFError, OSError, ValueError, AttributeError, TypeError, KeyError,
-                        IndexError, struct.error, UnicodeDecodeError)
+# surfaces as OSError (negative seek), struct.error, a construct error (a
+# string without its NUL), a zero entry size or a None where a section was
+# expected.
+MALFORMED_ELF_ERRORS = (ELFError, ConstructError, OSError, ValueError, AttributeError,
+                        TypeError, KeyError, IndexError, ZeroDivisionError, struct.error,
+                        UnicodeDecodeError)
 
 
 @contextlib.contextmanager
@@ -80,12 +84,18 @@ def dynamic_symbol_value(elf: ELFFile, name: str) -> int | None:
     return None
 
 
+_LOADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def read_vaddr(elf: ELFFile, vaddr: int, size: int) -> bytes:
     """The file bytes that load at ``vaddr`` (from a PT_LOAD segment)."""
-    for segment in elf.iter_segments(type="PT_LOAD"):
-        start, filesz = segment["p_vaddr"], segment["p_filesz"]
+    loads = _LOADS.get(elf)
+    if loads is None:  # parsed once per file: preparing reads thousands of addresses
+        loads = _LOADS[elf] = [(s["p_vaddr"], s["p_filesz"], s["p_offset"])
+                               for s in elf.iter_segments(type="PT_LOAD")]
+    for start, filesz, offset in loads:
         if start <= vaddr and vaddr + size <= start + filesz:
-            elf.stream.seek(segment["p_offset"] + vaddr - start)
+            elf.stream.seek(offset + vaddr - start)
             return elf.stream.read(size)
     raise ValueError(f"address {vaddr:#x} is not in the file")
 
