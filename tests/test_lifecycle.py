@@ -283,13 +283,6 @@ def test_execve_by_the_patch_being_loaded_is_process_exited(lc: Path) -> None:
         assert app.next_line() == "execd"
         assert ask(app, "threads") == "threads=2"
         assert tracer_of(app.pid) == 0
-    # the same in-process: nothing stays traced by this (long-lived) process
-    with start(lc) as app:
-        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
-        code, err = trigger_here(app.pid, lc / "exec.ulp")
-        assert code == ExitCode.PROCESS_EXITED, err
-        assert app.next_line() == "execd"
-        assert tracer_of(app.pid) == 0
 
 
 def test_execve_at_random_moments_of_an_apply(lc: Path) -> None:

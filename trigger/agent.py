@@ -170,7 +170,8 @@ class Agent:
 
     def call(self, request: Request) -> tuple[int, str]:
         """Run one request on the agent; return the runtime's status and message."""
-        assert self.tracee is not None and self.tracee.stopped
+        if self.tracee is None or not self.tracee.stopped:
+            raise self._agent_gone()  # reaped meanwhile (an execve killed it)
         header = self.header()
         payload = request.pack()
         self.process.write(self.mailbox + agent_abi.REQUEST_OFFSET, payload)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,10 +90,45 @@ def all_threads_stopped(process: Process, held: dict[int, Tracee],
     global _last_pause
     deadline = time.monotonic() + timeout
     stopped: dict[int, Tracee] = {}
-    with _scheduled_first(), _stopping(process, held, deadline, stopped) as started:
+    with _reaping(held), _scheduled_first(), _stopping(process, held, deadline,
+                                                       stopped) as started:
         yield
     if started:
         _last_pause = Pause(len(stopped), time.monotonic() - started[0])
+
+
+@contextlib.contextmanager
+def _reaping(held: dict[int, Tracee]) -> Iterator[None]:
+    """Reap a held thread that dies while other threads are being seized.
+
+    An execve by another thread kills the held agent and then waits, holding
+    the lock PTRACE_SEIZE needs, until the agent's tracer (this process)
+    reaps it: a seize blocked on that lock would wait forever.  A second
+    thread of this process reaps the dead (exit events only: stops stay for
+    the main logic), so the exec, and then the seize, go on.
+    """
+    done = threading.Event()
+
+    def reap() -> None:
+        while not done.wait(0.001):
+            for tracee in list(held.values()):
+                if not tracee.seized:
+                    continue
+                try:
+                    info = os.waitid(os.P_PID, tracee.tid, os.WEXITED | os.WNOHANG | WALL)
+                except ChildProcessError:
+                    info = None
+                    tracee.seized = tracee.stopped = False
+                if info is not None:
+                    tracee.seized = tracee.stopped = False
+
+    reaper = threading.Thread(target=reap, name="ulp-reaper", daemon=True)
+    reaper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reaper.join()
 
 
 @contextlib.contextmanager

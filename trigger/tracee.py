@@ -266,7 +266,12 @@ class Tracee:
 
     def _error(self, action: str, error: PtraceError) -> UlpError:
         if error.errno == errno.ESRCH:
-            self.seized = self.seized and action != "attach to"
+            if self.seized and action != "attach to":
+                # dead: a traced thread stays a zombie until its tracer waits
+                # for it, and an execve of another thread waits for that
+                self._reap()
+            self.seized = False
+            self.stopped = False
             return ThreadGone(f"thread {self.tid} exited")
         if error.errno in (errno.EPERM, errno.EACCES):
             return UlpError(f"cannot {action} thread {self.tid}: ptrace not permitted "
