@@ -144,9 +144,28 @@ static long thread_count(void)
     return field ? strtol(field + 1, NULL, 10) : -1;
 }
 
+/* Is the thread TID a zombie or dead?  (Unknown: no.) */
+static int thread_ended(long tid)
+{
+    char path[64], buffer[512];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 1;       /* gone meanwhile */
+    ssize_t got = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (got <= 0)
+        return 1;
+    buffer[got] = '\0';
+    char *state = strrchr(buffer, ')');
+    return state && (state[2] == 'Z' || state[2] == 'X' || state[2] == 'x');
+}
+
 /* Is every other thread of the process gone?  A main thread that called
  * pthread_exit stays a zombie (and is counted) until the last thread ends,
- * so with two threads counted, their states are looked at. */
+ * so with two threads counted, their states are looked at.  No malloc (no
+ * opendir): the agent's idle check must not change the process's memory
+ * map (a first malloc on a thread creates an arena). */
 static int alone(void)
 {
     long count = thread_count();
@@ -154,31 +173,29 @@ static int alone(void)
         return 1;
     if (count != 2)
         return 0;
-    DIR *dir = opendir("/proc/self/task");
-    if (!dir)
+    int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
         return 0;
     int others = 0;
     long self = syscall(SYS_gettid);
-    struct dirent *entry;
-    while ((entry = readdir(dir)) != NULL) {
-        long tid = strtol(entry->d_name, NULL, 10);
-        if (tid <= 0 || tid == self)
-            continue;
-        char path[64], buffer[512];
-        snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;       /* gone meanwhile */
-        ssize_t got = read(fd, buffer, sizeof buffer - 1);
-        close(fd);
-        if (got <= 0)
-            continue;
-        buffer[got] = '\0';
-        char *state = strrchr(buffer, ')');
-        if (!state || (state[2] != 'Z' && state[2] != 'X' && state[2] != 'x'))
-            others++;
+    char buffer[1024] __attribute__((aligned(8)));
+    long got;
+    while ((got = syscall(SYS_getdents64, dir, buffer, sizeof buffer)) > 0) {
+        for (long at = 0; at < got;) {
+            struct linux_dirent64 {
+                uint64_t ino;
+                int64_t off;
+                unsigned short reclen;
+                unsigned char type;
+                char name[];
+            } *entry = (void *)(buffer + at);
+            long tid = strtol(entry->name, NULL, 10);
+            if (tid > 0 && tid != self && !thread_ended(tid))
+                others++;
+            at += entry->reclen;
+        }
     }
-    closedir(dir);
+    close(dir);
     return others == 0;
 }
 

@@ -82,18 +82,23 @@ static void sweep(int keep)
         struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
         if (!lib)
             continue;
+        if (!keep) {
+            if (!ulp_library_registered_in(lib, slot))
+                forget_library(slot, lib);
+            continue;
+        }
         int gone;
         void *handle = ulp_pin_object((uint64_t)(uintptr_t)lib, &gone);
         if (!handle && !gone)
             continue;       /* there, but its memory is not to be touched: keep it */
         if (handle) {
             int64_t state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
-            if (memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 && (state == slot + 1 || state == -1)) {
+            if (memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 && (state == slot + 1 || state == 0)) {
                 if (keep && pins.n < ULP_MAX_LIBS)
                     pins.handles[pins.n++] = handle;
                 else
                     dlclose(handle);
-                continue;   /* still loaded, still registered there (or registering) */
+                continue;   /* still loaded, registered there (or being registered) */
             }
             dlclose(handle);
         }

@@ -119,6 +119,7 @@ ULP_HIDDEN void ulp_register_function(struct ulp_func_desc *fd)
 struct search {
     uint64_t address;
     int found;
+    int64_t state;              /* of the descriptor found, read while it is listed */
 };
 
 static int find_writable_segment(struct dl_phdr_info *info, size_t size, void *data)
@@ -130,7 +131,11 @@ static int find_writable_segment(struct dl_phdr_info *info, size_t size, void *d
         uint64_t start = info->dlpi_addr + ph->p_vaddr;
         if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && search->address >= start &&
             search->address + sizeof(struct ulp_lib_desc) <= start + ph->p_memsz) {
-            search->found = 1;
+            /* dlclose unlists an object before it unmaps it: while it is
+             * listed here, its memory can be read. */
+            const struct ulp_lib_desc *lib = (const void *)(uintptr_t)search->address;
+            search->found = memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0;
+            search->state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
             return 1;
         }
     }
@@ -171,7 +176,7 @@ ULP_HIDDEN void *ulp_pin_object(uint64_t address, int *gone)
  * program cannot unmap it while the agent uses it. */
 ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address, void **pin)
 {
-    struct search search = {address, 0};
+    struct search search = {address, 0, 0};
     int gone;
     *pin = NULL;
     if (address % 8 != 0)
@@ -188,6 +193,17 @@ ULP_HIDDEN struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address, void *
     }
     *pin = handle;
     return lib;
+}
+
+/* Is LIB still loaded and registered in SLOT (or being registered)?  Asked
+ * by the agent's idle check, which must not allocate (dlopen would: a
+ * first malloc on the agent creates an arena, and the process's memory map
+ * would change on its own) or keep anything loaded. */
+ULP_HIDDEN int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slot)
+{
+    struct search search = {(uint64_t)(uintptr_t)lib, 0, 0};
+    dl_iterate_phdr(find_writable_segment, &search);
+    return search.found && (search.state == slot + 1 || search.state == 0);
 }
 
 /* The library registered in SLOT, NULL if the slot is free. */

@@ -27,6 +27,7 @@ struct ulp_lib_desc *ulp_library_in_slot(int slot);
 int ulp_library_slot(const struct ulp_lib_desc *lib);
 void ulp_forget_slot(int slot, struct ulp_lib_desc *lib);
 void *ulp_pin_object(uint64_t address, int *gone);
+int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slot);
 
 /* altstack.c */
 extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initial-exec")));

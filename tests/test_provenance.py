@@ -444,7 +444,8 @@ int main(void)
     FIELD(ulp_mailbox, request_size); FIELD(ulp_mailbox, dispatch);
     FIELD(ulp_mailbox, call_stack_top); FIELD(ulp_mailbox, universe_address);
     FIELD(ulp_mailbox, staged_fd); FIELD(ulp_mailbox, reserved0);
-    ARRAY(ulp_mailbox, reserved); ARRAY(ulp_mailbox, message); ARRAY(ulp_mailbox, request);
+    FIELD(ulp_mailbox, idle_address); ARRAY(ulp_mailbox, reserved);
+    ARRAY(ulp_mailbox, message); ARRAY(ulp_mailbox, request);
     FIELD(ulp_request, op); FIELD(ulp_request, nunits); FIELD(ulp_request, ndeps);
     FIELD(ulp_request, strings_size); ARRAY(ulp_request, patch_id); FIELD(ulp_request, lib_desc);
     ARRAY(ulp_request, identity); ARRAY(ulp_request, so_sha256); FIELD(ulp_request, so_path);
@@ -460,7 +461,7 @@ int main(void)
 
 MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "status",
                   "request_size", "dispatch", "call_stack_top", "universe_address", "staged_fd",
-                  "reserved0", "reserved"]
+                  "reserved0", "idle_address", "reserved"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
                   "so_sha256", "so_path", "so_fd", "so_size"]
 

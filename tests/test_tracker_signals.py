@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from consistency_support import C_DIR, LiveProcess, apply, ask, cc, patch, prepared_library, revert
 
+PHASE_TIMEOUT = 300.0
+
 
 @pytest.fixture(scope="module")
 def step(build_dir: Path) -> Path:
@@ -50,7 +52,10 @@ def test_a_signal_at_every_instruction_never_mixes_an_activation(step: Path,
         # handler, and from the round's callback on.
         universes = (2, 3, 4, 5) if moment == "revert" else (1, 2, 4, 5)
         jump = " jump" if "longjmp" in moment else ""
-        found = counts(ask(app, "go " + " ".join(map(str, universes)) + jump))
+        # One round per instruction boundary, each stepped from its start:
+        # tens of seconds on a loaded machine.
+        app.send("go " + " ".join(map(str, universes)) + jump + "\n")
+        found = counts(app.next_line(timeout=PHASE_TIMEOUT))
     assert found["tracer"] == "1", found
     boundaries, runtime = int(found["boundaries"]), int(found["runtime"])
     if jump:
