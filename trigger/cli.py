@@ -7,7 +7,7 @@ import time
 
 from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.metadata import read_patch
-from ulp.process import Process
+from ulp.process import DYING_GRACE, Process
 from ulp.trigger import codewrite, transition
 from ulp.trigger.tracee import block_sigchld, release_orphans
 
@@ -94,7 +94,6 @@ def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
 #: errors a process that is being killed can cause on its way out
 DEATH_SYMPTOMS = {ExitCode.FAILURE, ExitCode.PERMISSION, ExitCode.NO_RUNTIME,
                   ExitCode.LIBRARY_NOT_LOADED, ExitCode.TARGET_MISMATCH, ExitCode.RETRY}
-DYING_GRACE = 0.2  # seconds a dying process takes at most to become a zombie
 
 
 def _explained(error: UlpError, process: Process) -> UlpError:

@@ -22,6 +22,7 @@ class Mapping:
 
 #: /proc states of a task that will never run again
 DEAD_STATES = ("Z", "X", "x")
+DYING_GRACE = 0.2  # seconds a dying process takes at most to become a zombie
 
 
 def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
@@ -52,7 +53,12 @@ class Process:
         if not os.path.exists(f"/proc/{pid}/status"):
             raise UlpError(f"no process with PID {pid}", ExitCode.NO_PROCESS)
         if self.state() in DEAD_STATES and self._other_threads_live():
-            # /proc/PID/maps and /proc/PID/mem follow the main thread
+            # A process being killed loses its main thread first: its other
+            # threads follow within moments.  One whose main thread called
+            # pthread_exit keeps them: /proc/PID/maps and /proc/PID/mem
+            # follow the main thread, so ulp cannot work on it.
+            if self._threads_end_within(DYING_GRACE):
+                raise UlpError(f"process {pid} exited", ExitCode.PROCESS_EXITED)
             raise UlpError(f"the main thread of process {pid} has exited (pthread_exit); "
                            "ulp cannot work on such a process", ExitCode.FAILURE)
         try:
@@ -75,6 +81,14 @@ class Process:
             return False
         return any(int(tid) != self.pid and (stat_fields(self.pid, int(tid)) or ["Z"])[0]
                    not in DEAD_STATES for tid in tids)
+
+    def _threads_end_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self._other_threads_live():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def image_changed(self) -> bool:
         """True if the address space this object was opened on is gone:
