@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def revert(pid: int, patch_file: Path) -> None:
     assert result.returncode == 0, (result.returncode, result.stderr)
 
 
+def counts(line: str) -> dict[str, str]:
+    """The NAME=VALUE pairs of a line a test program printed."""
+    return dict(re.findall(r"(\w+)=([\d,]+)", line))
+
+
 def ask(app: LiveProcess, command: str) -> str:
     """Send one command and return the next line the program prints."""
     app.send(command + "\n")
@@ -63,4 +69,4 @@ def ask(app: LiveProcess, command: str) -> str:
 
 
 __all__ = ["C_DIR", "LiveProcess", "cc", "cxx", "shared_library", "tool", "prepared_library",
-           "patch", "trigger", "apply", "revert", "ask"]
+           "patch", "trigger", "apply", "revert", "ask", "counts"]

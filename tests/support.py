@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import queue
 import signal
@@ -37,6 +39,17 @@ def tool(name: str, *args: str | Path, timeout: float = 120) -> subprocess.Compl
     """Run one of the ulp console scripts as a user would."""
     return subprocess.run([str(BIN_DIR / name), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
+
+
+def trigger_here(*args: str | Path | int) -> tuple[int, str, str]:
+    """ulp-trigger's main() in this process: exit code, stdout, stderr (a
+    Python process per call would take 0.1 s to start)."""
+    from ulp.trigger import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(arg) for arg in args])
+    return code, out.getvalue(), err.getvalue()
 
 
 class LiveProcess:

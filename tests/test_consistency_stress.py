@@ -9,16 +9,13 @@ version; every operation must succeed.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import random
-import re
 from pathlib import Path
 
 import pytest
-from consistency_support import C_DIR, LiveProcess, ask, cc, patch, prepared_library
+from consistency_support import C_DIR, LiveProcess, ask, cc, counts, patch, prepared_library
 
-from ulp.trigger import cli
+from support import trigger_here
 
 OPERATIONS = 1000
 VERSIONS = (2, 3, 4)
@@ -36,16 +33,6 @@ def stress(build_dir: Path) -> Path:
     return root
 
 
-def trigger_here(*args: str | Path) -> tuple[int, str]:
-    """ulp-trigger's main() in this process (1000 interpreter starts would take minutes)."""
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        code = cli.main(["--timeout", "30", "--retries", "20", *map(str, args)])
-    return code, err.getvalue()
-
-
-def counts(line: str) -> dict[str, str]:
-    return dict(re.findall(r"(\w+)=([\d,]+)", line))
 
 
 def test_a_thousand_stacked_applies_and_reverts_never_mix_an_activation(stress: Path) -> None:
@@ -57,8 +44,9 @@ def test_a_thousand_stacked_applies_and_reverts_never_mix_an_activation(stress: 
         for operation in range(OPERATIONS):
             version = chooser.choice(VERSIONS)
             reverting = version in applied
-            code, err = trigger_here(*(["--revert"] if reverting else []), app.pid,
-                                     stress / f"fix{version}.ulp")
+            code, _, err = trigger_here("--timeout", "30", "--retries", "20",
+                                        *(["--revert"] if reverting else []), app.pid,
+                                        stress / f"fix{version}.ulp")
             if code != 0:
                 failures.append((operation, version, reverting, code, err))
                 break

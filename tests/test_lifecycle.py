@@ -8,7 +8,6 @@ ptrace; every wait has a timeout.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import random
 import shutil
@@ -19,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
+import support
 from support import C_DIR, RUNTIME, LiveProcess, cc, shared_library, tool
 from ulp import metadata
 from ulp.agent_abi import Op, Status
 from ulp.errors import ExitCode
 from ulp.process import Process
-from ulp.trigger import cli, transition
+from ulp.trigger import transition
 from ulp.trigger.agent import Agent
 
 TIMEOUT = 20
@@ -63,12 +63,10 @@ def ask(app: LiveProcess, command: str) -> str:
     return app.next_line(TIMEOUT)
 
 
-def trigger_here(*args: str | Path) -> tuple[int, str]:
+def trigger_here(*args: str | Path | int) -> tuple[int, str]:
     """ulp-trigger's main() in this process: exit code and stderr."""
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        code = cli.main(["--timeout", str(TIMEOUT), "--retries", "20", *map(str, args)])
-    return code, err.getvalue()
+    code, _, err = support.trigger_here("--timeout", str(TIMEOUT), "--retries", "20", *args)
+    return code, err
 
 
 def apply(app: LiveProcess, patch: Path) -> None:

@@ -11,11 +11,20 @@ only the moment the global universe moves is chosen by the tracer.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from consistency_support import C_DIR, LiveProcess, apply, ask, cc, patch, prepared_library, revert
+from consistency_support import (
+    C_DIR,
+    LiveProcess,
+    apply,
+    ask,
+    cc,
+    counts,
+    patch,
+    prepared_library,
+    revert,
+)
 
 PHASE_TIMEOUT = 300.0
 
@@ -31,10 +40,6 @@ def step(build_dir: Path) -> Path:
               {"lib_tag": f"lib_tag_v{version}", "lib_act": f"lib_act_v{version}"},
               C_DIR / "cm_step_fix.c", f"-DVERSION={version}")
     return root
-
-
-def counts(line: str) -> dict[str, str]:
-    return dict(re.findall(r"(\w+)=([\d,]+)", line))
 
 
 @pytest.mark.parametrize("moment", ["apply", "revert", "apply, handler leaves by longjmp"])

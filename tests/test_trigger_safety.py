@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import os
 import random
 import shutil
@@ -27,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN_DIR, C_DIR, LiveProcess, cc, shared_library, tool
+from support import BIN_DIR, C_DIR, LiveProcess, cc, shared_library, tool, trigger_here
 from ulp import metadata
 from ulp.errors import ExitCode
-from ulp.trigger import cli, codewrite
+from ulp.trigger import codewrite
 from ulp.trigger.tracee import Tracee
 
 ORIGINAL = "both=11"
@@ -95,14 +94,6 @@ def stats(app: LiveProcess) -> dict[str, int]:
 def run_trigger(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """The real ulp-trigger command."""
     return tool("ulp-trigger", *args, timeout=timeout)
-
-
-def trigger_here(*args: str | Path) -> tuple[int, str, str]:
-    """ulp-trigger's main() in this process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main([str(arg) for arg in args])
-    return code, out.getvalue(), err.getvalue()
 
 
 def apply_here(app: LiveProcess, patch: Path, *options: str) -> None:

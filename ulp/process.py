@@ -83,12 +83,7 @@ class Process:
                    not in DEAD_STATES for tid in tids)
 
     def _threads_end_within(self, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while self._other_threads_live():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        return _stops_within(self._other_threads_live, seconds)
 
     def image_changed(self) -> bool:
         """True if the address space this object was opened on is gone:
@@ -113,12 +108,7 @@ class Process:
         turns into a zombie: meanwhile it looks alive but its maps are empty
         and its threads vanish.  Errors seen then are its death, not theirs.
         """
-        deadline = time.monotonic() + seconds
-        while self.known():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        return _stops_within(self.known, seconds)
 
     def mappings(self) -> list[Mapping]:
         return [_parse_mapping(line) for line in self._maps_lines()]
@@ -235,6 +225,16 @@ class Process:
         if self._mem_fd is not None:
             os.close(self._mem_fd)
             self._mem_fd = None
+
+
+def _stops_within(condition, seconds: float) -> bool:
+    """True if ``condition()`` is false now or turns false within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _parse_mapping(line: str) -> Mapping:
