@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import struct
 import sys
@@ -19,8 +20,10 @@ from collections.abc import Iterator
 from elftools.common.exceptions import ELFError
 
 from ulp import metadata as md
-from ulp.elfinfo import file_sha256, open_elf, require_x86_64_shared_object
+from ulp.elfinfo import open_elf_bytes, require_x86_64_shared_object
 from ulp.errors import ExitCode, UlpError, one_line, run_cli
+from ulp.files import read_input
+from ulp.patchfile import MAX_OBJECT, PatchFile, read_patch, read_patch_file, write_patch_file
 from ulp.prepared import PreparedLibrary
 
 from .desc import Description, read_description
@@ -88,9 +91,10 @@ def _malformed_elf_is_bad_input(path: str) -> Iterator[None]:
                        ExitCode.BAD_INPUT) from None
 
 
-def _patch_functions(path: str) -> set[str]:
-    """Names of the FUNC symbols the patch .so defines in .dynsym."""
-    with _malformed_elf_is_bad_input(path), open_elf(path) as elf:
+def _patch_functions(data: bytes, path: str) -> set[str]:
+    """Names of the FUNC symbols the patch .so (``data``, read from ``path``)
+    defines in .dynsym."""
+    with _malformed_elf_is_bad_input(path), open_elf_bytes(data, path) as elf:
         require_x86_64_shared_object(elf, path)
         dynsym = elf.get_section_by_name(".dynsym")
         if dynsym is None:
@@ -102,8 +106,8 @@ def _patch_functions(path: str) -> set[str]:
         }
 
 
-def _check_new_functions(desc: Description) -> None:
-    defined = _patch_functions(desc.patch_so)
+def _check_new_functions(desc: Description, patch_object: bytes) -> None:
+    defined = _patch_functions(patch_object, desc.patch_so)
     for pair in desc.pairs:
         if pair.new not in defined:
             raise UlpError(
@@ -139,7 +143,7 @@ def _units(desc: Description, library: PreparedLibrary) -> tuple[md.Unit, ...]:
 def _required_ids(desc: Description) -> tuple[bytes, ...]:
     ids: list[bytes] = []
     for requirement in desc.requires:
-        required = md.read_patch(requirement.path)
+        required = read_patch(requirement.path)
         if required.reverse:
             raise UlpError(
                 f"{desc.where(requirement.line)}: {requirement.path} is a reverse patch; "
@@ -156,21 +160,31 @@ def _required_ids(desc: Description) -> tuple[bytes, ...]:
     return tuple(ids)
 
 
-def _sha256(path: str) -> bytes:
-    try:
-        return file_sha256(path)
-    except OSError as error:
-        raise UlpError(f"{path}: cannot read ({error.strerror})", ExitCode.FILE_MISSING) from None
+def read_patch_object(path: str) -> bytes:
+    """The patch .so's bytes, read once: the bytes checked, hashed and packed."""
+    data = read_input(path, MAX_OBJECT)
+    if len(data) > MAX_OBJECT:
+        raise UlpError(f"{path}: larger than {MAX_OBJECT} bytes, too large for a patch object",
+                       ExitCode.BAD_INPUT)
+    return data
 
 
-def build_metadata(desc: Description) -> md.PatchMetadata:
-    """Check ``desc`` against the files it names; the forward patch's metadata."""
-    _check_new_functions(desc)
+def build_patch_file(desc: Description) -> PatchFile:
+    """Check ``desc`` against the files it names; the forward patch, carrying
+    its patch object."""
+    patch_object = read_patch_object(desc.patch_so)
+    return PatchFile(build_metadata(desc, patch_object), patch_object)
+
+
+def build_metadata(desc: Description, patch_object: bytes) -> md.PatchMetadata:
+    """Check ``desc`` against the target and ``patch_object`` (the bytes of
+    its patch .so); the forward patch's metadata."""
+    _check_new_functions(desc, patch_object)
     with _malformed_elf_is_bad_input(desc.target):
         library = PreparedLibrary.open(desc.target)
     units = _units(desc, library)
     requires = _required_ids(desc)
-    so_hash = _sha256(desc.patch_so)
+    so_hash = hashlib.sha256(patch_object).digest()
     patch_id = md.make_patch_id(so_hash, library.identity, units, requires)
     return md.PatchMetadata(
         patch_id=patch_id,
@@ -198,14 +212,14 @@ def pack(desc_path: str, output: str | None = None,
         raise UlpError("the patch and the reverse patch would be the same file", ExitCode.USAGE)
     if os.path.abspath(output) == os.path.abspath(desc_path):
         raise UlpError(f"{output}: would overwrite the description", ExitCode.USAGE)
-    metadata = build_metadata(read_description(desc_path))
-    md.write_patch(output, metadata)
+    patch_file = build_patch_file(read_description(desc_path))
+    write_patch_file(output, patch_file)
     try:
-        md.write_patch(reverse_output, metadata.reversed())
+        write_patch_file(reverse_output, patch_file.reversed())
     except UlpError:
         _remove_quietly(output)  # no patch without its reverse
         raise
-    return metadata, output, reverse_output
+    return patch_file.metadata, output, reverse_output
 
 
 def _remove_quietly(path: str) -> None:
@@ -213,8 +227,11 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def dump_lines(metadata: md.PatchMetadata) -> list[str]:
-    """The fields of ``metadata``, one per line, for people."""
+def dump_lines(patch_file: PatchFile) -> list[str]:
+    """The fields of ``patch_file``, one per line, for people."""
+    metadata = patch_file.metadata
+    carried = (f"{len(patch_file.patch_object)} bytes" if patch_file.patch_object
+               else "none (a reverse patch loads nothing)")
     direction = "reverse (reverts the patch)" if metadata.reverse else "forward (applies the patch)"
     requires = ", ".join(required.hex() for required in metadata.requires) or "(none)"
     lines = [
@@ -225,6 +242,7 @@ def dump_lines(metadata: md.PatchMetadata) -> list[str]:
         f"target build-id:  {metadata.target_build_id.hex() or '(none)'}",
         f"layout version:   {metadata.layout_version}",
         f"patch object:     {metadata.patch_so_path}",
+        f"object carried:   {carried}",
         f"patch sha256:     {metadata.patch_so_sha256.hex()}",
         f"requires:         {requires}",
         f"functions:        {len(metadata.units)}",
@@ -239,7 +257,7 @@ def _body(argv: list[str] | None) -> int:
         if args.desc or args.output or args.reverse_output:
             raise UlpError("--dump takes no other arguments", ExitCode.USAGE)
         # the fields come from a file: escape what a terminal would interpret
-        print("\n".join(one_line(line) for line in dump_lines(md.read_patch(args.dump))))
+        print("\n".join(one_line(line) for line in dump_lines(read_patch_file(args.dump))))
         return ExitCode.OK
     if args.desc is None:
         raise UlpError(f"expected DESC or --dump FILE (see {PROG} --help)", ExitCode.USAGE)

@@ -389,6 +389,15 @@ static int load_patch_object(const struct parsed_request *req, struct patch *p,
         close(fd);
         return answer(reply, ULP_E_PATCH_LOAD, "no free name to load patch object %s", path);
     }
+    /* ld.so needs a path: without /proc in the process's root (a bare
+     * chroot) the sealed bytes cannot be named, and there is no safe
+     * fallback (a copy in a file would no longer be the bytes checked) */
+    if (access(fd_name, R_OK) != 0) {
+        err = errno;
+        close(fd);
+        return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s: %s (the "
+                      "process needs /proc mounted in its root)", path, fd_name, strerror(err));
+    }
     void *handle = dlopen(fd_name, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         close(fd);

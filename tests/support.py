@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import queue
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -120,3 +122,43 @@ class LiveProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def hand_made_patch(source: Path, path: Path, patch_object: bytes | None = None,
+                    **changes) -> Path:
+    """The patch file ``source`` with metadata fields changed (and, given, another
+    patch object and its hash), written to ``path`` with valid checksums and the
+    id its new content gives: what a hostile or buggy packer could write."""
+    import dataclasses
+
+    from ulp import metadata, patchfile
+
+    original = patchfile.read_patch_file(str(source))
+    if patch_object is None:
+        patch_object = original.patch_object
+    else:
+        changes.setdefault("patch_so_sha256", hashlib.sha256(patch_object).digest())
+    changed = dataclasses.replace(original.metadata, **changes)
+    changed = dataclasses.replace(changed, patch_id=metadata.make_patch_id(
+        changed.patch_so_sha256, changed.target_identity, changed.units, changed.requires))
+    patchfile.write_patch_file(str(path), patchfile.PatchFile(changed, patch_object))
+    return path
+
+
+def rechecksummed_patch(data: bytes) -> bytes:
+    """The patch file ``data`` with the checksums a packer would have written
+    for its bytes: the metadata record's (when its header is whole), then the
+    file's."""
+    from ulp import metadata, patchfile
+
+    if len(data) < patchfile.HEADER_SIZE:
+        return data
+    size = struct.unpack_from("<I", data, 12)[0]
+    start = patchfile.HEADER_SIZE
+    record = data[start:start + size]
+    if len(record) >= metadata.HEADER_SIZE:
+        checked, payload = record[:metadata.CHECKED_HEADER_SIZE], record[metadata.HEADER_SIZE:]
+        record = checked + hashlib.sha256(checked + payload).digest() + payload
+    checked = data[:patchfile.CHECKED_HEADER_SIZE]
+    return (checked + hashlib.sha256(checked + record).digest() + record
+            + data[start + size:])

@@ -20,7 +20,7 @@ import pytest
 
 import support
 from support import C_DIR, RUNTIME, LiveProcess, cc, shared_library, tool
-from ulp import metadata
+from ulp import patchfile
 from ulp.agent_abi import Op, Status
 from ulp.errors import ExitCode
 from ulp.process import Process
@@ -84,9 +84,10 @@ def prepare_only(app: LiveProcess, patch: Path) -> None:
     patch whose versions no universe can see."""
     process = Process(app.pid)
     try:
-        md = metadata.read_patch(str(patch))
+        patch_file = patchfile.read_patch_file(str(patch))
+        md = patch_file.metadata
         target = transition.find_target(process, md)
-        so_bytes = transition.read_patch_object(md)
+        so_bytes = patch_file.patch_object
         agent = Agent(process, TIMEOUT)
         agent.attach()
         try:

@@ -145,36 +145,6 @@ def test_pack_refuses_what_parse_would_refuse(changes):
         sample(**changes).pack()
 
 
-# --- files --------------------------------------------------------------------
-
-
-def test_write_and_read(tmp_path):
-    path = tmp_path / "p.ulp"
-    path.write_bytes(b"old contents")
-    md.write_patch(str(path), sample())
-    assert md.read_patch(str(path)) == sample()
-    assert os.listdir(tmp_path) == ["p.ulp"]  # no temporary file left behind
-
-
-def test_read_missing_file(tmp_path):
-    with pytest.raises(UlpError) as caught:
-        md.read_patch(str(tmp_path / "absent.ulp"))
-    assert caught.value.exit_code == ExitCode.FILE_MISSING
-    assert "absent.ulp: no such file" in str(caught.value)
-
-
-def test_read_directory(tmp_path):
-    with pytest.raises(UlpError) as caught:
-        md.read_patch(str(tmp_path))
-    assert caught.value.exit_code == ExitCode.FILE_MISSING
-
-
-def test_write_into_missing_directory(tmp_path):
-    with pytest.raises(UlpError) as caught:
-        md.write_patch(str(tmp_path / "no" / "p.ulp"), sample())
-    assert caught.value.exit_code == ExitCode.FILE_MISSING
-
-
 # --- specific rejections ------------------------------------------------------
 
 

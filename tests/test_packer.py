@@ -12,8 +12,8 @@ import pytest
 from support import C_DIR, cc, shared_library, tool
 from ulp.elfinfo import file_sha256
 from ulp.errors import ExitCode
-from ulp.metadata import read_patch
 from ulp.packer.pack import main as pack_main
+from ulp.patchfile import read_patch
 from ulp.prepared import PreparedLibrary
 
 
@@ -142,7 +142,7 @@ def test_requires_missing_file(files, tmp_path):
 
 
 def test_requires_corrupted_file(files, tmp_path):
-    (tmp_path / "bad.ulp").write_bytes(b"ULPPATCH" + b"\0" * 10)
+    (tmp_path / "bad.ulp").write_bytes(b"ULPPATCH\x03" + b"\0" * 10)
     desc = write_desc(tmp_path, desc_text(files, "foo:foo_fixed", extra="requires: bad.ulp\n"))
     assert "bad.ulp: truncated" in pack_fails(ExitCode.BAD_INPUT, desc)
 

@@ -4,7 +4,7 @@ ptrace; every wait has a timeout.
 1. a patch object is never taken for another one loaded earlier;
 2. the bytes hashed are the bytes mapped: rewriting the patch .so during or
    after apply changes nothing that runs;
-3. a patch .so or .ulp another user could change is refused;
+3. a patch file another user could change is refused (it carries its .so);
 4. only regular files are read, by every tool and by the runtime;
 5. a patch id is bound to the patch's content.
 """
@@ -12,8 +12,6 @@ ptrace; every wait has a timeout.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import io
 import os
 import shutil
@@ -25,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from support import C_DIR, LiveProcess, cc, shared_library, tool
-from ulp import agent_abi, metadata
+from support import C_DIR, LiveProcess, cc, rechecksummed_patch, shared_library, tool
+from ulp import agent_abi, metadata, patchfile
 from ulp.agent_abi import Op, Request, Status
 from ulp.errors import ExitCode
 from ulp.process import Process
@@ -138,7 +136,7 @@ def applied(app: LiveProcess) -> list[str]:
 
 
 def patch_id(path: Path) -> str:
-    return metadata.read_patch(str(path)).patch_id_hex
+    return patchfile.read_patch(str(path)).patch_id_hex
 
 
 # --- 1. a patch object is never taken for an earlier one ----------------------------------
@@ -188,6 +186,9 @@ def test_name_an_application_object_carries_is_not_taken(pv: Path) -> None:
 
 
 def test_patch_object_rewritten_after_apply_changes_nothing(pv: Path, tmp_path: Path) -> None:
+    """The patch .so is rewritten in place after the apply: nothing changes,
+    and the patch file, which carries the bytes it was packed with, still
+    applies them (the file on disk is never read again)."""
     own = private_copy(pv, tmp_path, "libfix1.so")
     patch = pack(own, "p", "libfix1.so", "pv_value:pv_value_fix", target=pv / "lib" / "libpv.so")
     with start(pv) as app:
@@ -200,31 +201,33 @@ def test_patch_object_rewritten_after_apply_changes_nothing(pv: Path, tmp_path: 
             assert call(app) == "value=2"
         ok(trigger("--revert", app.pid, patch))
         assert call(app) == ORIGINAL
-        one_line_error(trigger(app.pid, patch), ExitCode.PATCH_OBJECT,
-                       "changed since it was packed")
-        assert call(app) == ORIGINAL
+        ok(trigger(app.pid, patch))
+        assert call(app) == "value=2"
 
 
 def test_writer_during_apply_cannot_get_unhashed_code_run(pv: Path, tmp_path: Path) -> None:
-    """A writer flips the patch .so between the packed bytes (2) and others
-    of the same size (7) while the patch is applied and reverted: each apply
-    is refused (hash mismatch) or runs 2, never 7."""
+    """A writer flips the patch object inside the patch file between the
+    packed bytes (2) and others of the same size (7) while the patch is
+    applied and reverted: each apply is refused (the object is not the one
+    the metadata names) or runs 2, never 7."""
     own = private_copy(pv, tmp_path, "libfix1.so")
     patch = pack(own, "p", "libfix1.so", "pv_value:pv_value_fix", target=pv / "lib" / "libpv.so")
     good, bad = (pv / "libfix1.so").read_bytes(), (pv / "libfix1b.so").read_bytes()
+    at = patch.read_bytes().index(good)
+    intact = shutil.copy(patch, tmp_path / "intact.ulp")  # reverts: not the file being written
     stop = threading.Event()
 
     def writer() -> None:
-        with open(own / "libfix1.so", "r+b", buffering=0) as stream:
+        with open(patch, "r+b", buffering=0) as stream:
             while not stop.is_set():
                 for data, pause in ((bad, 0.001), (good, 0.004)):
-                    stream.seek(0)
+                    stream.seek(at)
                     stream.write(data)
                     time.sleep(pause)
 
     block_sigchld()
     thread = threading.Thread(target=writer, daemon=True)
-    results = {0: 0, ExitCode.PATCH_OBJECT: 0}
+    results = {0: 0, ExitCode.BAD_INPUT: 0}
     with start(pv) as app:
         thread.start()
         try:
@@ -236,7 +239,7 @@ def test_writer_during_apply_cannot_get_unhashed_code_run(pv: Path, tmp_path: Pa
                     for _ in range(3):
                         assert call(app) == "value=2"
                         time.sleep(0.003)  # let the writer write the other bytes
-                    code, err = trigger_here("--revert", app.pid, patch)
+                    code, err = trigger_here("--revert", app.pid, intact)
                     assert code == 0, err
                 assert call(app) == ORIGINAL
         finally:
@@ -249,9 +252,7 @@ def test_writer_during_apply_cannot_get_unhashed_code_run(pv: Path, tmp_path: Pa
 
 
 UNSAFE_CASES = {
-    "so group-writable": ("so", lambda p: os.chmod(p, 0o664), "writable by group or others"),
-    "so world-writable": ("so", lambda p: os.chmod(p, 0o646), "writable by group or others"),
-    "so foreign": ("so", lambda p: os.chown(p, 65534, -1), "owned by uid 65534"),
+    "ulp group-writable": ("ulp", lambda p: os.chmod(p, 0o664), "writable by group or others"),
     "ulp world-writable": ("ulp", lambda p: os.chmod(p, 0o666), "writable by group or others"),
     "ulp foreign": ("ulp", lambda p: os.chown(p, 65534, 65534), "owned by uid 65534"),
     "directory world-writable": ("dir", lambda p: os.chmod(p, 0o777),
@@ -268,7 +269,7 @@ def test_files_another_user_could_change_are_refused(pv: Path, tmp_path: Path) -
             directory = private_copy(pv, tmp_path / str(number), "libfix1.so")
             patch = pack(directory, "p", "libfix1.so", "pv_value:pv_value_fix",
                          target=pv / "lib" / "libpv.so")
-            spoil({"so": directory / "libfix1.so", "ulp": patch, "dir": directory}[which])
+            spoil({"ulp": patch, "dir": directory}[which])
             line = one_line_error(trigger(app.pid, patch), ExitCode.UNSAFE_FILE, words)
             assert "refusing" in line, (case, line)
             assert call(app) == ORIGINAL, case
@@ -282,17 +283,26 @@ def test_files_another_user_could_change_are_refused(pv: Path, tmp_path: Path) -
         assert call(app) == "value=2"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root")
+def test_the_patch_so_on_disk_does_not_matter_once_packed(pv: Path, tmp_path: Path) -> None:
+    """The patch file carries its object: a patch .so that another user could
+    change since, or that is gone, is never read, so it is no reason to refuse
+    (the patch file itself is what the trust checks guard)."""
+    spoils = {"group-writable": lambda p: os.chmod(p, 0o664),
+              "foreign": lambda p: os.chown(p, 65534, -1), "removed": os.unlink}
+    with start(pv) as app:
+        for number, (case, spoil) in enumerate(spoils.items()):
+            directory = private_copy(pv, tmp_path / str(number), "libfix1.so")
+            patch = pack(directory, "p", "libfix1.so", "pv_value:pv_value_fix",
+                         target=pv / "lib" / "libpv.so")
+            spoil(directory / "libfix1.so")
+            ok(trigger(app.pid, patch))
+            assert call(app) == "value=2", case
+            ok(trigger("--revert", app.pid, patch))
+            assert call(app) == ORIGINAL, case
+
+
 # --- 4. only regular files are read --------------------------------------------------------------
-
-
-def hand_made(pv: Path, tmp_path: Path, name: str, **changes) -> Path:
-    """p1.ulp with fields changed, its id the one its new content gives."""
-    changed = dataclasses.replace(metadata.read_patch(str(pv / "p1.ulp")), **changes)
-    changed = dataclasses.replace(changed, patch_id=metadata.make_patch_id(
-        changed.patch_so_sha256, changed.target_identity, changed.units, changed.requires))
-    path = tmp_path / f"{name}.ulp"
-    metadata.write_patch(str(path), changed)
-    return path
 
 
 def test_fifo_or_device_as_an_input_is_refused_without_blocking(pv: Path,
@@ -301,11 +311,8 @@ def test_fifo_or_device_as_an_input_is_refused_without_blocking(pv: Path,
     os.mkfifo(fifo)
     with start(pv) as app:
         before = snapshot(app)
-        for source, words in ((fifo, "not a regular file (a FIFO)"),
-                              (Path("/dev/zero"), "not a regular file (a character device)")):
-            patch = hand_made(pv, tmp_path, source.name, patch_so_path=str(source))
-            one_line_error(trigger(app.pid, patch), ExitCode.PATCH_OBJECT, words)
-        one_line_error(trigger(app.pid, fifo), ExitCode.FILE_MISSING, "not a regular file")
+        for source in (fifo, Path("/dev/zero")):
+            one_line_error(trigger(app.pid, source), ExitCode.FILE_MISSING, "not a regular file")
         assert snapshot(app) == before
         # the agent still answers, and a valid patch applies
         assert applied(app) == []
@@ -336,11 +343,6 @@ def test_fifo_or_device_as_an_input_is_refused_without_blocking(pv: Path,
 # --- 5. the patch id is bound to the content ---------------------------------------------------
 
 
-def rechecksummed(data: bytes) -> bytes:
-    checked, payload = data[:metadata.CHECKED_HEADER_SIZE], data[metadata.HEADER_SIZE:]
-    return checked + hashlib.sha256(checked + payload).digest() + payload
-
-
 def test_patch_with_an_id_its_content_does_not_give_is_refused(pv: Path,
                                                               tmp_path: Path) -> None:
     """p1.ulp re-checksummed with a new id, or with p2's id: refused before
@@ -350,10 +352,11 @@ def test_patch_with_an_id_its_content_does_not_give_is_refused(pv: Path,
     with start(pv) as app:
         before = snapshot(app)
         for name, new_id in forged.items():
-            payload = bytearray(data)
-            payload[metadata.HEADER_SIZE:metadata.HEADER_SIZE + 16] = new_id
+            forged_file = bytearray(data)
+            at = patchfile.HEADER_SIZE + metadata.HEADER_SIZE  # the record's first field
+            forged_file[at:at + 16] = new_id
             path = tmp_path / f"{name}.ulp"
-            path.write_bytes(rechecksummed(bytes(payload)))
+            path.write_bytes(rechecksummed_patch(bytes(forged_file)))
             one_line_error(trigger(app.pid, path), ExitCode.BAD_INPUT,
                            "does not match its content")
             assert snapshot(app) == before
@@ -370,7 +373,7 @@ def test_runtime_checks_id_staging_and_descriptor_itself(pv: Path, tmp_path: Pat
     opened), bytes that do not match the hash, a memfd staged and never
     prepared.  Each refused (the FIFO path is accepted: it only names the
     object), the agent answers on, and no descriptor is left behind."""
-    md = metadata.read_patch(str(pv / "p1.ulp"))
+    md = patchfile.read_patch(str(pv / "p1.ulp"))
     good = (pv / "libfix1.so").read_bytes()
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

@@ -26,8 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN_DIR, C_DIR, LiveProcess, cc, shared_library, tool, trigger_here
-from ulp import metadata
+from support import (
+    BIN_DIR,
+    C_DIR,
+    LiveProcess,
+    cc,
+    hand_made_patch,
+    rechecksummed_patch,
+    shared_library,
+    tool,
+    trigger_here,
+)
+from ulp import metadata, patchfile
 from ulp.errors import ExitCode
 from ulp.trigger import codewrite
 from ulp.trigger.tracee import Tracee
@@ -473,21 +483,11 @@ def test_target_exiting_on_its_own_during_apply(ts: Path) -> None:
 # --- 8. bad input ----------------------------------------------------------------------------
 
 
-def rechecksummed(data: bytes) -> bytes:
-    """``data`` with the checksum a packer would have written for it."""
-    checked, payload = data[:metadata.CHECKED_HEADER_SIZE], data[metadata.HEADER_SIZE:]
-    return checked + hashlib.sha256(checked + payload).digest() + payload
-
-
-def hand_made(ts: Path, tmp_path: Path, name: str, **changes) -> Path:
-    """fix.ulp with some fields changed, written with a valid checksum and
+def hand_made(ts: Path, tmp_path: Path, name: str, patch_object: bytes | None = None,
+              **changes) -> Path:
+    """fix.ulp with some fields changed, written with valid checksums and
     the id its new content gives."""
-    changed = dataclasses.replace(metadata.read_patch(str(ts / "fix.ulp")), **changes)
-    changed = dataclasses.replace(changed, patch_id=metadata.make_patch_id(
-        changed.patch_so_sha256, changed.target_identity, changed.units, changed.requires))
-    path = tmp_path / f"{name}.ulp"
-    metadata.write_patch(str(path), changed)
-    return path
+    return hand_made_patch(ts / "fix.ulp", tmp_path / f"{name}.ulp", patch_object, **changes)
 
 
 def refused(app: LiveProcess, patch: Path, code: int, words: str, *options: str) -> None:
@@ -500,7 +500,7 @@ def refused(app: LiveProcess, patch: Path, code: int, words: str, *options: str)
 
 
 def test_identity_build_id_and_layout_mismatches(ts: Path, tmp_path: Path) -> None:
-    original = metadata.read_patch(str(ts / "fix.ulp"))
+    original = patchfile.read_patch(str(ts / "fix.ulp"))
     other_build_id = bytes(20) if original.target_build_id != bytes(20) else b"\1" * 20
     with start(ts, "busy", "1") as app:
         refused(app, hand_made(ts, tmp_path, "build_id", target_build_id=other_build_id),
@@ -513,7 +513,7 @@ def test_identity_build_id_and_layout_mismatches(ts: Path, tmp_path: Path) -> No
 
 def test_units_that_do_not_fit_the_target(ts: Path, tmp_path: Path) -> None:
     """Identity matches but a unit names another function or one past the end."""
-    original = metadata.read_patch(str(ts / "fix.ulp"))
+    original = patchfile.read_patch(str(ts / "fix.ulp"))
     first = original.units[0]
     wrong_name = (dataclasses.replace(first, old_name="ts_nothing"), *original.units[1:])
     past_end = (dataclasses.replace(first, index=1000), *original.units[1:])
@@ -525,7 +525,7 @@ def test_units_that_do_not_fit_the_target(ts: Path, tmp_path: Path) -> None:
 
 
 def test_patch_object_lacking_a_function(ts: Path, tmp_path: Path) -> None:
-    original = metadata.read_patch(str(ts / "fix.ulp"))
+    original = patchfile.read_patch(str(ts / "fix.ulp"))
     missing = (original.units[0], dataclasses.replace(original.units[1], new_name="ts_b_v9"))
     with start(ts, "busy", "1") as app:
         refused(app, hand_made(ts, tmp_path, "missing", units=missing), ExitCode.PATCH_OBJECT,
@@ -534,10 +534,7 @@ def test_patch_object_lacking_a_function(ts: Path, tmp_path: Path) -> None:
 
 def not_loadable(ts: Path, tmp_path: Path) -> Path:
     """A patch whose .so passes the hash check but is not an ELF object."""
-    not_elf = tmp_path / "not_elf.so"
-    not_elf.write_bytes(b"this is not an ELF file\n" * 10)
-    return hand_made(ts, tmp_path, "not_elf", patch_so_path=str(not_elf),
-                     patch_so_sha256=hashlib.sha256(not_elf.read_bytes()).digest())
+    return hand_made(ts, tmp_path, "not_elf", b"this is not an ELF file\n" * 10)
 
 
 def test_patch_object_not_loadable(ts: Path, tmp_path: Path) -> None:
@@ -552,7 +549,7 @@ def test_the_object_hashed_is_the_object_loaded(ts: Path, tmp_path: Path) -> Non
     """A failed apply leaves its patch object loaded as /proc/self/fd/N; the
     next patch object opened on the same descriptor number must still be the
     one loaded, not the old one found by name."""
-    original = metadata.read_patch(str(ts / "fix.ulp"))
+    original = patchfile.read_patch(str(ts / "fix.ulp"))
     missing = (original.units[0], dataclasses.replace(original.units[1], new_name="ts_b_v9"))
     with start(ts, "busy", "1") as app:
         refused(app, hand_made(ts, tmp_path, "missing", units=missing), ExitCode.PATCH_OBJECT,
@@ -563,9 +560,9 @@ def test_the_object_hashed_is_the_object_loaded(ts: Path, tmp_path: Path) -> Non
 
 def test_wrong_format_version(ts: Path, tmp_path: Path) -> None:
     data = bytearray((ts / "fix.ulp").read_bytes())
-    struct.pack_into("<H", data, 8, metadata.FORMAT_VERSION + 1)
-    path = tmp_path / "v2.ulp"
-    path.write_bytes(rechecksummed(bytes(data)))
+    struct.pack_into("<H", data, 8, patchfile.FORMAT_VERSION + 1)
+    path = tmp_path / "v4.ulp"
+    path.write_bytes(rechecksummed_patch(bytes(data)))
     with start(ts) as app:
         refused(app, path, ExitCode.BAD_INPUT, "version")
 
@@ -629,18 +626,21 @@ def test_ptrace_not_permitted(ts: Path) -> None:
         shutil.rmtree(shared)
 
 
-def packed(md: metadata.PatchMetadata, version: int = metadata.FORMAT_VERSION,
-           flags: int | None = None) -> bytes:
-    """``md`` as a file with a valid checksum, its fields NOT validated: what a
-    hostile or buggy packer could write."""
+def packed(md: metadata.PatchMetadata, patch_object: bytes,
+           version: int = metadata.FORMAT_VERSION, flags: int | None = None) -> bytes:
+    """``md`` and ``patch_object`` as a patch file with valid checksums, the
+    fields NOT validated: what a hostile or buggy packer could write."""
     payload = metadata._pack_payload(md)
     if flags is None:
         flags = metadata.FLAG_REVERSE if md.reverse else 0
     checked = struct.pack("<8sHHI", metadata.MAGIC, version, flags, len(payload))
-    return checked + hashlib.sha256(checked + payload).digest() + payload
+    record = checked + hashlib.sha256(checked + payload).digest() + payload
+    header = struct.pack("<8sHHIQ", patchfile.MAGIC, patchfile.FORMAT_VERSION, 0, len(record),
+                         len(patch_object))
+    return rechecksummed_patch(header + bytes(32) + record + patch_object)
 
 
-def structured_mutation(md: metadata.PatchMetadata, rng: random.Random,
+def structured_mutation(md: metadata.PatchMetadata, patch_object: bytes, rng: random.Random,
                         fix_so: str) -> bytes:
     """One field of a valid patch replaced by something plausible or absurd."""
     def some_bytes(size: int) -> bytes:
@@ -676,9 +676,9 @@ def structured_mutation(md: metadata.PatchMetadata, rng: random.Random,
     }
     kind = rng.choice(list(changes))
     try:
-        return packed(dataclasses.replace(md, **changes[kind]()))
+        return packed(dataclasses.replace(md, **changes[kind]()), patch_object)
     except (struct.error, UnicodeEncodeError):
-        return packed(md, version=rng.choice([0, 2, 0xFFFF]))
+        return packed(md, patch_object, version=rng.choice([0, 1, 3, 0xFFFF]))
 
 
 def byte_mutation(data: bytes, rng: random.Random) -> bytes:
@@ -691,16 +691,18 @@ def byte_mutation(data: bytes, rng: random.Random) -> bytes:
     elif kind == 1:
         mutated += some_tail(rng)
     elif kind == 2:
-        field = rng.choice([(8, "<H"), (10, "<H"), (12, "<I")])
-        struct.pack_into(field[1], mutated, field[0], rng.getrandbits(16 if "H" in field[1]
-                                                                      else 32))
+        # a field of the file's header or of its metadata record's
+        field = rng.choice([(8, "<H"), (10, "<H"), (12, "<I"), (16, "<Q"), (64, "<H"),
+                            (66, "<H"), (68, "<I")])
+        bits = {"<H": 16, "<I": 32, "<Q": 64}[field[1]]
+        struct.pack_into(field[1], mutated, field[0], rng.getrandbits(bits))
     else:
         for _ in range(rng.randint(1, 4)):
-            position = rng.randrange(metadata.HEADER_SIZE if kind == 3 else 0, len(mutated))
+            position = rng.randrange(patchfile.HEADER_SIZE if kind == 3 else 0, len(mutated))
             mutated[position] ^= 1 << rng.randrange(8)
     result = bytes(mutated)
-    if rng.random() < 0.6 and len(result) >= metadata.HEADER_SIZE:
-        result = rechecksummed(result)
+    if rng.random() < 0.6:
+        result = rechecksummed_patch(result)
     return result
 
 
@@ -715,7 +717,8 @@ def test_fuzzed_patch_files_are_refused_cleanly(ts: Path, tmp_path: Path) -> Non
     never a damaged target."""
     rng = random.Random(1234)
     data = (ts / "fix.ulp").read_bytes()
-    md = metadata.read_patch(str(ts / "fix.ulp"))
+    original = patchfile.read_patch_file(str(ts / "fix.ulp"))
+    md = original.metadata
     refusals = {ExitCode.BAD_INPUT, ExitCode.LIBRARY_NOT_LOADED, ExitCode.TARGET_MISMATCH,
                 ExitCode.PATCH_OBJECT, ExitCode.NOT_APPLIED, ExitCode.DEPENDENCY,
                 ExitCode.ALREADY_APPLIED}
@@ -724,7 +727,7 @@ def test_fuzzed_patch_files_are_refused_cleanly(ts: Path, tmp_path: Path) -> Non
     with start(ts, "busy", "2") as app:
         for number in range(10_000):
             if number % 8 == 0:
-                mutated = structured_mutation(md, rng, md.patch_so_path)
+                mutated = structured_mutation(md, original.patch_object, rng, md.patch_so_path)
             else:
                 mutated = byte_mutation(data, rng)
             path.write_bytes(mutated)

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ulp.errors import ExitCode, UlpError, one_line, run_cli
-from ulp.metadata import read_patch
+from ulp.patchfile import read_patch_file
 from ulp.process import DYING_GRACE, Process
 from ulp.trigger import codewrite, transition
 from ulp.trigger.tracee import block_sigchld, release_orphans
@@ -52,13 +52,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None) -> int:
     args = parse_arguments(argv)
-    metadata = read_patch(args.patch, trusted=True)
-    reverting = args.revert or metadata.reverse
+    patch_file = read_patch_file(args.patch, trusted=True)
+    reverting = args.revert or patch_file.metadata.reverse
     block_sigchld()
     release_orphans()
     for attempt in range(args.retries + 1):
         try:
-            attempt_once(args, metadata, reverting)
+            attempt_once(args, patch_file, reverting)
             return ExitCode.OK
         except UlpError as error:
             if error.exit_code != ExitCode.RETRY or attempt == args.retries:
@@ -67,14 +67,15 @@ def run(argv: list[str] | None) -> int:
     return ExitCode.FAILURE
 
 
-def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
+def attempt_once(args: argparse.Namespace, patch_file, reverting: bool) -> None:
+    metadata = patch_file.metadata
     process = Process(args.pid)
     try:
         if reverting:
             transition.revert(process, metadata, args.timeout)
             print(f"reverted patch {metadata.patch_id_hex} in process {args.pid}")
         else:
-            transition.apply(process, metadata, args.timeout, args.patch)
+            transition.apply(process, patch_file, args.timeout, args.patch)
             names = ", ".join(unit.old_name for unit in metadata.units)
             print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {one_line(names)}")
             pause = codewrite.last_pause()

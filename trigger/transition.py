@@ -8,9 +8,11 @@ Apply is three steps, the agent held by this trigger throughout:
    tracker picks the original body until a patch is visible);
 3. the agent commits: it stamps the versions and publishes G+1.
 Step 1 itself is two requests: STAGE makes the agent create an empty memfd,
-which the trigger fills with the patch .so's bytes (read and hash-checked
-here) through /proc/PID/fd/N; PREPARE seals it, checks size and hash on the
-sealed bytes, recomputes the patch id from the request and loads the memfd.
+which the trigger fills with the patch .so's bytes (carried by the patch
+file, hash-checked when it was read) through /proc/PID/fd/N; PREPARE seals
+it, checks size and hash on the sealed bytes, recomputes the patch id from
+the request and loads the memfd.  No file the patch was packed from is
+opened, here or in the process.
 If this trigger dies before step 3, the next request drops the prepared
 patch: the process is never half-patched.  Revert is one agent request.
 
@@ -22,7 +24,6 @@ patch names, the code at their entries.  docs/trigger.md has the details.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -30,8 +31,8 @@ from ulp import layout
 from ulp.agent_abi import Op, Request, Status
 from ulp.elfinfo import file_key
 from ulp.errors import ExitCode, UlpError
-from ulp.files import read_input
 from ulp.metadata import PatchMetadata
+from ulp.patchfile import PatchFile
 from ulp.prepared import PreparedLibrary
 from ulp.process import Process
 from ulp.trigger.agent import Agent
@@ -56,10 +57,6 @@ STATUS_EXIT_CODES = {
     Status.PATCH_ID: ExitCode.BAD_INPUT,
     Status.UNLOADED: ExitCode.LIBRARY_NOT_LOADED,
 }
-
-#: the largest patch .so the trigger reads
-MAX_PATCH_OBJECT = 1 << 30
-
 
 @dataclass
 class LoadedTarget:
@@ -180,30 +177,6 @@ def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None
     return request
 
 
-def read_patch_object(metadata: PatchMetadata) -> bytes:
-    """The patch .so's bytes, as packed: a regular file no other user can
-    change (ulp.files), whose SHA-256 is the one in the patch file.  These
-    bytes, not the file, go into the process, where the runtime checks the
-    hash again on a sealed copy."""
-    path = metadata.patch_so_path
-    try:
-        data = read_input(path, MAX_PATCH_OBJECT, trusted=True)
-    except UlpError as error:
-        if error.exit_code != ExitCode.FILE_MISSING:
-            raise
-        reason = str(error)
-        if reason == f"{path}: no such file":
-            reason = f"{path} is missing"
-        raise UlpError(f"patch object {reason}", ExitCode.PATCH_OBJECT) from None
-    if len(data) > MAX_PATCH_OBJECT:
-        raise UlpError(f"patch object {path} is larger than {MAX_PATCH_OBJECT} bytes",
-                       ExitCode.PATCH_OBJECT)
-    if hashlib.sha256(data).digest() != metadata.patch_so_sha256:
-        raise UlpError(f"patch object {path} changed since it was packed (SHA-256 mismatch)",
-                       ExitCode.PATCH_OBJECT)
-    return data
-
-
 def entry_detours(target: LoadedTarget, metadata: PatchMetadata) -> list[CodeWrite]:
     """For each patched function: its entry NOP becomes a short jump to its stub."""
     writes = []
@@ -219,11 +192,17 @@ def entry_detours(target: LoadedTarget, metadata: PatchMetadata) -> list[CodeWri
     return writes
 
 
-def apply(process: Process, metadata: PatchMetadata, timeout: float,
+def apply(process: Process, patch_file: PatchFile, timeout: float,
           source: str = "the patch file") -> str:
+    """Apply ``patch_file``: its metadata and the patch object it carries,
+    whose hash was checked when the file was read (ulp.patchfile)."""
+    metadata = patch_file.metadata
+    so_bytes = patch_file.patch_object
+    if not so_bytes:
+        raise UlpError(f"{source}: a reverse patch carries no patch object and cannot be "
+                       "applied", ExitCode.BAD_INPUT)
     target = find_target(process, metadata)
     check_units(target, metadata, source)
-    so_bytes = read_patch_object(metadata)
     writes = entry_detours(target, metadata)
     check_code(process, writes)
     agent = Agent(process, timeout)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import weakref
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
@@ -27,17 +29,30 @@ MALFORMED_ELF_ERRORS = (ELFError, ConstructError, OSError, ValueError, Attribute
 @contextlib.contextmanager
 def open_elf(path: str) -> Iterator[ELFFile]:
     """Open ``path`` as an ELF file or raise a UlpError naming the problem."""
-    with open_input(path) as stream:
-        try:
-            elf = ELFFile(stream)
-        except ELFError:
-            raise UlpError(f"{path}: not an ELF file", ExitCode.BAD_INPUT) from None
-        except MALFORMED_ELF_ERRORS as error:
-            raise UlpError(f"{path}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
-        try:
-            yield elf
-        except MALFORMED_ELF_ERRORS as error:
-            raise UlpError(f"{path}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
+    with open_input(path) as stream, _elf_of(stream, path) as elf:
+        yield elf
+
+
+@contextlib.contextmanager
+def open_elf_bytes(data: bytes, name: str) -> Iterator[ELFFile]:
+    """``data`` (the contents of the file ``name``) as an ELF file, like ``open_elf``:
+    what is checked is exactly the bytes a caller goes on to use."""
+    with _elf_of(io.BytesIO(data), name) as elf:
+        yield elf
+
+
+@contextlib.contextmanager
+def _elf_of(stream: BinaryIO, name: str) -> Iterator[ELFFile]:
+    try:
+        elf = ELFFile(stream)
+    except ELFError:
+        raise UlpError(f"{name}: not an ELF file", ExitCode.BAD_INPUT) from None
+    except MALFORMED_ELF_ERRORS as error:
+        raise UlpError(f"{name}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
+    try:
+        yield elf
+    except MALFORMED_ELF_ERRORS as error:
+        raise UlpError(f"{name}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
 
 
 def require_x86_64_shared_object(elf: ELFFile, path: str) -> None:

@@ -1,6 +1,8 @@
-"""The patch metadata file that ulp-packer writes and ulp-trigger reads.
+"""The patch metadata record that ulp-packer writes and ulp-trigger reads.
 
-docs/patch-format.md describes the binary format (version 2) field by field.
+docs/patch-format.md describes the binary format (record version 2) field by
+field.  A patch file (``ulp.patchfile``, format version 3) carries one record
+and the patch .so; this module knows only the record.
 In short: a 48-byte header (magic, format version, flags, payload length,
 SHA-256 checksum), then a payload of fixed-size fields and u16-length-prefixed
 UTF-8 strings.  ``parse_patch`` treats its input as hostile: whatever the
@@ -16,13 +18,10 @@ of requirements.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, replace
 
 from ulp.errors import ExitCode, UlpError
-from ulp.files import read_input
 
 MAGIC = b"ULPPATCH"
 FORMAT_VERSION = 2
@@ -119,42 +118,6 @@ def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
         return _parse(bytes(data))
     except _Malformed as error:
         raise UlpError(f"{source}: {error}", ExitCode.BAD_INPUT) from None
-
-
-def read_patch(path: str, trusted: bool = False) -> PatchMetadata:
-    """Read and parse the patch file at ``path`` (a regular file; with
-    ``trusted``, one no other user can change: ulp.files)."""
-    return parse_patch(read_input(path, MAX_PAYLOAD + HEADER_SIZE, trusted), path)
-
-
-def write_patch(path: str, metadata: PatchMetadata) -> None:
-    """Write ``metadata`` to ``path`` atomically (a temporary file, then rename)."""
-    data = metadata.pack()
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, temp = tempfile.mkstemp(prefix=".ulp-", suffix=".tmp", dir=directory)
-    except OSError as error:
-        raise UlpError(f"{path}: cannot write ({error.strerror})", ExitCode.FILE_MISSING) from None
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except OSError as error:
-        _remove_quietly(temp)
-        raise UlpError(f"{path}: cannot write ({error.strerror})", ExitCode.FILE_MISSING) from None
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # --- writing -----------------------------------------------------------------

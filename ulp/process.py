@@ -161,13 +161,18 @@ class Process:
 
         /proc/PID/map_files names the mapped inode, so what is read is what
         runs even if the file at ``path`` was replaced or deleted since it
-        was loaded; ``path`` itself when map_files cannot be used.
+        was loaded.  When map_files cannot be used (it needs CAP_SYS_ADMIN),
+        the path through /proc/PID/root: ``path`` as the process sees it, in
+        its own mount namespace or chroot (a container).
         """
         mapping = (self._objects or self._object_mappings()).get(path)
         if mapping is not None and mapping.start == start:
             candidate = f"/proc/{self.pid}/map_files/{mapping.start:x}-{mapping.end:x}"
             if os.access(candidate, os.R_OK):
                 return candidate
+        rooted = f"/proc/{self.pid}/root{path}"
+        if path.startswith("/") and os.access(rooted, os.R_OK):
+            return rooted
         return path
 
     def _mem(self) -> int:
