@@ -15,6 +15,9 @@ from ulp.files import open_input
 
 #: a symbol name: C identifiers, plus the '.' and '$' that some compilers use
 SYMBOL = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")
+#: a demangled C++ name: printable, and with something no symbol has
+CXX_NAME = re.compile(r"[A-Za-z_.$~(][^\x00-\x1f\x7f]*")
+CXX_ONLY = ":()<>~ ,*&[]"
 REQUIRES = re.compile(r"requires:\s+(?P<path>\S.*)")
 MAX_DESC_SIZE = 1024 * 1024
 
@@ -49,6 +52,23 @@ class Description:
     def where(self, line: int) -> str:
         """``file:line`` for error messages."""
         return f"{self.path}:{line}"
+
+
+def split_pair(text: str) -> tuple[str, str] | None:
+    """``OLD:NEW`` split at its one lone colon (C++ names hold ``::``), or None."""
+    lone = [position for position, char in enumerate(text)
+            if char == ":" and text[position - 1:position] != ":"
+            and text[position + 1:position + 2] != ":"]
+    if len(lone) != 1:
+        return None
+    return text[:lone[0]].strip(), text[lone[0] + 1:].strip()
+
+
+def is_function_name(name: str) -> bool:
+    """A symbol (a C name or a mangled C++ name), or a demangled C++ name as
+    c++filt prints it (packer/cxxnames.py resolves it)."""
+    return bool(SYMBOL.fullmatch(name)) or (
+        bool(CXX_NAME.fullmatch(name)) and any(char in name for char in CXX_ONLY))
 
 
 class _Builder:
@@ -95,8 +115,8 @@ class _Builder:
         self.target = (self.resolve(path), line)
 
     def add_pair(self, line: int, text: str) -> None:
-        old, colon, new = (part.strip() for part in text.partition(":"))
-        if not colon or not SYMBOL.fullmatch(old) or not SYMBOL.fullmatch(new):
+        old, new = split_pair(text) or ("", "")
+        if not is_function_name(old) or not is_function_name(new):
             raise self.error(line, f"expected old:new, got {text!r}")
         if old in self.old_lines:
             raise self.error(line, f"{old} is replaced twice (first on line {self.old_lines[old]})")

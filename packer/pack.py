@@ -26,6 +26,7 @@ from ulp.files import read_input
 from ulp.patchfile import MAX_OBJECT, PatchFile, read_patch, read_patch_file, write_patch_file
 from ulp.prepared import PreparedLibrary
 
+from .cxxnames import demangle, resolve_names
 from .desc import Description, read_description
 
 PROG = "ulp-packer"
@@ -91,23 +92,22 @@ def _malformed_elf_is_bad_input(path: str) -> Iterator[None]:
                        ExitCode.BAD_INPUT) from None
 
 
-def _patch_functions(data: bytes, path: str) -> set[str]:
-    """Names of the FUNC symbols the patch .so (``data``, read from ``path``)
-    defines in .dynsym."""
+def _patch_functions(data: bytes, path: str) -> dict[str, int]:
+    """The FUNC symbols the patch .so (``data``, read from ``path``) defines in
+    .dynsym, with their addresses."""
     with _malformed_elf_is_bad_input(path), open_elf_bytes(data, path) as elf:
         require_x86_64_shared_object(elf, path)
         dynsym = elf.get_section_by_name(".dynsym")
         if dynsym is None:
-            return set()
+            return {}
         return {
-            symbol.name
+            symbol.name: symbol["st_value"]
             for symbol in dynsym.iter_symbols()
             if symbol["st_info"]["type"] == "STT_FUNC" and symbol["st_shndx"] != "SHN_UNDEF"
         }
 
 
-def _check_new_functions(desc: Description, patch_object: bytes) -> None:
-    defined = _patch_functions(patch_object, desc.patch_so)
+def _check_new_functions(desc: Description, defined: dict[str, int]) -> None:
     for pair in desc.pairs:
         if pair.new not in defined:
             raise UlpError(
@@ -179,9 +179,11 @@ def build_patch_file(desc: Description) -> PatchFile:
 def build_metadata(desc: Description, patch_object: bytes) -> md.PatchMetadata:
     """Check ``desc`` against the target and ``patch_object`` (the bytes of
     its patch .so); the forward patch's metadata."""
-    _check_new_functions(desc, patch_object)
+    defined = _patch_functions(patch_object, desc.patch_so)
     with _malformed_elf_is_bad_input(desc.target):
         library = PreparedLibrary.open(desc.target)
+    desc = resolve_names(desc, library, defined)  # C++ names given demangled
+    _check_new_functions(desc, defined)
     units = _units(desc, library)
     requires = _required_ids(desc)
     so_hash = hashlib.sha256(patch_object).digest()
@@ -247,8 +249,18 @@ def dump_lines(patch_file: PatchFile) -> list[str]:
         f"requires:         {requires}",
         f"functions:        {len(metadata.units)}",
     ]
-    lines += [f"  [{unit.index}] {unit.old_name} -> {unit.new_name}" for unit in metadata.units]
+    lines += [f"  [{unit.index}] {_readable(unit.old_name)} -> {_readable(unit.new_name)}"
+              for unit in metadata.units]
     return lines
+
+
+def _readable(symbol: str) -> str:
+    """``symbol``, and its demangled form for a C++ name."""
+    try:
+        demangled = demangle(symbol)
+    except UlpError:  # no demangler here: the symbol says it all the same
+        demangled = None
+    return f"{symbol} ({demangled})" if demangled else symbol
 
 
 def _body(argv: list[str] | None) -> int:
