@@ -13,25 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN_DIR, C_DIR, RUNTIME, LiveProcess, cc, shared_library, tool
+from support import BIN_DIR, ROOT, RUNTIME, LiveProcess, tool
 
-ORIGINAL = "value=100 twice=42 plus=101 half=2.5"
-PATCHED = "value=200 twice=42 plus=201 half=2.5"
+EXAMPLE = ROOT / "examples" / "portable"
+ORIGINAL = "limit=100 allowed(60,40)=0 allowed(60,41)=0"
+PATCHED = "limit=100 allowed(60,40)=1 allowed(60,41)=0"
 
 
 @pytest.fixture(scope="module")
 def built(build_dir: Path) -> Path:
-    """lib/libe2e.so (prepared), app, and src/: the patch .so and its description."""
-    root = build_dir / "portable"
-    (root / "lib").mkdir(parents=True)
-    (root / "src").mkdir()
-    lib = shared_library(root / "lib" / "libe2e.so", [C_DIR / "e2e_lib.c"])
-    assert tool("ulp-prepare", lib).returncode == 0
-    cc(root / "app", [C_DIR / "e2e_app.c"], f"-L{root / 'lib'}", "-le2e", "-ldl")
-    shared_library(root / "src" / "libe2e_fix.so", [C_DIR / "e2e_fix.c"], patchable=False)
-    (root / "src" / "fix.desc").write_text(
-        f"libe2e_fix.so\n@{root / 'lib' / 'libe2e.so'}\nlib_value:lib_value_v2\n")
-    return root
+    """examples/portable built by its own Makefile: lib/libquota.so (prepared),
+    app, libquota_fix.so, quota_fix.desc and the patch files."""
+    out = build_dir / "portable"
+    result = subprocess.run(["make", "-C", str(EXAMPLE), f"O={out}", f"ULP_BIN={BIN_DIR}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
 
 
 def pack(desc: Path, out: Path, cwd: Path | None = None) -> Path:
@@ -55,23 +52,26 @@ def test_the_patch_file_alone_applies_from_another_directory(built: Path, tmp_pa
     the patch file copied alone elsewhere: it applies the code it was packed
     with, and its reverse file (copied alone too) reverts it."""
     work = tmp_path / "work"
-    shutil.copytree(built / "src", work)
-    pack(work / "fix.desc", work / "fix.ulp")
-    with open(work / "libe2e_fix.so", "ab") as stream:
+    work.mkdir()
+    for name in ("quota_fix.desc", "libquota_fix.so"):
+        shutil.copy(built / name, work / name)
+    (work / "lib").symlink_to(built / "lib")
+    pack(work / "quota_fix.desc", work / "quota_fix.ulp")
+    with open(work / "libquota_fix.so", "ab") as stream:
         stream.write(b"tampered")
-    (work / "libe2e_fix.so").unlink()
+    (work / "libquota_fix.so").unlink()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for name in ("fix.ulp", "fix.rev.ulp"):
+    for name in ("quota_fix.ulp", "quota_fix.rev.ulp"):
         shutil.copy(work / name, elsewhere / name)
     shutil.rmtree(work)
-    app = LiveProcess([built / "app"], env={"LD_LIBRARY_PATH": str(built / "lib")})
-    with app:
+    with LiveProcess([built / "app"]) as app:
         assert app.next_line() == "ready"
-        applied = trigger(str(app.pid), elsewhere / "fix.ulp")
+        assert call(app) == ORIGINAL
+        applied = trigger(str(app.pid), elsewhere / "quota_fix.ulp")
         assert applied.returncode == 0, applied.stderr
         assert call(app) == PATCHED
-        reverted = trigger(str(app.pid), elsewhere / "fix.rev.ulp")
+        reverted = trigger(str(app.pid), elsewhere / "quota_fix.rev.ulp")
         assert reverted.returncode == 0, reverted.stderr
         assert call(app) == ORIGINAL
 
@@ -84,14 +84,15 @@ def test_packing_is_reproducible(built: Path, tmp_path: Path) -> None:
     for number, umask in enumerate((0o022, 0o077)):
         out = tmp_path / str(number)
         out.mkdir()
-        os.utime(built / "src" / "libe2e_fix.so", (1_000_000 * (number + 1),) * 2)
+        os.utime(built / "libquota_fix.so", (1_000_000 * (number + 1),) * 2)
         old = os.umask(umask)
         try:
-            pack(built / "src" / "fix.desc", out / "fix.ulp", cwd=out if number else tmp_path)
+            pack(built / "quota_fix.desc", out / "fix.ulp", cwd=out if number else tmp_path)
         finally:
             os.umask(old)
         outputs.append(((out / "fix.ulp").read_bytes(), (out / "fix.rev.ulp").read_bytes()))
     assert outputs[0] == outputs[1]
+    assert outputs[0][0] == (built / "quota_fix.ulp").read_bytes()  # and as make packed it
     assert outputs[0][0] != outputs[0][1]
 
 
@@ -100,7 +101,7 @@ def chroot_tree(root: Path, app: Path, libdir: Path) -> None:
     /lib), the runtime and what they load: not the patch's files."""
     (root / "lib").mkdir(parents=True)
     wanted = {app: root / "app", RUNTIME: root / "libulp.so",
-              libdir / "libe2e.so": root / "lib" / "libe2e.so"}
+              libdir / "libquota.so": root / "lib" / "libquota.so"}
     for binary in (app, RUNTIME):
         listing = subprocess.run(["ldd", str(binary)], capture_output=True, text=True,
                                  timeout=30, env={**os.environ,
@@ -143,9 +144,9 @@ def contained(built: Path, tmp_path: Path) -> tuple[Path, Path]:
     chroot_tree(root, built / "app", built / "lib")
     patches = tmp_path / "patches"
     patches.mkdir()
-    pack(built / "src" / "fix.desc", patches / "fix.ulp")
+    shutil.copy(built / "quota_fix.ulp", patches / "quota_fix.ulp")
     assert not (root / patches.relative_to("/")).exists()
-    return root, patches / "fix.ulp"
+    return root, patches / "quota_fix.ulp"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot and a new mount namespace need root")
@@ -179,3 +180,23 @@ def test_a_chroot_without_proc_is_refused_with_one_line(contained) -> None:
         assert (loaded(app), os.listdir(f"/proc/{app.pid}/fd")) == before
         status = tool("ulp", "status", str(app.pid))
         assert "0 patch(es) applied" in status.stdout, status.stderr
+
+
+def test_a_file_of_the_earlier_format_is_refused_in_one_line(built: Path, tmp_path: Path) -> None:
+    """A version-2 file (the bare metadata record, naming its .so by path):
+    one line from each tool, exit 4, and the process is not touched."""
+    data = (built / "quota_fix.ulp").read_bytes()
+    record_size = int.from_bytes(data[12:16], "little")
+    old = tmp_path / "old.ulp"
+    old.write_bytes(data[56:56 + record_size])
+    assert old.read_bytes()[8:10] == b"\x02\x00"
+    with LiveProcess([built / "app"]) as app:
+        assert app.next_line() == "ready"
+        for result in (trigger(str(app.pid), old), tool("ulp-packer", "--dump", old)):
+            assert result.returncode == 4, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert lines[0].endswith("patch format version 2, written by an earlier "
+                                     "ulp-packer, does not carry its patch object: pack it "
+                                     "again"), lines[0]
+        assert call(app) == ORIGINAL
