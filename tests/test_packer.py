@@ -268,8 +268,10 @@ def test_dump(files, tmp_path):
     assert f"target build-id:  {metadata.target_build_id.hex()}" in forward
     assert "requires:         (none)" in forward
     assert f"  [{metadata.units[1].index}] bar -> bar_fixed" in forward
+    assert f"object carried:   {files['fix'].stat().st_size} bytes" in forward
     reverse = pack_ok("--dump", tmp_path / "patch.rev.ulp")
     assert "direction:        reverse" in reverse
+    assert "object carried:   none (a reverse patch loads nothing)" in reverse
 
 
 def test_dump_rejects_bad_files(tmp_path):
