@@ -27,7 +27,7 @@ from dataclasses import replace
 from ulp.errors import ExitCode, UlpError
 from ulp.prepared import PreparedLibrary
 
-from .desc import Description
+from .desc import SYMBOL, Description
 
 #: the end of a parameter list, then the cv- and ref-qualifiers of a member function
 _PARAMETERS_END = re.compile(r"\)(\s*(const|volatile|&&|&|noexcept))*\s*$")
@@ -105,6 +105,15 @@ def resolve(name: str, symbols: Mapping[str, Hashable]) -> str | None:
     """
     if name in symbols:
         return name
+    try:
+        return _resolve_demangled(name, symbols)
+    except UlpError:
+        if SYMBOL.fullmatch(name):
+            return None  # no demangler here: a plain name that is no symbol names nothing
+        raise
+
+
+def _resolve_demangled(name: str, symbols: Mapping[str, Hashable]) -> str | None:
     wanted = normalise(name)
     full: dict[Hashable, list[str]] = {}
     short: dict[Hashable, list[str]] = {}

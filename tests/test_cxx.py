@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import BIN_DIR, ROOT, LiveProcess, tool
-from ulp.errors import ExitCode
+from ulp.errors import ExitCode, UlpError
 from ulp.packer.cxxnames import normalise, resolve, without_parameters
 from ulp.packer.desc import is_function_name, split_pair
 from ulp.patchfile import read_patch
@@ -149,3 +149,22 @@ def test_demangled_names_match_as_cxxfilt_prints_them() -> None:
     assert without_parameters("void geo::swap<int>(int&, int&)") == [
         "void geo::swap<int>", "geo::swap<int>"]
     assert without_parameters("geo::F::operator()(int) const") == ["geo::F::operator()"]
+
+
+def test_without_libstdcxx_symbols_still_work_and_demangled_names_say_why(monkeypatch) -> None:
+    """Where cxxfilt finds no libstdc++ to demangle with (its own deferred
+    error), symbols resolve as before and a demangled name is refused in one
+    line saying what to give instead."""
+    import cxxfilt
+
+    missing = cxxfilt.DeferedErrorDemangler(cxxfilt.LibraryNotFound("no libstdc++"))
+    monkeypatch.setattr(cxxfilt, "default_demangler", missing)
+    symbols = {"_ZN3geo5clampEi": 1, "plain": 2}
+    assert resolve("_ZN3geo5clampEi", symbols) == "_ZN3geo5clampEi"
+    assert resolve("plain", symbols) == "plain"
+    assert resolve("typo", symbols) is None
+    with pytest.raises(UlpError) as caught:
+        resolve("geo::clamp(int)", symbols)
+    assert caught.value.exit_code == ExitCode.FAILURE
+    assert "cannot demangle C++ names" in str(caught.value)
+    assert "mangled name" in str(caught.value)
