@@ -22,9 +22,8 @@
  *   from outside, record claimed: this entry interrupted an update of the
  *     record (it runs in a signal handler): it writes nothing and keeps the
  *     universe (tracker.c decides whether the claimer is gone for good).
- *   from outside, the outermost anchor's slot is this entry's own: every
- *     anchored activation lies in the popped part of this stack (the loop):
- *     external, take G.
+ *   from outside, the only anchor's slot is this entry's own (the loop):
+ *     its activation has returned: external, take G.
  *   from outside, one anchor (and no alternate signal stack): below this
  *     entry, or near above and overwritten, so the activation it anchored
  *     has returned: external, take G.
@@ -113,13 +112,14 @@ ulp_entry:
     movq    %rsp, %fs:REC_CLAIM(%r11)
     cmpq    %rsp, %fs:REC_ANCHORS+ANCHOR_SLOT(%r11)
     jne     .Lother_slot
-    /* The loop: the outermost anchor is this very slot, so it and every
-     * activation inside it have returned. */
+    cmpq    $1, %fs:REC_DEPTH(%r11)
+    jne     .Ljudge
+    /* The loop: the only anchor is this very slot: its activation has
+     * returned. */
     movq    (%rsp), %rax
     movq    %rax, %fs:REC_ANCHORS+ANCHOR_RET(%r11)
 
-.Lexternal:                             /* anchors[0] = this entry: take G */
-    movq    $1, %fs:REC_DEPTH(%r11)
+.Lexternal:                             /* the only anchor is this entry's */
     movq    ulp_global_universe(%rip), %rax
     movq    %rax, %fs:REC_UNIVERSE(%r11)
     movq    $0, %fs:REC_CLAIM(%r11)     /* release */
