@@ -1,0 +1,231 @@
+"""The rows of `make bench`: each figure with every target of its row and a
+verdict that checks all of them; results.json, report.md and one plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: the nested-entry budget: the consistency model defines callbacks and
+#: signal handlers that enter a library with a live activation as nested
+NESTED_BUDGET = 10
+
+
+@dataclass
+class Check:
+    what: str
+    value: float | None
+    limit: float
+    unit: str
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.value is None else self.value <= self.limit
+
+
+@dataclass
+class Row:
+    key: str
+    figure: str
+    measured: str
+    checks: list[Check]
+    details: dict = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return ", ".join(f"{check.what} <= {check.limit:g}{check.unit}" for check in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        if any(check.ok is None for check in self.checks):
+            return "not measured"
+        missed = [check.what for check in self.checks if not check.ok]
+        return "meets" if not missed else "MISSES " + ", ".join(missed)
+
+    def as_json(self) -> dict:
+        return {"key": self.key, "figure": self.figure, "measured": self.measured,
+                "target": self.target, "verdict": self.verdict,
+                "checks": [dict(asdict(check), ok=check.ok) for check in self.checks],
+                "details": self.details}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def show(stats: dict[str, float], fmt: str = "{:.2f}", unit: str = "") -> str:
+    return (f"{fmt.format(stats['median'])}{unit} "
+            f"[{fmt.format(stats['min'])}..{fmt.format(stats['max'])}]")
+
+
+def paired(samples: list, variant: str, baseline: str, figure: str) -> dict[str, dict]:
+    """Per round of every process: VARIANT against BASELINE measured back to
+    back; the ratio and the difference (ns), with median and spread."""
+    by_round: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for process, round_, name, fig, ns in samples:
+        if fig == figure:
+            by_round[(process, round_)][name] = ns
+    pairs = [(ns[variant], ns[baseline]) for ns in by_round.values()
+             if variant in ns and baseline in ns]
+    return {"ratio": spread([a / b for a, b in pairs]),
+            "delta_ns": spread([a - b for a, b in pairs]),
+            variant: spread([a for a, _ in pairs]), baseline: spread([b for _, b in pairs])}
+
+
+def call_rows(counts: dict, steps: dict, times: dict) -> list[Row]:
+    rows = []
+    absent = counts["absent"]
+    extra = absent["prep"]["loop"] - absent["nat"]["loop"]
+    time = paired(times["absent"], "prep", "nat", "loop")
+    rows.append(Row(
+        "absent", "prepared, runtime absent, vs a library built without the flag",
+        f"{extra:+.2f} instructions ({absent['prep']['loop']:.2f} vs "
+        f"{absent['nat']['loop']:.2f}); time {show(time['ratio'], unit='x')}",
+        [Check("instructions", extra, 2, ""), Check("time ratio", time["ratio"]["median"],
+                                                    1.10, "x")],
+        {"instructions": absent, "time": time}))
+    loaded = counts["loaded"]
+    for figure, label, budget in (
+            ("loop", "runtime loaded, no patch, loop calling from one frame", 10),
+            ("depth", "runtime loaded, external entries from varying stack depths", 14),
+            ("nested", "runtime loaded, nested entry (the library calls its own export "
+                       "through its PLT)", 10),
+            ("callback", "runtime loaded, callback (the library calls the application, "
+                         "which calls the library)", NESTED_BUDGET),
+            ("signal", "runtime loaded, signal-handler entry (handler calls the library "
+                       "while it is active)", NESTED_BUDGET)):
+        extra = loaded["prep"][figure] - loaded["nat"][figure]
+        time = paired(times["loaded"], "prep", "nat", figure)
+        rows.append(Row(
+            figure, label,
+            f"{extra:+.2f} instructions ({loaded['prep'][figure]:.2f} vs "
+            f"{loaded['nat'][figure]:.2f}); time {show(time['delta_ns'], '{:+.2f}', ' ns')}, "
+            f"{show(time['ratio'], unit='x')}",
+            [Check("instructions", extra, budget, "")],
+            {"instructions": {v: loaded[v][figure] for v in ("nat", "prep")}, "time": time}))
+    patched = steps["patched"]
+    extra = patched["prep"]["loop"] - patched["direct"]["loop"]
+    time = paired(times["patched"], "prep", "direct", "loop")
+    rows.append(Row(
+        "patched", "patched call vs calling the replacement directly",
+        f"{patched['prep']['loop']:.2f} vs {patched['direct']['loop']:.2f} instructions "
+        f"({extra:+.2f}); time {show(time['ratio'], unit='x')}",
+        [Check("instructions", extra, 8, ""), Check("time ratio", time["ratio"]["median"],
+                                                    1.3, "x")],
+        {"instructions": {v: patched[v]["loop"] for v in ("prep", "direct")}, "time": time}))
+    fib_instr = patched["prep"]["fib"] / patched["nat"]["fib"]
+    time = paired(times["patched"], "prep", "nat", "fib")
+    rows.append(Row(
+        "fib", "recursive fib(32), every call patched, vs native built without the flag",
+        f"time {show(time['ratio'], unit='x')} ({time['prep']['median'] / 1e6:.1f} vs "
+        f"{time['nat']['median'] / 1e6:.1f} ms); instructions {fib_instr:.2f}x "
+        f"({patched['prep']['fib']:.1f} vs {patched['nat']['fib']:.1f} per call)",
+        [Check("time ratio", time["ratio"]["median"], 1.3, "x")],
+        {"instructions_per_call": {v: patched[v]["fib"] for v in ("prep", "nat")},
+         "instruction_ratio": fib_instr, "time": time}))
+    return rows
+
+
+def prepare_row(cost: dict) -> Row:
+    return Row("prepare", "ulp-prepare, 5,000 exported functions",
+               f"{cost['cpu_s']:.2f} s CPU, {cost['peak_rss_mb']:.0f} MB peak RSS",
+               [Check("CPU", cost["cpu_s"], 2, " s"), Check("peak RSS", cost["peak_rss_mb"],
+                                                             300, " MB")], cost)
+
+
+def pause_row(threads: int, applies: list[dict[str, float]]) -> Row:
+    pause = spread([apply["pause_ms"] for apply in applies])
+    command = spread([apply["command_ms"] for apply in applies])
+    return Row(f"pause{threads}", f"ulp-trigger apply, {threads} application threads held "
+               "stopped (median of applies)",
+               f"{show(pause, '{:.1f}', ' ms')}; whole command {show(command, '{:.0f}', ' ms')}",
+               [Check("pause", pause["median"], 5, " ms")],
+               {"pause_ms": pause, "command_ms": command, "applies": applies})
+
+
+def speedtest_row(path: Path) -> Row:
+    label = "SQLite speedtest1, prepared with the runtime vs unprepared (make realworld)"
+    if not path.exists():
+        return Row("speedtest1", label, "not measured: run make realworld",
+                   [Check("time ratio", None, 1.02, "x")])
+    data = json.loads(path.read_text())
+    ratio = _ratio_in(data)
+    measured = f"{ratio:.3f}x (from {path.name})" if ratio is not None else \
+        f"no ratio found in {path.name}"
+    return Row("speedtest1", label, measured, [Check("time ratio", ratio, 1.02, "x")], data)
+
+
+def _ratio_in(data) -> float | None:
+    """The ratio of build/realworld/speedtest1.json: "ratio", or a "median"
+    inside it, or the first number under a key naming a ratio."""
+    if isinstance(data, dict):
+        for key in ("ratio", "median_ratio"):
+            value = data.get(key)
+            if isinstance(value, int | float):
+                return float(value)
+            if isinstance(value, dict) and isinstance(value.get("median"), int | float):
+                return float(value["median"])
+        for key, value in data.items():
+            if "ratio" in key and isinstance(value, int | float):
+                return float(value)
+    return None
+
+
+def markdown(rows: list[Row], meta: dict) -> str:
+    lines = ["# make bench", "",
+             f"Commit {meta['commit']}, {meta['date']}; load average "
+             f"{' '.join(f'{x:.2f}' for x in meta['load_average']['start'])} at the start, "
+             f"{' '.join(f'{x:.2f}' for x in meta['load_average']['end'])} at the end "
+             f"({meta['cores']} cores).", "",
+             "Instructions per call are the primary figure (callgrind, or the single-stepping "
+             "counter where the process is patched), the difference of two run lengths. "
+             "Times are medians [min..max] over "
+             f"{meta['rounds']} interleaved rounds in each of {meta['processes']} processes per "
+             "configuration, each round pairing the variant with its baseline; time "
+             "verdicts use the median. docs/benchmarks.md explains the method.", "",
+             "| figure | measured | target | verdict |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row.figure} | {row.measured} | {row.target} | {row.verdict} |")
+    lines += ["", f"Counter check: {meta['counter_check']}", "", "![call figures](calls.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], out: Path) -> None:
+    """Instructions per call over the baseline, and time ratios, against targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calls = [(row, check) for row in rows for check in row.checks
+             if check.what == "instructions" and check.value is not None]
+    ratios = [(row, check) for row in rows for check in row.checks
+              if check.what == "time ratio" and check.value is not None]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
+    for axis, items, title in ((left, calls, "extra instructions per call"),
+                               (right, ratios, "time ratio (median, whiskers min..max)")):
+        labels = [row.key for row, _ in items]
+        values = [check.value for _, check in items]
+        colours = ["tab:green" if check.ok else "tab:red" for _, check in items]
+        positions = range(len(items))
+        axis.barh(positions, values, color=colours, alpha=0.8, label="measured")
+        axis.scatter([check.limit for _, check in items], positions, marker="|", s=400,
+                     color="black", zorder=3, label="target")
+        if axis is right:
+            low = [check.value - row.details["time"]["ratio"]["min"]
+                   if "time" in row.details else 0 for row, check in items]
+            high = [row.details["time"]["ratio"]["max"] - check.value
+                    if "time" in row.details else 0 for row, check in items]
+            axis.errorbar(values, positions, xerr=[low, high], fmt="none", ecolor="grey")
+        axis.set_yticks(list(positions), labels)
+        axis.invert_yaxis()
+        axis.set_title(title)
+        axis.legend(loc="lower right")
+    left.set_xscale("symlog", linthresh=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
