@@ -76,19 +76,25 @@ def paired(samples: list, variant: str, baseline: str, figure: str) -> dict[str,
             variant: spread([a for a, _ in pairs]), baseline: spread([b for _, b in pairs])}
 
 
+def call_row(key: str, label: str, counts: dict, samples: list, variant: str, baseline: str,
+             figure: str, budget: float, ratio_limit: float | None = None) -> Row:
+    """VARIANT against BASELINE on FIGURE: extra instructions per call (COUNTS:
+    variant -> figure -> count) within BUDGET, and the time ratio within
+    RATIO_LIMIT where the row has one."""
+    ours, theirs = counts[variant][figure], counts[baseline][figure]
+    time = paired(samples, variant, baseline, figure)
+    checks = [Check("instructions", ours - theirs, budget, "")]
+    if ratio_limit is not None:
+        checks.append(Check("time ratio", time["ratio"]["median"], ratio_limit, "x"))
+    return Row(key, label,
+               f"{ours - theirs:+.2f} instructions ({ours:.2f} vs {theirs:.2f}); time "
+               f"{show(time['delta_ns'], '{:+.2f}', ' ns')}, {show(time['ratio'], unit='x')}",
+               checks, {"instructions": {variant: ours, baseline: theirs}, "time": time})
+
+
 def call_rows(counts: dict, steps: dict, times: dict) -> list[Row]:
-    rows = []
-    absent = counts["absent"]
-    extra = absent["prep"]["loop"] - absent["nat"]["loop"]
-    time = paired(times["absent"], "prep", "nat", "loop")
-    rows.append(Row(
-        "absent", "prepared, runtime absent, vs a library built without the flag",
-        f"{extra:+.2f} instructions ({absent['prep']['loop']:.2f} vs "
-        f"{absent['nat']['loop']:.2f}); time {show(time['ratio'], unit='x')}",
-        [Check("instructions", extra, 2, ""), Check("time ratio", time["ratio"]["median"],
-                                                    1.10, "x")],
-        {"instructions": absent, "time": time}))
-    loaded = counts["loaded"]
+    rows = [call_row("absent", "prepared, runtime absent, vs a library built without the flag",
+                     counts["absent"], times["absent"], "prep", "nat", "loop", 2, 1.10)]
     for figure, label, budget in (
             ("loop", "runtime loaded, no patch, loop calling from one frame", 10),
             ("depth", "runtime loaded, external entries from varying stack depths", 14),
@@ -98,25 +104,11 @@ def call_rows(counts: dict, steps: dict, times: dict) -> list[Row]:
                          "which calls the library)", NESTED_BUDGET),
             ("signal", "runtime loaded, signal-handler entry (handler calls the library "
                        "while it is active)", NESTED_BUDGET)):
-        extra = loaded["prep"][figure] - loaded["nat"][figure]
-        time = paired(times["loaded"], "prep", "nat", figure)
-        rows.append(Row(
-            figure, label,
-            f"{extra:+.2f} instructions ({loaded['prep'][figure]:.2f} vs "
-            f"{loaded['nat'][figure]:.2f}); time {show(time['delta_ns'], '{:+.2f}', ' ns')}, "
-            f"{show(time['ratio'], unit='x')}",
-            [Check("instructions", extra, budget, "")],
-            {"instructions": {v: loaded[v][figure] for v in ("nat", "prep")}, "time": time}))
+        rows.append(call_row(figure, label, counts["loaded"], times["loaded"], "prep", "nat",
+                             figure, budget))
     patched = steps["patched"]
-    extra = patched["prep"]["loop"] - patched["direct"]["loop"]
-    time = paired(times["patched"], "prep", "direct", "loop")
-    rows.append(Row(
-        "patched", "patched call vs calling the replacement directly",
-        f"{patched['prep']['loop']:.2f} vs {patched['direct']['loop']:.2f} instructions "
-        f"({extra:+.2f}); time {show(time['ratio'], unit='x')}",
-        [Check("instructions", extra, 8, ""), Check("time ratio", time["ratio"]["median"],
-                                                    1.3, "x")],
-        {"instructions": {v: patched[v]["loop"] for v in ("prep", "direct")}, "time": time}))
+    rows.append(call_row("patched", "patched call vs calling the replacement directly",
+                         patched, times["patched"], "prep", "direct", "loop", 8, 1.3))
     fib_instr = patched["prep"]["fib"] / patched["nat"]["fib"]
     time = paired(times["patched"], "prep", "nat", "fib")
     rows.append(Row(
@@ -206,26 +198,36 @@ def plot(rows: list[Row], out: Path) -> None:
     ratios = [(row, check) for row in rows for check in row.checks
               if check.what == "time ratio" and check.value is not None]
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
-    for axis, items, title in ((left, calls, "extra instructions per call"),
-                               (right, ratios, "time ratio (median, whiskers min..max)")):
-        labels = [row.key for row, _ in items]
-        values = [check.value for _, check in items]
-        colours = ["tab:green" if check.ok else "tab:red" for _, check in items]
-        positions = range(len(items))
-        axis.barh(positions, values, color=colours, alpha=0.8, label="measured")
-        axis.scatter([check.limit for _, check in items], positions, marker="|", s=400,
-                     color="black", zorder=3, label="target")
-        if axis is right:
-            low = [check.value - row.details["time"]["ratio"]["min"]
-                   if "time" in row.details else 0 for row, check in items]
-            high = [row.details["time"]["ratio"]["max"] - check.value
-                    if "time" in row.details else 0 for row, check in items]
-            axis.errorbar(values, positions, xerr=[low, high], fmt="none", ecolor="grey")
-        axis.set_yticks(list(positions), labels)
-        axis.invert_yaxis()
-        axis.set_title(title)
-        axis.legend(loc="lower right")
+    _bars(left, calls, 0.0, "extra instructions per call (symlog)")
     left.set_xscale("symlog", linthresh=10)
+    _bars(right, ratios, 1.0, "time ratio (median, whiskers min..max, log)")
+    right.set_xscale("log")
+    spreads = [row.details.get("time", {}).get("ratio") for row, _ in ratios]
+    values = [check.value for _, check in ratios]
+    right.errorbar(values, range(len(ratios)), fmt="none", ecolor="grey", capsize=3,
+                   xerr=[[v - (s or {}).get("min", v) for v, s in zip(values, spreads,
+                                                                       strict=True)],
+                         [(s or {}).get("max", v) - v for v, s in zip(values, spreads,
+                                                                      strict=True)]])
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
+
+
+def _bars(axis, items: list[tuple[Row, Check]], base: float, title: str) -> None:
+    """One bar per check from BASE to its value (green within the target,
+    red over it), the target as a black tick, the value written beside."""
+    positions = list(range(len(items)))
+    values = [check.value for _, check in items]
+    axis.barh(positions, [value - base for value in values], left=base, alpha=0.8,
+              color=["tab:green" if check.ok else "tab:red" for _, check in items],
+              label="measured")
+    axis.scatter([check.limit for _, check in items], positions, marker="|", s=400,
+                 color="black", zorder=3, label="target")
+    for position, value in zip(positions, values, strict=True):
+        axis.annotate(f"{value:.3g}", (value, position), xytext=(4, 4),
+                      textcoords="offset points", fontsize=8)
+    axis.set_yticks(positions, [row.key for row, _ in items])
+    axis.invert_yaxis()
+    axis.set_title(title)
+    axis.legend(loc="lower right")

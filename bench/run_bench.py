@@ -28,8 +28,8 @@ import report  # noqa: E402
 OUT = ROOT / "build" / "bench"
 SPEEDTEST = ROOT / "build" / "realworld" / "speedtest1.json"
 PROCESSES = 3  # per process kind, interleaved
-ROUNDS = 10  # per process, variants interleaved within each
-APPLIES = {8: 5, 256: 3}
+ROUNDS = 20  # per process, variants interleaved within each
+APPLIES = {8: 4, 256: 2}
 PREPARE_FUNCTIONS = 5000
 
 
