@@ -112,9 +112,13 @@ class Target(LiveProcess):
         variants = [f"{name}={work}/drv_{name}.so" for name in KINDS[kind]]
         super().__init__([work / "callbench", "serve", *variants], env=environment(kind),
                          preload_runtime=kind != "absent", cwd=work)
-        self.wait_for(lambda line: line == "ready", TIMEOUT)
-        if kind == "patched":
-            checked(tool("ulp-trigger", self.pid, work / "fix.ulp", timeout=TIMEOUT))
+        try:
+            self.wait_for(lambda line: line == "ready", TIMEOUT)
+            if kind == "patched":
+                checked(tool("ulp-trigger", self.pid, work / "fix.ulp", timeout=TIMEOUT))
+        except BaseException:
+            self.stop()
+            raise
 
     def command(self, line: str) -> list[str]:
         """Send one command; the lines it printed before its "done"."""
@@ -160,6 +164,32 @@ def step_counts(work: Path, kind: str) -> dict[str, dict[str, float]]:
             target.proc.stdin.close()
             target.proc.wait(timeout=TIMEOUT)
     return result
+
+
+def same_loops(work: Path) -> dict[str, bool]:
+    """Per figure: do the loops of every variant execute the same instructions
+    (mnemonics and register operands; call targets differ only in the PLT
+    slot's address and name)?"""
+    import capstone
+    from elftools.elf.elffile import ELFFile
+
+    disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    listings: dict[str, list[list[str]]] = {}
+    for variant in KINDS["patched"]:
+        with open(work / f"drv_{variant}.so", "rb") as stream:
+            elf = ELFFile(stream)
+            symbols = elf.get_section_by_name(".symtab") or elf.get_section_by_name(".dynsym")
+            for symbol in symbols.iter_symbols():
+                if not symbol.name.startswith("drv_") or symbol["st_size"] == 0:
+                    continue
+                offset = next(elf.address_offsets(symbol["st_value"]))
+                stream.seek(offset)
+                code = stream.read(symbol["st_size"])
+                listings.setdefault(symbol.name[4:], []).append(
+                    [f"{i.mnemonic} {i.op_str if i.mnemonic not in ('call', 'jmp') else ''}"
+                     for i in disassembler.disasm(code, 0)])
+    return {figure: all(listing == found[0] for listing in found)
+            for figure, found in listings.items()}
 
 
 def interleaved_times(work: Path, processes: int, rounds: int) \

@@ -122,8 +122,8 @@ def call_rows(counts: dict, steps: dict, times: dict) -> list[Row]:
     return rows
 
 
-def prepare_row(cost: dict) -> Row:
-    return Row("prepare", "ulp-prepare, 5,000 exported functions",
+def prepare_row(nfuncs: int, cost: dict) -> Row:
+    return Row("prepare", f"ulp-prepare, {nfuncs:,} exported functions",
                f"{cost['cpu_s']:.2f} s CPU, {cost['peak_rss_mb']:.0f} MB peak RSS",
                [Check("CPU", cost["cpu_s"], 2, " s"), Check("peak RSS", cost["peak_rss_mb"],
                                                              300, " MB")], cost)
@@ -180,7 +180,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
              "| figure | measured | target | verdict |", "| --- | --- | --- | --- |"]
     for row in rows:
         lines.append(f"| {row.figure} | {row.measured} | {row.target} | {row.verdict} |")
-    lines += ["", f"Counter check: {meta['counter_check']}", "", "![call figures](calls.png)", ""]
+    lines += ["", f"Counter check: {meta['counter_check']}.", "",
+              f"Same loop: {meta['same_loops']} (drv_* of driver.c, compared with capstone; "
+              "call targets aside).", "", "![call figures](calls.png)", ""]
     return "\n".join(lines)
 
 

@@ -70,7 +70,8 @@ def measure_all() -> tuple[list[report.Row], dict]:
     rows += [report.pause_row(threads, pauses.apply_pauses(work, threads, applies))
              for threads, applies in APPLIES.items()]
     stage("apply pauses", started)
-    rows.append(report.prepare_row(prepare_cost.measure(PREPARE_FUNCTIONS, work / "prepare")))
+    cost = prepare_cost.measure(PREPARE_FUNCTIONS, work / "prepare")
+    rows.append(report.prepare_row(PREPARE_FUNCTIONS, cost))
     stage("ulp-prepare cost", started)
     rows.append(report.speedtest_row(SPEEDTEST))
     raw = {"instructions_callgrind": counts, "instructions_stepped": steps,
@@ -78,6 +79,7 @@ def measure_all() -> tuple[list[report.Row], dict]:
                                      strict=True)) for sample in samples]
                      for kind, samples in times.items()},
            "counter_check": counter_check(counts, steps),
+           "same_loops": calls.same_loops(work),
            "seconds": time.monotonic() - started}
     return rows, raw
 
@@ -97,6 +99,10 @@ def main() -> int:
         return 1
     meta["load_average"]["end"] = os.getloadavg()
     meta["counter_check"] = raw["counter_check"]["text"]
+    same = raw["same_loops"]
+    meta["same_loops"] = ("every variant's loops execute the same instructions" if all(
+        same.values()) else "LOOPS DIFFER between variants: " + ", ".join(
+        figure for figure, alike in same.items() if not alike))
     (OUT / "results.json").write_text(json.dumps(
         {"meta": meta, "rows": [row.as_json() for row in rows], "raw": raw}, indent=1) + "\n")
     (OUT / "report.md").write_text(report.markdown(rows, meta))
