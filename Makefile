@@ -43,7 +43,13 @@ demo: setup
 test: setup lint
 	$(VENV)/bin/python -m pytest -q tests
 
+# Instruction counts need valgrind (apt-get, as for system-deps), the plot
+# matplotlib (the bench extra); see docs/benchmarks.md.
 bench: setup
+	@command -v valgrind >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq valgrind; \
+		else echo "missing: valgrind (install it, or run as root)"; exit 1; fi; }
+	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python bench/run_bench.py
 
 # ulp-prepare on mutated libraries: FUZZ_COUNT cases of seed FUZZ_SEED (the
