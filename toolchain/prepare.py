@@ -163,10 +163,14 @@ class Plan:
         return b"".join(parts)
 
     def code_section(self) -> bytes:
-        return b"".join(
-            trampolines.trampoline(index, self.trampoline(index), function.entry,
-                                   self.func_desc(index), self.got_slot)
-            for index, function in enumerate(self.library.functions))
+        template = trampolines.trampoline_template()
+        code = bytearray(len(self.library.functions) * template.size)
+        for index, function in enumerate(self.library.functions):
+            template.emit_into(code, index * template.size, self.trampoline(index),
+                               trampolines.trampoline_values(index, function.entry,
+                                                             self.func_desc(index),
+                                                             self.got_slot))
+        return bytes(code)
 
     def padding_stub(self, index: int, function: Function) -> bytes:
         return trampolines.padding_stub(function.padding, self.func_desc(index), self.got_slot)

@@ -1,209 +1,91 @@
 """The code ulp-prepare writes: trampolines and padding stubs.
 
-The assembly comes from the jinja2 templates in ``templates/``; keystone
-assembles it and capstone checks the result.  A template writes a
-rip-relative operand as ``[rip + @name]``: keystone cannot resolve a
-rip-relative reference to an absolute address, so each instruction is first
-assembled with a zero displacement to learn its length, then again with
-``target - next_ip``.  Branches take absolute targets, which keystone encodes
-relative to the address the instruction is assembled at.
+The assembly comes from the jinja2 templates in ``templates/``
+(``trampoline.s.j2``, ``padding.s.j2``).  Each is compiled once per run by
+``codetemplate``: keystone assembles it and capstone checks it, and every
+copy is the compiled pattern with its address fields written in.  A
+template writes a rip-relative operand as ``[rip + @name]`` and a branch
+with an absolute target (``{{ entry }}``); the names it may use are the
+parameters of ``trampoline`` and ``padding_stub`` below.
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import capstone
-import jinja2
-import keystone
 from capstone import x86
 
 from ulp import layout
 
-TEMPLATES = Path(__file__).parent / "templates"
-_RIP_OPERAND = re.compile(r"\+ @(\w+)")
+from .codetemplate import CodeError, CodeTemplate, compile_template, decode
+
+__all__ = ["CodeError", "trampoline", "padding_stub", "verify_trampoline",
+           "verify_padding_stub", "is_nop_run", "is_endbr64"]
+
+#: what differs between two trampolines (the template may use each)
+TRAMPOLINE_PARAMS = ("index", "entry", "fdesc", "got")
+PADDING_PARAMS = ("fdesc", "got")
 
 
-class CodeError(Exception):
-    """Generated code does not have the intended shape (a bug in ulp-prepare)."""
+def trampoline_template(**static: object) -> CodeTemplate:
+    """The compiled trampoline; ``static`` is template context shared by every copy."""
+    return compile_template("trampoline.s.j2", layout.TRAMPOLINE_SIZE, TRAMPOLINE_PARAMS,
+                            "trampoline", **static)
 
 
-@functools.cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-
-
-@functools.cache
-def _keystone() -> keystone.Ks:
-    return keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
-
-
-@functools.cache
-def _capstone() -> capstone.Cs:
-    disassembler = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    disassembler.detail = True
-    return disassembler
-
-
-def _render(template: str, **context: object) -> list[str]:
-    text = _environment().get_template(template).render(**context)
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _assemble_line(line: str, address: int) -> bytes:
-    # keystone 0.9 predates CET and does not know endbr64: it is a constant.
-    if line == "endbr64":
-        return layout.ENDBR64
-    try:
-        encoding, _count = _keystone().asm(line, address)
-    except keystone.KsError as error:
-        raise CodeError(f"keystone cannot assemble {line!r} at {address:#x} ({error})") from None
-    if not encoding:
-        raise CodeError(f"keystone produced nothing for {line!r}")
-    return bytes(encoding)
-
-
-def _resolve(line: str, targets: dict[str, int], next_ip: int) -> str:
-    def displacement(match: re.Match[str]) -> str:
-        disp = targets[match.group(1)] - next_ip
-        return f"+ {disp:#x}" if disp >= 0 else f"- {-disp:#x}"
-
-    return _RIP_OPERAND.sub(displacement, line)
-
-
-def assemble(lines: list[str], address: int, targets: dict[str, int],
-             labels: dict[str, int] | None = None) -> bytes:
-    """Assemble ``lines`` to run at ``address``, resolving ``@name`` operands.
-
-    A line ``name:`` is a label: its address goes into ``labels``.
-    """
-    code = bytearray()
-    for line in lines:
-        here = address + len(code)
-        if line.endswith(":"):
-            if labels is not None:
-                labels[line[:-1]] = here
-            continue
-        length = len(_assemble_line(_resolve(line, targets, here), here))
-        # rip-relative operands always carry a 32-bit displacement, so the
-        # length found with a provisional displacement is the final one.
-        encoded = _assemble_line(_resolve(line, targets, here + length), here)
-        if len(encoded) != length:
-            raise CodeError(f"{line!r} changed length between passes")
-        code += encoded
-    return bytes(code)
-
-
-def _int3_fill(code: bytes, size: int, what: str) -> bytes:
-    if len(code) > size:
-        raise CodeError(f"{what} is {len(code)} bytes, more than {size}")
-    return code + _assemble_line("int3", 0) * (size - len(code))
+def padding_template(**static: object) -> CodeTemplate:
+    return compile_template("padding.s.j2", layout.PADDING_SIZE, PADDING_PARAMS,
+                            "padding stub", **static)
 
 
 def trampoline(index: int, address: int, entry: int, func_desc: int, got: int) -> bytes:
     """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``."""
-    lines = _render("trampoline.s.j2", index=index, entry=entry)
-    code = assemble(lines, address, {"got": got, "fdesc": func_desc})
-    code = _int3_fill(code, layout.TRAMPOLINE_SIZE, "a trampoline")
-    verify_trampoline(code, address, entry, func_desc, got)
-    return code
+    return trampoline_template().emit(address, trampoline_values(index, entry, func_desc, got))
 
 
 def padding_stub(address: int, func_desc: int, got: int) -> bytes:
     """The PADDING_SIZE bytes written over the NOPs before an entry."""
-    lines = _render("padding.s.j2")
-    code = assemble(lines, address, {"got": got, "fdesc": func_desc})
-    code = _int3_fill(code, layout.PADDING_SIZE, "a padding stub")
-    verify_padding_stub(code, address, func_desc, got)
-    return code
+    return padding_template().emit(address, {"fdesc": func_desc, "got": got})
 
 
-# -- checking with capstone -------------------------------------------------
+def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int,
+                      index: int = 0) -> None:
+    """Raise CodeError unless ``code`` is the trampoline for these addresses.
 
-
-@dataclass(frozen=True)
-class Expected:
-    """One instruction as it must decode."""
-
-    instruction: int  # capstone X86_INS_*
-    target: int | None = None  # branch target or rip-relative memory address
-    register: int | None = None  # first operand register, when it matters
-
-
-def decode(code: bytes, address: int) -> list[capstone.CsInsn]:
-    """Every instruction of ``code``; raise CodeError if some byte does not decode."""
-    instructions = list(_capstone().disasm(code, address))
-    if sum(insn.size for insn in instructions) != len(code):
-        raise CodeError(f"code at {address:#x} does not decode completely")
-    return instructions
-
-
-def _target(insn: capstone.CsInsn) -> int | None:
-    for operand in insn.operands:
-        if operand.type == x86.X86_OP_IMM and insn.group(capstone.CS_GRP_JUMP):
-            return operand.imm
-        if operand.type == x86.X86_OP_MEM and operand.mem.base == x86.X86_REG_RIP:
-            return insn.address + insn.size + operand.mem.disp
-    return None
-
-
-def check_shape(code: bytes, address: int, expected: list[Expected], what: str) -> None:
-    """Raise CodeError unless ``code`` is ``expected`` followed by int3 only."""
-    instructions = decode(code, address)
-    body, rest = instructions[:len(expected)], instructions[len(expected):]
-    if len(body) != len(expected):
-        raise CodeError(f"{what} at {address:#x}: too few instructions")
-    for insn, want in zip(body, expected, strict=True):
-        problem = None
-        if insn.id != want.instruction:
-            problem = f"unexpected {insn.mnemonic} {insn.op_str}"
-        elif want.target is not None and _target(insn) != want.target:
-            problem = f"{insn.mnemonic} {insn.op_str} does not reach {want.target:#x}"
-        elif want.register is not None and insn.operands[0].reg != want.register:
-            problem = f"{insn.mnemonic} {insn.op_str} has the wrong register"
-        if problem:
-            raise CodeError(f"{what} at {insn.address:#x}: {problem}")
-    if any(insn.id != x86.X86_INS_INT3 for insn in rest):
-        raise CodeError(f"{what} at {address:#x}: trailing bytes are not int3")
-
-
-def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int) -> None:
-    """Check every instruction of a trampoline, and where each branch goes."""
-    if len(code) != layout.TRAMPOLINE_SIZE:
-        raise CodeError(f"trampoline at {address:#x} is {len(code)} bytes")
-    check_shape(code, address, [
-        Expected(x86.X86_INS_ENDBR64),
-        Expected(x86.X86_INS_CMP, target=got),
-        Expected(x86.X86_INS_JE, target=entry),
-        Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
-        Expected(x86.X86_INS_JMP, target=got),
-    ], "trampoline")
+    ``index`` only matters for a template that uses it; the one read back
+    from a file is checked with the index of its descriptor.
+    """
+    values = trampoline_values(index, entry, func_desc, got)
+    trampoline_template().check(code, address, values)
 
 
 def verify_padding_stub(code: bytes, address: int, func_desc: int, got: int) -> None:
-    if len(code) != layout.PADDING_SIZE:
-        raise CodeError(f"padding stub at {address:#x} is {len(code)} bytes")
-    check_shape(code, address, [
-        Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
-        Expected(x86.X86_INS_JMP, target=got),
-    ], "padding stub")
+    padding_template().check(code, address, {"fdesc": func_desc, "got": got})
 
 
-def is_nop_run(code: bytes, address: int, sizes: tuple[int, ...]) -> bool:
-    """True if ``code`` decodes as NOP instructions of exactly these sizes."""
+def trampoline_values(index: int, entry: int, func_desc: int, got: int) -> dict[str, int]:
+    return {"index": index, "entry": entry, "fdesc": func_desc, "got": got}
+
+
+@functools.cache
+def is_nop_run(code: bytes, sizes: tuple[int, ...]) -> bool:
+    """True if ``code`` decodes as NOP instructions of exactly these sizes.
+
+    Cached: every function of a library has the same NOPs, and a NOP decodes
+    the same at every address.
+    """
     try:
-        instructions = decode(code, address)
+        instructions = decode(code, 0)
     except CodeError:
         return False
     return (tuple(insn.size for insn in instructions) == sizes
             and all(insn.id == x86.X86_INS_NOP for insn in instructions))
 
 
-def is_endbr64(code: bytes, address: int) -> bool:
-    instructions = list(_capstone().disasm(code, address, count=1))
+@functools.cache
+def is_endbr64(code: bytes) -> bool:
+    instructions = list(capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(code, 0,
+                                                                                     count=1))
     return (len(instructions) == 1 and instructions[0].id == x86.X86_INS_ENDBR64
             and instructions[0].size == len(code))
