@@ -45,10 +45,15 @@ def generate_library(directory: Path, nfuncs: int, *flags: str,
     return library
 
 
-def run_prepare(library: Path, output: Path) -> dict:
-    """Run ulp-prepare LIB -o OUT; its exit code, CPU seconds and peak RSS in MB."""
-    with subprocess.Popen([str(BIN / "ulp-prepare"), str(library), "-o", str(output)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
+def run_prepare(library: Path, output: Path, command: list[str] | None = None,
+                cwd: Path | None = None) -> dict:
+    """Run ulp-prepare LIB -o OUT; its exit code, CPU seconds and peak RSS in MB.
+
+    ``command`` replaces the installed ulp-prepare (to compare another checkout).
+    """
+    argv = [*(command or [str(BIN / "ulp-prepare")]), str(library), "-o", str(output)]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          cwd=cwd) as child:
         stderr = child.stderr.read().decode(errors="replace")
         _pid, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)

@@ -46,7 +46,7 @@ from ulp import layout
 
 TEMPLATES = Path(__file__).parent / "templates"
 _RIP_OPERAND = re.compile(r"\+ @(\w+)")
-_FIELD = struct.Struct("<i")
+_FIELD = struct.Struct("<I")
 _FIELD_SIZE = _FIELD.size
 #: moves every byte of a 32-bit field, with or without carries (+4, +3, +2, +1 per byte)
 _DELTA = 0x0102_0304
@@ -65,8 +65,8 @@ class CodeError(Exception):
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+def _environment(directory: Path) -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(directory),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
@@ -82,8 +82,8 @@ def _capstone() -> capstone.Cs:
     return disassembler
 
 
-def render(template: str, **context: object) -> list[str]:
-    text = _environment().get_template(template).render(**context)
+def render(template: str, directory: Path = TEMPLATES, **context: object) -> list[str]:
+    text = _environment(directory).get_template(template).render(**context)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -143,6 +143,10 @@ class Field:
     constant: int
     coefficients: tuple[tuple[str, int], ...]  # (ADDRESS or a parameter name, coefficient)
 
+    @property
+    def pc_relative(self) -> bool:
+        return any(name == ADDRESS for name, _ in self.coefficients)
+
     def value(self, values: Mapping[str, int]) -> int:
         return self.constant + sum(c * values[name] for name, c in self.coefficients)
 
@@ -179,10 +183,12 @@ class CodeTemplate:
         everything = {**values, ADDRESS: address}
         for field in self.fields:
             value = field.value(everything)
-            if not -(1 << 31) <= value < 1 << 31:
+            # a displacement is signed; an immediate may be read either way
+            top = 1 << 31 if field.pc_relative else 1 << 32
+            if not -(1 << 31) <= value < top:
                 raise CodeError(f"{self.what} at {address:#x}: a 32-bit field cannot hold "
                                 f"{value:#x} (target out of reach)")
-            _FIELD.pack_into(buffer, offset + field.offset, value)
+            _FIELD.pack_into(buffer, offset + field.offset, value & 0xFFFF_FFFF)
 
     def check(self, code: bytes, address: int, values: Mapping[str, int]) -> None:
         """Raise CodeError unless ``code`` is exactly the copy for ``address`` and ``values``."""
@@ -199,23 +205,23 @@ class CodeTemplate:
 
 
 def compile_template(template: str, size: int, params: tuple[str, ...], what: str,
-                     **static: object) -> CodeTemplate:
+                     directory: Path = TEMPLATES, **static: object) -> CodeTemplate:
     """Assemble ``template`` (``size`` bytes, int3-filled) once and find its fields.
 
     ``params`` are the numbers that differ between copies: each is given to
     the template both as a jinja variable and as an ``@name`` rip-relative
     target.  ``static`` is the rest of the jinja context, the same for every
-    copy.
+    copy.  Templates are read from ``directory``.
     """
-    return _compiled(template, size, tuple(sorted(params)), what,
+    return _compiled(template, size, tuple(sorted(params)), what, directory,
                      tuple(sorted(static.items())))
 
 
 @functools.cache
-def _compiled(template: str, size: int, params: tuple[str, ...], what: str,
+def _compiled(template: str, size: int, params: tuple[str, ...], what: str, directory: Path,
               static: tuple[tuple[str, object], ...]) -> CodeTemplate:
     def copy(address: int, values: dict[str, int]) -> bytes:
-        lines = render(template, **dict(static), **values)
+        lines = render(template, directory, **dict(static), **values)
         return int3_fill(assemble(lines, address, values), size, what)
 
     base = {name: _BASE_VALUE + i * _VALUE_STEP for i, name in enumerate(params)}
@@ -266,7 +272,10 @@ def _field_at(offset: int, pattern: bytes, moved: dict[str, bytes], base: dict[s
             raise CodeError(f"{what}: the field at offset {offset} is not linear in {name}")
         if factor:
             coefficients.append((name, factor))
-    constant = value - sum(c * base[name] for name, c in coefficients)
+    # Fields are modulo 2**32: take the constant nearest 0 (a rel32's is minus
+    # the offset of the next instruction; an immediate's usually 0).
+    constant = (value - sum(c * base[name] for name, c in coefficients) + (1 << 31)) \
+        % (1 << 32) - (1 << 31)
     return Field(offset, constant, tuple(coefficients))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 
-import capstone
 from capstone import x86
 
 from ulp import layout
@@ -85,7 +84,8 @@ def is_nop_run(code: bytes, sizes: tuple[int, ...]) -> bool:
 
 @functools.cache
 def is_endbr64(code: bytes) -> bool:
-    instructions = list(capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(code, 0,
-                                                                                     count=1))
-    return (len(instructions) == 1 and instructions[0].id == x86.X86_INS_ENDBR64
-            and instructions[0].size == len(code))
+    try:
+        instructions = decode(code, 0)
+    except CodeError:
+        return False
+    return len(instructions) == 1 and instructions[0].id == x86.X86_INS_ENDBR64
