@@ -6,13 +6,12 @@ import struct
 from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
 
 from ulp import elfinfo, layout
 from ulp.errors import ExitCode, UlpError
 
 from . import trampolines
-from .elfread import LoadedBytes, dynamic_symbols
+from .elfread import LoadedBytes, dynamic_symbols, relocations
 
 PATCHABLE_FLAG = layout.PATCHABLE_FLAG
 ENTRIES_SECTION = "__patchable_function_entries"
@@ -128,13 +127,9 @@ def patchable_entries(elf: ELFFile, path: str) -> set[int]:
              for offset in range(0, len(data) - 7, 8)}
     # In a shared object the slots are R_X86_64_RELATIVE targets: the addend
     # is the authoritative value (the linker may leave the slot itself 0).
-    for relocations in elf.iter_sections():
-        if not isinstance(relocations, RelocationSection) or not relocations.is_RELA():
-            continue
-        for relocation in relocations.iter_relocations():
-            if (relocation["r_offset"] in slots
-                    and relocation["r_info_type"] == _R_X86_64_RELATIVE):
-                slots[relocation["r_offset"]] = relocation["r_addend"]
+    for _table, offset, kind, _symbol, addend in relocations(elf):
+        if offset in slots and kind == _R_X86_64_RELATIVE:
+            slots[offset] = addend
     return set(slots.values())
 
 

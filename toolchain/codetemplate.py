@@ -147,11 +147,14 @@ class Field:
     def pc_relative(self) -> bool:
         return any(name == ADDRESS for name, _ in self.coefficients)
 
-    def value(self, values: Mapping[str, int]) -> int:
-        return self.constant + sum(c * values[name] for name, c in self.coefficients)
+    def value(self, address: int, values: Mapping[str, int]) -> int:
+        value = self.constant
+        for name, coefficient in self.coefficients:
+            value += coefficient * (address if name == ADDRESS else values[name])
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass
 class CodeTemplate:
     """A template compiled to a byte pattern and the fields each copy fills in."""
 
@@ -165,6 +168,12 @@ class CodeTemplate:
     @property
     def size(self) -> int:
         return len(self.pattern)
+
+    @functools.cached_property
+    def _limits(self) -> tuple[tuple[Field, int], ...]:
+        # a displacement is signed; an immediate may be read either way
+        return tuple((field, 1 << 31 if field.pc_relative else 1 << 32)
+                     for field in self.fields)
 
     def emit(self, address: int, values: Mapping[str, int]) -> bytes:
         """The copy to place at ``address``, referring to ``values``."""
@@ -180,11 +189,8 @@ class CodeTemplate:
 
     def _fill(self, buffer: bytearray, offset: int, address: int,
               values: Mapping[str, int]) -> None:
-        everything = {**values, ADDRESS: address}
-        for field in self.fields:
-            value = field.value(everything)
-            # a displacement is signed; an immediate may be read either way
-            top = 1 << 31 if field.pc_relative else 1 << 32
+        for field, top in self._limits:
+            value = field.value(address, values)
             if not -(1 << 31) <= value < top:
                 raise CodeError(f"{self.what} at {address:#x}: a 32-bit field cannot hold "
                                 f"{value:#x} (target out of reach)")

@@ -79,16 +79,21 @@ def dynamic_symbols(elf: ELFFile) -> list[DynamicSymbol]:
     return symbols
 
 
-def dynamic_relocations(elf: ELFFile) -> list[tuple[int, int, int]]:
-    """(offset, type, symbol index) of every RELA relocation against ``.dynsym``."""
+def relocations(elf: ELFFile) -> list[tuple[str, int, int, int, int]]:
+    """(symbol table name, offset, type, symbol index, addend) of every RELA relocation."""
     found = []
     for section in elf.iter_sections():
         if section["sh_type"] != _SHT_RELA or section["sh_link"] >= elf.num_sections():
             continue
-        if elf.get_section(section["sh_link"]).name != ".dynsym":
-            continue
+        table = elf.get_section(section["sh_link"]).name
         data = section.data()
-        for offset, info, _addend in _RELA.iter_unpack(data[:len(data) // _RELA.size
-                                                             * _RELA.size]):
-            found.append((offset, info & 0xFFFFFFFF, info >> 32))
+        for offset, info, addend in _RELA.iter_unpack(data[:len(data) // _RELA.size
+                                                           * _RELA.size]):
+            found.append((table, offset, info & 0xFFFFFFFF, info >> 32, addend))
     return found
+
+
+def dynamic_relocations(elf: ELFFile) -> list[tuple[int, int, int]]:
+    """(offset, type, symbol index) of every RELA relocation against ``.dynsym``."""
+    return [(offset, kind, symbol) for table, offset, kind, symbol, _addend in relocations(elf)
+            if table == ".dynsym"]

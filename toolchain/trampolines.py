@@ -27,12 +27,14 @@ TRAMPOLINE_PARAMS = ("index", "entry", "fdesc", "got")
 PADDING_PARAMS = ("fdesc", "got")
 
 
+@functools.cache
 def trampoline_template(**static: object) -> CodeTemplate:
     """The compiled trampoline; ``static`` is template context shared by every copy."""
     return compile_template("trampoline.s.j2", layout.TRAMPOLINE_SIZE, TRAMPOLINE_PARAMS,
                             "trampoline", **static)
 
 
+@functools.cache
 def padding_template(**static: object) -> CodeTemplate:
     return compile_template("padding.s.j2", layout.PADDING_SIZE, PADDING_PARAMS,
                             "padding stub", **static)
