@@ -236,7 +236,7 @@ def _compiled(template: str, size: int, params: tuple[str, ...], what: str, dire
     for name in params:
         moved[name] = copy(_BASE_ADDRESS, {**base, name: base[name] + _DELTA})
     fields = _find_fields(pattern, moved, {**base, ADDRESS: _BASE_ADDRESS}, what)
-    compiled = CodeTemplate(what, pattern, params, fields, _decode_pattern(pattern, what))
+    compiled = CodeTemplate(what, pattern, params, fields, _decode_pattern(pattern))
     other = {name: _OTHER_VALUE + i * _OTHER_STEP for i, name in enumerate(params)}
     if compiled.emit(_OTHER_ADDRESS, other) != copy(_OTHER_ADDRESS, other):
         raise CodeError(f"{what}: the code of {template} is not the same at every address "
@@ -285,7 +285,7 @@ def _field_at(offset: int, pattern: bytes, moved: dict[str, bytes], base: dict[s
     return Field(offset, constant, tuple(coefficients))
 
 
-def _decode_pattern(pattern: bytes, what: str) -> tuple[tuple[int, int, str], ...]:
+def _decode_pattern(pattern: bytes) -> tuple[tuple[int, int, str], ...]:
     instructions = decode(pattern, _BASE_ADDRESS)
     return tuple((insn.address - _BASE_ADDRESS, insn.size, f"{insn.mnemonic} {insn.op_str}")
                  for insn in instructions)
