@@ -90,7 +90,8 @@ def read_library(elf: ELFFile, path: str) -> Library:
                       code_end)
     if len(library.build_id) > BUILD_ID_MAX:
         raise UlpError(f"{path}: its build-id is {len(library.build_id)} bytes, the "
-                       f".ulp layout holds at most {BUILD_ID_MAX}",
+                       f".ulp layout holds at most {BUILD_ID_MAX} (link it with "
+                       "-Wl,--build-id=sha1)",
                        ExitCode.NOT_PATCHABLE)
     loaded = LoadedBytes(elf)
     for entry, names in exported_functions(elf).items():
@@ -143,7 +144,8 @@ def check_function(loaded: LoadedBytes, path: str, entry: int, names: tuple[str,
 
     padding_start = entry - layout.PADDING_SIZE
     if padding_start not in entries:
-        raise refuse(f"was not compiled with {PATCHABLE_FLAG}")
+        raise refuse(f"was not compiled with {PATCHABLE_FLAG} (rebuild the library with "
+                     "the flags ulp-prepare --cflags prints)")
     try:
         padding = loaded.read(padding_start, layout.PADDING_SIZE)
         head = loaded.read(entry, len(layout.ENDBR64) + layout.ENTRY_NOP_SIZE)
@@ -153,7 +155,7 @@ def check_function(loaded: LoadedBytes, path: str, entry: int, names: tuple[str,
     if padding != b"\x90" * layout.PADDING_SIZE or not trampolines.is_nop_run(
             padding, one_byte_nops):
         raise refuse(f"does not have the {layout.PADDING_SIZE} NOPs of {PATCHABLE_FLAG} "
-                     "before its entry (padding overwritten?)")
+                     "before its entry (padding overwritten? rebuild the library)")
     has_endbr64 = head.startswith(layout.ENDBR64) and trampolines.is_endbr64(
         head[:len(layout.ENDBR64)])
     nops_at = len(layout.ENDBR64) if has_endbr64 else 0
@@ -161,5 +163,5 @@ def check_function(loaded: LoadedBytes, path: str, entry: int, names: tuple[str,
     if nops != b"\x90" * layout.ENTRY_NOP_SIZE or not trampolines.is_nop_run(
             nops, (1,) * layout.ENTRY_NOP_SIZE):
         raise refuse(f"does not start with the {layout.ENTRY_NOP_SIZE} NOPs of "
-                     f"{PATCHABLE_FLAG} (entry overwritten?)")
+                     f"{PATCHABLE_FLAG} (entry overwritten? rebuild the library)")
     return Function(names, entry, has_endbr64)
