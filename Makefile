@@ -57,9 +57,13 @@ bench: setup
 FUZZ_COUNT ?= 20000
 FUZZ_SEED ?= 1
 FUZZ_JOBS ?= 2
+# It also prepares and runs generated libraries of PREPARE_SIZES (start:stop:step) functions.
+PREPARE_SIZES ?= 1:2000:7
 fuzz: setup
 	nice $(VENV)/bin/python tests/fuzz_prepare.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED) \
 		--jobs $(FUZZ_JOBS) --work $(BUILD)/fuzz --save $(BUILD)/fuzz-failures
+	ULP_PREPARE_SIZES=$(PREPARE_SIZES) nice $(VENV)/bin/python -m pytest -q \
+		tests/test_prepare_sizes.py -k every_size
 
 lint: venv
 	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench

@@ -6,12 +6,12 @@ import struct
 from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
 
 from ulp import elfinfo, layout
 from ulp.errors import ExitCode, UlpError
 
 from . import trampolines
+from .elfread import LoadedBytes, dynamic_symbols, relocations
 
 PATCHABLE_FLAG = layout.PATCHABLE_FLAG
 ENTRIES_SECTION = "__patchable_function_entries"
@@ -90,10 +90,12 @@ def read_library(elf: ELFFile, path: str) -> Library:
                       code_end)
     if len(library.build_id) > BUILD_ID_MAX:
         raise UlpError(f"{path}: its build-id is {len(library.build_id)} bytes, the "
-                       f".ulp layout holds at most {BUILD_ID_MAX}",
+                       f".ulp layout holds at most {BUILD_ID_MAX} (link it with "
+                       "-Wl,--build-id=sha1)",
                        ExitCode.NOT_PATCHABLE)
+    loaded = LoadedBytes(elf)
     for entry, names in exported_functions(elf).items():
-        library.functions.append(check_function(elf, path, entry, names, entries))
+        library.functions.append(check_function(loaded, path, entry, names, entries))
     if not library.functions:
         raise UlpError(f"{path}: exports no function to patch", ExitCode.NOT_PATCHABLE)
     return library
@@ -107,12 +109,9 @@ def exported_functions(elf: ELFFile) -> dict[int, tuple[str, ...]]:
     callers get, so they are left alone.
     """
     names: dict[int, list[str]] = {}
-    dynsym = elf.get_section_by_name(".dynsym")
-    for symbol in dynsym.iter_symbols() if dynsym else ():
-        info = symbol["st_info"]
-        if (info["type"] == "STT_FUNC" and info["bind"] in ("STB_GLOBAL", "STB_WEAK")
-                and symbol["st_shndx"] != "SHN_UNDEF"):
-            same = names.setdefault(symbol["st_value"], [])
+    for symbol in dynamic_symbols(elf):
+        if symbol.is_exported_function:
+            same = names.setdefault(symbol.value, [])
             if symbol.name not in same:
                 same.append(symbol.name)
     return {entry: tuple(names[entry]) for entry in sorted(names)}
@@ -129,17 +128,13 @@ def patchable_entries(elf: ELFFile, path: str) -> set[int]:
              for offset in range(0, len(data) - 7, 8)}
     # In a shared object the slots are R_X86_64_RELATIVE targets: the addend
     # is the authoritative value (the linker may leave the slot itself 0).
-    for relocations in elf.iter_sections():
-        if not isinstance(relocations, RelocationSection) or not relocations.is_RELA():
-            continue
-        for relocation in relocations.iter_relocations():
-            if (relocation["r_offset"] in slots
-                    and relocation["r_info_type"] == _R_X86_64_RELATIVE):
-                slots[relocation["r_offset"]] = relocation["r_addend"]
+    for _table, offset, kind, _symbol, addend in relocations(elf):
+        if offset in slots and kind == _R_X86_64_RELATIVE:
+            slots[offset] = addend
     return set(slots.values())
 
 
-def check_function(elf: ELFFile, path: str, entry: int, names: tuple[str, ...],
+def check_function(loaded: LoadedBytes, path: str, entry: int, names: tuple[str, ...],
                    entries: set[int]) -> Function:
     """Raise NOT_PATCHABLE unless the compiler left the padding and entry NOPs intact."""
     name = names[0]
@@ -149,23 +144,24 @@ def check_function(elf: ELFFile, path: str, entry: int, names: tuple[str, ...],
 
     padding_start = entry - layout.PADDING_SIZE
     if padding_start not in entries:
-        raise refuse(f"was not compiled with {PATCHABLE_FLAG}")
+        raise refuse(f"was not compiled with {PATCHABLE_FLAG} (rebuild the library with "
+                     "the flags ulp-prepare --cflags prints)")
     try:
-        padding = elfinfo.read_vaddr(elf, padding_start, layout.PADDING_SIZE)
-        head = elfinfo.read_vaddr(elf, entry, len(layout.ENDBR64) + layout.ENTRY_NOP_SIZE)
+        padding = loaded.read(padding_start, layout.PADDING_SIZE)
+        head = loaded.read(entry, len(layout.ENDBR64) + layout.ENTRY_NOP_SIZE)
     except ValueError:
         raise refuse("is not in the file") from None
     one_byte_nops = (1,) * layout.PADDING_SIZE
     if padding != b"\x90" * layout.PADDING_SIZE or not trampolines.is_nop_run(
-            padding, padding_start, one_byte_nops):
+            padding, one_byte_nops):
         raise refuse(f"does not have the {layout.PADDING_SIZE} NOPs of {PATCHABLE_FLAG} "
-                     "before its entry (padding overwritten?)")
+                     "before its entry (padding overwritten? rebuild the library)")
     has_endbr64 = head.startswith(layout.ENDBR64) and trampolines.is_endbr64(
-        head[:len(layout.ENDBR64)], entry)
+        head[:len(layout.ENDBR64)])
     nops_at = len(layout.ENDBR64) if has_endbr64 else 0
     nops = head[nops_at:nops_at + layout.ENTRY_NOP_SIZE]
     if nops != b"\x90" * layout.ENTRY_NOP_SIZE or not trampolines.is_nop_run(
-            nops, entry + nops_at, (1,) * layout.ENTRY_NOP_SIZE):
+            nops, (1,) * layout.ENTRY_NOP_SIZE):
         raise refuse(f"does not start with the {layout.ENTRY_NOP_SIZE} NOPs of "
-                     f"{PATCHABLE_FLAG} (entry overwritten?)")
+                     f"{PATCHABLE_FLAG} (entry overwritten? rebuild the library)")
     return Function(names, entry, has_endbr64)

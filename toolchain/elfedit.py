@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import pairwise
 
 import lief
 from elftools.elf.elffile import ELFFile
@@ -28,6 +29,11 @@ from ulp.errors import ExitCode, UlpError
 lief.logging.disable()
 
 _SHDR_ADDR_OFFSET = 16  # Elf64_Shdr: sh_name, sh_type, sh_flags, then sh_addr, sh_offset
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")  # type, flags, offset, vaddr, paddr, filesz, memsz, align
+_SHDR = struct.Struct("<IIQQQQIIQQ")  # name, type, flags, addr, offset, size, ...
+_PT_LOAD, _SHT_NULL, _SHT_NOBITS = 1, 0, 8
+_PAGE = 0x1000
 _ALIGNMENT = 16
 
 
@@ -49,15 +55,18 @@ class Editor:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        binary = lief.ELF.parse(path)
-        if binary is None:
-            raise UlpError(f"{path}: LIEF cannot parse this file", ExitCode.BAD_INPUT)
-        self.binary = binary
+        binary = _parse(path, path)
         # Before adding anything: see the module docstring.
-        if binary.relocate_phdr_table(lief.ELF.Binary.PHDR_RELOC.SEGMENT_GAP) == 0:
-            raise UlpError(f"{path}: no gap between segments can hold a larger program "
-                           "header table, cannot add sections without moving addresses",
-                           ExitCode.NOT_PATCHABLE)
+        if not _relocate_phdr_table(binary):
+            with open(path, "rb") as stream:
+                widened = widen_address_gap(stream.read())
+            binary = _parse(widened, path) if widened is not None else None
+            if binary is None or not _relocate_phdr_table(binary):
+                raise UlpError(f"{path}: no gap between its segments can hold a larger program "
+                               "header table, and ulp-prepare does not move addresses; relink "
+                               "it with the linker's default page-aligned segments (without "
+                               "-z max-page-size below 4096, -N or -n)", ExitCode.NOT_PATCHABLE)
+        self.binary = binary
         self.data: lief.ELF.Section | None = None
         self.code: lief.ELF.Section | None = None
 
@@ -125,6 +134,74 @@ class Editor:
         except MALFORMED_ELF_ERRORS as error:  # LIEF wrote a file we cannot read: a bug
             raise UlpError(f"{self.path}: internal error, the file LIEF wrote does not "
                            f"parse ({error})", ExitCode.FAILURE) from None
+
+
+def _parse(source: str | bytes, path: str) -> lief.ELF.Binary:
+    binary = lief.ELF.parse(source)
+    if binary is None:
+        raise UlpError(f"{path}: LIEF cannot parse this file", ExitCode.BAD_INPUT)
+    return binary
+
+
+def _relocate_phdr_table(binary: lief.ELF.Binary) -> bool:
+    return binary.relocate_phdr_table(lief.ELF.Binary.PHDR_RELOC.SEGMENT_GAP) != 0
+
+
+def widen_address_gap(image: bytes) -> bytes | None:
+    """The same library with one file gap between segments as wide as its address gap.
+
+    LIEF's SEGMENT_GAP wants a gap between two PT_LOADs, in the file, with
+    room for twice the program header table, and extends the segment before
+    it over the gap.  A linker leaves a page or so of *address* space before
+    the writable segment but packs the file: the writable segment starts
+    with only a few bytes of file gap (``p_offset`` ≡ ``p_vaddr`` modulo the
+    page size is all it needs).  Inserting zeros before the next segment,
+    a multiple of every later segment's alignment, makes the file gap as
+    wide as the address gap; every address stays, only the file offsets
+    after the gap (segments, sections, the section header table) move.
+    Returns None when no gap can be widened that way.
+    """
+    header = _EHDR.unpack_from(image)
+    phoff, shoff, phnum, shnum = header[5], header[6], header[10], header[12]
+    phdrs = [list(_PHDR.unpack_from(image, phoff + i * _PHDR.size)) for i in range(phnum)]
+    loads = sorted((p for p in phdrs if p[0] == _PT_LOAD), key=lambda p: p[3])
+    best = None
+    for index, (current, following) in enumerate(pairwise(loads)):
+        _, _, offset, vaddr, _, filesz, memsz, _ = current
+        if filesz != memsz:  # LIEF never extends a segment with .bss
+            continue
+        address_gap = following[3] - (vaddr + memsz)
+        file_gap = following[2] - (offset + filesz)
+        shift = address_gap - file_gap
+        alignments = [max(p[7], _PAGE) for p in loads[index + 1:]]
+        if file_gap < 0 or shift <= 0 or any(shift % a for a in alignments):
+            continue
+        if best is None or address_gap > best[0]:
+            best = (address_gap, following[2], shift)
+    if best is None:
+        return None
+    _, at, shift = best
+    shdrs = [list(_SHDR.unpack_from(image, shoff + i * _SHDR.size)) for i in range(shnum)]
+    for phdr in phdrs:
+        if phdr[2] < at < phdr[2] + phdr[5]:
+            return None
+        if phdr[2] >= at:
+            phdr[2] += shift
+    for shdr in shdrs:
+        if shdr[1] != _SHT_NOBITS and shdr[4] < at < shdr[4] + shdr[5]:
+            return None
+        if shdr[4] >= at and shdr[1] != _SHT_NULL:
+            shdr[4] += shift
+    header = list(header)
+    header[5] += shift if phoff >= at else 0
+    header[6] += shift if shoff >= at else 0
+    out = bytearray(image[:at] + bytes(shift) + image[at:])
+    _EHDR.pack_into(out, 0, *header)
+    for i, phdr in enumerate(phdrs):
+        _PHDR.pack_into(out, header[5] + i * _PHDR.size, *phdr)
+    for i, shdr in enumerate(shdrs):
+        _SHDR.pack_into(out, header[6] + i * _SHDR.size, *shdr)
+    return bytes(out)
 
 
 def restore_nobits_headers(path: str, nobits: list[NobitsSection]) -> None:

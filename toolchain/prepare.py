@@ -36,8 +36,10 @@ Make an x86-64 shared object live-patchable: add a trampoline for every
 exported function and the descriptors the ulp runtime uses, keeping every
 original address. The library must be built with the flags --cflags prints.
 A library that is already prepared is left unchanged (with -o, it is copied).
-Without the runtime in the process, a prepared library behaves exactly like
-the original.
+Symbolic links are followed, never replaced: for LIB (or OUT) a link such as
+libfoo.so -> libfoo.so.1 -> libfoo.so.1.2.3, the file at the end of the chain
+is written and every link keeps pointing at it. Without the runtime in the
+process, a prepared library behaves exactly like the original.
 """
 
 
@@ -64,13 +66,30 @@ def _body(argv: list[str] | None) -> int:
         return ExitCode.OK
     if args.library is None:
         parser.error("LIB is required (or --cflags)")
-    output = args.output or args.library
+    named = args.output or args.library
+    output = link_target(named)
+    # Say where the bytes went when a link led elsewhere: that file is the one loaded.
+    through = f" (the file {output} its links lead to)" if output != named else ""
     if prepare(args.library, output):
         print(f"{args.library}: prepared for live patching"
-              + (f", written to {output}" if args.output else ""))
+              + (f", written to {args.output}" if args.output else "") + through)
     else:
-        print(f"{args.library}: already prepared, left unchanged")
+        print(f"{args.library}: already prepared, left unchanged"
+              + (f", copied to {args.output}{through}" if args.output
+                 and not _same_file(args.library, output) else ""))
     return ExitCode.OK
+
+
+def link_target(path: str) -> str:
+    """The file at the end of ``path``'s chain of symbolic links (``path`` if none).
+
+    Installed libraries are reached through links (libfoo.so -> libfoo.so.1
+    -> libfoo.so.1.2.3): the prepared library is written over the file the
+    chain ends at, so every link keeps leading to it.  Replacing a link
+    with a prepared copy would leave the file that ld.so loads (through the
+    soname link) unprepared.
+    """
+    return os.path.realpath(path) if os.path.islink(path) else path
 
 
 def prepare(path: str, output: str) -> bool:
@@ -163,15 +182,19 @@ class Plan:
         return b"".join(parts)
 
     def code_section(self) -> bytes:
-        return b"".join(
-            trampolines.trampoline(index, self.trampoline(index), self.targets(index, function))
-            for index, function in enumerate(self.library.functions))
+        size = layout.TRAMPOLINE_SIZE
+        code = bytearray(len(self.library.functions) * size)
+        for index, function in enumerate(self.library.functions):
+            targets = self.targets(index, function)
+            template = trampolines.trampoline_template(targets.endbr64)
+            template.emit_into(code, index * size, self.trampoline(index), targets.values())
+        return bytes(code)
 
     def targets(self, index: int, function: Function) -> trampolines.TrampolineTargets:
         library = self.library
         return trampolines.TrampolineTargets(
-            entry_nops=function.entry_nops, body=function.body, func_desc=self.func_desc(index),
-            got=self.got_slot, code_start=library.code_start,
+            index=index, entry_nops=function.entry_nops, body=function.body,
+            func_desc=self.func_desc(index), got=self.got_slot, code_start=library.code_start,
             code_size=library.code_end - library.code_start, endbr64=function.has_endbr64)
 
     def padding_stub(self, index: int, function: Function) -> bytes:
