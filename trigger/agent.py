@@ -25,9 +25,10 @@ import time
 
 from ulp import agent_abi
 from ulp.agent_abi import AgentState, MailboxHeader, Request
-from ulp.elfinfo import dynamic_symbol_value, file_key, open_elf
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process, stat_fields
+from ulp.trigger.elfscan import ElfScan, file_version
+from ulp.trigger.priority import raise_priority, restore_priority
 from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
 POLL_INTERVAL = 0.0002
@@ -36,10 +37,10 @@ IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before givi
 
 
 @functools.lru_cache(maxsize=256)
-def _mailbox_offset(path: str, file_key: tuple) -> int | None:
+def _mailbox_offset(path: str, version: tuple) -> int | None:
     """``ulp_mailbox``'s offset in the object at ``path`` (cached per file version)."""
-    with open_elf(path) as elf:
-        return dynamic_symbol_value(elf, agent_abi.MAILBOX_SYMBOL)
+    with ElfScan(path) as elf:
+        return elf.dynamic_symbol_value(agent_abi.MAILBOX_SYMBOL)
 
 
 def find_mailbox(process: Process) -> int:
@@ -49,7 +50,7 @@ def find_mailbox(process: Process) -> int:
     for path in sorted(objects, key=lambda p: "ulp" not in os.path.basename(p)):
         try:
             source = process.object_file(path, objects[path])
-            value = _mailbox_offset(source, file_key(source))
+            value = _mailbox_offset(source, file_version(source))
         except (UlpError, OSError):
             continue
         if value is not None:
@@ -67,6 +68,7 @@ class Agent:
         self.mailbox = find_mailbox(process)
         self.tracee: Tracee | None = None
         self.running_request = False  # the agent was let run and has not answered
+        self._saved_priority = None  # the agent's scheduling before attach() raised it
         header = self.header()
         if header.magic != agent_abi.MAILBOX_MAGIC or header.abi_version != agent_abi.ABI_VERSION:
             raise UlpError(f"process {process.pid} has an incompatible ulp runtime "
@@ -105,6 +107,7 @@ class Agent:
             if regs.orig_rax == SYS_PPOLL and regs.rip == header.idle_address:
                 self.tracee = tracee
                 tracee.save_registers()
+                self._saved_priority = raise_priority(tracee.tid, reset_on_fork=True)
                 return
             # stopped between two pauses of its loop, or still running a request
             tracee.detach()
@@ -256,6 +259,8 @@ class Agent:
         tracee, self.tracee = self.tracee, None
         if tracee is None:
             return
+        restore_priority(self._saved_priority, tracee.tid)
+        self._saved_priority = None
         if self.process.image_changed():
             tracee.let_go(time.monotonic() + 0.2)
             self._release_exec_survivor()

@@ -28,14 +28,13 @@ from dataclasses import dataclass
 
 from ulp import layout
 from ulp.agent_abi import Op, Request, Status
-from ulp.elfinfo import file_key
 from ulp.errors import ExitCode, UlpError
 from ulp.files import read_input
 from ulp.metadata import PatchMetadata
-from ulp.prepared import PreparedLibrary
 from ulp.process import Process
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
+from ulp.trigger.elfscan import TargetLibrary, file_version, read_prepared
 
 STATUS_EXIT_CODES = {
     Status.BAD_REQUEST: ExitCode.FAILURE,
@@ -63,7 +62,7 @@ MAX_PATCH_OBJECT = 1 << 30
 
 @dataclass
 class LoadedTarget:
-    library: PreparedLibrary
+    library: TargetLibrary
     base: int  # load bias of the library in the process
 
     @property
@@ -72,15 +71,15 @@ class LoadedTarget:
 
 
 @functools.lru_cache(maxsize=256)
-def _prepared_library(path: str, key: tuple) -> PreparedLibrary:
-    return PreparedLibrary.open(path)
+def _prepared_library(path: str, key: tuple) -> TargetLibrary:
+    return read_prepared(path)
 
 
-def _open_prepared(process: Process, path: str, base: int) -> PreparedLibrary:
+def _open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
     """The prepared library mapped at ``base``, read from the mapped file itself."""
     source = process.object_file(path, base)
     try:
-        key = file_key(source)
+        key = file_version(source)
     except OSError:
         raise UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING) from None
     return _prepared_library(source, key)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, replace
 
 from ulp.errors import ExitCode, UlpError
@@ -131,6 +130,8 @@ def write_patch(path: str, metadata: PatchMetadata) -> None:
     """Write ``metadata`` to ``path`` atomically (a temporary file, then rename)."""
     data = metadata.pack()
     directory = os.path.dirname(os.path.abspath(path))
+    import tempfile  # not at the top: ulp-trigger never writes one (docs/trigger.md, Speed)
+
     try:
         fd, temp = tempfile.mkstemp(prefix=".ulp-", suffix=".tmp", dir=directory)
     except OSError as error:
