@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from elftools.common.exceptions import ELFError
 
 from ulp import metadata as md
+from ulp.console import ArgumentParser
 from ulp.elfinfo import file_sha256, open_elf, require_x86_64_shared_object
 from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.prepared import PreparedLibrary
@@ -28,15 +29,8 @@ from .desc import Description, read_description
 PROG = "ulp-packer"
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and ExitCode.USAGE."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UlpError(f"{message} (see {PROG} --help)", ExitCode.USAGE)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(  # one-line usage errors, --version: ulp.console
         prog=PROG,
         description="Check a patch description (.desc) against its patch .so and its "
                     "prepared target library, then write the patch metadata file and "

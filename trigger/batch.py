@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ulp.errors import ExitCode, UlpError, one_line
 from ulp.metadata import PatchMetadata
@@ -65,6 +65,15 @@ class Step:
     metadata: PatchMetadata
     source: str  # the patch file, for messages
     reverting: bool
+    so_bytes: bytes | None = None  # the patch object, read once for every process
+
+
+def with_patch_objects(steps: list[Step]) -> list[Step]:
+    """The steps with their patch objects read (and checked) once, now: a
+    missing or changed one stops the run before any process is touched."""
+    return [step if step.reverting else
+            replace(step, so_bytes=transition.read_patch_object(step.metadata))
+            for step in steps]
 
 
 def run_one(pid: int, steps: list[Step], timeout: float, retries: int) -> list[Outcome]:
@@ -95,7 +104,7 @@ def _once(pid: int, step: Step, timeout: float) -> Outcome:
             transition.revert(process, metadata, timeout)
             return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
                            f"reverted patch {metadata.patch_id_hex} in process {pid}", True)
-        transition.apply(process, metadata, timeout, step.source)
+        transition.apply(process, metadata, timeout, step.source, step.so_bytes)
         names = ", ".join(unit.old_name for unit in metadata.units)
         return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
                        one_line(f"applied patch {metadata.patch_id_hex} to process {pid}: "

@@ -65,7 +65,8 @@ DEFAULT_JOBS = 16
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    parser = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("arguments", nargs="*", metavar="[PID ...] PATCH",
                         help="the processes (optional), then the patch file or directory")
     parser.add_argument("-p", "--process", action="append", default=[], metavar="PID|NAME",
@@ -159,7 +160,8 @@ def _targets(args: argparse.Namespace, steps) -> tuple[list[int], bool]:
 
 
 def _run_many(args: argparse.Namespace, steps, console: Console) -> int:
-    pids, named = _targets(args, steps)
+    pids, _ = _targets(args, steps)
+    steps = batch.with_patch_objects(steps)
 
     def report(outcomes: list[batch.Outcome], done: int) -> None:
         for outcome in outcomes:
@@ -188,7 +190,7 @@ def _print_summary(console: Console, outcomes, processes: int, reverting: bool) 
              console.style(f"{kinds['skipped']} skipped", "note") if kinds["skipped"]
              else "0 skipped",
              console.style(f"{kinds['failed']} failed", "bad") if kinds["failed"] else "0 failed"]
-    console.say(f"{processes} process(es): " + ", ".join(parts))
+    console.say(f"{processes} process(es): " + ", ".join(parts), styled=True)
     for kind in ("skipped", "failed"):
         reasons = Counter((outcome.code, _reason(outcome.message)) for outcome in outcomes
                           if outcome.kind == kind)

@@ -219,10 +219,13 @@ def entry_detours(target: LoadedTarget, metadata: PatchMetadata) -> list[CodeWri
 
 
 def apply(process: Process, metadata: PatchMetadata, timeout: float,
-          source: str = "the patch file") -> str:
+          source: str = "the patch file", so_bytes: bytes | None = None) -> str:
+    """Apply; ``so_bytes``: the patch object as ``read_patch_object`` read it
+    (a run over many processes reads it once), read here if None."""
     target = find_target(process, metadata)
     check_units(target, metadata, source)
-    so_bytes = read_patch_object(metadata)
+    if so_bytes is None:
+        so_bytes = read_patch_object(metadata)
     writes = entry_detours(target, metadata)
     check_code(process, writes)
     agent = Agent(process, timeout)

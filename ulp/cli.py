@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from ulp.errors import run_cli
+from ulp.console import ArgumentParser, Console, add_output_options, run_command, seconds
 from ulp.layout import PATCHABLE_FLAG
 
 
@@ -33,23 +34,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         agent.release()
         process.close()
     applied = message.split()
-    print(f"process {args.pid}: {len(applied)} patch(es) applied")
+    if args.json:
+        print(json.dumps({"pid": args.pid, "applied": applied}, indent=2))
+        return 0
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    console.say(f"process {args.pid}: {len(applied)} patch(es) applied")
     for patch_id in applied:
-        print(f"  {patch_id}")
+        console.say(f"  {patch_id}")
     return 0
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ulp", description="User-space live patching.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="ulp", description="User-space live patching.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = commands.add_parser("flags", help="print the compiler flags of a live-patchable build")
     flags.set_defaults(run=cmd_flags)
     status = commands.add_parser("status", help="list the patches applied in process PID")
     status.add_argument("pid", type=int, metavar="PID")
-    status.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    status.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
+                        help="bound for every wait on the process (default: 10)")
+    add_output_options(status, json=True)
     status.set_defaults(run=cmd_status)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("ulp", lambda a: (args := parse_arguments(a)).run(args), argv)
+    return run_command("ulp", lambda a: (args := build_parser().parse_args(a)).run(args), argv)

@@ -55,7 +55,6 @@ class ArgumentParser(argparse.ArgumentParser):
     parsers made from it are of the same kind."""
 
     def __init__(self, *args, add_version: bool = True, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         if add_version:
             self.add_argument("--version", action=_VersionAction)
@@ -109,6 +108,7 @@ def colour_wanted(stream: TextIO) -> bool:
         return False
 
 
+PROGRESS_WIDTH = 60
 _STYLES = {"good": "32", "note": "33", "bad": "31;1", "dim": "2"}
 
 
@@ -130,11 +130,13 @@ class Console:
         coloured = self.err_colour if stream is self.err else self.colour
         return f"\x1b[{_STYLES[kind]}m{text}\x1b[0m" if coloured else text
 
-    def say(self, text: str, kind: str | None = None) -> None:
-        """A result line (not with --quiet)."""
+    def say(self, text: str, kind: str | None = None, styled: bool = False) -> None:
+        """A result line (not with --quiet); ``styled``: ``text`` holds this
+        console's own styles, its other parts were passed through one_line."""
         if not self.quiet:
             self._clear_progress()
-            print(self.style(one_line(text), kind) if kind else one_line(text), file=self.out)
+            line = text if styled else one_line(text)
+            print(self.style(line, kind) if kind else line, file=self.out)
 
     def detail(self, text: str) -> None:
         """A line only --verbose prints."""
@@ -164,13 +166,16 @@ class Console:
         width = 30
         filled = width * done // total
         bar = "#" * filled + "-" * (width - filled)
-        self.err.write(f"\r[{bar}] {done}/{total} {label}"[:200] + "\x1b[K")
+        # drawn over with spaces, not erased with an escape sequence: no
+        # escape sequence at all reaches the terminal with NO_COLOR
+        line = f"[{bar}] {done}/{total} {label}"[:PROGRESS_WIDTH]
+        self.err.write("\r" + line.ljust(PROGRESS_WIDTH))
         self.err.flush()
         self._progress_shown = True
 
     def _clear_progress(self) -> None:
         if self._progress_shown:
-            self.err.write("\r\x1b[K")
+            self.err.write("\r" + " " * PROGRESS_WIDTH + "\r")
             self.err.flush()
             self._progress_shown = False
 
