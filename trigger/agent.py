@@ -31,7 +31,10 @@ from ulp.trigger.elfscan import ElfScan, file_version
 from ulp.trigger.priority import raise_priority, restore_priority
 from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
-POLL_INTERVAL = 0.0002
+#: the wait for an answer polls the mailbox, first often (most requests take
+#: well under a millisecond), then less and less: many triggers' worth of
+#: waits run at once in one process (ulp-trigger's worker threads)
+POLL_FIRST, POLL_MAX = 0.00005, 0.002
 SYS_PPOLL = 271
 IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
 
@@ -97,6 +100,18 @@ class Agent:
         if header.state != AgentState.IDLE:
             raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
         self._wait_not_job_stopped(header.agent_tid, deadline)
+        # raised before the stop: entering it needs the CPU as much as the work
+        # does (ulp.trigger.priority); checked to be this process's thread first
+        if os.path.exists(f"/proc/{self.process.pid}/task/{header.agent_tid}"):
+            self._saved_priority = raise_priority(header.agent_tid, reset_on_fork=True)
+        try:
+            self._take_idle_agent(header, deadline)
+        except BaseException:
+            restore_priority(self._saved_priority, header.agent_tid)
+            self._saved_priority = None
+            raise
+
+    def _take_idle_agent(self, header: MailboxHeader, deadline: float) -> None:
         for _ in range(IDLE_ATTEMPTS):
             tracee = self._stop_agent(header.agent_tid, deadline)
             if tracee.group_stop or tracee.pending_signal:
@@ -107,7 +122,6 @@ class Agent:
             if regs.orig_rax == SYS_PPOLL and regs.rip == header.idle_address:
                 self.tracee = tracee
                 tracee.save_registers()
-                self._saved_priority = raise_priority(tracee.tid, reset_on_fork=True)
                 return
             # stopped between two pauses of its loop, or still running a request
             tracee.detach()
@@ -233,6 +247,7 @@ class Agent:
 
     def _wait_answer(self, old_serial: int) -> None:
         deadline = self.deadline()
+        interval = POLL_FIRST
         while True:
             if self.header().serial != old_serial:
                 self.running_request = False
@@ -248,7 +263,8 @@ class Agent:
             if time.monotonic() > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
-            time.sleep(POLL_INTERVAL)
+            time.sleep(interval)
+            interval = min(interval * 2, POLL_MAX)
 
     def release(self) -> None:
         """Put the agent back exactly as it was and let it go; never raises.
