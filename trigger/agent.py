@@ -40,24 +40,32 @@ IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before givi
 
 
 @functools.lru_cache(maxsize=256)
-def _mailbox_offset(path: str, version: tuple) -> int | None:
-    """``ulp_mailbox``'s offset in the object at ``path`` (cached per file version)."""
+def _symbol_offset(path: str, version: tuple, symbol: str) -> int | None:
+    """``symbol``'s offset in the object at ``path`` (cached per file version)."""
     with ElfScan(path) as elf:
-        return elf.dynamic_symbol_value(agent_abi.MAILBOX_SYMBOL)
+        return elf.dynamic_symbol_value(symbol)
 
 
-def find_mailbox(process: Process) -> int:
-    """The address of ``ulp_mailbox`` in ``process``, or a NO_RUNTIME error."""
+def runtime_symbol(process: Process, symbol: str) -> int | None:
+    """The address of the runtime's exported ``symbol`` in ``process``, or None."""
     objects = process.mapped_objects()
     # the runtime is usually named libulp.so: look there first
     for path in sorted(objects, key=lambda p: "ulp" not in os.path.basename(p)):
         try:
             source = process.object_file(path, objects[path])
-            value = _mailbox_offset(source, file_version(source))
+            value = _symbol_offset(source, file_version(source), symbol)
         except (UlpError, OSError):
             continue
         if value is not None:
             return objects[path] + value
+    return None
+
+
+def find_mailbox(process: Process) -> int:
+    """The address of ``ulp_mailbox`` in ``process``, or a NO_RUNTIME error."""
+    address = runtime_symbol(process, agent_abi.MAILBOX_SYMBOL)
+    if address is not None:
+        return address
     if not process.known():
         raise process.gone()
     raise UlpError(f"process {process.pid} does not have the ulp runtime loaded "

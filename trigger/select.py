@@ -113,3 +113,8 @@ def runs_targets(pid: int, identities: set[bytes]) -> bool:
     if has_target and not has_runtime:
         has_runtime = any(_is_runtime(key, path) for key, path in files.items())
     return has_runtime and has_target
+
+
+def runs_runtime(pid: int) -> bool:
+    """Does ``pid`` map the ulp runtime (judged from /proc/PID/maps)?"""
+    return any(_is_runtime(key, path) for key, path in mapped_files(pid).items())
