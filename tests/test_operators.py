@@ -305,3 +305,21 @@ def test_the_agent_gets_its_scheduling_back(op: Path) -> None:
         assert trigger(app.pid, op / "value.ulp").returncode == 0
         assert (os.sched_getscheduler(agent), os.sched_getparam(agent)) == before
         assert results(app) == VALUE_FIXED
+
+
+def test_ulp_dump_and_check(op: Path) -> None:
+    fields = json.loads(tool("ulp", "dump", "--json", op / "twice.ulp").stdout)
+    value = json.loads(tool("ulp", "dump", "--json", op / "value.ulp").stdout)
+    assert fields["requires"] == [value["patch_id"]]
+    assert fields["functions"] == [{"index": fields["functions"][0]["index"],
+                                    "old": "lib_twice", "new": "lib_twice_v2"}]
+    assert f"patch id:         {value['patch_id']}" in tool("ulp", "dump", op / "value.ulp").stdout
+    with start(op) as app, start(op, preload=False) as without_runtime:
+        ok = tool("ulp", "check", app.pid, op / "value.ulp")
+        assert ok.returncode == 0 and "can be applied" in ok.stdout
+        refused = tool("ulp", "check", "--json", without_runtime.pid, op / "value.ulp")
+        assert refused.returncode == 8
+        assert json.loads(refused.stdout)["checks"]["target"].startswith("loaded at")
+        # checking changed nothing: the patch still applies, and works
+        assert trigger(app.pid, op / "value.ulp").returncode == 0
+        assert results(app) == VALUE_FIXED

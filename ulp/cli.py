@@ -4,6 +4,9 @@
   ulp status PID   the patches applied in a process (asks its agent)
   ulp patches      what every process with the runtime runs, per thread,
                    read without stopping it (trigger/snapshot.py)
+  ulp dump PATCH   the fields of a patch file
+  ulp check PID PATCH   whether PATCH could be applied to PID now, checked
+                   without changing or stopping anything
 """
 
 from __future__ import annotations
@@ -97,6 +100,75 @@ def _show_process(console: Console, view) -> None:
         console.say(f"  thread {thread.tid} ({thread.name}): {records}", styled=True)
 
 
+def patch_fields(metadata) -> dict:
+    """A patch file's fields, for --json."""
+    return {
+        "patch_id": metadata.patch_id_hex, "reverse": metadata.reverse,
+        "target": metadata.target_path, "target_identity": metadata.target_identity.hex(),
+        "target_build_id": metadata.target_build_id.hex(),
+        "layout_version": metadata.layout_version, "patch_object": metadata.patch_so_path,
+        "patch_sha256": metadata.patch_so_sha256.hex(),
+        "requires": [required.hex() for required in metadata.requires],
+        "functions": [{"index": unit.index, "old": unit.old_name, "new": unit.new_name}
+                      for unit in metadata.units],
+    }
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from ulp.metadata import read_patch
+    from ulp.packer.pack import dump_lines
+
+    metadata = read_patch(args.patch)
+    if args.json:
+        print(json.dumps(patch_fields(metadata), indent=2))
+        return 0
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    for line in dump_lines(metadata):
+        console.say(line)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The checks an apply makes before it changes anything, and nothing else."""
+    from ulp.errors import UlpError
+    from ulp.metadata import read_patch
+    from ulp.process import Process
+    from ulp.trigger import transition
+    from ulp.trigger.agent import find_mailbox
+    from ulp.trigger.codewrite import check_code
+
+    metadata = read_patch(args.patch, trusted=True)
+    process = Process(args.pid)
+    checks: list[tuple[str, str]] = []
+    try:
+        target = transition.find_target(process, metadata)
+        checks.append(("target", f"loaded at {target.base:#x}, identity and build-id match"))
+        transition.check_units(target, metadata, args.patch)
+        transition.read_patch_object(metadata)
+        checks.append(("patch object", f"{metadata.patch_so_path}: SHA-256 matches"))
+        todo = check_code(process, transition.entry_detours(target, metadata))
+        checks.append(("entries", f"{len(metadata.units) - len(todo)} of "
+                                  f"{len(metadata.units)} already jump to the tracker"))
+        find_mailbox(process)
+        checks.append(("runtime", "loaded"))
+        verdict, code = "can be applied (unless it is applied already: ulp status)", 0
+    except UlpError as error:
+        verdict, code = f"cannot be applied: {error}", int(error.exit_code)
+    finally:
+        process.close()
+    if args.json:
+        print(json.dumps({"pid": args.pid, "patch": patch_fields(metadata),
+                          "checks": dict(checks), "exit_code": code, "verdict": verdict},
+                         indent=2))
+    else:
+        console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+        for name, result in checks:
+            console.detail(f"{name}: {result}")
+        console.say(f"patch {metadata.patch_id_hex} {verdict}",
+                    "good" if code == 0 else "bad")
+    return code
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ulp", description="User-space live patching.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -116,6 +188,17 @@ def build_parser() -> ArgumentParser:
                               "wildcards); may be repeated")
     add_output_options(patches, json=True)
     patches.set_defaults(run=cmd_patches)
+    dump = commands.add_parser("dump", help="print the fields of a patch file")
+    dump.add_argument("patch", metavar="PATCH")
+    add_output_options(dump, json=True)
+    dump.set_defaults(run=cmd_dump)
+    check = commands.add_parser(
+        "check", help="tell whether PATCH could be applied to process PID now, without "
+                      "changing or stopping anything (exit code: the apply's)")
+    check.add_argument("pid", type=int, metavar="PID")
+    check.add_argument("patch", metavar="PATCH")
+    add_output_options(check, json=True)
+    check.set_defaults(run=cmd_check)
     return parser
 
 
