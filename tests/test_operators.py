@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from consistency_support import ask
 
 from support import BIN_DIR, C_DIR, TIMEOUT, LiveProcess, cc, shared_library, tool
 from ulp.trigger.tracee import Tracee
@@ -72,8 +73,7 @@ def start(op: Path, preload: bool = True) -> LiveProcess:
 
 
 def results(app: LiveProcess) -> str:
-    app.send("call\n")
-    return app.next_line()
+    return ask(app, "call")
 
 
 def trigger(*args: str | Path | int, cwd: Path | None = None,
