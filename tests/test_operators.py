@@ -323,3 +323,14 @@ def test_ulp_dump_and_check(op: Path) -> None:
         # checking changed nothing: the patch still applies, and works
         assert trigger(app.pid, op / "value.ulp").returncode == 0
         assert results(app) == VALUE_FIXED
+
+
+def test_a_thread_id_names_its_process(op: Path) -> None:
+    with start(op) as app:
+        agent = agent_tid(app.pid)
+        applied = trigger(agent, op / "value.ulp")
+        assert applied.returncode == 0, applied.stderr
+        assert f"to process {app.pid}:" in applied.stdout
+        both = trigger(agent, app.pid, op / "value.ulp")  # one process, named twice
+        assert summary(both).startswith("1 process(es): 0 applied, 1 already applied")
+        assert results(app) == VALUE_FIXED

@@ -99,6 +99,7 @@ def _attempt(pid: int, step: Step, timeout: float, retries: int) -> Outcome:
 def _once(pid: int, step: Step, timeout: float) -> Outcome:
     metadata = step.metadata
     process = Process(pid)
+    pid = process.pid  # a thread's ID names its process
     try:
         if step.reverting:
             transition.revert(process, metadata, timeout)

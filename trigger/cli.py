@@ -22,6 +22,7 @@ from collections import Counter
 
 from ulp.console import ArgumentParser, Console, add_output_options, count, run_command, seconds
 from ulp.errors import ExitCode, UlpError
+from ulp.process import thread_group
 from ulp.trigger import batch, patchset, select
 from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import block_sigchld, release_orphans
@@ -149,7 +150,7 @@ def _targets(args: argparse.Namespace, steps) -> tuple[list[int], bool]:
                            ExitCode.NO_PROCESS)
         pids += named
     if args.pids or args.names:
-        return sorted(set(pids)), True
+        return sorted({_process_of(pid) for pid in pids}), True
     identities = {step.metadata.target_identity for step in steps}
     found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
     if not found:
@@ -157,6 +158,14 @@ def _targets(args: argparse.Namespace, steps) -> tuple[list[int], bool]:
         raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
                        ExitCode.LIBRARY_NOT_LOADED)
     return found, False
+
+
+def _process_of(pid: int) -> int:
+    """A thread's ID names its process: each process once, whatever ID named it."""
+    try:
+        return thread_group(pid)
+    except UlpError:
+        return pid  # gone or never there: its outcome says so
 
 
 def _run_many(args: argparse.Namespace, steps, console: Console) -> int:
