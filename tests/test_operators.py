@@ -42,6 +42,8 @@ def op(build_dir: Path) -> Path:
     tag = secrets.token_hex(8)
     lib = shared_library(root / "lib" / "libop.so", [C_DIR / "e2e_lib.c"],
                          f"-Wl,--build-id=0x{tag}")
+    (root / "unprepared").mkdir()
+    shutil.copy(lib, root / "unprepared" / "libop.so")
     assert tool("ulp-prepare", lib).returncode == 0
     cc(root / f"opapp-{tag}", [C_DIR / "e2e_app.c"], f"-L{root / 'lib'}", "-lop", "-ldl")
     shared_library(root / "libop_value.so", [C_DIR / "e2e_fix.c"], patchable=False)
@@ -334,3 +336,14 @@ def test_a_thread_id_names_its_process(op: Path) -> None:
         both = trigger(agent, app.pid, op / "value.ulp")  # one process, named twice
         assert summary(both).startswith("1 process(es): 0 applied, 1 already applied")
         assert results(app) == VALUE_FIXED
+
+
+def test_an_unprepared_copy_of_the_target_is_named_as_such(op: Path) -> None:
+    app = LiveProcess([app_path(op)], env={"LD_LIBRARY_PATH": str(op / "unprepared")})
+    with app:
+        assert app.next_line() == "ready"
+        refused = trigger(app.pid, op / "value.ulp")
+        assert refused.returncode == 5, refused.stderr
+        assert "is loaded in process" in refused.stderr
+        assert "not prepared for live patching" in refused.stderr
+        assert results(app) == ORIGINAL

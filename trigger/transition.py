@@ -109,12 +109,14 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     candidates = sorted(objects, key=lambda path: (
         os.path.realpath(path) != os.path.realpath(metadata.target_path),
         os.path.basename(path) != wanted))
-    mismatch = None
+    mismatch = unprepared = None
     fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:
         try:
             library = _open_prepared(process, path, objects[path])
-        except UlpError:
+        except UlpError as error:
+            if error.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
+                unprepared = unprepared or path
             continue
         target = LoadedTarget(library, objects[path])
         if _fits(_loaded_desc(process, target), metadata):
@@ -134,6 +136,10 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
         raise UlpError(f"{mismatch} in process {process.pid} is not the library the patch was "
                        "packed for (identity, build-id or layout differs)",
                        ExitCode.TARGET_MISMATCH)
+    if unprepared:
+        raise UlpError(f"{unprepared} is loaded in process {process.pid} but not prepared for "
+                       "live patching (a copy ulp-prepare was not run on, such as the "
+                       "distribution's)", ExitCode.NOT_PATCHABLE)
     raise UlpError(f"{wanted} (or any library the patch fits) is not loaded in process "
                    f"{process.pid}", ExitCode.LIBRARY_NOT_LOADED)
 
