@@ -140,8 +140,8 @@ def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Cons
     return ExitCode.OK
 
 
-def _targets(args: argparse.Namespace, steps) -> tuple[list[int], bool]:
-    """The PIDs to work on, and whether the user named them."""
+def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
+    """The PIDs to work on: those named, else every candidate of the machine."""
     pids = list(args.pids)
     if args.names:
         named = select.matching(select.all_pids(), args.names)
@@ -150,14 +150,14 @@ def _targets(args: argparse.Namespace, steps) -> tuple[list[int], bool]:
                            ExitCode.NO_PROCESS)
         pids += named
     if args.pids or args.names:
-        return sorted({_process_of(pid) for pid in pids}), True
+        return sorted({_process_of(pid) for pid in pids})
     identities = {step.metadata.target_identity for step in steps}
     found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
     if not found:
         libraries = ", ".join(sorted({step.metadata.target_path for step in steps}))
         raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
                        ExitCode.LIBRARY_NOT_LOADED)
-    return found, False
+    return found
 
 
 def _process_of(pid: int) -> int:
@@ -169,7 +169,7 @@ def _process_of(pid: int) -> int:
 
 
 def _run_many(args: argparse.Namespace, steps, console: Console) -> int:
-    pids, _ = _targets(args, steps)
+    pids = _targets(args, steps)
     steps = batch.with_patch_objects(steps)
 
     def report(outcomes: list[batch.Outcome], done: int) -> None:
