@@ -347,3 +347,19 @@ def test_an_unprepared_copy_of_the_target_is_named_as_such(op: Path) -> None:
         assert "is loaded in process" in refused.stderr
         assert "not prepared for live patching" in refused.stderr
         assert results(app) == ORIGINAL
+
+
+def test_ulp_livepatchable(op: Path) -> None:
+    prepared = tool("ulp", "livepatchable", "--json", op / "lib" / "libop.so")
+    assert prepared.returncode == 0
+    assert json.loads(prepared.stdout)["state"] == "prepared"
+    assert set(json.loads(prepared.stdout)["functions"]) == {
+        "lib_value", "lib_twice", "lib_value_plus", "lib_half"}
+    built = tool("ulp", "livepatchable", op / "unprepared" / "libop.so")
+    assert built.returncode == 0 and "patchable (4 function(s) ready, 0 not)" in built.stdout
+    assert "run ulp-prepare" in built.stdout
+    plain = tool("ulp", "livepatchable", "--json", op / "libop_value.so")
+    assert plain.returncode == 5
+    assert json.loads(plain.stdout)["state"] == "not patchable"
+    not_elf = tool("ulp", "livepatchable", op / "value.desc")
+    assert not_elf.returncode == 4 and not_elf.stderr.count("\n") == 1

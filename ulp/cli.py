@@ -7,6 +7,7 @@
   ulp dump PATCH   the fields of a patch file
   ulp check PID PATCH   whether PATCH could be applied to PID now, checked
                    without changing or stopping anything
+  ulp livepatchable FILE   built with the padding? prepared? which functions?
 """
 
 from __future__ import annotations
@@ -169,6 +170,54 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_livepatchable(args: argparse.Namespace) -> int:
+    """Prepared (its functions), or built for it (which functions have the
+    padding), or not: the checks ulp-prepare makes (toolchain/analysis.py)."""
+    from ulp.elfinfo import open_elf, require_x86_64_shared_object
+    from ulp.errors import ExitCode, UlpError
+    from ulp.layout import PATCHABLE_FLAG
+    from ulp.prepared import PreparedLibrary
+    from ulp.toolchain import analysis
+
+    path = args.file
+    refused: dict[str, str] = {}
+    with open_elf(path) as elf:
+        require_x86_64_shared_object(elf, path)
+        if analysis.prepared_descriptor(elf, path) is not None:
+            state = "prepared"
+            ready = [function.name for function in PreparedLibrary.open(path).functions]
+        else:
+            try:
+                entries = analysis.patchable_entries(elf, path)
+            except UlpError:
+                entries = set()
+            ready = []
+            for entry, names in analysis.exported_functions(elf).items():
+                try:
+                    analysis.check_function(elf, path, entry, names, entries)
+                    ready.append(names[0])
+                except UlpError as error:
+                    refused[names[0]] = str(error).removeprefix(f"{path}: ")
+            state = "patchable" if ready and not refused else \
+                "partly patchable" if ready else "not patchable"
+    code = ExitCode.OK if state in ("prepared", "patchable") else ExitCode.NOT_PATCHABLE
+    if args.json:
+        print(json.dumps({"file": path, "state": state, "functions": ready,
+                          "refused": refused}, indent=2))
+        return code
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    advice = {"prepared": "", "patchable": ": run ulp-prepare on it",
+              "partly patchable": f": rebuild it with {PATCHABLE_FLAG}",
+              "not patchable": f": build it with {PATCHABLE_FLAG}"}[state]
+    console.say(f"{path}: {state} ({len(ready)} function(s) ready, {len(refused)} not)"
+                f"{advice}")
+    for name in ready:
+        console.detail(f"  {name}")
+    for name, why in refused.items():
+        console.detail(f"  {name}: {why}")
+    return code
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ulp", description="User-space live patching.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -199,6 +248,12 @@ def build_parser() -> ArgumentParser:
     check.add_argument("patch", metavar="PATCH")
     add_output_options(check, json=True)
     check.set_defaults(run=cmd_check)
+    livepatchable = commands.add_parser(
+        "livepatchable", help="tell whether a shared object is prepared, or built for "
+                              "live patching, and which of its functions are ready")
+    livepatchable.add_argument("file", metavar="FILE")
+    add_output_options(livepatchable, json=True)
+    livepatchable.set_defaults(run=cmd_livepatchable)
     return parser
 
 
