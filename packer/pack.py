@@ -237,6 +237,9 @@ def _body(argv: list[str] | None) -> int:
         return ExitCode.OK
     if args.desc is None:
         raise UlpError(f"expected DESC or --dump FILE (see {PROG} --help)", ExitCode.USAGE)
+    if args.desc.endswith(".ulp") and not (args.output or args.reverse_output):
+        raise UlpError(f"{args.desc} looks like a patch file, not a description: "
+                       f"{PROG} --dump {args.desc} prints its fields", ExitCode.USAGE)
     metadata, output, reverse_output = pack(args.desc, args.output, args.reverse_output)
     count = len(metadata.units)
     noun = "function" if count == 1 else "functions"

@@ -363,3 +363,9 @@ def test_ulp_livepatchable(op: Path) -> None:
     assert json.loads(plain.stdout)["state"] == "not patchable"
     not_elf = tool("ulp", "livepatchable", op / "value.desc")
     assert not_elf.returncode == 4 and not_elf.stderr.count("\n") == 1
+
+
+def test_packer_given_a_patch_file_points_at_dump(op: Path) -> None:
+    result = tool("ulp-packer", op / "value.ulp")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--dump" in result.stderr
