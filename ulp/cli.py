@@ -218,42 +218,40 @@ def cmd_livepatchable(args: argparse.Namespace) -> int:
     return code
 
 
+def _subcommand(commands, name: str, run, help: str, *positionals: str) -> ArgumentParser:
+    """A subcommand reporting state: its positionals (PID is a number), then
+    --quiet, --verbose and --json."""
+    parser = commands.add_parser(name, help=help)
+    for metavar in positionals:
+        parser.add_argument(metavar.lower(), type=int if metavar == "PID" else str,
+                            metavar=metavar)
+    add_output_options(parser, json=True)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="ulp", description="User-space live patching.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = commands.add_parser("flags", help="print the compiler flags of a live-patchable build")
     flags.set_defaults(run=cmd_flags)
-    status = commands.add_parser("status", help="list the patches applied in process PID")
-    status.add_argument("pid", type=int, metavar="PID")
+    status = _subcommand(commands, "status", cmd_status,
+                         "list the patches applied in process PID (asks its agent)", "PID")
     status.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                         help="bound for every wait on the process (default: 10)")
-    add_output_options(status, json=True)
-    status.set_defaults(run=cmd_status)
-    patches = commands.add_parser(
-        "patches", help="what every process with the ulp runtime runs, per thread, read "
-                        "through /proc/PID/mem without stopping it")
+    patches = _subcommand(commands, "patches", cmd_patches,
+                          "what every process with the ulp runtime runs, per thread, read "
+                          "through /proc/PID/mem without stopping it")
     patches.add_argument("-p", "--process", action="append", default=[], metavar="PID|NAME",
                          help="only this process, or the processes with this name (shell "
                               "wildcards); may be repeated")
-    add_output_options(patches, json=True)
-    patches.set_defaults(run=cmd_patches)
-    dump = commands.add_parser("dump", help="print the fields of a patch file")
-    dump.add_argument("patch", metavar="PATCH")
-    add_output_options(dump, json=True)
-    dump.set_defaults(run=cmd_dump)
-    check = commands.add_parser(
-        "check", help="tell whether PATCH could be applied to process PID now, without "
-                      "changing or stopping anything (exit code: the apply's)")
-    check.add_argument("pid", type=int, metavar="PID")
-    check.add_argument("patch", metavar="PATCH")
-    add_output_options(check, json=True)
-    check.set_defaults(run=cmd_check)
-    livepatchable = commands.add_parser(
-        "livepatchable", help="tell whether a shared object is prepared, or built for "
-                              "live patching, and which of its functions are ready")
-    livepatchable.add_argument("file", metavar="FILE")
-    add_output_options(livepatchable, json=True)
-    livepatchable.set_defaults(run=cmd_livepatchable)
+    _subcommand(commands, "dump", cmd_dump, "print the fields of a patch file", "PATCH")
+    _subcommand(commands, "check", cmd_check,
+                "tell whether PATCH could be applied to process PID now, without changing or "
+                "stopping anything (exit code: the apply's)", "PID", "PATCH")
+    _subcommand(commands, "livepatchable", cmd_livepatchable,
+                "tell whether a shared object is prepared, or built for live patching, and "
+                "which of its functions are ready", "FILE")
     return parser
 
 
