@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from elftools.common.exceptions import ELFError
 
 from ulp import metadata as md
+from ulp.console import ArgumentParser
 from ulp.elfinfo import open_elf_bytes, require_x86_64_shared_object
 from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.files import read_input
@@ -32,15 +33,8 @@ from .desc import Description, read_description
 PROG = "ulp-packer"
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and ExitCode.USAGE."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UlpError(f"{message} (see {PROG} --help)", ExitCode.USAGE)
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(  # one-line usage errors, --version: ulp.console
         prog=PROG,
         description="Check a patch description (.desc) against its patch .so and its "
                     "prepared target library, then write the patch metadata file and "
@@ -273,6 +267,9 @@ def _body(argv: list[str] | None) -> int:
         return ExitCode.OK
     if args.desc is None:
         raise UlpError(f"expected DESC or --dump FILE (see {PROG} --help)", ExitCode.USAGE)
+    if args.desc.endswith(".ulp") and not (args.output or args.reverse_output):
+        raise UlpError(f"{args.desc} looks like a patch file, not a description: "
+                       f"{PROG} --dump {args.desc} prints its fields", ExitCode.USAGE)
     metadata, output, reverse_output = pack(args.desc, args.output, args.reverse_output)
     count = len(metadata.units)
     noun = "function" if count == 1 else "functions"

@@ -27,6 +27,31 @@ ULP_EXPORT struct ulp_mailbox ulp_mailbox = {
     .state = ULP_AGENT_OFF,
 };
 
+/* What `ulp patches` needs to find a thread's records without stopping it
+ * (ulp/snapshot.py): a thread's thread pointer (%fs:0, where %fs-relative
+ * TLS offsets such as a function descriptor's tls_offset start) is its
+ * robust-list head minus this offset, and get_robust_list(TID) gives that
+ * head to any process allowed to read the thread (PTRACE_MODE_READ).  glibc
+ * registers &pthread->robust_head for every thread, and the thread pointer
+ * is the pthread itself, so the offset is the same for every thread: it is
+ * measured once, on the thread that loads the runtime.  0: unknown. */
+ULP_EXPORT struct {
+    char magic[8];
+    uint32_t version;
+    uint32_t reserved;
+    int64_t robust_head_offset;
+} ulp_thread_layout = {.magic = "ULPTHRD", .version = 1};
+
+static void measure_thread_layout(void)
+{
+    void *head = NULL;
+    size_t length = 0;
+    char *thread_pointer;
+    __asm__("movq %%fs:0, %0" : "=r"(thread_pointer));
+    if (syscall(SYS_get_robust_list, 0, &head, &length) == 0 && head)
+        ulp_thread_layout.robust_head_offset = (char *)head - thread_pointer;
+}
+
 /* The trigger runs each call on this stack, not on the agent's own, so the
  * agent's frames survive even a trigger that dies in the middle. */
 static char call_stack[256 * 1024] __attribute__((aligned(64)));
@@ -262,6 +287,7 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
     ulp_mailbox.universe_address = (uint64_t)(uintptr_t)&ulp_global_universe;
     ulp_mailbox.idle_address = (uint64_t)(uintptr_t)ulp_agent_wait_return;
     ulp_mailbox.staged_fd = -1;
+    measure_thread_layout();
     if (!agent_wanted())
         return;
     start_agent();

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 
 from ulp import layout
+from ulp.console import ArgumentParser
 from ulp.elfinfo import open_elf, require_x86_64_shared_object
 from ulp.errors import ExitCode, UlpError, run_cli
 from ulp.prepared import PreparedLibrary
@@ -44,7 +45,8 @@ process, a prepared library behaves exactly like the original.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ulp-prepare", description=DESCRIPTION)
+    # one-line usage errors, --version: ulp.console
+    parser = ArgumentParser(prog="ulp-prepare", description=DESCRIPTION)
     parser.add_argument("library", nargs="?", metavar="LIB",
                         help="the shared object to prepare (rewritten in place without -o)")
     parser.add_argument("-o", "--output", metavar="OUT",

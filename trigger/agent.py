@@ -25,35 +25,47 @@ import time
 
 from ulp import agent_abi
 from ulp.agent_abi import AgentState, MailboxHeader, Request
-from ulp.elfinfo import dynamic_symbol_value, file_key, open_elf
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process, stat_fields
+from ulp.trigger.elfscan import ElfScan, file_version
+from ulp.trigger.priority import raise_priority, restore_priority
 from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
-POLL_INTERVAL = 0.0002
+#: the wait for an answer polls the mailbox, first often (most requests take
+#: well under a millisecond), then less and less: many triggers' worth of
+#: waits run at once in one process (ulp-trigger's worker threads)
+POLL_FIRST, POLL_MAX = 0.00005, 0.002
 SYS_PPOLL = 271
 IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
 
 
 @functools.lru_cache(maxsize=256)
-def _mailbox_offset(path: str, file_key: tuple) -> int | None:
-    """``ulp_mailbox``'s offset in the object at ``path`` (cached per file version)."""
-    with open_elf(path) as elf:
-        return dynamic_symbol_value(elf, agent_abi.MAILBOX_SYMBOL)
+def _symbol_offset(path: str, version: tuple, symbol: str) -> int | None:
+    """``symbol``'s offset in the object at ``path`` (cached per file version)."""
+    with ElfScan(path) as elf:
+        return elf.dynamic_symbol_value(symbol)
 
 
-def find_mailbox(process: Process) -> int:
-    """The address of ``ulp_mailbox`` in ``process``, or a NO_RUNTIME error."""
+def runtime_symbol(process: Process, symbol: str) -> int | None:
+    """The address of the runtime's exported ``symbol`` in ``process``, or None."""
     objects = process.mapped_objects()
     # the runtime is usually named libulp.so: look there first
     for path in sorted(objects, key=lambda p: "ulp" not in os.path.basename(p)):
         try:
             source = process.object_file(path, objects[path])
-            value = _mailbox_offset(source, file_key(source))
+            value = _symbol_offset(source, file_version(source), symbol)
         except (UlpError, OSError):
             continue
         if value is not None:
             return objects[path] + value
+    return None
+
+
+def find_mailbox(process: Process) -> int:
+    """The address of ``ulp_mailbox`` in ``process``, or a NO_RUNTIME error."""
+    address = runtime_symbol(process, agent_abi.MAILBOX_SYMBOL)
+    if address is not None:
+        return address
     if not process.known():
         raise process.gone()
     raise UlpError(f"process {process.pid} does not have the ulp runtime loaded "
@@ -67,6 +79,7 @@ class Agent:
         self.mailbox = find_mailbox(process)
         self.tracee: Tracee | None = None
         self.running_request = False  # the agent was let run and has not answered
+        self._saved_priority = None  # the agent's scheduling before attach() raised it
         header = self.header()
         if header.magic != agent_abi.MAILBOX_MAGIC or header.abi_version != agent_abi.ABI_VERSION:
             raise UlpError(f"process {process.pid} has an incompatible ulp runtime "
@@ -95,6 +108,18 @@ class Agent:
         if header.state != AgentState.IDLE:
             raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
         self._wait_not_job_stopped(header.agent_tid, deadline)
+        # raised before the stop: entering it needs the CPU as much as the work
+        # does (ulp.trigger.priority); checked to be this process's thread first
+        if os.path.exists(f"/proc/{self.process.pid}/task/{header.agent_tid}"):
+            self._saved_priority = raise_priority(header.agent_tid, reset_on_fork=True)
+        try:
+            self._take_idle_agent(header, deadline)
+        except BaseException:
+            restore_priority(self._saved_priority, header.agent_tid)
+            self._saved_priority = None
+            raise
+
+    def _take_idle_agent(self, header: MailboxHeader, deadline: float) -> None:
         for _ in range(IDLE_ATTEMPTS):
             tracee = self._stop_agent(header.agent_tid, deadline)
             if tracee.group_stop or tracee.pending_signal:
@@ -230,6 +255,7 @@ class Agent:
 
     def _wait_answer(self, old_serial: int) -> None:
         deadline = self.deadline()
+        interval = POLL_FIRST
         while True:
             if self.header().serial != old_serial:
                 self.running_request = False
@@ -245,7 +271,8 @@ class Agent:
             if time.monotonic() > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
-            time.sleep(POLL_INTERVAL)
+            time.sleep(interval)
+            interval = min(interval * 2, POLL_MAX)
 
     def release(self) -> None:
         """Put the agent back exactly as it was and let it go; never raises.
@@ -256,6 +283,8 @@ class Agent:
         tracee, self.tracee = self.tracee, None
         if tracee is None:
             return
+        restore_priority(self._saved_priority, tracee.tid)
+        self._saved_priority = None
         if self.process.image_changed():
             tracee.let_go(time.monotonic() + 0.2)
             self._release_exec_survivor()

@@ -1,112 +1,229 @@
-"""ulp-trigger: apply or revert a packed patch in a running process."""
+"""ulp-trigger: apply or revert packed patches in running processes.
+
+main() first raises its own scheduling priority (ulp.trigger.priority): on
+a machine whose cores the target's threads keep busy, every millisecond of
+CPU at normal priority costs tens of milliseconds of wall time.
+
+Everything an apply uses is imported here, not on first use: a program may
+import this module, drop its privileges and then call main() (the tests run
+the trigger as another user that way), and then the standard library may no
+longer be readable.  What makes the import cheap is what is left out
+(pyelftools, python-ptrace's binding, tempfile: docs/trigger.md, "Speed").
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import locale  # noqa: F401  argparse needs these two on first use (gettext, the help width)
+import re
+import shutil  # noqa: F401
+from collections import Counter
 
-from ulp.errors import ExitCode, UlpError, one_line, run_cli
-from ulp.patchfile import read_patch_file
-from ulp.process import DYING_GRACE, Process
-from ulp.trigger import codewrite, transition
+from ulp.console import ArgumentParser, Console, add_output_options, count, run_command, seconds
+from ulp.errors import ExitCode, UlpError
+from ulp.process import thread_group
+from ulp.trigger import batch, patchset, select
+from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import block_sigchld, release_orphans
 
+PROG = "ulp-trigger"
+
 DESCRIPTION = """\
-Apply PATCH (a file written by ulp-packer) to the running process PID, or
-revert it with --revert.  A reverse patch file (NAME.rev.ulp) reverts without
---revert.  The process must run with the ulp runtime preloaded
+Apply PATCH (a file written by ulp-packer, or a directory of them) to running
+processes, or revert it with --revert.  A reverse patch file (NAME.rev.ulp)
+reverts without --revert.  A process must run with the ulp runtime preloaded
 (LD_PRELOAD=libulp.so) and have the patch's target library loaded.
 
+Which processes: the PIDs given before PATCH and the processes -p selects;
+with neither, every process that runs the ulp runtime and the patch's target
+library.  The last argument is always PATCH, every one before it a PID:
+  ulp-trigger fix.ulp                 every process that has the target
+  ulp-trigger 1234 fix.ulp            process 1234 only
+  ulp-trigger 12 34 fix.ulp           processes 12 and 34
+  ulp-trigger -p 'nginx*' fix.ulp     processes named nginx...
+  ulp-trigger patches/                every patch of the directory, in
+                                      dependency order, skipping applied ones
+Processes are handled in parallel (--jobs).  With more than one process, a
+line per process, then a summary: applied, already applied, skipped and why,
+failed and why.
+
 Threads switch to the new code one by one, each at its next call into the
-library from outside it.  Applying an applied patch changes nothing and exits
-with code 12; every other refusal leaves the process as it was.
+library from outside it.  Every refusal leaves the process as it was.
 """
 
 EPILOG = """\
-exit codes: 0 done, 3 file missing, 4 malformed patch file, 6 no such process,
-7 permission denied, 8 no ulp runtime in the process, 9 target library not
-loaded, 10 wrong target library, 11 patch object missing/changed/incomplete,
-12 already applied, 13 not applied, 14 dependency, 15 busy or timed out
-(retryable), 16 the process exited, 17 a file another user could change.
-See docs/exit-codes.md.
+exit codes: 0 done, 2 usage, 3 file missing, 4 malformed patch file, 6 no such
+process, 7 permission denied, 8 no ulp runtime in the process, 9 target
+library not loaded, 10 wrong target library, 11 patch object
+missing/changed/incomplete, 12 already applied, 13 not applied, 14
+dependency, 15 busy or timed out (retryable), 16 the process exited, 17 a
+file another user could change.  With several processes, the most severe
+outcome's code (docs/exit-codes.md gives the order).  See docs/trigger.md.
 """
+
+DEFAULT_JOBS = 16
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("arguments", nargs="*", metavar="[PID ...] PATCH",
+                        help="the processes (optional), then the patch file or directory")
+    parser.add_argument("-p", "--process", action="append", default=[], metavar="PID|NAME",
+                        help="also work on this process, or on the processes with this "
+                             "name (shell wildcards: 'app*'); may be repeated")
+    parser.add_argument("--revert", action="store_true", help="revert PATCH instead")
+    parser.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
+                        help="bound for every wait on a process (default: 10)")
+    parser.add_argument("--retries", type=count, default=0, metavar="N",
+                        help="retry N times when a process is busy (exit code 15)")
+    parser.add_argument("-j", "--jobs", type=count, default=DEFAULT_JOBS, metavar="N",
+                        help=f"processes handled at once (default: {DEFAULT_JOBS})")
+    add_output_options(parser, json=True)
+    return parser
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ulp-trigger", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pid", type=int, metavar="PID", help="the process to patch")
-    parser.add_argument("patch", metavar="PATCH", help="patch file written by ulp-packer")
-    parser.add_argument("--revert", action="store_true", help="revert PATCH instead")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="bound for every wait on the process (default: 10)")
-    parser.add_argument("--retries", type=int, default=0, metavar="N",
-                        help="retry N times when the process is busy (exit code 15)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also print how long the application threads were stopped")
-    args = parser.parse_args(argv)
-    if args.timeout <= 0 or args.retries < 0:
-        parser.error("--timeout must be positive and --retries not negative")
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if not args.arguments:
+        parser.error("the following arguments are required: PATCH")
+    *pids, args.patch = args.arguments
+    try:
+        args.pids = [_pid(text) for text in pids]
+    except ValueError as error:
+        parser.error(str(error))
+    names = []
+    for value in args.process:
+        if value.isdigit():
+            args.pids.append(_pid(value))
+        elif value:
+            names.append(value)
+        else:
+            parser.error("-p needs a PID or a process name")
+    args.names = names
+    if args.jobs == 0:
+        parser.error("--jobs must be at least 1")
     return args
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise ValueError(f"not a process ID: {text!r} (only PATCH may follow the PIDs)")
+    return int(text)
 
 
 def run(argv: list[str] | None) -> int:
     args = parse_arguments(argv)
-    patch_file = read_patch_file(args.patch, trusted=True)
-    reverting = args.revert or patch_file.metadata.reverse
+    steps = patchset.load(args.patch, args.revert)
     block_sigchld()
     release_orphans()
-    for attempt in range(args.retries + 1):
-        try:
-            attempt_once(args, patch_file, reverting)
-            return ExitCode.OK
-        except UlpError as error:
-            if error.exit_code != ExitCode.RETRY or attempt == args.retries:
-                raise
-            time.sleep(0.1)
-    return ExitCode.FAILURE
+    console = Console(PROG, quiet=args.quiet or args.json, verbose=args.verbose)
+    single = len(args.pids) == 1 and not args.names and len(steps) == 1
+    if single:
+        return _run_single(args, steps, console)
+    return _run_many(args, steps, console)
 
 
-def attempt_once(args: argparse.Namespace, patch_file, reverting: bool) -> None:
-    metadata = patch_file.metadata
-    process = Process(args.pid)
+def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Console) -> int:
+    """``ulp-trigger PID PATCH``: one line, the error as the exit code."""
+    outcome = batch.run_one(args.pids[0], steps, args.timeout, args.retries)[0]
+    if args.json:
+        _print_json(args, [outcome])
+    if outcome.code != ExitCode.OK:
+        raise UlpError(outcome.message, outcome.code)
+    console.say(outcome.message)
+    if args.verbose and outcome.pause is not None:
+        console.say(f"application threads stopped: {outcome.pause.threads}, "
+                    f"for {outcome.pause.seconds * 1000:.3f} ms")
+    return ExitCode.OK
+
+
+def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
+    """The PIDs to work on: those named, else every candidate of the machine."""
+    pids = list(args.pids)
+    if args.names:
+        named = select.matching(select.all_pids(), args.names)
+        if not named and not pids:
+            raise UlpError(f"no process is named {' or '.join(args.names)}",
+                           ExitCode.NO_PROCESS)
+        pids += named
+    if args.pids or args.names:
+        return sorted({_process_of(pid) for pid in pids})
+    identities = {step.metadata.target_identity for step in steps}
+    found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
+    if not found:
+        libraries = ", ".join(sorted({step.metadata.target_path for step in steps}))
+        raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
+                       ExitCode.LIBRARY_NOT_LOADED)
+    return found
+
+
+def _process_of(pid: int) -> int:
+    """A thread's ID names its process: each process once, whatever ID named it."""
     try:
-        if reverting:
-            transition.revert(process, metadata, args.timeout)
-            print(f"reverted patch {metadata.patch_id_hex} in process {args.pid}")
-        else:
-            transition.apply(process, patch_file, args.timeout, args.patch)
-            names = ", ".join(unit.old_name for unit in metadata.units)
-            print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {one_line(names)}")
-            pause = codewrite.last_pause()
-            if args.verbose and pause is not None:
-                print(f"application threads stopped: {pause.threads}, "
-                      f"for {pause.seconds * 1000:.3f} ms")
-    except UlpError as error:
-        raise _explained(error, process) from None
-    except OSError as error:
-        # /proc or ptrace failing in a way not foreseen: still one line
-        raise _explained(UlpError(f"process {args.pid}: {error}", ExitCode.FAILURE),
-                         process) from None
-    finally:
-        process.close()
+        return thread_group(pid)
+    except UlpError:
+        return pid  # gone or never there: its outcome says so
 
 
-#: errors a process that is being killed can cause on its way out
-DEATH_SYMPTOMS = {ExitCode.FAILURE, ExitCode.PERMISSION, ExitCode.NO_RUNTIME,
-                  ExitCode.LIBRARY_NOT_LOADED, ExitCode.TARGET_MISMATCH, ExitCode.RETRY}
+def _run_many(args: argparse.Namespace, steps, console: Console) -> int:
+    pids = _targets(args, steps)
+
+    def report(outcomes: list[batch.Outcome], done: int) -> None:
+        for outcome in outcomes:
+            if outcome.kind == "failed":
+                console.problem(outcome.message)
+            elif outcome.code == ExitCode.OK:
+                console.say(outcome.message)
+            else:
+                console.detail(f"{outcome.kind}: {outcome.message}")
+        console.progress(done, len(pids), "processes")
+
+    outcomes = batch.run_all(pids, steps, args.timeout, args.retries, args.jobs, report)
+    console.progress(len(pids), len(pids))
+    if args.json:
+        _print_json(args, outcomes)
+    else:
+        _print_summary(console, outcomes, len(pids), args.revert or steps[0].reverting)
+    return batch.worst(outcome.code for outcome in outcomes)
 
 
-def _explained(error: UlpError, process: Process) -> UlpError:
-    """Whatever went wrong, a process that died or called execve meanwhile is
-    the reason to report: the process the trigger knew is gone."""
-    if error.exit_code == ExitCode.NO_PROCESS:
-        return error
-    if process.image_changed():
-        return process.gone()
-    grace = DYING_GRACE if error.exit_code in DEATH_SYMPTOMS else 0.0
-    return process.gone() if process.exits_within(grace) else error
+def _print_summary(console: Console, outcomes, processes: int, reverting: bool) -> None:
+    kinds = Counter(outcome.kind for outcome in outcomes)
+    done = "reverted" if reverting else "applied"
+    nothing = "not applied" if reverting else "already applied"
+    parts = [console.style(f"{kinds[done]} {done}", "good"), f"{kinds[nothing]} {nothing}",
+             console.style(f"{kinds['skipped']} skipped", "note") if kinds["skipped"]
+             else "0 skipped",
+             console.style(f"{kinds['failed']} failed", "bad") if kinds["failed"] else "0 failed"]
+    console.say(f"{processes} process(es): " + ", ".join(parts), styled=True)
+    for kind in ("skipped", "failed"):
+        reasons = Counter((outcome.code, _reason(outcome.message)) for outcome in outcomes
+                          if outcome.kind == kind)
+        for (code, reason), number in sorted(reasons.items(), key=lambda item: -item[1]):
+            console.say(f"  {kind} (exit {int(code)}, {ExitCode(code).name}) x{number}: {reason}")
+
+
+def _reason(message: str) -> str:
+    """A message with its process named generically, so that equal reasons group."""
+    return re.sub(r"\b(process|PID|thread) \d+", r"\1 N", message)
+
+
+def _print_json(args: argparse.Namespace, outcomes) -> None:
+    document = {
+        "action": "revert" if args.revert else "apply",
+        "patch": args.patch,
+        "exit_code": int(batch.worst(outcome.code for outcome in outcomes)),
+        "results": [{"pid": o.pid, "patch_id": o.patch, "outcome": o.kind,
+                     "exit_code": int(o.code), "exit_name": o.code.name, "message": o.message,
+                     "pause_ms": None if o.pause is None else round(o.pause.seconds * 1000, 3)}
+                    for o in outcomes],
+    }
+    print(json.dumps(document, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("ulp-trigger", run, argv)
+    with scheduled_first():  # and every worker thread started meanwhile (priority.py)
+        return run_command(PROG, run, argv)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
+from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import WALL, ThreadGone, Tracee, thread_is_exiting, wait_for_sigchld
 
 
@@ -34,14 +35,14 @@ class Pause:
     seconds: float
 
 
-_last_pause: Pause | None = None
+_pauses = threading.local()  # each thread's last pause: ulp-trigger runs one per process
 
 RELEASE_WAIT = 0.2  # how long to wait for a thread to stop so that it can be detached
 
 
 def last_pause() -> Pause | None:
-    """The pause of the most recent code write in this process (for benchmarks)."""
-    return _last_pause
+    """The pause of this thread's most recent code write (for benchmarks)."""
+    return getattr(_pauses, "last", None)
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,13 @@ def all_threads_stopped(process: Process, held: dict[int, Tracee],
     no new thread; a thread that is exiting never runs user code again and
     is left alone.
     """
-    global _last_pause
     deadline = time.monotonic() + timeout
     stopped: dict[int, Tracee] = {}
-    with _reaping(held), _scheduled_first(), _stopping(process, held, deadline,
+    with _reaping(held), scheduled_first(), _stopping(process, held, deadline,
                                                        stopped) as started:
         yield
     if started:
-        _last_pause = Pause(len(stopped), time.monotonic() - started[0])
+        _pauses.last = Pause(len(stopped), time.monotonic() - started[0])
 
 
 @contextlib.contextmanager
@@ -129,32 +129,6 @@ def _reaping(held: dict[int, Tracee]) -> Iterator[None]:
     finally:
         done.set()
         reaper.join()
-
-
-@contextlib.contextmanager
-def _scheduled_first() -> Iterator[None]:
-    """Run this thread with a real-time policy while the application is stopped.
-
-    Otherwise, on a machine whose cores are busy with the application's own
-    threads, the tracer waits for its time slice behind each thread it has
-    just let go, and the pause grows with the number of threads (seen: 200 ms
-    instead of 3 ms with 128 busy threads on 2 cores).  Every wait in here
-    sleeps, so the stopped threads still get the CPU they need to stop.
-    Without the privilege (CAP_SYS_NICE) it runs as it is.
-    """
-    try:
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except (OSError, AttributeError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            os.sched_setscheduler(0, policy, param)
-        except OSError:
-            pass
 
 
 @contextlib.contextmanager

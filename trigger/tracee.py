@@ -4,6 +4,11 @@ Threads are seized, never attached with SIGSTOP: a parent waiting with
 WUNTRACED must not see its child stop.  The tracer never sets
 PTRACE_O_EXITKILL, so if ulp-trigger dies its tracees just run on.
 
+The ptrace calls go straight to libc through ctypes rather than through
+python-ptrace's binding: importing that takes about 19 ms (it looks libc up
+with ctypes.util and builds its tables for every architecture), a third of
+the whole command's budget (docs/trigger.md, "Speed").
+
 A seized thread is stopped with PTRACE_INTERRUPT.  A thread blocked in a
 system call leaves it with an ERESTART* code; as long as its registers are
 not changed, the kernel restarts the call when the thread is let go, so the
@@ -19,12 +24,13 @@ import os
 import signal
 import time
 
-from ptrace.binding import func as ptrace_func
-from ptrace.error import PtraceError
-
 from ulp.errors import ExitCode, UlpError
 from ulp.process import DEAD_STATES, stat_fields
 
+PTRACE_CONT = 7
+PTRACE_DETACH = 17
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -39,6 +45,34 @@ JOB_CONTROL_STOPS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGT
 
 class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class UserRegs(ctypes.Structure):
+    """struct user_regs_struct of x86-64 (sys/user.h)."""
+
+    _fields_ = [(name, ctypes.c_ulong) for name in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+        "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+        "gs_base", "ds", "es", "fs", "gs")]
+
+
+class PtraceError(OSError):
+    pass
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+
+
+def ptrace(request: int, tid: int, address: int = 0, data: int = 0) -> int:
+    """ptrace(2); PtraceError (an OSError) with its errno on failure."""
+    result = _libc.ptrace(request, tid, address, data)
+    if result == -1:
+        code = ctypes.get_errno()
+        if code:
+            raise PtraceError(code, os.strerror(code))
+    return result
 
 
 class ThreadGone(UlpError):
@@ -101,14 +135,14 @@ class Tracee:
     # -- attaching -------------------------------------------------------------
     def seize(self) -> None:
         try:
-            ptrace_func.ptrace(PTRACE_SEIZE, self.tid, 0, 0)
+            ptrace(PTRACE_SEIZE, self.tid)
         except PtraceError as error:
             raise self._error("attach to", error) from None
         self.seized = True
 
     def interrupt(self) -> None:
         try:
-            ptrace_func.ptrace(PTRACE_INTERRUPT, self.tid, 0, 0)
+            ptrace(PTRACE_INTERRUPT, self.tid)
         except PtraceError as error:
             raise self._error("interrupt", error) from None
 
@@ -169,13 +203,15 @@ class Tracee:
 
     def get_registers(self):
         try:
-            return ptrace_func.ptrace_getregs(self.tid)
+            regs = UserRegs()
+            ptrace(PTRACE_GETREGS, self.tid, 0, ctypes.addressof(regs))
+            return regs
         except PtraceError as error:
             raise self._error("read the registers of", error) from None
 
     def set_registers(self, regs) -> None:
         try:
-            ptrace_func.ptrace_setregs(self.tid, regs)
+            ptrace(PTRACE_SETREGS, self.tid, 0, ctypes.addressof(regs))
         except PtraceError as error:
             raise self._error("set the registers of", error) from None
 
@@ -187,7 +223,7 @@ class Tracee:
         buffer = ctypes.create_string_buffer(XSTATE_BUFFER)
         iovec = _Iovec(ctypes.cast(buffer, ctypes.c_void_p), XSTATE_BUFFER)
         try:
-            ptrace_func.ptrace(PTRACE_GETREGSET, self.tid, NT_X86_XSTATE, ctypes.addressof(iovec))
+            ptrace(PTRACE_GETREGSET, self.tid, NT_X86_XSTATE, ctypes.addressof(iovec))
         except PtraceError as error:
             raise self._error("read the FP state of", error) from None
         return buffer.raw[: iovec.len]
@@ -196,14 +232,14 @@ class Tracee:
         buffer = ctypes.create_string_buffer(state, len(state))
         iovec = _Iovec(ctypes.cast(buffer, ctypes.c_void_p), len(state))
         try:
-            ptrace_func.ptrace(PTRACE_SETREGSET, self.tid, NT_X86_XSTATE, ctypes.addressof(iovec))
+            ptrace(PTRACE_SETREGSET, self.tid, NT_X86_XSTATE, ctypes.addressof(iovec))
         except PtraceError as error:
             raise self._error("restore the FP state of", error) from None
 
     # -- running ---------------------------------------------------------------
     def resume(self) -> None:
         try:
-            ptrace_func.ptrace_cont(self.tid, 0)
+            ptrace(PTRACE_CONT, self.tid)
         except PtraceError as error:
             raise self._error("resume", error) from None
         self.stopped = False
@@ -213,7 +249,7 @@ class Tracee:
         if not self.seized:
             return
         try:
-            ptrace_func.ptrace_detach(self.tid, self.pending_signal)
+            ptrace(PTRACE_DETACH, self.tid, 0, self.pending_signal)
         except PtraceError:
             self._reap()
         self.seized = False
@@ -234,7 +270,7 @@ class Tracee:
                 return
             if pid == self.tid and os.WIFSTOPPED(status):
                 try:  # it had not died after all: it stopped, so it can go now
-                    ptrace_func.ptrace_detach(self.tid, self.pending_signal)
+                    ptrace(PTRACE_DETACH, self.tid, 0, self.pending_signal)
                 except PtraceError:
                     continue
                 return

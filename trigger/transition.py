@@ -29,14 +29,13 @@ from dataclasses import dataclass
 
 from ulp import layout
 from ulp.agent_abi import Op, Request, Status
-from ulp.elfinfo import file_key
 from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
 from ulp.patchfile import PatchFile
-from ulp.prepared import PreparedLibrary
 from ulp.process import Process
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
+from ulp.trigger.elfscan import TargetLibrary, file_version, read_prepared
 
 STATUS_EXIT_CODES = {
     Status.BAD_REQUEST: ExitCode.FAILURE,
@@ -60,7 +59,7 @@ STATUS_EXIT_CODES = {
 
 @dataclass
 class LoadedTarget:
-    library: PreparedLibrary
+    library: TargetLibrary
     base: int  # load bias of the library in the process
 
     @property
@@ -69,15 +68,15 @@ class LoadedTarget:
 
 
 @functools.lru_cache(maxsize=256)
-def _prepared_library(path: str, key: tuple) -> PreparedLibrary:
-    return PreparedLibrary.open(path)
+def _prepared_library(path: str, key: tuple) -> TargetLibrary:
+    return read_prepared(path)
 
 
-def _open_prepared(process: Process, path: str, base: int) -> PreparedLibrary:
+def _open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
     """The prepared library mapped at ``base``, read from the mapped file itself."""
     source = process.object_file(path, base)
     try:
-        key = file_key(source)
+        key = file_version(source)
     except OSError:
         raise UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING) from None
     return _prepared_library(source, key)
@@ -107,12 +106,14 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     candidates = sorted(objects, key=lambda path: (
         os.path.realpath(path) != os.path.realpath(metadata.target_path),
         os.path.basename(path) != wanted))
-    mismatch = None
+    mismatch = unprepared = None
     fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:
         try:
             library = _open_prepared(process, path, objects[path])
-        except UlpError:
+        except UlpError as error:
+            if error.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
+                unprepared = unprepared or path
             continue
         target = LoadedTarget(library, objects[path])
         if _fits(_loaded_desc(process, target), metadata):
@@ -132,6 +133,10 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
         raise UlpError(f"{mismatch} in process {process.pid} is not the library the patch was "
                        "packed for (identity, build-id or layout differs)",
                        ExitCode.TARGET_MISMATCH)
+    if unprepared:
+        raise UlpError(f"{unprepared} is loaded in process {process.pid} but not prepared for "
+                       "live patching (a copy ulp-prepare was not run on, such as the "
+                       "distribution's)", ExitCode.NOT_PATCHABLE)
     raise UlpError(f"{wanted} (or any library the patch fits) is not loaded in process "
                    f"{process.pid}", ExitCode.LIBRARY_NOT_LOADED)
 

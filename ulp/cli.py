@@ -1,14 +1,21 @@
 """ulp: the operator's command.
 
   ulp flags        the compiler flags a live-patchable library needs
-  ulp status PID   the patches applied in a process
+  ulp status PID   the patches applied in a process (asks its agent)
+  ulp patches      what every process with the runtime runs, per thread,
+                   read without stopping it (trigger/snapshot.py)
+  ulp dump PATCH   the fields of a patch file
+  ulp check PID PATCH   whether PATCH could be applied to PID now, checked
+                   without changing or stopping anything
+  ulp livepatchable FILE   built with the padding? prepared? which functions?
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from ulp.errors import run_cli
+from ulp.console import ArgumentParser, Console, add_output_options, run_command, seconds
 from ulp.layout import PATCHABLE_FLAG
 
 
@@ -33,23 +40,223 @@ def cmd_status(args: argparse.Namespace) -> int:
         agent.release()
         process.close()
     applied = message.split()
-    print(f"process {args.pid}: {len(applied)} patch(es) applied")
+    if args.json:
+        print(json.dumps({"pid": args.pid, "applied": applied}, indent=2))
+        return 0
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    console.say(f"process {args.pid}: {len(applied)} patch(es) applied")
     for patch_id in applied:
-        print(f"  {patch_id}")
+        console.say(f"  {patch_id}")
     return 0
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ulp", description="User-space live patching.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def cmd_patches(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ulp.errors import ExitCode, UlpError
+    from ulp.trigger import select, snapshot
+
+    pids = [int(value) for value in args.process if value.isdigit()]
+    names = [value for value in args.process if not value.isdigit()]
+    if names:
+        pids += select.matching(select.all_pids(), names)
+    if not args.process:
+        pids = [pid for pid in select.all_pids() if select.runs_runtime(pid)]
+    console = Console("ulp", quiet=args.quiet or args.json, verbose=args.verbose)
+    views, worst = [], ExitCode.OK
+    for pid in sorted(set(pids)):
+        try:
+            views.append(snapshot.read_process(pid))
+        except UlpError as error:
+            worst = max(worst, error.exit_code) if args.process else worst
+            if args.process:
+                console.problem(str(error))
+    if args.json:
+        print(json.dumps([asdict(view) for view in views], indent=2))
+    for view in views:
+        _show_process(console, view)
+    if args.process and not views and worst == ExitCode.OK:
+        raise UlpError(f"no process is named {' or '.join(names)}", ExitCode.NO_PROCESS)
+    return worst
+
+
+def _show_process(console: Console, view) -> None:
+    console.say(f"process {view.pid} ({view.name}): global universe {view.global_universe}")
+    for library in view.libraries:
+        changes = "; ".join(
+            f"{function.name} " + ", ".join(
+                f"applied at {applied}" + (f", reverted at {reverted}" if reverted else "")
+                for applied, reverted in function.versions)
+            for function in library.functions) or "not patched"
+        console.say(f"  {library.path}: {changes}")
+    for thread in view.threads:
+        if thread.error:
+            console.say(f"  thread {thread.tid} ({thread.name}): {thread.error}")
+            continue
+        records = ", ".join(
+            f"{record.library.rsplit('/', 1)[-1]} universe {record.universe}"
+            + (console.style(" inside, may run old code", "note") if record.old_code
+               else " inside" if record.inside else "")
+            for record in thread.records) or "no library entered"
+        console.say(f"  thread {thread.tid} ({thread.name}): {records}", styled=True)
+
+
+def patch_fields(metadata) -> dict:
+    """A patch file's fields, for --json."""
+    return {
+        "patch_id": metadata.patch_id_hex, "reverse": metadata.reverse,
+        "target": metadata.target_path, "target_identity": metadata.target_identity.hex(),
+        "target_build_id": metadata.target_build_id.hex(),
+        "layout_version": metadata.layout_version, "patch_object": metadata.patch_so_path,
+        "patch_sha256": metadata.patch_so_sha256.hex(),
+        "requires": [required.hex() for required in metadata.requires],
+        "functions": [{"index": unit.index, "old": unit.old_name, "new": unit.new_name}
+                      for unit in metadata.units],
+    }
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from ulp.packer.pack import dump_lines
+    from ulp.patchfile import read_patch_file
+
+    patch_file = read_patch_file(args.patch)
+    if args.json:
+        print(json.dumps(patch_fields(patch_file.metadata), indent=2))
+        return 0
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    for line in dump_lines(patch_file):
+        console.say(line)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The checks an apply makes before it changes anything, and nothing else."""
+    from ulp.errors import UlpError
+    from ulp.patchfile import read_patch_file
+    from ulp.process import Process
+    from ulp.trigger import transition
+    from ulp.trigger.agent import find_mailbox
+    from ulp.trigger.codewrite import check_code
+
+    patch_file = read_patch_file(args.patch, trusted=True)
+    metadata = patch_file.metadata
+    process = Process(args.pid)
+    checks: list[tuple[str, str]] = []
+    try:
+        target = transition.find_target(process, metadata)
+        checks.append(("target", f"loaded at {target.base:#x}, identity and build-id match"))
+        transition.check_units(target, metadata, args.patch)
+        checks.append(("patch object", f"carried in {args.patch}, SHA-256 matches"
+                       if patch_file.patch_object else "none: a reverse patch"))
+        todo = check_code(process, transition.entry_detours(target, metadata))
+        checks.append(("entries", f"{len(metadata.units) - len(todo)} of "
+                                  f"{len(metadata.units)} already jump to the tracker"))
+        find_mailbox(process)
+        checks.append(("runtime", "loaded"))
+        verdict, code = "can be applied (unless it is applied already: ulp status)", 0
+    except UlpError as error:
+        verdict, code = f"cannot be applied: {error}", int(error.exit_code)
+    finally:
+        process.close()
+    if args.json:
+        print(json.dumps({"pid": args.pid, "patch": patch_fields(metadata),
+                          "checks": dict(checks), "exit_code": code, "verdict": verdict},
+                         indent=2))
+    else:
+        console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+        for name, result in checks:
+            console.detail(f"{name}: {result}")
+        console.say(f"patch {metadata.patch_id_hex} {verdict}",
+                    "good" if code == 0 else "bad")
+    return code
+
+
+def cmd_livepatchable(args: argparse.Namespace) -> int:
+    """Prepared (its functions), or built for it (which functions have the
+    padding), or not: the checks ulp-prepare makes (toolchain/analysis.py)."""
+    from ulp.elfinfo import open_elf, require_x86_64_shared_object
+    from ulp.errors import ExitCode, UlpError
+    from ulp.layout import PATCHABLE_FLAG
+    from ulp.prepared import PreparedLibrary
+    from ulp.toolchain import analysis
+    from ulp.toolchain.elfread import LoadedBytes
+
+    path = args.file
+    refused: dict[str, str] = {}
+    with open_elf(path) as elf:
+        require_x86_64_shared_object(elf, path)
+        if analysis.prepared_descriptor(elf, path) is not None:
+            state = "prepared"
+            ready = [function.name for function in PreparedLibrary.open(path).functions]
+        else:
+            try:
+                entries = analysis.patchable_entries(elf, path)
+            except UlpError:
+                entries = set()
+            ready = []
+            loaded = LoadedBytes(elf)
+            for entry, names in analysis.exported_functions(elf).items():
+                try:
+                    analysis.check_function(loaded, path, entry, names, entries)
+                    ready.append(names[0])
+                except UlpError as error:
+                    refused[names[0]] = str(error).removeprefix(f"{path}: ")
+            state = "patchable" if ready and not refused else \
+                "partly patchable" if ready else "not patchable"
+    code = ExitCode.OK if state in ("prepared", "patchable") else ExitCode.NOT_PATCHABLE
+    if args.json:
+        print(json.dumps({"file": path, "state": state, "functions": ready,
+                          "refused": refused}, indent=2))
+        return code
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    advice = {"prepared": "", "patchable": ": run ulp-prepare on it",
+              "partly patchable": f": rebuild it with {PATCHABLE_FLAG}",
+              "not patchable": f": build it with {PATCHABLE_FLAG}"}[state]
+    console.say(f"{path}: {state} ({len(ready)} function(s) ready, {len(refused)} not)"
+                f"{advice}")
+    for name in ready:
+        console.detail(f"  {name}")
+    for name, why in refused.items():
+        console.detail(f"  {name}: {why}")
+    return code
+
+
+def _subcommand(commands, name: str, run, help: str, *positionals: str) -> ArgumentParser:
+    """A subcommand reporting state: its positionals (PID is a number), then
+    --quiet, --verbose and --json."""
+    parser = commands.add_parser(name, help=help)
+    for metavar in positionals:
+        parser.add_argument(metavar.lower(), type=int if metavar == "PID" else str,
+                            metavar=metavar)
+    add_output_options(parser, json=True)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="ulp", description="User-space live patching.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = commands.add_parser("flags", help="print the compiler flags of a live-patchable build")
     flags.set_defaults(run=cmd_flags)
-    status = commands.add_parser("status", help="list the patches applied in process PID")
-    status.add_argument("pid", type=int, metavar="PID")
-    status.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
-    status.set_defaults(run=cmd_status)
-    return parser.parse_args(argv)
+    status = _subcommand(commands, "status", cmd_status,
+                         "list the patches applied in process PID (asks its agent)", "PID")
+    status.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
+                        help="bound for every wait on the process (default: 10)")
+    patches = _subcommand(commands, "patches", cmd_patches,
+                          "what every process with the ulp runtime runs, per thread, read "
+                          "through /proc/PID/mem without stopping it")
+    patches.add_argument("-p", "--process", action="append", default=[], metavar="PID|NAME",
+                         help="only this process, or the processes with this name (shell "
+                              "wildcards); may be repeated")
+    _subcommand(commands, "dump", cmd_dump, "print the fields of a patch file", "PATCH")
+    _subcommand(commands, "check", cmd_check,
+                "tell whether PATCH could be applied to process PID now, without changing or "
+                "stopping anything (exit code: the apply's)", "PID", "PATCH")
+    _subcommand(commands, "livepatchable", cmd_livepatchable,
+                "tell whether a shared object is prepared, or built for live patching, and "
+                "which of its functions are ready", "FILE")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("ulp", lambda a: (args := parse_arguments(a)).run(args), argv)
+    return run_command("ulp", lambda a: (args := build_parser().parse_args(a)).run(args), argv)

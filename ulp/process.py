@@ -35,6 +35,18 @@ def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
         return None
 
 
+def thread_group(tid: int) -> int:
+    """The process (thread group) of thread ``tid``; NO_PROCESS if there is none."""
+    try:
+        with open(f"/proc/{tid}/status") as stream:
+            for line in stream:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    raise UlpError(f"no process with PID {tid}", ExitCode.NO_PROCESS)
+
+
 class Process:
     """One process image: the PID as it runs now, until it exits or execs.
 
@@ -46,12 +58,13 @@ class Process:
     """
 
     def __init__(self, pid: int) -> None:
-        self.pid = pid
         self._mem_fd: int | None = None
         self._mem_error: UlpError | None = None
         self._objects: dict[str, Mapping] | None = None  # from the last read of maps
-        if not os.path.exists(f"/proc/{pid}/status"):
-            raise UlpError(f"no process with PID {pid}", ExitCode.NO_PROCESS)
+        # /proc/TID exists for every thread, though unlisted: a thread's ID
+        # names its process (whose ID the messages then show)
+        pid = thread_group(pid)
+        self.pid = pid
         if self.state() in DEAD_STATES and self._other_threads_live():
             # A process being killed loses its main thread first: its other
             # threads follow within moments.  One whose main thread called

@@ -1,0 +1,168 @@
+"""Applying or reverting patches in many processes at once.
+
+Each process is handled whole by one worker thread: ptrace ties a tracee to
+the thread that attached it, and a process's patches go in order.  Threads
+suffice: a worker spends its time waiting for the target (its agent loading
+the patch, its threads stopping), not computing.  Every outcome is kept, and
+the command's exit code is the worst of them (``SEVERITY``,
+docs/exit-codes.md).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ulp.errors import ExitCode, UlpError, one_line
+from ulp.metadata import PatchMetadata
+from ulp.patchfile import PatchFile
+from ulp.process import DYING_GRACE, Process
+from ulp.trigger import codewrite, transition
+
+#: exit codes from the least to the most severe: a run exits with the most
+#: severe of its outcomes (docs/exit-codes.md, "Several processes")
+SEVERITY = (
+    ExitCode.OK, ExitCode.ALREADY_APPLIED, ExitCode.NOT_APPLIED, ExitCode.PROCESS_EXITED,
+    ExitCode.NO_PROCESS, ExitCode.LIBRARY_NOT_LOADED, ExitCode.NO_RUNTIME, ExitCode.RETRY,
+    ExitCode.DEPENDENCY, ExitCode.TARGET_MISMATCH, ExitCode.PATCH_OBJECT, ExitCode.BAD_INPUT,
+    ExitCode.PERMISSION, ExitCode.UNSAFE_FILE, ExitCode.NOT_PATCHABLE, ExitCode.FILE_MISSING,
+    ExitCode.USAGE, ExitCode.FAILURE,
+)
+#: a process that is not (or no longer) one the patch is for
+SKIPPED = {ExitCode.PROCESS_EXITED, ExitCode.NO_PROCESS, ExitCode.LIBRARY_NOT_LOADED,
+           ExitCode.NO_RUNTIME}
+NOTHING_TO_DO = {ExitCode.ALREADY_APPLIED: "already applied", ExitCode.NOT_APPLIED: "not applied"}
+RETRY_PAUSE = 0.1
+
+
+def worst(codes) -> ExitCode:
+    return max((ExitCode(code) for code in codes), key=SEVERITY.index, default=ExitCode.OK)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    pid: int
+    patch: str  # patch id, hex
+    code: ExitCode
+    message: str  # what was done, or why not
+    reverting: bool = False
+    pause: codewrite.Pause | None = None
+
+    @property
+    def kind(self) -> str:
+        """applied, reverted, already applied, not applied, skipped or failed."""
+        if self.code == ExitCode.OK:
+            return "reverted" if self.reverting else "applied"
+        if self.code in NOTHING_TO_DO:
+            return NOTHING_TO_DO[self.code]
+        return "skipped" if self.code in SKIPPED else "failed"
+
+
+@dataclass(frozen=True)
+class Step:
+    patch_file: PatchFile  # read and checked once, before any process is touched
+    source: str  # the patch file, for messages
+    reverting: bool
+
+    @property
+    def metadata(self) -> PatchMetadata:
+        return self.patch_file.metadata
+
+
+def run_one(pid: int, steps: list[Step], timeout: float, retries: int) -> list[Outcome]:
+    """Every step in ``pid``, in order; a step whose target the process does
+    not have is left out when another step's target is there."""
+    outcomes = [_attempt(pid, step, timeout, retries) for step in steps]
+    relevant = [o for o in outcomes if o.code != ExitCode.LIBRARY_NOT_LOADED]
+    return relevant or outcomes[:1]
+
+
+def _attempt(pid: int, step: Step, timeout: float, retries: int) -> Outcome:
+    for attempt in range(retries + 1):
+        try:
+            return _once(pid, step, timeout)
+        except UlpError as error:
+            if error.exit_code != ExitCode.RETRY or attempt == retries:
+                return Outcome(pid, step.metadata.patch_id_hex, error.exit_code,
+                               one_line(str(error)), step.reverting)
+            time.sleep(RETRY_PAUSE)
+    raise AssertionError("unreachable")
+
+
+def _once(pid: int, step: Step, timeout: float) -> Outcome:
+    metadata = step.metadata
+    process = Process(pid)
+    pid = process.pid  # a thread's ID names its process
+    try:
+        if step.reverting:
+            transition.revert(process, metadata, timeout)
+            return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
+                           f"reverted patch {metadata.patch_id_hex} in process {pid}", True)
+        transition.apply(process, step.patch_file, timeout, step.source)
+        names = ", ".join(unit.old_name for unit in metadata.units)
+        return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
+                       one_line(f"applied patch {metadata.patch_id_hex} to process {pid}: "
+                                f"{names}"), False, codewrite.last_pause())
+    except UlpError as error:
+        raise _explained(error, process) from None
+    except OSError as error:
+        # /proc or ptrace failing in a way not foreseen: still one line
+        raise _explained(UlpError(f"process {pid}: {error}", ExitCode.FAILURE),
+                         process) from None
+    finally:
+        process.close()
+
+
+#: errors a process that is being killed can cause on its way out
+DEATH_SYMPTOMS = {ExitCode.FAILURE, ExitCode.PERMISSION, ExitCode.NO_RUNTIME,
+                  ExitCode.LIBRARY_NOT_LOADED, ExitCode.TARGET_MISMATCH, ExitCode.RETRY}
+
+
+def _explained(error: UlpError, process: Process) -> UlpError:
+    """Whatever went wrong, a process that died or called execve meanwhile is
+    the reason to report: the process the trigger knew is gone."""
+    if error.exit_code == ExitCode.NO_PROCESS:
+        return error
+    if process.image_changed():
+        return process.gone()
+    grace = DYING_GRACE if error.exit_code in DEATH_SYMPTOMS else 0.0
+    return process.gone() if process.exits_within(grace) else error
+
+
+def run_all(pids: list[int], steps: list[Step], timeout: float, retries: int, jobs: int,
+            report: Callable[[list[Outcome], int], None]) -> list[Outcome]:
+    """``run_one`` for every PID on ``jobs`` threads; ``report(outcomes, done)``
+    is called on this thread as each process is finished."""
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for pid in pids:
+        todo.put(pid)
+    finished: queue.SimpleQueue[list[Outcome] | BaseException] = queue.SimpleQueue()
+
+    def work() -> None:
+        while True:
+            try:
+                pid = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                finished.put(run_one(pid, steps, timeout, retries))
+            except BaseException as error:  # a bug: reported by the main thread
+                finished.put(error)
+
+    workers = [threading.Thread(target=work, name=f"ulp-trigger-{n}", daemon=True)
+               for n in range(max(1, min(jobs, len(pids))))]
+    for worker in workers:
+        worker.start()
+    outcomes: list[Outcome] = []
+    for done in range(1, len(pids) + 1):
+        result = finished.get()
+        if isinstance(result, BaseException):
+            raise result
+        outcomes.extend(result)
+        report(result, done)
+    for worker in workers:
+        worker.join()
+    return outcomes

@@ -1,0 +1,120 @@
+"""Which processes a ulp-trigger run works on.
+
+Given PIDs are taken as they are.  A name (``-p NAME``, shell wildcards)
+matches a process whose command name (/proc/PID/comm), program file name
+(/proc/PID/exe) or first argument's file name matches it.  With neither, the
+candidates are every process that maps the ulp runtime and one of the
+patches' target libraries: found by reading /proc/PID/maps only, each mapped
+file looked at once per (device, inode) however many processes map it.
+What this finds is only a candidate: the apply checks everything again in
+the process's memory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+from collections.abc import Iterable
+
+from ulp import agent_abi
+from ulp.errors import UlpError
+from ulp.trigger.elfscan import ElfScan, read_prepared
+
+
+def all_pids() -> list[int]:
+    """Every process on the host but this one."""
+    me = os.getpid()
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me)
+
+
+def process_names(pid: int) -> set[str]:
+    """The names ``-p`` matches for ``pid`` (empty if it is gone or unreadable)."""
+    names = set()
+    try:
+        with open(f"/proc/{pid}/comm") as stream:
+            names.add(stream.read().rstrip("\n"))
+    except OSError:
+        return names
+    try:
+        names.add(os.path.basename(os.readlink(f"/proc/{pid}/exe")).removesuffix(" (deleted)"))
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            first = stream.read(4096).split(b"\0", 1)[0]
+        if first:
+            names.add(os.path.basename(first.decode(errors="replace")))
+    except OSError:
+        pass
+    return names
+
+
+def matching(pids: Iterable[int], patterns: list[str]) -> list[int]:
+    """The processes among ``pids`` one of whose names matches a pattern."""
+    return [pid for pid in pids
+            if any(fnmatch.fnmatchcase(name, pattern) for name in process_names(pid)
+                   for pattern in patterns)]
+
+
+def mapped_files(pid: int) -> dict[tuple[int, int], str]:
+    """(device, inode) -> path of every file ``pid`` maps at offset 0; {} if unreadable."""
+    try:
+        with open(f"/proc/{pid}/maps") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return {}
+    files = {}
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/"):
+            continue
+        major, _, minor = fields[3].partition(":")
+        try:
+            key = (int(major, 16) << 32 | int(minor, 16), int(fields[4]))
+        except ValueError:
+            continue
+        if key[1]:
+            files.setdefault(key, fields[5])
+    return files
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_runtime(key: tuple[int, int], path: str) -> bool:
+    try:
+        with ElfScan(path) as elf:
+            return elf.dynamic_symbol_value(agent_abi.MAILBOX_SYMBOL) is not None
+    except (UlpError, OSError):
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(key: tuple[int, int], path: str) -> bytes | None:
+    try:
+        return read_prepared(path).identity
+    except (UlpError, OSError):
+        return None
+
+
+def runs_targets(pid: int, identities: set[bytes]) -> bool:
+    """Does ``pid`` map the ulp runtime and a library with one of ``identities``?
+
+    Files are named by the path in maps; one replaced on disk since it was
+    mapped is judged by its new content here, and by what is mapped later.
+    """
+    files = mapped_files(pid)
+    has_runtime = has_target = False
+    for key, path in files.items():
+        # the runtime is usually named libulp.so: no need to open libc for it
+        if not has_runtime and "ulp" in os.path.basename(path):
+            has_runtime = _is_runtime(key, path)
+        if not has_target:
+            has_target = _identity(key, path) in identities
+    if has_target and not has_runtime:
+        has_runtime = any(_is_runtime(key, path) for key, path in files.items())
+    return has_runtime and has_target
+
+
+def runs_runtime(pid: int) -> bool:
+    """Does ``pid`` map the ulp runtime (judged from /proc/PID/maps)?"""
+    return any(_is_runtime(key, path) for key, path in mapped_files(pid).items())

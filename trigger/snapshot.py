@@ -1,0 +1,217 @@
+"""What a process with the ulp runtime runs, read without stopping it.
+
+`ulp patches` reads everything through /proc/PID/mem (and /proc/PID/maps,
+/proc/PID/task): no thread is stopped and the agent is not used, so it works
+on a process a debugger holds, and while a trigger works on it.  What is
+read is a snapshot of memory the process keeps changing; each value is one
+aligned 8-byte word the runtime stores whole, so every number shown is one
+the process really held, not necessarily all at the same instant.
+
+- the global universe G: ``ulp_mailbox.universe_address``;
+- per prepared library (a mapped object with ``.ulp.data`` whose descriptor
+  in memory has the library magic): each function's version list (newest
+  first, ending at the original body), hence the patched functions with
+  the universes at which each version was applied and reverted;
+- per thread and library, the thread's record (runtime/registry.c, in the
+  runtime's static TLS at %fs-relative ``tls_offset``, as every function
+  descriptor of a registered library says): its universe and whether it
+  may still be inside the library (``depth`` > 0).  The thread pointer
+  comes from get_robust_list(TID) minus the offset the runtime publishes in
+  ``ulp_thread_layout`` (runtime/agent.c).  A thread inside a library with
+  a universe older than the library's last change may still run old code:
+  that is what an operator looks for when a thread never leaves a library.
+
+Applied patches are shown as the changes of their functions (universe
+applied at, reverted at); the patch ids live in the runtime's private list,
+which only the agent reports (``ulp status``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass, field
+
+from ulp import layout
+from ulp.agent_abi import MAILBOX_HEADER_SIZE, MAILBOX_SYMBOL, MailboxHeader
+from ulp.errors import ExitCode, UlpError
+from ulp.process import Process
+from ulp.trigger.agent import runtime_symbol
+from ulp.trigger.elfscan import file_version, read_prepared
+
+THREAD_LAYOUT_SYMBOL = "ulp_thread_layout"
+THREAD_LAYOUT_FORMAT = "<8sIIq"
+THREAD_LAYOUT_MAGIC = b"ULPTHRD\0"
+THREAD_LAYOUT_VERSION = 1
+SYS_GET_ROBUST_LIST = 274
+MAX_VERSIONS = 4096  # a version list longer than this is read as damaged
+
+
+@dataclass
+class FunctionChanges:
+    name: str
+    versions: list[tuple[int, int | None]]  # (applied at, reverted at or None), newest first
+
+
+@dataclass
+class LibraryView:
+    path: str
+    identity: str
+    registered: bool  # entered at least once since it was loaded: it has thread records
+    functions: list[FunctionChanges] = field(default_factory=list)
+    tls_offset: int = 0
+
+    @property
+    def last_change(self) -> int:
+        """The newest universe at which one of its functions changed (0: never)."""
+        return max((universe for function in self.functions
+                    for applied, reverted in function.versions
+                    for universe in (applied, reverted or 0)), default=0)
+
+
+@dataclass
+class ThreadRecord:
+    library: str
+    universe: int
+    inside: bool  # it may still have an activation in the library
+    old_code: bool  # inside, with a universe older than the library's last change
+
+
+@dataclass
+class ThreadView:
+    tid: int
+    name: str
+    records: list[ThreadRecord] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class ProcessView:
+    pid: int
+    name: str
+    global_universe: int
+    libraries: list[LibraryView]
+    threads: list[ThreadView]
+
+
+def read_process(pid: int) -> ProcessView:
+    process = Process(pid)
+    try:
+        return _read(process)
+    finally:
+        process.close()
+
+
+def _read(process: Process) -> ProcessView:
+    mailbox = runtime_symbol(process, MAILBOX_SYMBOL)
+    if mailbox is None:
+        if not process.known():
+            raise process.gone()
+        raise UlpError(f"process {process.pid} does not have the ulp runtime loaded",
+                       ExitCode.NO_RUNTIME)
+    universe_address = MailboxHeader.unpack(
+        process.read(mailbox, MAILBOX_HEADER_SIZE)).universe_address
+    global_universe = _word(process, universe_address) if universe_address else 0
+    libraries = [library for library in _libraries(process)]
+    offset = _robust_head_offset(process)
+    threads = [_thread(process, tid, libraries, offset) for tid in process.threads()]
+    return ProcessView(process.pid, _comm(process.pid), global_universe, libraries, threads)
+
+
+def _word(process: Process, address: int) -> int:
+    return int.from_bytes(process.read(address, 8), "little")
+
+
+def _comm(pid: int, tid: int | None = None) -> str:
+    path = f"/proc/{pid}/comm" if tid is None else f"/proc/{pid}/task/{tid}/comm"
+    try:
+        with open(path) as stream:
+            return stream.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def _libraries(process: Process):
+    for path, base in process.mapped_objects().items():
+        source = process.object_file(path, base)
+        try:
+            file_version(source)
+            library = read_prepared(source)
+        except (UlpError, OSError):
+            continue
+        address = base + library.lib_desc_vaddr
+        try:
+            desc = layout.LibDesc.unpack(process.read(address, layout.LIB_DESC_SIZE))
+        except (ValueError, UlpError):
+            continue
+        view = LibraryView(path, desc.identity.hex(), registered=False)
+        table = process.read(address + desc.funcs_delta, desc.nfuncs * layout.FUNC_DESC_SIZE)
+        for index, function in enumerate(library.functions[:desc.nfuncs]):
+            fd_address = address + desc.funcs_delta + index * layout.FUNC_DESC_SIZE
+            tls_offset, head = struct.unpack_from("<qQ", table, index * layout.FUNC_DESC_SIZE)
+            if tls_offset:
+                view.registered, view.tls_offset = True, tls_offset
+            versions = _versions(process, head, fd_address + layout.FD_ORIGINAL)
+            if versions:
+                view.functions.append(FunctionChanges(function.name, versions))
+        yield view
+
+
+def _versions(process: Process, head: int, original: int) -> list[tuple[int, int | None]]:
+    """(applied at, reverted at) of every version before the original body."""
+    versions = []
+    node = head
+    while node and node != original and len(versions) < MAX_VERSIONS:
+        applied, reverted, _target, node = struct.unpack(
+            "<QQQQ", process.read(node, layout.V_NEXT + 8))
+        versions.append((applied, None if reverted == layout.UNIVERSE_NEVER else reverted))
+    return versions
+
+
+def _robust_head_offset(process: Process) -> int:
+    address = runtime_symbol(process, THREAD_LAYOUT_SYMBOL)
+    if address is None:
+        return 0
+    magic, version, _, offset = struct.unpack(
+        THREAD_LAYOUT_FORMAT, process.read(address, struct.calcsize(THREAD_LAYOUT_FORMAT)))
+    if magic != THREAD_LAYOUT_MAGIC or version != THREAD_LAYOUT_VERSION:
+        return 0
+    return offset
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def robust_list_head(tid: int) -> int:
+    """get_robust_list(tid): the address of the thread's robust-list head."""
+    head, length = ctypes.c_void_p(), ctypes.c_size_t()
+    if _libc.syscall(SYS_GET_ROBUST_LIST, ctypes.c_long(tid), ctypes.byref(head),
+                     ctypes.byref(length)) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return head.value or 0
+
+
+def _thread(process: Process, tid: int, libraries: list[LibraryView],
+            offset: int) -> ThreadView:
+    view = ThreadView(tid, _comm(process.pid, tid))
+    if not offset:
+        view.error = "the runtime does not publish its thread layout"
+        return view
+    try:
+        thread_pointer = robust_list_head(tid) - offset
+        for library in libraries:
+            if not library.registered:
+                continue
+            universe, _claim, depth = struct.unpack(
+                "<QQQ", process.read(thread_pointer + library.tls_offset,
+                                     layout.REC_DEPTH + 8))
+            if universe == 0:
+                continue  # never entered it
+            inside = depth > 0
+            view.records.append(ThreadRecord(library.path, universe, inside,
+                                             inside and universe < library.last_change))
+    except (OSError, UlpError) as error:
+        view.error = f"cannot read its records ({error})"
+    return view
