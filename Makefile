@@ -51,6 +51,7 @@ bench: setup
 		else echo "missing: valgrind (install it, or run as root)"; exit 1; fi; }
 	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python bench/run_bench.py
+	$(VENV)/bin/python bench/operators.py | tee $(BUILD)/bench/operators.txt
 
 # ulp-prepare on mutated libraries: FUZZ_COUNT cases of seed FUZZ_SEED (the
 # suite runs 1,200 of another seed); failing inputs are kept in build/fuzz-failures.
