@@ -125,7 +125,7 @@ def _exported(library: PreparedLibrary, name: str):
 def _units(desc: Description, library: PreparedLibrary,
            private_units: list[md.PrivateUnit]) -> tuple[md.Unit, ...]:
     """The exported functions replaced; the others go to ``private_units``
-    (every function of an executable: docs/patching-executables.md)."""
+    (every function of an executable: docs/patching-private.md)."""
     units: list[md.Unit] = []
     by_index: dict[int, str] = {}
     executable = private.target_is_executable(desc.target)

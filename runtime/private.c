@@ -19,7 +19,7 @@
  * carries an empty range instead: the program's own code (main) is live on
  * every thread's stack for good, so an activation there is one of the
  * patched functions themselves, judged by the anchors
- * (docs/patching-executables.md). */
+ * (docs/patching-private.md). */
 #include <dlfcn.h>
 #include <link.h>
 #include <stdlib.h>

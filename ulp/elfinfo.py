@@ -42,7 +42,7 @@ def open_elf(path: str) -> Iterator[ELFFile]:
 
 def require_x86_64_shared_object(elf: ELFFile, path: str, executable_too: bool = False) -> None:
     """``path`` is an x86-64 shared object (or, with ``executable_too``, a
-    position-independent executable: docs/patching-executables.md)."""
+    position-independent executable: docs/patching-private.md)."""
     if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
         raise UlpError(f"{path}: not an x86-64 ELF file", ExitCode.BAD_INPUT)
     if elf["e_type"] != "ET_DYN" or elf.get_section_by_name(".dynamic") is None:
