@@ -70,15 +70,18 @@ static void *map_at(uintptr_t address)
 
 /* A page within 1 GiB below the code or above its end: every function of
  * the library (at most 1 GiB of code, docs/prepared-layout.md) then
- * reaches it with a 32-bit displacement. */
+ * reaches it with a 32-bit displacement.  Below first: above an executable
+ * lies the brk heap, which a page there would keep from growing. */
 static void *map_near(uintptr_t code_start, uint64_t code_size)
 {
+    void *page;
     for (uintptr_t step = NEAR_STEP; step < NEAR_RANGE; step += NEAR_STEP) {
         uintptr_t below = (code_start & ~(NEAR_STEP - 1)) - step;
-        uintptr_t above = ((code_start + code_size) & ~(NEAR_STEP - 1)) + step;
-        void *page;
         if (below < code_start && (page = map_at(below)) != NULL)
             return page;
+    }
+    for (uintptr_t step = NEAR_STEP; step < NEAR_RANGE; step += NEAR_STEP) {
+        uintptr_t above = ((code_start + code_size) & ~(NEAR_STEP - 1)) + step;
         if (above > code_start && (page = map_at(above)) != NULL)
             return page;
     }

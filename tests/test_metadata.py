@@ -349,7 +349,7 @@ def parses_or_is_rejected(data: bytes) -> md.PatchMetadata | None:
 def test_fuzz_mutated_files():
     rng = random.Random(0x55AA)
     originals = [sample().pack(), sample().reversed().pack(),
-                 sample(requires=(), target_build_id=b"").pack()]
+                 sample(requires=(), target_build_id=b"").pack(), sample_v3().pack()]
     for round_number in range(3000):
         original = originals[round_number % len(originals)]
         data = mutate(original, rng)
@@ -361,7 +361,8 @@ def test_fuzz_mutated_files():
 def test_fuzz_mutated_payloads_with_valid_checksums():
     """Get past the checksum so that every field check is exercised."""
     rng = random.Random(0xC0FFEE)
-    originals = [sample(), sample().reversed(), sample(requires=(), target_build_id=b"")]
+    originals = [sample(), sample().reversed(), sample(requires=(), target_build_id=b""),
+                 sample_v3()]
     accepted = 0
     for round_number in range(3000):
         original = originals[round_number % len(originals)]
