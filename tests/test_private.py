@@ -76,6 +76,17 @@ def start_parse(root: Path) -> LiveProcess:
     return app
 
 
+def test_private_entries_get_the_two_byte_nop(parse: Path) -> None:
+    """ulp-prepare makes every patchable entry one two-byte NOP, exported or
+    not: a thread can never be between two NOPs where a jump is written."""
+    from ulp.elfinfo import open_elf, read_vaddr
+    from ulp.symbols import SymbolTables
+
+    (symbol,) = SymbolTables(str(parse / "libparse.so")).lookup("field_length")
+    with open_elf(str(parse / "libparse.so")) as elf:
+        assert read_vaddr(elf, symbol.value, 2) == b"\x66\x90"
+
+
 def test_static_function_is_replaced_and_reverted(parse: Path) -> None:
     """The example: field_length() is static, parse_record() calls it
     directly; once patched, the direct call goes through version selection."""

@@ -116,6 +116,8 @@ def _edit(library: Library, nobits: list[NobitsSection], out: str) -> None:
     for index, function in enumerate(library.functions):
         editor.patch(function.padding, plan.padding_stub(index, function))
         editor.patch(function.entry_nops, layout.TWO_BYTE_NOP)
+    for address in library.private_entry_nops:
+        editor.patch(address, layout.TWO_BYTE_NOP)
     editor.point_dynamic_symbols({f.entry: plan.trampoline(i)
                                   for i, f in enumerate(library.functions)})
     editor.add_entry_symbol(plan.got_slot)
