@@ -191,7 +191,6 @@ def build_metadata(desc: Description) -> md.PatchMetadata:
     private_units: list[md.PrivateUnit] = []
     units = _units(desc, library, private_units)
     references = _references(desc, library)
-    private.check_calls_into_target(desc, library)
     requires = _required_ids(desc)
     so_hash = _sha256(desc.patch_so)
     patch_id = md.make_patch_id(so_hash, library.identity, units, requires, private_units,

@@ -424,9 +424,19 @@ static int load_patch_object(const struct parsed_request *req, struct patch *p,
     }
     void *handle = dlopen(fd_name, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-        close(fd);
-        return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path,
-                      dlerror());
+        /* A patch calling the target's exported functions by name, without
+         * naming the target in its DT_NEEDED, into a target the program
+         * opened RTLD_LOCAL: once the target's symbols are global, it loads
+         * (docs/patching-private.md) */
+        const char *first = dlerror();
+        if (first && strstr(first, "undefined symbol") && ulp_make_global(p->lib))
+            handle = dlopen(fd_name, RTLD_NOW | RTLD_LOCAL);
+        if (!handle) {
+            const char *error = dlerror();
+            close(fd);
+            return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path,
+                          error ? error : first);
+        }
     }
     struct link_map *map;
     if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && strcmp(map->l_name, fd_name) == 0) {

@@ -210,6 +210,24 @@ ULP_HIDDEN void ulp_forget_private(const struct ulp_lib_desc *lib)
             page->lib = NULL;
 }
 
+/* Make LIB's symbols global, as if the program had opened it with
+ * RTLD_GLOBAL, so that a patch object that calls its exported functions by
+ * name resolves them.  Lasts for the life of the process: later loads may
+ * resolve a symbol no earlier object defines to LIB's.  1 if done. */
+ULP_HIDDEN int ulp_make_global(const struct ulp_lib_desc *lib)
+{
+    Dl_info info;
+    struct link_map *map = NULL;
+    if (!dladdr1(lib, &info, (void **)&map, RTLD_DL_LINKMAP) || !map || !map->l_name ||
+        !map->l_name[0])
+        return 0;       /* the main program's symbols are global already */
+    void *handle = dlopen(map->l_name, RTLD_LAZY | RTLD_NOLOAD | RTLD_GLOBAL);
+    if (!handle)
+        return 0;
+    dlclose(handle);
+    return 1;
+}
+
 /* The variable NAME defined by the patch object itself, with at least SIZE
  * bytes; NULL if there is none. */
 static void *patch_variable(void *handle, const char *name, size_t size)

@@ -35,6 +35,7 @@ int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib);
 struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int64_t entry_delta,
                                        uint32_t flags, const char **problem);
 void ulp_forget_private(const struct ulp_lib_desc *lib);
+int ulp_make_global(const struct ulp_lib_desc *lib);
 int ulp_fill_reference(void *patch_handle, struct ulp_lib_desc *lib,
                        const struct ulp_request_ref *ref, const char *name,
                        const char **problem);

@@ -341,16 +341,21 @@ def test_patch_calls_a_target_loaded_rtld_local(tally: Path) -> None:
         assert ask(app) == "total=11 calls=1"
 
 
-def test_patch_calling_the_target_without_linking_it_is_refused(tally: Path,
-                                                                tmp_path: Path) -> None:
-    """A patch that calls thread_calls() by name but does not link the target
-    would fail in dlopen when the program loaded the target RTLD_LOCAL: the
-    packer says so before anything is written."""
+def test_patch_not_linked_with_a_target_loaded_rtld_local(tally: Path, tmp_path: Path) -> None:
+    """The same patch built without linking the target: it calls
+    thread_calls() by name, the program opened the target RTLD_LOCAL, and
+    the runtime still loads it (the target's symbols are made global)."""
     for name in ("libtally.so", "tally_fix.c", "tally_fix.dsc"):
         shutil.copy(tally / name, tmp_path / name)
+    (tmp_path / "dlopen_app.c").write_text(DLOPEN_APP)
     shared_library(tmp_path / "tally_fix.so", [tmp_path / "tally_fix.c"], patchable=False)
-    line = packer_refuses(ExitCode.PATCH_OBJECT, tmp_path / "tally_fix.dsc")
-    assert "calls thread_calls of the target but does not link the target" in line
+    app_path = cc(tmp_path / "dlopen_app", [tmp_path / "dlopen_app.c"], "-ldl")
+    patch = pack(tmp_path / "tally_fix.dsc")
+    with LiveProcess([app_path, tmp_path / "libtally.so"]) as app:
+        assert app.next_line() == "ready"
+        assert ask(app) == "total=1 calls=0"
+        applied(app.pid, patch)
+        assert ask(app) == "total=11 calls=1"
 
 
 # --- item 3: the main executable -------------------------------------------------
