@@ -548,6 +548,26 @@ static int fill_references(const struct parsed_request *req, struct patch *p,
     return ULP_OK;
 }
 
+/* The patch object's calls into its library skip the trampolines
+ * (rebind.c); an allocation failure only leaves them the slower way. */
+static void bind_calls_into_library(const struct patch *p)
+{
+    struct link_map *map;
+    if (dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0)
+        return;
+    struct ulp_func_desc **replaced = calloc(p->nunits + 1, sizeof *replaced);
+    void **replacements = calloc(p->nunits + 1, sizeof *replacements);
+    if (replaced && replacements) {
+        for (uint32_t i = 0; i < p->nunits; i++) {
+            replaced[i] = p->versions[i]->fd;
+            replacements[i] = p->versions[i]->version.target;
+        }
+        ulp_rebind_patch_calls(map, p->lib, replaced, replacements, p->nunits);
+    }
+    free(replaced);
+    free(replacements);
+}
+
 static int create_versions(const struct parsed_request *req, struct patch *p,
                            struct reply *reply)
 {
@@ -561,9 +581,13 @@ static int create_versions(const struct parsed_request *req, struct patch *p,
     if ((status = add_private_versions(req, p, reply)) != ULP_OK ||
         (status = fill_references(req, p, reply)) != ULP_OK)
         return status;
+    bind_calls_into_library(p);
     /* Only link once every symbol resolved, so a failure leaves no trace. */
     for (uint32_t i = 0; i < p->nunits; i++) {
         struct patch_version *pv = p->versions[i];
+        /* Before the version is visible: from now on the tracker walks the
+         * list instead of taking the original body directly. */
+        __atomic_fetch_or(&pv->fd->flags, ULP_FUNC_FLAG_PATCHED, __ATOMIC_RELEASE);
         pv->version.next = pv->fd->versions;
         __atomic_store_n(&pv->fd->versions, &pv->version, __ATOMIC_RELEASE);
     }

@@ -7,7 +7,7 @@
  * directly.  To patch one, the agent gives it a descriptor here, in memory
  * it maps within reach of a 32-bit displacement from the library's code,
  * and the trigger writes the stub ulp-prepare writes for exported functions
- * into its padding (lea r10, [rip -> descriptor]; jmp [rip -> entry_got];
+ * into its padding (lea r10, [rip -> descriptor + 1]; jmp [rip -> entry_got];
  * int3), then turns its entry NOP into a jump to that stub.  From then on
  * every call reaches the tracker with the descriptor, like a patched
  * exported function's.  One function keeps one descriptor for the life of

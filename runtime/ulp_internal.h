@@ -51,6 +51,12 @@ void ulp_forget_unloaded(void);
 /* patch.c: what the agent returns besides status and message */
 extern int32_t ulp_staged_fd;
 
+/* rebind.c */
+struct link_map;
+void ulp_rebind_patch_calls(const struct link_map *map, struct ulp_lib_desc *lib,
+                            struct ulp_func_desc *const *replaced, void *const *replacements,
+                            uint32_t n);
+
 /* sha256.c */
 struct ulp_sha256 {
     uint32_t state[8];
