@@ -26,7 +26,9 @@ from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.files import read_input
 from ulp.patchfile import MAX_OBJECT, PatchFile, read_patch, read_patch_file, write_patch_file
 from ulp.prepared import PreparedLibrary
+from ulp.symbols import SymbolTables
 
+from . import private
 from .cxxnames import demangle, resolve_names
 from .desc import Description, read_description
 
@@ -111,18 +113,36 @@ def _check_new_functions(desc: Description, defined: dict[str, int]) -> None:
             )
 
 
-def _units(desc: Description, library: PreparedLibrary) -> tuple[md.Unit, ...]:
+def _exported(library: PreparedLibrary, name: str):
+    try:
+        return library.function(name)
+    except KeyError:
+        return None
+
+
+def _units(desc: Description, library: PreparedLibrary,
+           private_units: list[md.PrivateUnit]) -> tuple[md.Unit, ...]:
+    """The exported functions replaced; the others go to ``private_units``
+    (an executable's: docs/patching-private.md)."""
     units: list[md.Unit] = []
     by_index: dict[int, str] = {}
+    executable = private.target_is_executable(desc.target)
+    tables: SymbolTables | None = None
     for pair in desc.pairs:
-        try:
-            function = library.function(pair.old)
-        except KeyError:
-            raise UlpError(
-                f"{desc.where(pair.line)}: {pair.old} is not a patchable function of "
-                f"{library.path}",
-                ExitCode.NOT_PATCHABLE,
-            ) from None
+        function = _exported(library, pair.old)
+        if executable and function is not None:
+            raise UlpError(f"{desc.where(pair.line)}: {pair.old} is exported by the executable "
+                           "(linked with -rdynamic): only its functions that are not exported "
+                           "can be replaced (docs/patching-private.md)", ExitCode.NOT_PATCHABLE)
+        if function is None:
+            tables = tables or SymbolTables(library.path)
+            unit = private.private_unit(desc, pair, library, tables)
+            if any(other.entry_delta == unit.entry_delta for other in private_units):
+                raise UlpError(f"{desc.where(pair.line)}: {pair.old} is the same function as "
+                               "another line's (an alias); replace it once",
+                               ExitCode.BAD_INPUT)
+            private_units.append(unit)
+            continue
         if function.index in by_index:
             raise UlpError(
                 f"{desc.where(pair.line)}: {pair.old} is the same function as "
@@ -178,10 +198,13 @@ def build_metadata(desc: Description, patch_object: bytes) -> md.PatchMetadata:
         library = PreparedLibrary.open(desc.target)
     desc = resolve_names(desc, library, defined)  # C++ names given demangled
     _check_new_functions(desc, defined)
-    units = _units(desc, library)
+    private_units: list[md.PrivateUnit] = []
+    units = _units(desc, library, private_units)
+    references = _references(desc, library)
     requires = _required_ids(desc)
     so_hash = hashlib.sha256(patch_object).digest()
-    patch_id = md.make_patch_id(so_hash, library.identity, units, requires)
+    patch_id = md.make_patch_id(so_hash, library.identity, units, requires, private_units,
+                                references)
     return md.PatchMetadata(
         patch_id=patch_id,
         reverse=False,
@@ -193,7 +216,17 @@ def build_metadata(desc: Description, patch_object: bytes) -> md.PatchMetadata:
         patch_so_sha256=so_hash,
         units=units,
         requires=requires,
+        private_units=tuple(private_units),
+        references=references,
+        labels=desc.labels,
     )
+
+
+def _references(desc: Description, library: PreparedLibrary) -> tuple[md.Reference, ...]:
+    if not desc.references:
+        return ()
+    tables = SymbolTables(library.path)
+    return tuple(private.reference(desc, ref, library, tables) for ref in desc.references)
 
 
 # --- commands ------------------------------------------------------------------
@@ -241,10 +274,26 @@ def dump_lines(patch_file: PatchFile) -> list[str]:
         f"object carried:   {carried}",
         f"patch sha256:     {metadata.patch_so_sha256.hex()}",
         f"requires:         {requires}",
-        f"functions:        {len(metadata.units)}",
+        f"functions:        {len(metadata.units) + len(metadata.private_units)}",
     ]
     lines += [f"  [{unit.index}] {_readable(unit.old_name)} -> {_readable(unit.new_name)}"
               for unit in metadata.units]
+    lines += [f"  [private {unit.entry_delta:+#x}] {_readable(unit.old_name)} -> "
+              f"{_readable(unit.new_name)}"
+              for unit in metadata.private_units]
+    lines += _dump_extra_lines(metadata)
+    return lines
+
+
+def _dump_extra_lines(metadata: md.PatchMetadata) -> list[str]:
+    """References and labels (format 3)."""
+    lines = []
+    if metadata.references:
+        lines.append(f"references:       {len(metadata.references)}")
+        lines += [f"  {'#%' if ref.kind == md.REF_TLS else '#'}{ref.target_name} -> "
+                  f"{ref.ref_name} ({ref.delta:+#x})" for ref in metadata.references]
+    if metadata.labels:
+        lines.append(f"labels:           {metadata.label}")
     return lines
 
 
@@ -271,7 +320,7 @@ def _body(argv: list[str] | None) -> int:
         raise UlpError(f"{args.desc} looks like a patch file, not a description: "
                        f"{PROG} --dump {args.desc} prints its fields", ExitCode.USAGE)
     metadata, output, reverse_output = pack(args.desc, args.output, args.reverse_output)
-    count = len(metadata.units)
+    count = len(metadata.units) + len(metadata.private_units)
     noun = "function" if count == 1 else "functions"
     print(f"packed patch {metadata.patch_id_hex} ({count} {noun}) for "
           f"{metadata.target_path}: {output}, reverse: {reverse_output}")

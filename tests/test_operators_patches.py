@@ -77,6 +77,8 @@ def test_a_thread_that_stays_in_the_library_is_shown_on_old_code(cm) -> None:
 def test_it_reads_a_process_whose_agent_a_debugger_holds(cm) -> None:
     with start(cm) as app:
         assert ask(app, "tag") == "main tag=1"
+        # the agent answers: it has started (else status says "not running yet")
+        assert tool("ulp", "status", app.pid).returncode == 0
         holder = Tracee(thread_named(app.pid, "ulp-agent"))
         holder.stop(time.monotonic() + 30)
         try:

@@ -188,8 +188,9 @@ def test_a_file_of_the_earlier_format_is_refused_in_one_line(built: Path, tmp_pa
     data = (built / "quota_fix.ulp").read_bytes()
     record_size = int.from_bytes(data[12:16], "little")
     old = tmp_path / "old.ulp"
-    old.write_bytes(data[56:56 + record_size])
-    assert old.read_bytes()[8:10] == b"\x02\x00"
+    record = bytearray(data[56:56 + record_size])
+    record[8:10] = b"\x02\x00"  # the record as ulp-packer 2 wrote it as a whole file
+    old.write_bytes(bytes(record))
     with LiveProcess([built / "app"]) as app:
         assert app.next_line() == "ready"
         for result in (trigger(str(app.pid), old), tool("ulp-packer", "--dump", old)):

@@ -58,6 +58,10 @@ class Library:
     code_start: int  # the executable segments: a return address there is inside the library
     code_end: int
     functions: list[Function] = field(default_factory=list)
+    #: the entry NOPs of the functions that are not exported (static, hidden,
+    #: an executable's): made one two-byte NOP too, so that the jump written
+    #: there when one is patched never lands on a thread between two NOPs
+    private_entry_nops: list[int] = field(default_factory=list)
 
 
 def code_range(elf: ELFFile, path: str) -> tuple[int, int]:
@@ -96,7 +100,11 @@ def read_library(elf: ELFFile, path: str) -> Library:
     loaded = LoadedBytes(elf)
     for entry, names in exported_functions(elf).items():
         library.functions.append(check_function(loaded, path, entry, names, entries))
-    if not library.functions:
+    exported = {function.padding for function in library.functions}
+    library.private_entry_nops = private_entry_nops(elf, entries - exported)
+    # an executable usually exports nothing: its functions are patched as
+    # private ones (docs/patching-private.md), the descriptor is enough
+    if not library.functions and not elfinfo.is_pie_executable(elf):
         raise UlpError(f"{path}: exports no function to patch", ExitCode.NOT_PATCHABLE)
     return library
 
@@ -132,6 +140,24 @@ def patchable_entries(elf: ELFFile, path: str) -> set[int]:
         if offset in slots and kind == _R_X86_64_RELATIVE:
             slots[offset] = addend
     return set(slots.values())
+
+
+def private_entry_nops(elf: ELFFile, paddings: set[int]) -> list[int]:
+    """The addresses of the two one-byte entry NOPs of the non-exported
+    functions whose padding and entry the compiler left intact (others are
+    left alone: the packer refuses to patch them)."""
+    found = []
+    for padding in sorted(paddings):
+        try:
+            code = elfinfo.read_vaddr(elf, padding, layout.PADDING_SIZE + 6)
+        except ValueError:
+            continue
+        head = code[layout.PADDING_SIZE:]
+        offset = len(layout.ENDBR64) if head.startswith(layout.ENDBR64) else 0
+        if code[:layout.PADDING_SIZE] == b"\x90" * layout.PADDING_SIZE \
+                and head[offset:offset + 2] == b"\x90\x90":
+            found.append(padding + layout.PADDING_SIZE + offset)
+    return found
 
 
 def check_function(loaded: LoadedBytes, path: str, entry: int, names: tuple[str, ...],

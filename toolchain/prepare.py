@@ -102,7 +102,7 @@ def prepare(path: str, output: str) -> bool:
     """
     check_input(path)
     with open_elf(path) as elf:
-        require_x86_64_shared_object(elf, path)
+        require_x86_64_shared_object(elf, path, executable_too=True)
         already = prepared_descriptor(elf, path) is not None
         if not already:
             library = read_library(elf, path)
@@ -137,6 +137,8 @@ def _edit(library: Library, nobits: list[NobitsSection], out: str) -> None:
     for index, function in enumerate(library.functions):
         editor.patch(function.padding, plan.padding_stub(index, function))
         editor.patch(function.entry_nops, layout.TWO_BYTE_NOP)
+    for address in library.private_entry_nops:
+        editor.patch(address, layout.TWO_BYTE_NOP)
     editor.point_dynamic_symbols({f.entry: plan.trampoline(i)
                                   for i, f in enumerate(library.functions)})
     editor.add_entry_symbol(plan.got_slot)

@@ -19,7 +19,7 @@ from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from ulp import layout
-from ulp.elfinfo import open_elf
+from ulp.elfinfo import is_pie_executable, open_elf
 from ulp.errors import ExitCode, UlpError
 from ulp.prepared import PreparedFunction, PreparedLibrary
 
@@ -49,16 +49,17 @@ def verify_prepared(path: str) -> PreparedLibrary:
 def check(elf: ELFFile, library: PreparedLibrary) -> None:
     desc, base = library.desc, library.lib_desc_vaddr
     count = desc.nfuncs
-    if count == 0:
+    if count == 0 and not is_pie_executable(elf):
         raise Invalid("no function")
     if desc.funcs_delta != layout.LIB_DESC_SIZE:
         raise Invalid("function descriptors not after the library descriptor")
     _check_section(elf, layout.DATA_SECTION, base,
                    layout.LIB_DESC_SIZE + count * layout.FUNC_DESC_SIZE,
                    _SHF_ALLOC | _SHF_WRITE, P_FLAGS.PF_R | P_FLAGS.PF_W)
-    _check_section(elf, layout.CODE_SECTION, base + desc.trampolines_delta,
-                   count * layout.TRAMPOLINE_SIZE, _SHF_ALLOC | _SHF_EXECINSTR,
-                   P_FLAGS.PF_R | P_FLAGS.PF_X)
+    if count:  # an executable exporting nothing has no trampolines
+        _check_section(elf, layout.CODE_SECTION, base + desc.trampolines_delta,
+                       count * layout.TRAMPOLINE_SIZE, _SHF_ALLOC | _SHF_EXECINSTR,
+                       P_FLAGS.PF_R | P_FLAGS.PF_X)
     got = base + layout.LIB_DESC_ENTRY_GOT_OFFSET
     symbols = dynamic_symbols(elf)
     _check_entry_symbol(elf, symbols, got)

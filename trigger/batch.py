@@ -92,6 +92,11 @@ def _attempt(pid: int, step: Step, timeout: float, retries: int) -> Outcome:
     raise AssertionError("unreachable")
 
 
+def _label(metadata: PatchMetadata) -> str:
+    """`` (label)`` for a patch with labels (a CVE id...), else nothing."""
+    return f" ({metadata.label})" if metadata.label else ""
+
+
 def _once(pid: int, step: Step, timeout: float) -> Outcome:
     metadata = step.metadata
     process = Process(pid)
@@ -100,12 +105,13 @@ def _once(pid: int, step: Step, timeout: float) -> Outcome:
         if step.reverting:
             transition.revert(process, metadata, timeout)
             return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
-                           f"reverted patch {metadata.patch_id_hex} in process {pid}", True)
+                           f"reverted patch {metadata.patch_id_hex}{_label(metadata)} "
+                           f"in process {pid}", True)
         transition.apply(process, step.patch_file, timeout, step.source)
-        names = ", ".join(unit.old_name for unit in metadata.units)
+        names = ", ".join(metadata.replaced_names)
         return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
-                       one_line(f"applied patch {metadata.patch_id_hex} to process {pid}: "
-                                f"{names}"), False, codewrite.last_pause())
+                       one_line(f"applied patch {metadata.patch_id_hex}{_label(metadata)} to "
+                                f"process {pid}: {names}"), False, codewrite.last_pause())
     except UlpError as error:
         raise _explained(error, process) from None
     except OSError as error:

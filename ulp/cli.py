@@ -16,6 +16,7 @@ import argparse
 import json
 
 from ulp.console import ArgumentParser, Console, add_output_options, run_command, seconds
+from ulp.errors import one_line
 from ulp.layout import PATCHABLE_FLAG
 
 
@@ -39,14 +40,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         agent.release()
         process.close()
-    applied = message.split()
+    # one line per patch: its id, then its labels if it has any
+    applied = [line.split(" ", 1) for line in message.splitlines() if line.strip()]
     if args.json:
-        print(json.dumps({"pid": args.pid, "applied": applied}, indent=2))
+        print(json.dumps({"pid": args.pid, "applied": [
+            {"id": fields[0], "label": fields[1] if len(fields) > 1 else ""}
+            for fields in applied]}, indent=2))
         return 0
     console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
     console.say(f"process {args.pid}: {len(applied)} patch(es) applied")
-    for patch_id in applied:
-        console.say(f"  {patch_id}")
+    for fields in applied:
+        label = f"  {one_line(fields[1])}" if len(fields) > 1 else ""
+        console.say(f"  {fields[0]}{label}")
     return 0
 
 
