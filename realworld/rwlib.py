@@ -1,0 +1,300 @@
+"""What every real-world library run shares: Debian sources, the ulp tools,
+the gdb line check, the three ways to run a test, the live trigger cycle and
+interleaved timing.
+
+Everything is cached under build/realworld: a step whose output exists (and
+whose inputs are older) is skipped, so a second `make realworld` only runs
+the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "realworld"
+WORK = ROOT / "build" / "realworld"
+SOURCES = WORK / "sources"
+RUNTIME = ROOT / "runtime" / "libulp.so"
+BIN = Path(sys.executable).parent
+APT_SOURCES = Path("/etc/apt/sources.list.d/ulp-realworld-src.sources")
+STEP_TIMEOUT = 1800.0
+
+
+class Failure(Exception):
+    """A check of the suite failed: printed as one line, exit status 1."""
+
+
+def log(message: str) -> None:
+    print(f"realworld: {message}", flush=True)
+
+
+def sh(argv: list[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+       timeout: float = STEP_TIMEOUT, stdin: bytes | None = None, check: bool = True,
+       ) -> subprocess.CompletedProcess:
+    """Run a command; its output is captured and shown only when it fails."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    result = subprocess.run([str(a) for a in argv], cwd=cwd, env=full_env, input=stdin,
+                            capture_output=True, timeout=timeout)
+    if check and result.returncode != 0:
+        tail = (result.stdout + result.stderr).decode(errors="replace")[-3000:]
+        raise Failure(f"{shlex.join(map(str, argv))} exited {result.returncode}\n{tail}")
+    return result
+
+
+def ulp_flags() -> list[str]:
+    return sh([BIN / "ulp", "flags"]).stdout.decode().split()
+
+
+def debian_flags() -> tuple[list[str], list[str], list[str]]:
+    """CFLAGS, CPPFLAGS and LDFLAGS as dpkg-buildflags gives them to every
+    Debian package build."""
+    def get(name: str) -> list[str]:
+        return sh(["dpkg-buildflags", "--get", name]).stdout.decode().split()
+    return get("CFLAGS"), get("CPPFLAGS"), get("LDFLAGS")
+
+
+# -- Debian source packages ------------------------------------------------
+
+DEB_SRC = """\
+# Written by ulp's `make realworld` (realworld/rwlib.py): the source
+# packages of the distribution, for `apt-get source`.
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+def enable_deb_src() -> None:
+    """Add the deb-src entries apt-get source needs, once (then apt-get update)."""
+    if APT_SOURCES.exists():
+        return
+    if os.geteuid() != 0:
+        raise Failure(f"{APT_SOURCES} is missing and only root can write it (run as root)")
+    log(f"enabling Debian source packages in {APT_SOURCES}")
+    APT_SOURCES.write_text(DEB_SRC)
+    sh(["apt-get", "update", "-qq"], timeout=600)
+
+
+def debian_source(package: str, version: str) -> Path:
+    """The unpacked source tree of PACKAGE at VERSION (Debian patches applied),
+    downloaded once into build/realworld/sources."""
+    upstream = version.split(":")[-1].rsplit("-", 1)[0]
+    tree = SOURCES / f"{package}-{upstream}"
+    if (tree / ".unpacked").exists():
+        return tree
+    SOURCES.mkdir(parents=True, exist_ok=True)
+    dsc = SOURCES / f"{package}_{version.split(':')[-1]}.dsc"
+    if not dsc.exists():
+        enable_deb_src()
+        log(f"apt-get source {package}={version}")
+        sh(["apt-get", "source", "-qq", "--download-only", f"{package}={version}"],
+           cwd=SOURCES, timeout=900)
+    if tree.exists():
+        sh(["rm", "-rf", tree])
+    sh(["dpkg-source", "-x", dsc.name, tree.name], cwd=SOURCES)
+    (tree / ".unpacked").touch()
+    return tree
+
+
+# -- ulp steps ----------------------------------------------------------------
+
+def prepare(plain: Path, prepared: Path) -> None:
+    if prepared.exists() and prepared.stat().st_mtime >= plain.stat().st_mtime:
+        return
+    prepared.parent.mkdir(parents=True, exist_ok=True)
+    sh([BIN / "ulp-prepare", plain, "-o", prepared])
+
+
+def gdb_lines(library: Path, functions: list[str]) -> list[str]:
+    """`info line F` for each F, as gdb answers on the file alone."""
+    argv: list[str | Path] = ["gdb", "-nx", "-batch"]
+    for name in functions:
+        argv += ["-ex", f"info line {name}"]
+    out = sh([*argv, library], timeout=600).stdout.decode().splitlines()
+    return [line for line in out if line.strip()]
+
+
+def check_gdb_lines(plain: Path, prepared: Path, functions: list[str]) -> dict:
+    before, after = gdb_lines(plain, functions), gdb_lines(prepared, functions)
+    if before != after:
+        diff = [f"- {b}\n+ {a}" for b, a in zip(before, after) if a != b]
+        raise Failure("gdb info line differs after ulp-prepare:\n" + "\n".join(diff[:10]))
+    missing = [line for line in before if "No line number" in line or "not defined" in line]
+    if missing:
+        raise Failure(f"gdb knows no line for: {missing[:5]}")
+    return {"functions": len(functions), "identical": True}
+
+
+def pack(desc: Path) -> Path:
+    sh([BIN / "ulp-packer", desc])
+    return desc.with_suffix(".ulp")
+
+
+@dataclass
+class Way:
+    """One of the three ways a test runs: the library as built, prepared, or
+    prepared with the ulp runtime preloaded."""
+
+    name: str
+    libdir: Path
+    runtime: bool
+
+    def env(self) -> dict[str, str]:
+        env = {"LD_LIBRARY_PATH": str(self.libdir)}
+        env["LD_PRELOAD"] = str(RUNTIME) if self.runtime else ""
+        return env
+
+
+def three_ways(plain_dir: Path, prepared_dir: Path) -> list[Way]:
+    return [Way("unprepared", plain_dir, False), Way("prepared", prepared_dir, False),
+            Way("prepared+runtime", prepared_dir, True)]
+
+
+def check_loaded(way: Way, program: Path, library_name: str) -> None:
+    """The dynamic loader picks the intended copy of the library (and the
+    runtime) for PROGRAM when run this way."""
+    env = way.env() | {"LD_TRACE_LOADED_OBJECTS": "1"}
+    out = sh([program], env=env).stdout.decode()
+    wanted = str(way.libdir / library_name)
+    if wanted not in out or (str(RUNTIME) in out) != way.runtime:
+        raise Failure(f"{program.name} run {way.name} does not load {wanted}:\n{out}")
+
+
+def same_results(results: dict[str, object], what: str) -> None:
+    values = list(results.values())
+    if any(v != values[0] for v in values[1:]):
+        raise Failure(f"{what}: results differ between the three ways: {results}")
+
+
+def interleaved_median(runs: dict[str, list[str | Path]], envs: dict[str, dict[str, str]],
+                       rounds: int, cwd: Path | None = None) -> dict[str, dict]:
+    """Wall time of each command, the variants taking turns RUNS times: the
+    machine's load drifts over all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, argv in runs.items():
+            start = time.perf_counter()
+            sh(argv, env=envs[name], cwd=cwd)
+            times[name].append(time.perf_counter() - start)
+    return {name: spread(values) for name, values in times.items()}
+
+
+def spread(values: list[float]) -> dict:
+    return {"median_s": statistics.median(values), "min_s": min(values),
+            "max_s": max(values), "runs": len(values)}
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+# -- the load test -------------------------------------------------------------
+
+@dataclass
+class LoadRun:
+    """A load program, the fix applied and reverted CYCLES times under it."""
+
+    cycles: int
+    apply_s: list[float] = field(default_factory=list)
+    revert_s: list[float] = field(default_factory=list)
+    trigger_failures: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def report(self) -> dict:
+        return {"cycles": self.cycles, "trigger_calls": len(self.apply_s) + len(self.revert_s),
+                "trigger_failures": self.trigger_failures,
+                "apply": spread(self.apply_s) if self.apply_s else None,
+                "revert": spread(self.revert_s) if self.revert_s else None,
+                "program": self.stats}
+
+
+def _reader(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def _next_line(lines: queue.Queue, timeout: float) -> str:
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        raise Failure(f"load program printed nothing for {timeout:.0f} s") from None
+    if line is None:
+        raise Failure("load program ended early")
+    return line
+
+
+def run_under_load(argv: list[str | Path], way: Way, patch: Path, cycles: int,
+                   cwd: Path | None = None) -> LoadRun:
+    """Start the load program (it prints `ready` once every thread runs and
+    one JSON line of counters when its stdin closes), apply and revert PATCH
+    CYCLES times with ulp-trigger, then collect the counters."""
+    run = LoadRun(cycles)
+    env = dict(os.environ) | way.env()
+    proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env, cwd=cwd)
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    try:
+        if _next_line(lines, 120) != "ready":
+            raise Failure("load program did not say ready")
+        for _ in range(cycles):
+            for revert, times in ((False, run.apply_s), (True, run.revert_s)):
+                argv_t = [BIN / "ulp-trigger", *(["--revert"] if revert else []), proc.pid, patch]
+                start = time.perf_counter()
+                result = sh(argv_t, check=False, timeout=120)
+                times.append(time.perf_counter() - start)
+                if result.returncode != 0:
+                    run.trigger_failures.append(
+                        f"{'revert' if revert else 'apply'} exited {result.returncode}: "
+                        + result.stderr.decode(errors="replace").strip())
+        proc.stdin.close()
+        run.stats = json.loads(_next_line(lines, 120))
+        proc.wait(timeout=60)
+        run.stats["exit_status"] = proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    return run
+
+
+def check_load(run: LoadRun, what: str) -> None:
+    s = run.stats
+    problems = []
+    if run.trigger_failures:
+        problems.append(f"{len(run.trigger_failures)} trigger calls failed: "
+                        f"{run.trigger_failures[:3]}")
+    if s.get("failures") or s.get("wrong") or s.get("exit_status"):
+        problems.append(f"failed or wrong operations: {s}")
+    if not (s.get("old") and s.get("new") and s.get("switches", 0) >= 2):
+        problems.append(f"no evidence that both versions ran: {s}")
+    if problems:
+        raise Failure(f"{what} under load: " + "; ".join(problems))
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
