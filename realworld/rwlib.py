@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -125,6 +126,32 @@ def prepare(plain: Path, prepared: Path) -> None:
     sh([BIN / "ulp-prepare", plain, "-o", prepared])
 
 
+def fresh_tree(source: Path, tree: Path) -> None:
+    """TREE: a new copy of the unpacked SOURCE, to build in."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    shutil.copytree(source, tree, symlinks=True)
+
+
+def install(library: Path, work: Path, soname: str) -> tuple[Path, Path]:
+    """WORK/plain/SONAME: the library as built; WORK/prepared/SONAME: the
+    same file after ulp-prepare.  Returns both directories."""
+    plain, prepared = work / "plain", work / "prepared"
+    plain.mkdir(parents=True, exist_ok=True)
+    if not (plain / soname).exists() or (plain / soname).stat().st_mtime < library.stat().st_mtime:
+        sh(["cp", "-p", library, plain / soname])
+    prepare(plain / soname, prepared / soname)
+    return plain, prepared
+
+
+def load_program(source: Path, out: Path, include: Path, libdir: Path, soname: str) -> Path:
+    """A load program of realworld/, linked against the library as built."""
+    if not out.exists() or out.stat().st_mtime < source.stat().st_mtime:
+        sh(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-I", include,
+            "-o", out, source, "-L", libdir, "-l:" + soname])
+    return out
+
+
 def gdb_lines(library: Path, functions: list[str]) -> list[str]:
     """`info line F` for each F, as gdb answers on the file alone."""
     argv: list[str | Path] = ["gdb", "-nx", "-batch"]
@@ -137,7 +164,7 @@ def gdb_lines(library: Path, functions: list[str]) -> list[str]:
 def check_gdb_lines(plain: Path, prepared: Path, functions: list[str]) -> dict:
     before, after = gdb_lines(plain, functions), gdb_lines(prepared, functions)
     if before != after:
-        diff = [f"- {b}\n+ {a}" for b, a in zip(before, after) if a != b]
+        diff = [f"- {b}\n+ {a}" for b, a in zip(before, after, strict=True) if a != b]
         raise Failure("gdb info line differs after ulp-prepare:\n" + "\n".join(diff[:10]))
     missing = [line for line in before if "No line number" in line or "not defined" in line]
     if missing:
@@ -201,7 +228,7 @@ def interleaved_median(runs: dict[str, list[str | Path]], envs: dict[str, dict[s
 
 def spread(values: list[float]) -> dict:
     return {"median_s": statistics.median(values), "min_s": min(values),
-            "max_s": max(values), "runs": len(values)}
+            "max_s": max(values), "runs": len(values), "all_s": values}
 
 
 def loadavg() -> list[float]:

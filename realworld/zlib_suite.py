@@ -4,7 +4,6 @@ ways, the deflateBound() fix under load, timings."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import rwlib
@@ -29,9 +28,7 @@ def build() -> Path:
     if (tree / REAL).exists() and (tree / "minigzipsh").exists():
         return tree
     source = rwlib.debian_source(PACKAGE, VERSION)
-    if tree.exists():
-        shutil.rmtree(tree)
-    shutil.copytree(source, tree, symlinks=True)
+    rwlib.fresh_tree(source, tree)
     cflags, cppflags, ldflags = rwlib.debian_flags()
     flags = [*cflags, *cppflags, "-Wall", "-D_REENTRANT", "-O3", "-DUNALIGNED_OK",
              *rwlib.ulp_flags()]
@@ -41,14 +38,6 @@ def build() -> Path:
     sh(["nice", "make", "-j2", REAL, "examplesh", "minigzipsh"], cwd=tree, env=env)
     return tree
 
-
-def install(tree: Path) -> tuple[Path, Path]:
-    plain, prepared = WORK / "plain", WORK / "prepared"
-    plain.mkdir(parents=True, exist_ok=True)
-    if not (plain / SONAME).exists() or (plain / SONAME).stat().st_mtime < (tree / REAL).stat().st_mtime:
-        shutil.copy2(tree / REAL, plain / SONAME)
-    rwlib.prepare(plain / SONAME, prepared / SONAME)
-    return plain, prepared
 
 
 def corpus(tree: Path) -> Path:
@@ -77,14 +66,6 @@ def own_tests(tree: Path, way: rwlib.Way, data: Path) -> dict:
     return {"roundtrip": rt.stdout.decode(), "example": example.stdout.decode(),
             "corpus_gz_sha256": hashlib.sha256(packed).hexdigest()}
 
-
-def build_load(tree: Path) -> Path:
-    out = WORK / "zlib_load"
-    src = rwlib.HERE / "zlib_load.c"
-    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
-        sh(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-I", tree, "-o", out,
-            src, "-L", WORK / "plain", "-l:" + SONAME])
-    return out
 
 
 def build_fix(tree: Path, prepared: Path) -> Path:
@@ -115,7 +96,7 @@ def workload_timing(tree: Path, data: Path, ways: list[rwlib.Way], rounds: int) 
 
 def run(cycles: int, rounds: int, threads: int) -> dict:
     tree = build()
-    plain, prepared = install(tree)
+    plain, prepared = rwlib.install(tree / REAL, WORK, SONAME)
     result: dict = {"package": f"{PACKAGE} {VERSION}"}
     result["gdb_info_line"] = rwlib.check_gdb_lines(plain / SONAME, prepared / SONAME, GDB_SAMPLE)
     log("zlib: gdb info line identical before and after ulp-prepare")
@@ -130,7 +111,9 @@ def run(cycles: int, rounds: int, threads: int) -> dict:
                            "corpus_gz_sha256": outputs["unprepared"]["corpus_gz_sha256"]}
     log("zlib: its tests give identical results unprepared, prepared, prepared+runtime")
     patch = build_fix(tree, prepared)
-    load = rwlib.run_under_load([build_load(tree), threads], ways[2], patch, cycles)
+    program = rwlib.load_program(rwlib.HERE / "zlib_load.c", WORK / "zlib_load", tree,
+                                 plain, SONAME)
+    load = rwlib.run_under_load([program, threads], ways[2], patch, cycles)
     rwlib.check_load(load, "zlib")
     result["under_load"] = load.report()
     log(f"zlib: {cycles} apply/revert cycles under load: {load.stats}")
