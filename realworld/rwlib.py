@@ -213,17 +213,21 @@ def same_results(results: dict[str, object], what: str) -> None:
         raise Failure(f"{what}: results differ between the three ways: {results}")
 
 
-def interleaved_median(runs: dict[str, list[str | Path]], envs: dict[str, dict[str, str]],
-                       rounds: int, cwd: Path | None = None) -> dict[str, dict]:
-    """Wall time of each command, the variants taking turns RUNS times: the
-    machine's load drifts over all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
+def interleaved_ratio(argv: list[str | Path], base: Way, variant: Way, rounds: int,
+                      cwd: Path | None = None) -> dict:
+    """Wall time of ARGV run BASE's way and VARIANT's way, taking turns
+    ROUNDS times (the machine's load drifts over both alike), and the ratio
+    variant/base of each pair: median, min, max."""
+    times: dict[str, list[float]] = {base.name: [], variant.name: []}
     for _ in range(rounds):
-        for name, argv in runs.items():
+        for way in (base, variant):
             start = time.perf_counter()
-            sh(argv, env=envs[name], cwd=cwd)
-            times[name].append(time.perf_counter() - start)
-    return {name: spread(values) for name, values in times.items()}
+            sh(argv, env=way.env(), cwd=cwd)
+            times[way.name].append(time.perf_counter() - start)
+    ratios = [v / b for v, b in zip(times[variant.name], times[base.name], strict=True)]
+    return {"times": {name: spread(values) for name, values in times.items()},
+            "ratio_median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "runs": rounds, "ratio": f"{variant.name} / {base.name}", "loadavg": loadavg()}
 
 
 def spread(values: list[float]) -> dict:

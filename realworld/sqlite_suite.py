@@ -102,15 +102,9 @@ def build_fix(tree: Path, prepared: Path) -> Path:
 
 
 def speedtest_timing(tree: Path, ways: list[rwlib.Way], rounds: int, size: int) -> dict:
-    picked = {w.name: w for w in ways if w.name in ("unprepared", "prepared+runtime")}
     argv = [tree / "speedtest1", "--memdb", "--size", str(size)]
-    times = rwlib.interleaved_median({n: argv for n in picked},
-                                     {n: w.env() for n, w in picked.items()}, rounds)
-    ratios = sorted(t / u for t, u in zip(times["prepared+runtime"]["all_s"],
-                                          times["unprepared"]["all_s"], strict=True))
-    return {"command": f"speedtest1 --memdb --size {size}", "times": times,
-            "ratio_median": times["prepared+runtime"]["median_s"] / times["unprepared"]["median_s"],
-            "pair_ratios": ratios, "loadavg": rwlib.loadavg()}
+    timing = rwlib.interleaved_ratio(argv, ways[0], ways[2], rounds)
+    return {"command": f"speedtest1 --memdb --size {size}", **timing}
 
 
 def run(cycles: int, rounds: int, threads: int) -> dict:
@@ -140,8 +134,7 @@ def run(cycles: int, rounds: int, threads: int) -> dict:
         timing = speedtest_timing(tree, ways, rounds, 25)
         result["workload"] = timing
         rwlib.write_json(rwlib.WORK / "speedtest1.json", {
-            "ratio_median": timing["ratio_median"], "min": timing["pair_ratios"][0],
-            "max": timing["pair_ratios"][-1], "runs": rounds, "loadavg": timing["loadavg"],
-            "command": timing["command"], "variants": "prepared+runtime / unprepared"})
+            key: timing[key] for key in ("ratio_median", "min", "max", "runs", "loadavg",
+                                         "command", "ratio")})
         log(f"sqlite: speedtest1 ratio {timing['ratio_median']:.3f}")
     return result
