@@ -16,6 +16,9 @@ from ulp.files import open_input
 #: a symbol name: C identifiers, plus the '.' and '$' that some compilers use
 SYMBOL = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")
 REQUIRES = re.compile(r"requires:\s+(?P<path>\S.*)")
+#: a libpulp data reference: #SYMBOL:VARIABLE, #%SYMBOL:VARIABLE for thread-local data;
+#: recognised by '#' then '%' or a symbol character, and a ':' before any white space
+REFERENCE = re.compile(r"#%?[A-Za-z_.$][^\s:]*:.*")
 MAX_DESC_SIZE = 1024 * 1024
 
 
@@ -37,6 +40,16 @@ class Requirement:
 
 
 @dataclass(frozen=True)
+class ReferenceLine:
+    """One ``#symbol:variable`` (``#%symbol:variable`` for thread-local) line."""
+
+    target: str  # a variable (or function) of the target
+    variable: str  # the patch .so's variable the runtime fills
+    tls: bool
+    line: int
+
+
+@dataclass(frozen=True)
 class Description:
     path: str  # the description file, as the user named it
     patch_so: str  # resolved against the description's directory
@@ -45,6 +58,8 @@ class Description:
     target_line: int
     pairs: tuple[Pair, ...]
     requires: tuple[Requirement, ...]
+    references: tuple[ReferenceLine, ...] = ()
+    labels: tuple[str, ...] = ()
 
     def where(self, line: int) -> str:
         """``file:line`` for error messages."""
@@ -62,6 +77,9 @@ class _Builder:
         self.pairs: list[Pair] = []
         self.requires: list[Requirement] = []
         self.old_lines: dict[str, int] = {}
+        self.references: list[ReferenceLine] = []
+        self.variable_lines: dict[str, int] = {}
+        self.labels: list[str] = []
 
     def error(self, line: int, message: str) -> UlpError:
         return UlpError(f"{self.path}:{line}: {message}", ExitCode.BAD_INPUT)
@@ -70,16 +88,56 @@ class _Builder:
         return os.path.normpath(os.path.join(self.base, relative))
 
     def add(self, line: int, text: str) -> None:
-        if self.patch_so is None:
+        if text.startswith("!"):
+            self.add_label(line, text[1:].strip())
+        elif text.startswith("#"):
+            self.add_reference(line, text)
+        elif text.startswith("*") and self.patch_so is not None:
+            self.add_requirement(line, text[1:].strip())
+        elif self.patch_so is None:
             self.add_patch_so(line, text)
         elif text.startswith("@"):
             self.add_target(line, text[1:].strip())
         elif self.target is None:
             raise self.error(line, "expected @TARGET (the prepared library) on the second line")
         elif match := REQUIRES.fullmatch(text):
-            self.requires.append(Requirement(self.resolve(match["path"].strip()), line))
+            self.add_requirement(line, match["path"].strip())
         else:
             self.add_pair(line, text)
+
+    def add_requirement(self, line: int, path: str) -> None:
+        if not path:
+            raise self.error(line, "expected the path of the required patch (.ulp)")
+        self.requires.append(Requirement(self.resolve(path), line))
+
+    def add_label(self, line: int, text: str) -> None:
+        """libpulp's ``!`` lines: kept as the patch's labels (a CVE id...)."""
+        if not text:
+            return
+        if not text.isprintable():
+            raise self.error(line, "a label must be printable text")
+        self.labels.append(text)
+
+    def add_reference(self, line: int, text: str) -> None:
+        """``#symbol:variable`` and ``#%symbol:variable`` are libpulp's data
+        references; other ``#`` lines are comments."""
+        if not REFERENCE.fullmatch(text):
+            return
+        tls = text.startswith("#%")
+        fields = [field.strip() for field in text[2 if tls else 1:].split(":")]
+        if len(fields) == 4:
+            raise self.error(line, "a reference with explicit offsets (#sym:var:OFFSET:OFFSET) "
+                                   "is not supported; name the symbols: #sym:var")
+        if len(fields) != 2 or not all(SYMBOL.fullmatch(field) for field in fields):
+            raise self.error(line, f"expected #symbol:variable or #%symbol:variable, got {text!r}")
+        if self.target is None:
+            raise self.error(line, "expected @TARGET (the prepared library) before references")
+        target, variable = fields
+        if variable in self.variable_lines:
+            raise self.error(line, f"{variable} is filled twice (first on line "
+                                   f"{self.variable_lines[variable]})")
+        self.variable_lines[variable] = line
+        self.references.append(ReferenceLine(target, variable, tls, line))
 
     def add_patch_so(self, line: int, text: str) -> None:
         if text.startswith("@") or text.startswith("requires:") or ":" in text:
@@ -112,7 +170,8 @@ class _Builder:
         if not self.pairs:
             raise self.error(last_line, "no old:new lines: the patch replaces nothing")
         return Description(self.path, self.patch_so[0], self.patch_so[1], self.target[0],
-                           self.target[1], tuple(self.pairs), tuple(self.requires))
+                           self.target[1], tuple(self.pairs), tuple(self.requires),
+                           tuple(self.references), tuple(self.labels))
 
 
 def parse_description(text: str, path: str) -> Description:
@@ -121,7 +180,7 @@ def parse_description(text: str, path: str) -> Description:
     line = 0
     for line, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
-        if stripped and not stripped.startswith("#"):
+        if stripped:
             builder.add(line, stripped)
     return builder.finish(line)
 

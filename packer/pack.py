@@ -22,7 +22,9 @@ from ulp import metadata as md
 from ulp.elfinfo import file_sha256, open_elf, require_x86_64_shared_object
 from ulp.errors import ExitCode, UlpError, one_line, run_cli
 from ulp.prepared import PreparedLibrary
+from ulp.symbols import SymbolTables
 
+from . import private
 from .desc import Description, read_description
 
 PROG = "ulp-packer"
@@ -113,18 +115,32 @@ def _check_new_functions(desc: Description) -> None:
             )
 
 
-def _units(desc: Description, library: PreparedLibrary) -> tuple[md.Unit, ...]:
+def _exported(library: PreparedLibrary, name: str):
+    try:
+        return library.function(name)
+    except KeyError:
+        return None
+
+
+def _units(desc: Description, library: PreparedLibrary,
+           private_units: list[md.PrivateUnit]) -> tuple[md.Unit, ...]:
+    """The exported functions replaced; the others go to ``private_units``
+    (every function of an executable: docs/patching-private.md)."""
     units: list[md.Unit] = []
     by_index: dict[int, str] = {}
+    executable = private.target_is_executable(desc.target)
+    tables: SymbolTables | None = None
     for pair in desc.pairs:
-        try:
-            function = library.function(pair.old)
-        except KeyError:
-            raise UlpError(
-                f"{desc.where(pair.line)}: {pair.old} is not a patchable function of "
-                f"{library.path}",
-                ExitCode.NOT_PATCHABLE,
-            ) from None
+        function = None if executable else _exported(library, pair.old)
+        if function is None:
+            tables = tables or SymbolTables(library.path)
+            unit = private.private_unit(desc, pair, library, tables)
+            if any(other.entry_delta == unit.entry_delta for other in private_units):
+                raise UlpError(f"{desc.where(pair.line)}: {pair.old} is the same function as "
+                               "another line's (an alias); replace it once",
+                               ExitCode.BAD_INPUT)
+            private_units.append(unit)
+            continue
         if function.index in by_index:
             raise UlpError(
                 f"{desc.where(pair.line)}: {pair.old} is the same function as "
@@ -168,10 +184,14 @@ def build_metadata(desc: Description) -> md.PatchMetadata:
     _check_new_functions(desc)
     with _malformed_elf_is_bad_input(desc.target):
         library = PreparedLibrary.open(desc.target)
-    units = _units(desc, library)
+    private_units: list[md.PrivateUnit] = []
+    units = _units(desc, library, private_units)
+    references = _references(desc, library)
+    private.check_calls_into_target(desc, library)
     requires = _required_ids(desc)
     so_hash = _sha256(desc.patch_so)
-    patch_id = md.make_patch_id(so_hash, library.identity, units, requires)
+    patch_id = md.make_patch_id(so_hash, library.identity, units, requires, private_units,
+                                references)
     return md.PatchMetadata(
         patch_id=patch_id,
         reverse=False,
@@ -183,7 +203,17 @@ def build_metadata(desc: Description) -> md.PatchMetadata:
         patch_so_sha256=so_hash,
         units=units,
         requires=requires,
+        private_units=tuple(private_units),
+        references=references,
+        labels=desc.labels,
     )
+
+
+def _references(desc: Description, library: PreparedLibrary) -> tuple[md.Reference, ...]:
+    if not desc.references:
+        return ()
+    tables = SymbolTables(library.path)
+    return tuple(private.reference(desc, ref, library, tables) for ref in desc.references)
 
 
 # --- commands ------------------------------------------------------------------
@@ -227,9 +257,24 @@ def dump_lines(metadata: md.PatchMetadata) -> list[str]:
         f"patch object:     {metadata.patch_so_path}",
         f"patch sha256:     {metadata.patch_so_sha256.hex()}",
         f"requires:         {requires}",
-        f"functions:        {len(metadata.units)}",
+        f"functions:        {len(metadata.units) + len(metadata.private_units)}",
     ]
     lines += [f"  [{unit.index}] {unit.old_name} -> {unit.new_name}" for unit in metadata.units]
+    lines += [f"  [private {unit.entry_delta:+#x}] {unit.old_name} -> {unit.new_name}"
+              for unit in metadata.private_units]
+    lines += _dump_extra_lines(metadata)
+    return lines
+
+
+def _dump_extra_lines(metadata: md.PatchMetadata) -> list[str]:
+    """References and labels (format 3)."""
+    lines = []
+    if metadata.references:
+        lines.append(f"references:       {len(metadata.references)}")
+        lines += [f"  {'#%' if ref.kind == md.REF_TLS else '#'}{ref.target_name} -> "
+                  f"{ref.ref_name} ({ref.delta:+#x})" for ref in metadata.references]
+    if metadata.labels:
+        lines.append(f"labels:           {metadata.label}")
     return lines
 
 
@@ -244,7 +289,7 @@ def _body(argv: list[str] | None) -> int:
     if args.desc is None:
         raise UlpError(f"expected DESC or --dump FILE (see {PROG} --help)", ExitCode.USAGE)
     metadata, output, reverse_output = pack(args.desc, args.output, args.reverse_output)
-    count = len(metadata.units)
+    count = len(metadata.units) + len(metadata.private_units)
     noun = "function" if count == 1 else "functions"
     print(f"packed patch {metadata.patch_id_hex} ({count} {noun}) for "
           f"{metadata.target_path}: {output}, reverse: {reverse_output}")

@@ -29,6 +29,8 @@
 
 #include "ulp_internal.h"
 
+#define ULP_LABEL_MAX 96
+
 enum patch_state { PATCH_PENDING, PATCH_APPLIED, PATCH_REVERTED, PATCH_DISCARDED, PATCH_UNLOADED };
 
 struct patch_version {
@@ -47,6 +49,7 @@ struct patch {
     struct patch_version **versions;
     uint32_t nrequires;
     uint8_t (*requires)[16];
+    char label[ULP_LABEL_MAX];      /* for STATUS: the patch's labels, maybe cut */
     struct patch *next;
 };
 
@@ -70,6 +73,7 @@ static void forget_library(int slot, struct ulp_lib_desc *lib)
     for (struct patch *p = patches; p; p = p->next)
         if (p->slot == slot && p->state != PATCH_DISCARDED)
             p->state = PATCH_UNLOADED;
+    ulp_forget_private(lib);
     ulp_forget_slot(slot, lib);
 }
 
@@ -117,6 +121,8 @@ struct parsed_request {
     const struct ulp_request *head;
     const uint8_t (*deps)[16];
     const struct ulp_request_unit *units;
+    struct ulp_request_private *privates;   /* the agent writes their descriptors back */
+    const struct ulp_request_ref *refs;
     const char *strings;
 };
 
@@ -154,10 +160,13 @@ static const char *string_at(const struct parsed_request *req, uint32_t offset)
 static int parse_request(const struct ulp_request *head, uint32_t size,
                          struct parsed_request *req)
 {
-    if (size < sizeof *head || head->ndeps > 256 || head->nunits > 65536)
+    if (size < sizeof *head || head->ndeps > 256 || head->nunits > 65536 ||
+        head->nprivate > 65536 || head->nrefs > 65536)
         return -1;
     uint64_t need = sizeof *head + (uint64_t)head->ndeps * 16 +
                     (uint64_t)head->nunits * sizeof(struct ulp_request_unit) +
+                    (uint64_t)head->nprivate * sizeof(struct ulp_request_private) +
+                    (uint64_t)head->nrefs * sizeof(struct ulp_request_ref) +
                     head->strings_size;
     if (need > size)
         return -1;
@@ -167,6 +176,10 @@ static int parse_request(const struct ulp_request *head, uint32_t size,
     cursor += head->ndeps * 16;
     req->units = (const struct ulp_request_unit *)cursor;
     cursor += head->nunits * sizeof(struct ulp_request_unit);
+    req->privates = (struct ulp_request_private *)cursor;
+    cursor += head->nprivate * sizeof(struct ulp_request_private);
+    req->refs = (const struct ulp_request_ref *)cursor;
+    cursor += head->nrefs * sizeof(struct ulp_request_ref);
     req->strings = (const char *)cursor;
     return 0;
 }
@@ -275,6 +288,15 @@ static int stage(struct reply *reply)
     return answer(reply, ULP_OK, "staged on descriptor %d", fd);
 }
 
+/* A string as the packer hashes it: u16 length, then the bytes. */
+static void hash_string(struct ulp_sha256 *h, const char *text)
+{
+    size_t length = text ? strlen(text) : 0;
+    uint8_t size[2] = {(uint8_t)length, (uint8_t)(length >> 8)};
+    ulp_sha256_update(h, size, 2);
+    ulp_sha256_update(h, text ? text : "", length);
+}
+
 /* The patch id is derived from the patch's content (docs/patch-format.md):
  * the first 16 bytes of SHA-256 over a tag, the patch object's hash, the
  * target identity, the units (index and replacement name) and the ids it
@@ -282,7 +304,7 @@ static int stage(struct reply *reply)
  * checked below. */
 static void patch_id_of(const struct parsed_request *req, uint8_t id[16])
 {
-    static const char tag[16] = "ulp patch id v2";    /* 15 characters and a NUL */
+    static const char tag[16] = "ulp patch id v3";    /* 15 characters and a NUL */
     const struct ulp_request *head = req->head;
     struct ulp_sha256 h;
     uint8_t digest[32], word[4];
@@ -294,17 +316,28 @@ static void patch_id_of(const struct parsed_request *req, uint8_t id[16])
     memcpy(word, &head->nunits, 4);                 /* little-endian, as the packer */
     ulp_sha256_update(&h, word, 4);
     for (uint32_t i = 0; i < head->nunits; i++) {
-        const char *name = string_at(req, req->units[i].name);
-        size_t length = name ? strlen(name) : 0;
-        uint8_t size[2] = {(uint8_t)length, (uint8_t)(length >> 8)};
         memcpy(word, &req->units[i].index, 4);
         ulp_sha256_update(&h, word, 4);
-        ulp_sha256_update(&h, size, 2);
-        ulp_sha256_update(&h, name ? name : "", length);
+        hash_string(&h, string_at(req, req->units[i].name));
     }
     memcpy(word, &head->ndeps, 4);
     ulp_sha256_update(&h, word, 4);
     ulp_sha256_update(&h, req->deps, (size_t)head->ndeps * 16);
+    /* v3: the private functions and the data references */
+    memcpy(word, &head->nprivate, 4);
+    ulp_sha256_update(&h, word, 4);
+    for (uint32_t i = 0; i < head->nprivate; i++) {
+        ulp_sha256_update(&h, &req->privates[i].entry_delta, 8);
+        ulp_sha256_update(&h, &req->privates[i].flags, 4);
+        hash_string(&h, string_at(req, req->privates[i].name));
+    }
+    memcpy(word, &head->nrefs, 4);
+    ulp_sha256_update(&h, word, 4);
+    for (uint32_t i = 0; i < head->nrefs; i++) {
+        ulp_sha256_update(&h, &req->refs[i].kind, 4);
+        ulp_sha256_update(&h, &req->refs[i].delta, 8);
+        hash_string(&h, string_at(req, req->refs[i].name));
+    }
     ulp_sha256_final(&h, digest);
     memcpy(id, digest, 16);
 }
@@ -424,7 +457,8 @@ static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_
     struct patch *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
-    p->versions = calloc(head->nunits ? head->nunits : 1, sizeof *p->versions);
+    uint32_t nversions = head->nunits + head->nprivate;
+    p->versions = calloc(nversions ? nversions : 1, sizeof *p->versions);
     p->requires = calloc(head->ndeps ? head->ndeps : 1, 16);
     if (!p->versions || !p->requires) {
         free(p->versions);
@@ -438,28 +472,85 @@ static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_
     p->lib = lib;
     p->so_fd = -1;
     p->state = PATCH_PENDING;
+    const char *label = head->label != UINT32_MAX ? string_at(req, head->label) : NULL;
+    if (label) {
+        snprintf(p->label, sizeof p->label, "%s", label);
+        for (char *c = p->label; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';       /* STATUS is one line per patch */
+    }
     return p;
+}
+
+/* One version of FD running the patch object's NAME, still invisible. */
+static int add_version(struct patch *p, struct ulp_func_desc *fd, const char *name,
+                       struct reply *reply)
+{
+    if (!name)
+        return answer(reply, ULP_E_BAD_REQUEST, "malformed function name");
+    void *target = patch_symbol(p->handle, name);
+    if (!target)
+        return answer(reply, ULP_E_PATCH_SYMBOL, "patch object does not define %s", name);
+    struct patch_version *pv = calloc(1, sizeof *pv);
+    if (!pv)
+        return answer(reply, ULP_E_NO_MEMORY, "out of memory");
+    pv->fd = fd;
+    pv->version.applied_at = ULP_UNIVERSE_NEVER;    /* invisible until commit */
+    pv->version.reverted_at = ULP_UNIVERSE_NEVER;
+    pv->version.target = target;
+    p->versions[p->nunits++] = pv;
+    return ULP_OK;
+}
+
+/* The descriptors of the private functions, written back into the request
+ * for the trigger (it writes their stubs). */
+static int add_private_versions(const struct parsed_request *req, struct patch *p,
+                                struct reply *reply)
+{
+    for (uint32_t i = 0; i < req->head->nprivate; i++) {
+        struct ulp_request_private *unit = &req->privates[i];
+        const char *problem = "";
+        const char *name = string_at(req, unit->name);
+        struct ulp_func_desc *fd = ulp_private_desc(p->lib, unit->entry_delta, unit->flags,
+                                                    &problem);
+        if (!fd)
+            return answer(reply, ULP_E_PRIVATE, "the function replaced by %s %s",
+                          name ? name : "?", problem);
+        int status = add_version(p, fd, name, reply);
+        if (status != ULP_OK)
+            return status;
+        unit->desc = (uint64_t)(uintptr_t)fd;
+    }
+    return ULP_OK;
+}
+
+static int fill_references(const struct parsed_request *req, struct patch *p,
+                           struct reply *reply)
+{
+    for (uint32_t i = 0; i < req->head->nrefs; i++) {
+        const char *problem = "";
+        const char *name = string_at(req, req->refs[i].name);
+        if (!name)
+            return answer(reply, ULP_E_BAD_REQUEST, "malformed reference name");
+        if (ulp_fill_reference(p->handle, p->lib, &req->refs[i], name, &problem) != 0)
+            return answer(reply, ULP_E_REFERENCE, "reference %s %s", name, problem);
+    }
+    return ULP_OK;
 }
 
 static int create_versions(const struct parsed_request *req, struct patch *p,
                            struct reply *reply)
 {
+    int status;
     for (uint32_t i = 0; i < req->head->nunits; i++) {
-        const char *name = string_at(req, req->units[i].name);
-        if (!name)
-            return answer(reply, ULP_E_BAD_REQUEST, "malformed function name");
-        void *target = patch_symbol(p->handle, name);
-        if (!target)
-            return answer(reply, ULP_E_PATCH_SYMBOL, "patch object does not define %s", name);
-        struct patch_version *pv = calloc(1, sizeof *pv);
-        if (!pv)
-            return answer(reply, ULP_E_NO_MEMORY, "out of memory");
-        pv->fd = ulp_lib_func(p->lib, req->units[i].index);
-        pv->version.applied_at = ULP_UNIVERSE_NEVER;    /* invisible until commit */
-        pv->version.reverted_at = ULP_UNIVERSE_NEVER;
-        pv->version.target = target;
-        p->versions[p->nunits++] = pv;
+        status = add_version(p, ulp_lib_func(p->lib, req->units[i].index),
+                             string_at(req, req->units[i].name), reply);
+        if (status != ULP_OK)
+            return status;
     }
+    if ((status = add_private_versions(req, p, reply)) != ULP_OK ||
+        (status = fill_references(req, p, reply)) != ULP_OK)
+        return status;
     /* Only link once every symbol resolved, so a failure leaves no trace. */
     for (uint32_t i = 0; i < p->nunits; i++) {
         struct patch_version *pv = p->versions[i];
@@ -576,13 +667,18 @@ static int status(struct reply *reply)
 {
     size_t used = 0;
     reply->text[0] = '\0';
-    for (struct patch *p = patches; p && used + 34 < reply->size; p = p->next) {
+    for (struct patch *p = patches; p; p = p->next) {
         if (p->state != PATCH_APPLIED)
             continue;
-        hex_id(p->id, reply->text + used);
-        used += 32;
-        reply->text[used++] = '\n';
-        reply->text[used] = '\0';
+        char hex[33];
+        hex_id(p->id, hex);
+        int n = snprintf(reply->text + used, reply->size - used, "%s%s%s\n", hex,
+                         p->label[0] ? " " : "", p->label);
+        if (n < 0 || used + (size_t)n >= reply->size) {
+            reply->text[used] = '\0';  /* no room for a whole line */
+            break;
+        }
+        used += (size_t)n;
     }
     return ULP_OK;
 }

@@ -110,6 +110,15 @@ ULP_HIDDEN int ulp_register_library(struct ulp_lib_desc *lib)
     return state > 0;
 }
 
+/* The %fs-relative offset of the thread records of LIB, which has a slot:
+ * what registration stores in each of its descriptors (for the descriptors
+ * the agent makes for private functions, private.c). */
+ULP_HIDDEN int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib)
+{
+    int slot = ulp_library_slot(lib);
+    return record_offset(slot >= 0 ? slot : ULP_MAX_LIBS);
+}
+
 /* Called by the tracker with a descriptor whose library is not registered. */
 ULP_HIDDEN void ulp_register_function(struct ulp_func_desc *fd)
 {

@@ -1,4 +1,4 @@
-/* What the trigger and the runtime exchange (ABI version 2).
+/* What the trigger and the runtime exchange (ABI version 3).
  *
  * The runtime exports one object, ulp_mailbox.  The trigger writes a request
  * into it through /proc/PID/mem, then makes the runtime's agent thread call
@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define ULP_MAILBOX_MAGIC "ULPMBOX"
-#define ULP_ABI_VERSION 2
+#define ULP_ABI_VERSION 3
 #define ULP_MESSAGE_MAX 512
 #define ULP_REQUEST_MAX (256 * 1024)
 
@@ -71,10 +71,13 @@ enum ulp_status {
     ULP_E_STAGE = 15,           /* the patch object could not be staged or sealed */
     ULP_E_PATCH_ID = 16,        /* the patch id is not the one its content gives */
     ULP_E_UNLOADED = 17,        /* the patch's target library was unloaded */
+    ULP_E_PRIVATE = 18,         /* a private function's entry is not one the runtime can route */
+    ULP_E_REFERENCE = 19,       /* a data reference of the patch cannot be filled */
 };
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then
- * nunits struct ulp_request_unit, then strings_size bytes of strings. */
+ * nunits struct ulp_request_unit, then nprivate struct ulp_request_private,
+ * then nrefs struct ulp_request_ref, then strings_size bytes of strings. */
 struct ulp_request {
     uint32_t op;
     uint32_t nunits;
@@ -87,6 +90,10 @@ struct ulp_request {
     uint32_t so_path;           /* offset into the strings: the name shown in the link map */
     int32_t so_fd;              /* PREPARE: the descriptor STAGE returned, filled */
     uint64_t so_size;           /* PREPARE: size of the patch object */
+    uint32_t nprivate;          /* functions without a descriptor in the target (ABI 3) */
+    uint32_t nrefs;             /* data references the runtime fills (ABI 3) */
+    uint32_t label;             /* offset of the patch's label in the strings (ABI 3) */
+    uint32_t reserved;          /* 0 */
 };
 
 struct ulp_request_unit {
@@ -94,6 +101,32 @@ struct ulp_request_unit {
     uint32_t name;              /* offset of the replacement's name */
 };
 
-_Static_assert(sizeof(struct ulp_request) == 120, "request layout");
+/* A function of the target that has no descriptor (a static or hidden
+ * function, or any function of an executable): PREPARE gives it one and
+ * writes its address into desc, where the trigger reads it back to write
+ * the stub in the function's padding. */
+struct ulp_request_private {
+    int64_t entry_delta;        /* the function's entry - the library descriptor */
+    uint32_t name;              /* offset of the replacement's name */
+    uint32_t flags;             /* ULP_FUNC_FLAG_ENDBR64 */
+    uint64_t desc;              /* out: the struct ulp_func_desc the runtime gave it */
+};
+
+enum ulp_ref_kind {
+    ULP_REF_ADDRESS = 1,        /* the patch's pointer := the target's symbol */
+    ULP_REF_TLS = 2,            /* the patch's tls_index := {module, offset} */
+};
+
+/* A variable of the patch object the runtime fills before any version can
+ * be chosen (libpulp's #var:ref and #%tls:ref). */
+struct ulp_request_ref {
+    uint32_t kind;              /* enum ulp_ref_kind */
+    uint32_t name;              /* offset of the patch variable's name */
+    int64_t delta;              /* ADDRESS: symbol - library descriptor; TLS: offset in the block */
+};
+
+_Static_assert(sizeof(struct ulp_request) == 136, "request layout");
+_Static_assert(sizeof(struct ulp_request_private) == 24, "request layout");
+_Static_assert(sizeof(struct ulp_request_ref) == 16, "request layout");
 _Static_assert(__builtin_offsetof(struct ulp_mailbox, message) == 80, "mailbox layout");
 #endif

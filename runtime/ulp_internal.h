@@ -28,6 +28,16 @@ int ulp_library_slot(const struct ulp_lib_desc *lib);
 void ulp_forget_slot(int slot, struct ulp_lib_desc *lib);
 void *ulp_pin_object(uint64_t address, int *gone);
 int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slot);
+int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib);
+
+/* private.c: descriptors for functions the prepared library has none for,
+ * and the data references of patch objects */
+struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int64_t entry_delta,
+                                       uint32_t flags, const char **problem);
+void ulp_forget_private(const struct ulp_lib_desc *lib);
+int ulp_fill_reference(void *patch_handle, struct ulp_lib_desc *lib,
+                       const struct ulp_request_ref *ref, const char *name,
+                       const char **problem);
 
 /* altstack.c */
 extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initial-exec")));

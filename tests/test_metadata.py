@@ -276,7 +276,7 @@ def test_string_too_long():
 def test_relative_path():
     payload = fields_before_strings() + string(b"lib.so") + string(b"/fix.so")
     payload += struct.pack("<II", 1, 0) + string(b"foo") + string(b"foo_fixed")
-    payload += struct.pack("<I", 0)
+    payload += struct.pack("<II", 0, 0)  # no requirements, no records
     assert "target path is not absolute" in rejected(seal(payload))
 
 
@@ -294,8 +294,8 @@ def test_unit_count_larger_than_the_data():
 
 def test_no_units():
     payload = fields_before_strings() + string(b"/lib.so") + string(b"/fix.so")
-    payload += struct.pack("<II", 0, 0)
-    assert "unit count not in 1..65536" in rejected(seal(payload))
+    payload += struct.pack("<III", 0, 0, 0)
+    assert "the patch replaces nothing" in rejected(seal(payload))
 
 
 def test_duplicate_unit():
@@ -308,7 +308,7 @@ def test_duplicate_unit():
 
 
 def test_too_many_requires():
-    payload = payload_of(sample(requires=()).pack())[:-4] + struct.pack("<I", 257)
+    payload = payload_of(sample(requires=()).pack())[:-8] + struct.pack("<I", 257)
     assert "requires count 257 exceeds the limit of 256" in rejected(seal(payload))
 
 

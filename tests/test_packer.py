@@ -234,7 +234,7 @@ def test_missing_target(files, tmp_path):
     assert "no.so: no such file" in pack_fails(ExitCode.FILE_MISSING, desc)
 
 
-@pytest.mark.parametrize("old", ["nothere", "helper", "target_data"])
+@pytest.mark.parametrize("old", ["nothere", "target_data"])
 def test_function_not_in_target(files, tmp_path, old):
     desc = write_desc(tmp_path, desc_text(files, "foo:foo_fixed", f"{old}:bar_fixed"))
     message = pack_fails(ExitCode.NOT_PATCHABLE, desc)

@@ -450,8 +450,14 @@ int main(void)
     FIELD(ulp_request, strings_size); ARRAY(ulp_request, patch_id); FIELD(ulp_request, lib_desc);
     ARRAY(ulp_request, identity); ARRAY(ulp_request, so_sha256); FIELD(ulp_request, so_path);
     FIELD(ulp_request, so_fd); FIELD(ulp_request, so_size);
+    FIELD(ulp_request, nprivate); FIELD(ulp_request, nrefs); FIELD(ulp_request, label);
+    FIELD(ulp_request, reserved);
     FIELD(ulp_request_unit, index); FIELD(ulp_request_unit, name);
+    FIELD(ulp_request_private, entry_delta); FIELD(ulp_request_private, name);
+    FIELD(ulp_request_private, flags); FIELD(ulp_request_private, desc);
+    FIELD(ulp_request_ref, kind); FIELD(ulp_request_ref, name); FIELD(ulp_request_ref, delta);
     VALUE(sizeof(struct ulp_request)); VALUE(sizeof(struct ulp_request_unit));
+    VALUE(sizeof(struct ulp_request_private)); VALUE(sizeof(struct ulp_request_ref));
     VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
     printf("magic %s\n", ULP_MAILBOX_MAGIC);
 @VALUES@
@@ -463,7 +469,8 @@ MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "statu
                   "request_size", "dispatch", "call_stack_top", "universe_address", "staged_fd",
                   "reserved0", "idle_address", "reserved"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
-                  "so_sha256", "so_path", "so_fd", "so_size"]
+                  "so_sha256", "so_path", "so_fd", "so_size", "nprivate", "nrefs", "label",
+                  "reserved"]
 
 
 def layout_of(fmt: str, names: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -488,6 +495,7 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
     enums = [f"    VALUE(ULP_OP_{op.name});" for op in Op]
     enums += [f"    VALUE({'ULP_OK' if s == Status.OK else 'ULP_E_' + s.name});" for s in Status]
     enums += [f"    VALUE(ULP_AGENT_{state.name});" for state in agent_abi.AgentState]
+    enums += [f"    VALUE(ULP_REF_{kind.name});" for kind in agent_abi.RefKind]
     source = tmp_path / "probe.c"
     source.write_text(ABI_PROBE.replace("@VALUES@", "\n".join(enums)))
     probe = cc(tmp_path / "probe", [source], f"-I{C_DIR.parent.parent / 'runtime'}")
@@ -502,6 +510,11 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
                  layout_of(agent_abi.REQUEST_HEADER_FORMAT, REQUEST_FIELDS).items()}
     expected |= {f"ulp_request_unit.{name}": value for name, value in
                  layout_of(agent_abi.REQUEST_UNIT_FORMAT, ["index", "name"]).items()}
+    expected |= {f"ulp_request_private.{name}": value for name, value in
+                 layout_of(agent_abi.REQUEST_PRIVATE_FORMAT,
+                           ["entry_delta", "name", "flags", "desc"]).items()}
+    expected |= {f"ulp_request_ref.{name}": value for name, value in
+                 layout_of(agent_abi.REQUEST_REF_FORMAT, ["kind", "name", "delta"]).items()}
     expected["ulp_mailbox.message"] = (agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX, 0)
     expected["ulp_mailbox.request"] = (agent_abi.REQUEST_OFFSET, agent_abi.REQUEST_MAX, 0)
     assert set(expected) == set(fields)
@@ -516,6 +529,11 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
         agent_abi.REQUEST_HEADER_FORMAT)
     assert int(values["sizeof(struct ulp_request_unit)"]) == struct.calcsize(
         agent_abi.REQUEST_UNIT_FORMAT)
+    assert int(values["sizeof(struct ulp_request_private)"]) == struct.calcsize(
+        agent_abi.REQUEST_PRIVATE_FORMAT)
+    assert int(values["sizeof(struct ulp_request_ref)"]) == struct.calcsize(
+        agent_abi.REQUEST_REF_FORMAT)
+    assert fields["ulp_request_private.desc"][0] == agent_abi.REQUEST_PRIVATE_DESC_OFFSET
     assert int(values["ULP_ABI_VERSION"]) == agent_abi.ABI_VERSION
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
     assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
@@ -526,3 +544,5 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
         assert int(values["ULP_OK" if status == Status.OK else f"ULP_E_{status.name}"]) == status
     for state in agent_abi.AgentState:
         assert int(values[f"ULP_AGENT_{state.name}"]) == state
+    for kind in agent_abi.RefKind:
+        assert int(values[f"ULP_REF_{kind.name}"]) == kind

@@ -94,7 +94,9 @@ def read_library(elf: ELFFile, path: str) -> Library:
                        ExitCode.NOT_PATCHABLE)
     for entry, names in exported_functions(elf).items():
         library.functions.append(check_function(elf, path, entry, names, entries))
-    if not library.functions:
+    # an executable usually exports nothing: its functions are patched as
+    # private ones (docs/patching-private.md), the descriptor is enough
+    if not library.functions and not elfinfo.is_pie_executable(elf):
         raise UlpError(f"{path}: exports no function to patch", ExitCode.NOT_PATCHABLE)
     return library
 

@@ -81,7 +81,7 @@ def prepare(path: str, output: str) -> bool:
     """
     check_input(path)
     with open_elf(path) as elf:
-        require_x86_64_shared_object(elf, path)
+        require_x86_64_shared_object(elf, path, executable_too=True)
         already = prepared_descriptor(elf, path) is not None
         if not already:
             library = read_library(elf, path)

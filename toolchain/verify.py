@@ -19,7 +19,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
 from ulp import layout
-from ulp.elfinfo import open_elf, read_vaddr
+from ulp.elfinfo import is_pie_executable, open_elf, read_vaddr
 from ulp.errors import ExitCode, UlpError
 from ulp.prepared import PreparedLibrary
 
@@ -48,16 +48,17 @@ def verify_prepared(path: str) -> PreparedLibrary:
 def check(elf: ELFFile, library: PreparedLibrary) -> None:
     desc, base = library.desc, library.lib_desc_vaddr
     count = desc.nfuncs
-    if count == 0:
+    if count == 0 and not is_pie_executable(elf):
         raise Invalid("no function")
     if desc.funcs_delta != layout.LIB_DESC_SIZE:
         raise Invalid("function descriptors not after the library descriptor")
     _check_section(elf, layout.DATA_SECTION, base,
                    layout.LIB_DESC_SIZE + count * layout.FUNC_DESC_SIZE,
                    _SHF_ALLOC | _SHF_WRITE, P_FLAGS.PF_R | P_FLAGS.PF_W)
-    _check_section(elf, layout.CODE_SECTION, base + desc.trampolines_delta,
-                   count * layout.TRAMPOLINE_SIZE, _SHF_ALLOC | _SHF_EXECINSTR,
-                   P_FLAGS.PF_R | P_FLAGS.PF_X)
+    if count:  # an executable exporting nothing has no trampolines
+        _check_section(elf, layout.CODE_SECTION, base + desc.trampolines_delta,
+                       count * layout.TRAMPOLINE_SIZE, _SHF_ALLOC | _SHF_EXECINSTR,
+                       P_FLAGS.PF_R | P_FLAGS.PF_X)
     got = base + layout.LIB_DESC_ENTRY_GOT_OFFSET
     _check_entry_symbol(elf, got)
     code_start = base + desc.code_delta

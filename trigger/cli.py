@@ -72,11 +72,13 @@ def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
     try:
         if reverting:
             transition.revert(process, metadata, args.timeout)
-            print(f"reverted patch {metadata.patch_id_hex} in process {args.pid}")
+            print(f"reverted patch {metadata.patch_id_hex}{_label(metadata)} in process "
+                  f"{args.pid}")
         else:
             transition.apply(process, metadata, args.timeout, args.patch)
-            names = ", ".join(unit.old_name for unit in metadata.units)
-            print(f"applied patch {metadata.patch_id_hex} to process {args.pid}: {one_line(names)}")
+            names = ", ".join(metadata.replaced_names)
+            print(f"applied patch {metadata.patch_id_hex}{_label(metadata)} to process "
+                  f"{args.pid}: {one_line(names)}")
             pause = codewrite.last_pause()
             if args.verbose and pause is not None:
                 print(f"application threads stopped: {pause.threads}, "
@@ -89,6 +91,11 @@ def attempt_once(args: argparse.Namespace, metadata, reverting: bool) -> None:
                          process) from None
     finally:
         process.close()
+
+
+def _label(metadata) -> str:
+    """`` (label)`` for a patch with labels (a CVE id...), else nothing."""
+    return f" ({one_line(metadata.label)})" if metadata.label else ""
 
 
 #: errors a process that is being killed can cause on its way out

@@ -71,16 +71,32 @@ def check_code(process: Process, writes: list[CodeWrite]) -> list[CodeWrite]:
 
 
 def write_code(process: Process, writes: list[CodeWrite], held: dict[int, Tracee],
-               timeout: float) -> None:
-    """Write every change with every thread of ``process`` stopped."""
-    with all_threads_stopped(process, held, timeout):
+               timeout: float, avoid: dict[int, str] | None = None) -> None:
+    """Write every change with every thread of ``process`` stopped.
+
+    ``avoid``: addresses no stopped thread may be about to execute (the
+    second of two one-byte entry NOPs that a two-byte jump replaces), with
+    what they are for the message; such a thread makes it RETRY.
+    """
+    with all_threads_stopped(process, held, timeout) as stopped:
+        _check_avoided(stopped, avoid or {})
         for write in writes:
             process.write(write.address, write.new)
 
 
+def _check_avoided(stopped: dict[int, Tracee], avoid: dict[int, str]) -> None:
+    if not avoid:
+        return
+    for tracee in stopped.values():
+        what = avoid.get(tracee.get_registers().rip)
+        if what is not None:
+            raise UlpError(f"thread {tracee.tid} is stopped inside {what}; nothing written, "
+                           "try again (--retries)", ExitCode.RETRY)
+
+
 @contextlib.contextmanager
 def all_threads_stopped(process: Process, held: dict[int, Tracee],
-                        timeout: float) -> Iterator[None]:
+                        timeout: float) -> Iterator[dict[int, Tracee]]:
     """Stop every thread of ``process`` (those in ``held`` are stopped already).
 
     Threads started meanwhile are caught by scanning again until a scan finds
@@ -92,7 +108,7 @@ def all_threads_stopped(process: Process, held: dict[int, Tracee],
     stopped: dict[int, Tracee] = {}
     with _reaping(held), _scheduled_first(), _stopping(process, held, deadline,
                                                        stopped) as started:
-        yield
+        yield stopped
     if started:
         _last_pause = Pause(len(stopped), time.monotonic() - started[0])
 

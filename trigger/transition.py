@@ -34,6 +34,7 @@ from ulp.files import read_input
 from ulp.metadata import PatchMetadata
 from ulp.prepared import PreparedLibrary
 from ulp.process import Process
+from ulp.trigger import private
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
 
@@ -55,6 +56,8 @@ STATUS_EXIT_CODES = {
     Status.STAGE: ExitCode.PATCH_OBJECT,
     Status.PATCH_ID: ExitCode.BAD_INPUT,
     Status.UNLOADED: ExitCode.LIBRARY_NOT_LOADED,
+    Status.PRIVATE: ExitCode.TARGET_MISMATCH,
+    Status.REFERENCE: ExitCode.PATCH_OBJECT,
 }
 
 #: the largest patch .so the trigger reads
@@ -177,6 +180,10 @@ def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None
         request.so_size = so_size
         request.requires = tuple(metadata.requires)
         request.units = tuple((unit.index, unit.new_name) for unit in metadata.units)
+        request.privates = tuple((unit.entry_delta, unit.flags, unit.new_name)
+                                 for unit in metadata.private_units)
+        request.refs = tuple((ref.kind, ref.delta, ref.ref_name) for ref in metadata.references)
+        request.label = metadata.label
     return request
 
 
@@ -226,6 +233,7 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
     so_bytes = read_patch_object(metadata)
     writes = entry_detours(target, metadata)
     check_code(process, writes)
+    private.check_entries(process, target.lib_desc, metadata)
     agent = Agent(process, timeout)
     agent.attach()
     try:
@@ -236,13 +244,16 @@ def apply(process: Process, metadata: PatchMetadata, timeout: float,
         except UlpError:
             _abort(agent, metadata)  # closes the staged memfd now
             raise
-        status, message = agent.call(_request(Op.PREPARE, metadata, target, staged,
-                                              len(so_bytes)))
+        prepare = _request(Op.PREPARE, metadata, target, staged, len(so_bytes))
+        status, message = agent.call(prepare)
         check_status(status, message, process)
         try:
+            descs = private.descriptors(process, agent.mailbox, prepare.privates_offset(),
+                                        len(metadata.private_units))
+            private_writes, avoid = private.writes(process, target.lib_desc, metadata, descs)
             # checked again: only now does this trigger hold the agent
-            write_code(process, check_code(process, writes), {agent.tracee.tid: agent.tracee},
-                       timeout)
+            write_code(process, check_code(process, writes + private_writes),
+                       {agent.tracee.tid: agent.tracee}, timeout, avoid)
         except UlpError:
             _abort(agent, metadata)
             raise

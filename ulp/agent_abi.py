@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
-ABI_VERSION = 2
+ABI_VERSION = 3
 MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
@@ -26,9 +26,15 @@ REQUEST_SIZE_OFFSET = 28
 STAGED_FD_OFFSET = 56
 assert MAILBOX_HEADER_SIZE == 80
 
-REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQ"
+REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIII"
 REQUEST_UNIT_FORMAT = "<II"
-assert struct.calcsize(REQUEST_HEADER_FORMAT) == 120
+REQUEST_PRIVATE_FORMAT = "<qIIQ"  # entry_delta, name, flags, desc (written by the runtime)
+REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
+REQUEST_PRIVATE_DESC_OFFSET = 16
+NO_LABEL = 0xFFFF_FFFF
+assert struct.calcsize(REQUEST_HEADER_FORMAT) == 136
+assert struct.calcsize(REQUEST_PRIVATE_FORMAT) == 24
+assert struct.calcsize(REQUEST_REF_FORMAT) == 16
 
 
 class AgentState(enum.IntEnum):
@@ -67,6 +73,13 @@ class Status(enum.IntEnum):
     STAGE = 15
     PATCH_ID = 16
     UNLOADED = 17
+    PRIVATE = 18  # a private function's entry cannot be routed
+    REFERENCE = 19  # a data reference cannot be filled
+
+
+class RefKind(enum.IntEnum):
+    ADDRESS = 1  # the patch's pointer := the target symbol's address
+    TLS = 2  # the patch's tls_index := {module of the target, offset}
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,16 @@ class Request:
     so_size: int = 0
     requires: tuple[bytes, ...] = ()
     units: tuple[tuple[int, str], ...] = ()  # (function index, replacement name)
+    #: (entry - library descriptor, flags, replacement name)
+    privates: tuple[tuple[int, int, str], ...] = ()
+    refs: tuple[tuple[int, int, str], ...] = ()  # (RefKind, delta, patch variable name)
+    label: str | None = None
+
+    def privates_offset(self) -> int:
+        """Where the private units start in the packed request (the runtime
+        writes their descriptors there)."""
+        return (struct.calcsize(REQUEST_HEADER_FORMAT) + 16 * len(self.requires)
+                + struct.calcsize(REQUEST_UNIT_FORMAT) * len(self.units))
 
     def pack(self) -> bytes:
         strings = bytearray()
@@ -114,10 +137,16 @@ class Request:
         so_path = add_string(self.so_path)
         units = b"".join(struct.pack(REQUEST_UNIT_FORMAT, index, add_string(name))
                          for index, name in self.units)
+        privates = b"".join(struct.pack(REQUEST_PRIVATE_FORMAT, delta, add_string(name), flags, 0)
+                            for delta, flags, name in self.privates)
+        refs = b"".join(struct.pack(REQUEST_REF_FORMAT, kind, add_string(name), delta)
+                        for kind, delta, name in self.refs)
+        label = NO_LABEL if self.label is None else add_string(self.label)
         header = struct.pack(REQUEST_HEADER_FORMAT, self.op, len(self.units), len(self.requires),
                              len(strings), self.patch_id, self.lib_desc, self.identity,
-                             self.so_sha256, so_path, self.so_fd, self.so_size)
-        data = header + b"".join(self.requires) + units + bytes(strings)
+                             self.so_sha256, so_path, self.so_fd, self.so_size,
+                             len(self.privates), len(self.refs), label, 0)
+        data = header + b"".join(self.requires) + units + privates + refs + bytes(strings)
         if len(data) > REQUEST_MAX:
             raise ValueError("request too large for the runtime's mailbox")
         return data

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ulp.errors import run_cli
+from ulp.errors import one_line, run_cli
 from ulp.layout import PATCHABLE_FLAG
 
 
@@ -32,10 +32,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         agent.release()
         process.close()
-    applied = message.split()
+    # one line per patch: its id, then its labels if it has any
+    applied = [line.split(" ", 1) for line in message.splitlines() if line.strip()]
     print(f"process {args.pid}: {len(applied)} patch(es) applied")
-    for patch_id in applied:
-        print(f"  {patch_id}")
+    for fields in applied:
+        label = f"  {one_line(fields[1])}" if len(fields) > 1 else ""
+        print(f"  {fields[0]}{label}")
     return 0
 
 

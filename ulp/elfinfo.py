@@ -40,12 +40,14 @@ def open_elf(path: str) -> Iterator[ELFFile]:
             raise UlpError(f"{path}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
 
 
-def require_x86_64_shared_object(elf: ELFFile, path: str) -> None:
+def require_x86_64_shared_object(elf: ELFFile, path: str, executable_too: bool = False) -> None:
+    """``path`` is an x86-64 shared object (or, with ``executable_too``, a
+    position-independent executable: docs/patching-private.md)."""
     if elf.elfclass != 64 or elf["e_machine"] != "EM_X86_64":
         raise UlpError(f"{path}: not an x86-64 ELF file", ExitCode.BAD_INPUT)
     if elf["e_type"] != "ET_DYN" or elf.get_section_by_name(".dynamic") is None:
         raise UlpError(f"{path}: not a shared object", ExitCode.BAD_INPUT)
-    if _is_pie_executable(elf):
+    if not executable_too and is_pie_executable(elf):
         raise UlpError(f"{path}: not a shared object (a position-independent executable)",
                        ExitCode.BAD_INPUT)
 
@@ -53,7 +55,7 @@ def require_x86_64_shared_object(elf: ELFFile, path: str) -> None:
 _DF_1_PIE = 0x08000000
 
 
-def _is_pie_executable(elf: ELFFile) -> bool:
+def is_pie_executable(elf: ELFFile) -> bool:
     """PIE executables are ET_DYN too; the linker marks them with DF_1_PIE."""
     dynamic = elf.get_section_by_name(".dynamic")
     for tag in dynamic.iter_tags():

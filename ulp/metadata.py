@@ -1,6 +1,6 @@
 """The patch metadata file that ulp-packer writes and ulp-trigger reads.
 
-docs/patch-format.md describes the binary format (version 2) field by field.
+docs/patch-format.md describes the binary format (version 3) field by field.
 In short: a 48-byte header (magic, format version, flags, payload length,
 SHA-256 checksum), then a payload of fixed-size fields and u16-length-prefixed
 UTF-8 strings.  ``parse_patch`` treats its input as hostile: whatever the
@@ -25,7 +25,7 @@ from ulp.errors import ExitCode, UlpError
 from ulp.files import read_input
 
 MAGIC = b"ULPPATCH"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 FLAG_REVERSE = 0x0001
 KNOWN_FLAGS = FLAG_REVERSE
@@ -44,7 +44,17 @@ MAX_REQUIRES = 256
 MAX_STRING = 4096
 MAX_PAYLOAD = 64 * 1024 * 1024
 
-PATCH_ID_DOMAIN = b"ulp patch id v2\0"
+PATCH_ID_DOMAIN = b"ulp patch id v3\0"
+
+# records after the requirements (format 3): u16 kind, u32 length, body
+RECORD_PRIVATE = 1  # a function without a descriptor in the target
+RECORD_REFERENCE = 2  # a variable of the patch the runtime fills
+RECORD_LABEL = 3  # a label (!text in libpulp's .dsc), shown by the tools
+MAX_RECORDS = 2 * MAX_UNITS + 256
+MAX_LABELS = 256
+REF_ADDRESS = 1  # the patch's pointer := the target symbol's address (#sym:ref)
+REF_TLS = 2  # the patch's tls_index := {module, offset} (#%sym:ref)
+FLAG_ENDBR64 = 1
 
 assert HEADER_SIZE == 48, HEADER_SIZE
 
@@ -59,6 +69,27 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class PrivateUnit:
+    """One replaced function the target has no descriptor for (static,
+    hidden, or in an executable): found by its symbol, named by its entry."""
+
+    entry_delta: int  # its entry minus the target's library descriptor (link-time addresses)
+    flags: int  # FLAG_ENDBR64 when the entry starts with endbr64
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A variable of the patch .so that the runtime fills at apply time."""
+
+    kind: int  # REF_ADDRESS or REF_TLS
+    delta: int  # ADDRESS: symbol - library descriptor; TLS: offset in the TLS block
+    target_name: str  # the symbol of the target
+    ref_name: str  # the variable of the patch .so
+
+
+@dataclass(frozen=True)
 class PatchMetadata:
     patch_id: bytes  # 16 bytes
     reverse: bool  # True in the reverse patch file
@@ -70,6 +101,20 @@ class PatchMetadata:
     patch_so_sha256: bytes  # 32 bytes, SHA-256 of the patch .so file
     units: tuple[Unit, ...]
     requires: tuple[bytes, ...]  # patch ids (16 bytes each)
+    private_units: tuple[PrivateUnit, ...] = ()
+    references: tuple[Reference, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    @property
+    def replaced_names(self) -> list[str]:
+        """The target's functions this patch replaces, exported ones first."""
+        return ([unit.old_name for unit in self.units]
+                + [unit.old_name for unit in self.private_units])
+
+    @property
+    def label(self) -> str | None:
+        """The labels as one line, None without any."""
+        return "; ".join(self.labels) if self.labels else None
 
     def pack(self) -> bytes:
         """The file contents; ValueError if a field is out of range."""
@@ -92,13 +137,17 @@ class PatchMetadata:
 
 def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
                   units: tuple[Unit, ...] | list[Unit],
-                  requires: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+                  requires: tuple[bytes, ...] | list[bytes] = (),
+                  private_units: tuple[PrivateUnit, ...] | list[PrivateUnit] = (),
+                  references: tuple[Reference, ...] | list[Reference] = ()) -> bytes:
     """The id a patch's content gives (docs/patch-format.md, "Patch id").
 
     The runtime recomputes it from its request (runtime/patch.c,
     ``patch_id_of``): only what the request carries enters, so a unit counts
     by its function index and replacement name; the old name is fixed by the
-    index once the target identity is.
+    index once the target identity is.  A private unit counts by its entry,
+    flags and replacement, a reference by kind, offset and variable; labels
+    do not enter (they describe, they do not change what runs).
     """
     digest = hashlib.sha256(PATCH_ID_DOMAIN)
     digest.update(patch_so_sha256)
@@ -110,6 +159,14 @@ def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
     digest.update(struct.pack("<I", len(requires)))
     for required in requires:
         digest.update(required)
+    digest.update(struct.pack("<I", len(private_units)))
+    for private in private_units:
+        digest.update(struct.pack("<qI", private.entry_delta, private.flags))
+        digest.update(_pack_string(private.new_name))
+    digest.update(struct.pack("<I", len(references)))
+    for reference in references:
+        digest.update(struct.pack("<Iq", reference.kind, reference.delta))
+        digest.update(_pack_string(reference.ref_name))
     return digest.digest()[:PATCH_ID_SIZE]
 
 
@@ -187,7 +244,25 @@ def _pack_payload(metadata: PatchMetadata) -> bytes:
         parts.append(_pack_string(unit.new_name))
     parts.append(struct.pack("<I", len(metadata.requires)))
     parts.extend(metadata.requires)
+    parts.append(_pack_records(metadata))
     return b"".join(parts)
+
+
+def _record(kind: int, body: bytes) -> bytes:
+    return struct.pack("<HI", kind, len(body)) + body
+
+
+def _pack_records(metadata: PatchMetadata) -> bytes:
+    """The records of format 3, in canonical order: private units,
+    references, labels."""
+    records = [_record(RECORD_PRIVATE, struct.pack("<qI", unit.entry_delta, unit.flags)
+                       + _pack_string(unit.old_name) + _pack_string(unit.new_name))
+               for unit in metadata.private_units]
+    records += [_record(RECORD_REFERENCE, struct.pack("<Iq", ref.kind, ref.delta)
+                        + _pack_string(ref.target_name) + _pack_string(ref.ref_name))
+                for ref in metadata.references]
+    records += [_record(RECORD_LABEL, _pack_string(label)) for label in metadata.labels]
+    return struct.pack("<I", len(records)) + b"".join(records)
 
 
 # --- validation shared by pack() and parse_patch() ---------------------------
@@ -201,7 +276,11 @@ def _problem(metadata: PatchMetadata) -> str | None:
         (len(metadata.target_build_id) <= MAX_BUILD_ID, "target build-id longer than 20 bytes"),
         (0 <= metadata.layout_version <= 0xFFFF_FFFF, "layout version out of range"),
         (len(metadata.patch_so_sha256) == SHA256_SIZE, "patch .so hash is not 32 bytes"),
-        (1 <= len(metadata.units) <= MAX_UNITS, f"unit count not in 1..{MAX_UNITS}"),
+        (len(metadata.units) <= MAX_UNITS, f"more than {MAX_UNITS} units"),
+        (len(metadata.private_units) <= MAX_UNITS, f"more than {MAX_UNITS} private units"),
+        (len(metadata.units) + len(metadata.private_units) >= 1, "the patch replaces nothing"),
+        (len(metadata.references) <= MAX_UNITS, f"more than {MAX_UNITS} references"),
+        (len(metadata.labels) <= MAX_LABELS, f"more than {MAX_LABELS} labels"),
         (len(metadata.requires) <= MAX_REQUIRES, f"more than {MAX_REQUIRES} requires"),
     ]
     for ok, message in checks:
@@ -210,13 +289,17 @@ def _problem(metadata: PatchMetadata) -> str | None:
     return (_path_problem("target path", metadata.target_path)
             or _path_problem("patch .so path", metadata.patch_so_path)
             or _units_problem(metadata.units)
+            or _private_problem(metadata)
+            or _references_problem(metadata.references)
+            or _labels_problem(metadata.labels)
             or _requires_problem(metadata.patch_id, metadata.requires)
             or _id_problem(metadata))
 
 
 def _id_problem(metadata: PatchMetadata) -> str | None:
     expected = make_patch_id(metadata.patch_so_sha256, metadata.target_identity,
-                             metadata.units, metadata.requires)
+                             metadata.units, metadata.requires, metadata.private_units,
+                             metadata.references)
     if metadata.patch_id != expected:
         return (f"patch id {metadata.patch_id.hex()} does not match its content "
                 f"(which gives {expected.hex()})")
@@ -261,6 +344,52 @@ def _units_problem(units: tuple[Unit, ...]) -> str | None:
     return None
 
 
+INT64 = range(-(1 << 63), 1 << 63)
+
+
+def _private_problem(metadata: PatchMetadata) -> str | None:
+    seen_entries: set[int] = set()
+    seen_names = {unit.old_name for unit in metadata.units}
+    for number, unit in enumerate(metadata.private_units):
+        problem = (_string_problem(f"private unit {number} old name", unit.old_name)
+                   or _string_problem(f"private unit {number} new name", unit.new_name))
+        if problem is not None:
+            return problem
+        if unit.entry_delta not in INT64 or unit.flags not in (0, FLAG_ENDBR64):
+            return f"private unit {number} entry or flags out of range"
+        if unit.entry_delta in seen_entries or unit.old_name in seen_names:
+            return f"private unit {number} replaces function {unit.old_name} a second time"
+        seen_entries.add(unit.entry_delta)
+        seen_names.add(unit.old_name)
+    return None
+
+
+def _references_problem(references: tuple[Reference, ...]) -> str | None:
+    seen: set[str] = set()
+    for number, ref in enumerate(references):
+        problem = (_string_problem(f"reference {number} target name", ref.target_name)
+                   or _string_problem(f"reference {number} variable name", ref.ref_name))
+        if problem is not None:
+            return problem
+        if ref.kind not in (REF_ADDRESS, REF_TLS) or ref.delta not in INT64 \
+                or (ref.kind == REF_TLS and ref.delta < 0):
+            return f"reference {number} kind or offset out of range"
+        if ref.ref_name in seen:
+            return f"reference {number} fills {ref.ref_name} a second time"
+        seen.add(ref.ref_name)
+    return None
+
+
+def _labels_problem(labels: tuple[str, ...]) -> str | None:
+    for number, label in enumerate(labels):
+        problem = _string_problem(f"label {number}", label)
+        if problem is not None:
+            return problem
+        if not label.isprintable():
+            return f"label {number} has an unprintable character"
+    return None
+
+
 def _requires_problem(patch_id: bytes, requires: tuple[bytes, ...]) -> str | None:
     if any(len(required) != PATCH_ID_SIZE for required in requires):
         return "a required patch id is not 16 bytes"
@@ -301,6 +430,9 @@ class _Reader:
 
     def u32(self, what: str) -> int:
         return struct.unpack("<I", self.take(4, what))[0]
+
+    def i64(self, what: str) -> int:
+        return struct.unpack("<q", self.take(8, what))[0]
 
     def count(self, what: str, limit: int) -> int:
         value = self.u32(what)
@@ -346,6 +478,7 @@ def _parse(data: bytes) -> PatchMetadata:
                   for number in range(reader.count("unit count", MAX_UNITS)))
     requires = tuple(reader.take(PATCH_ID_SIZE, f"required patch id {number}")
                      for number in range(reader.count("requires count", MAX_REQUIRES)))
+    records = _read_records(reader)
     reader.finish()
     metadata = PatchMetadata(
         patch_id=patch_id,
@@ -358,6 +491,9 @@ def _parse(data: bytes) -> PatchMetadata:
         patch_so_sha256=patch_so_sha256,
         units=units,
         requires=requires,
+        private_units=tuple(records[RECORD_PRIVATE]),
+        references=tuple(records[RECORD_REFERENCE]),
+        labels=tuple(records[RECORD_LABEL]),
     )
     problem = _problem(metadata)
     if problem is not None:
@@ -370,6 +506,35 @@ def _read_unit(reader: _Reader, number: int) -> Unit:
     old_name = reader.string(f"unit {number} old name")
     new_name = reader.string(f"unit {number} new name")
     return Unit(index, old_name, new_name)
+
+
+def _read_records(reader: _Reader) -> dict[int, list]:
+    """The records of format 3, by kind; each must fill its length exactly,
+    and kinds come in canonical order (so a file packs back to its bytes)."""
+    records: dict[int, list] = {RECORD_PRIVATE: [], RECORD_REFERENCE: [], RECORD_LABEL: []}
+    last_kind = 0
+    for number in range(reader.count("record count", MAX_RECORDS)):
+        kind = reader.u16(f"record {number} kind")
+        body = _Reader(reader.take(reader.u32(f"record {number} length"), f"record {number}"))
+        if kind not in records:
+            raise _Malformed(f"record {number} has unknown kind {kind}")
+        if kind < last_kind:
+            raise _Malformed(f"record {number} (kind {kind}) is out of order")
+        last_kind = kind
+        what = f"record {number}"
+        if kind == RECORD_PRIVATE:
+            delta, flags = body.i64(f"{what} entry"), body.u32(f"{what} flags")
+            item: object = PrivateUnit(delta, flags, body.string(f"{what} old name"),
+                                       body.string(f"{what} new name"))
+        elif kind == RECORD_REFERENCE:
+            ref_kind, delta = body.u32(f"{what} reference kind"), body.i64(f"{what} offset")
+            item = Reference(ref_kind, delta, body.string(f"{what} target name"),
+                             body.string(f"{what} variable name"))
+        else:
+            item = body.string(f"{what} label")
+        body.finish()
+        records[kind].append(item)
+    return records
 
 
 def _check_header(data: bytes) -> tuple[bytes, int]:

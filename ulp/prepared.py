@@ -49,7 +49,7 @@ class PreparedLibrary:
     def open(cls, path: str) -> PreparedLibrary:
         """Read ``path``; raise UlpError if it is not a prepared library."""
         with open_elf(path) as elf:
-            require_x86_64_shared_object(elf, path)
+            require_x86_64_shared_object(elf, path, executable_too=True)
             data = elf.get_section_by_name(layout.DATA_SECTION)
             if data is None:
                 raise UlpError(
