@@ -7,11 +7,17 @@
  * #1109379).  Without it, a query with more than 32767 aggregate terms
  * overflows the i16 AggInfo indexes (memory corruption).
  *
- * The real fix changes the private (static) analyzeAggregate() of expr.c;
- * this file is that function of 3.40.1 with the upstream change, marked FIX,
- * built against the library's own headers with the library's flags.  It
- * calls the library's functions (sqlite3ErrorMsg, sqlite3ExprCompare,
- * sqlite3FindFunction, sqlite3ArrayAllocate, sqlite3WalkExpr...).
+ * The real fix changes the private (static) analyzeAggregate() of expr.c,
+ * and so does this one: it replaces that static function (found by the
+ * packer in the library's .symtab), which the library reaches only through
+ * a function pointer (the expression walker's callback).  The body is
+ * analyzeAggregate() of 3.40.1 with the upstream change, marked FIX, built
+ * against the library's own headers with the library's exact compiler
+ * flags (struct layouts depend on them).  It calls the library's functions
+ * sqlite3ErrorMsg, sqlite3ExprCompare, sqlite3FindFunction and
+ * sqlite3ArrayAllocate (Debian's non-amalgamation build exports them); the
+ * two static helpers addAggInfoColumn() and addAggInfoFunc() exist only
+ * inlined, so the fix carries them unchanged.
  *
  * The upstream fix also widens AggInfo fields (i16 -> int) in sqliteInt.h.
  * A live fix cannot change the layout of objects the running library has
@@ -146,18 +152,4 @@ int analyzeAggregate_fixed(Walker *pWalker, Expr *pExpr)
     }
     }
     return WRC_Continue;
-}
-
-/* Until private functions can be replaced: the exported caller, unchanged
- * but for the callback, which is the fixed copy above. */
-void sqlite3ExprAnalyzeAggregates_fixed(NameContext *pNC, Expr *pExpr)
-{
-    Walker w;
-    w.xExprCallback = analyzeAggregate_fixed;
-    w.xSelectCallback = sqlite3WalkerDepthIncrease;
-    w.xSelectCallback2 = sqlite3WalkerDepthDecrease;
-    w.walkerDepth = 0;
-    w.u.pNC = pNC;
-    w.pParse = 0;
-    sqlite3WalkExpr(&w, pExpr);
 }

@@ -97,7 +97,9 @@ def build_fix(tree: Path, prepared: Path) -> Path:
         "# SQLite CVE-2025-6965: more aggregate terms than columns (check-in\n"
         "# 5508b56fd24016c1; Debian 3.40.1-2+deb12u2, 42-CVE-2025-6965.patch)\n"
         f"{so.name}\n@{prepared / SONAME}\n"
-        "sqlite3ExprAnalyzeAggregates:sqlite3ExprAnalyzeAggregates_fixed\n")
+        "!CVE-2025-6965 more aggregate terms than columns (SQLite 5508b56fd24016c1,"
+        " Debian 3.40.1-2+deb12u2)\n"
+        "analyzeAggregate:analyzeAggregate_fixed\n")
     return rwlib.pack(desc)
 
 

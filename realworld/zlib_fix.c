@@ -1,95 +1,100 @@
-/* Live fix for zlib 1.2.13 (Debian 1:1.2.13.dfsg-1): deflateBound() for
- * level 0 and memLevel 9.
+/* Live fix for zlib 1.2.13 (Debian 1:1.2.13.dfsg-1): inflateSync() and the
+ * data held in the bit buffer.
  *
- * Upstream fix: "Fix bug in deflateBound() for level 0 and memLevel 9",
- * madler/zlib commit e554695638228b846d49657f31eeff0ca4680e8a (2022-12-15),
- * released in zlib 1.3 (ChangeLog: "Fix bug in deflateBound() for level 0
- * and memLevel 9").  memLevel 9 made deflateBound() assume fixed blocks
- * even at level 0, which only writes stored blocks: for small inputs the
- * bound is then smaller than the compressed data, and a caller that sizes
- * its output buffer with deflateBound() cannot finish the stream in one
- * call.
+ * Upstream fix: "Fix bug in inflateSync() for data held in bit buffer",
+ * madler/zlib commit 5af7cef45eeef86ddf6ab00b4e363c1eecaf47b6 (2023-08-24),
+ * released in zlib 1.3.1.  On its first call inflateSync() turns the whole
+ * bytes still in the bit buffer back into a byte string to search for the
+ * 00 00 ff ff marker, after dropping the bits of a partly used byte: those
+ * are the low bits of `hold`, but 1.2.13 shifts left instead of right, so
+ * the bytes it searches are wrong and a marker that starts in the bit
+ * buffer is missed (or a false one found).
  *
- * Built against the library's own headers (deflate.h) of the same source
- * tree, as a maintainer builds a fix.  The body is deflateBound() of 1.2.13
- * with the one-line change of the upstream commit, marked FIX.
+ * The real fix changed inflateSync() itself, an exported function: so does
+ * this one.  It is inflateSync() of 1.2.13 with the one-character change of
+ * the upstream commit, marked FIX, built against the library's own headers
+ * (inflate.h) of the same source tree, as a maintainer builds a fix.  It
+ * calls the library's inflateReset(), as the original does; the two static
+ * helpers it needs, inflateStateCheck() and syncsearch(), exist in the -O3
+ * build only inlined into their callers, so the fix carries them unchanged.
  */
-#include "deflate.h"
+#include "zutil.h"
+#include "inftrees.h"
+#include "inflate.h"
 
-/* deflate.c's private deflateStateCheck(), unchanged: 1.2.13 declares it
- * `local` (static), so the fix carries the same few lines. */
 static int state_check(z_streamp strm)
 {
-    deflate_state *s;
+    struct inflate_state FAR *state;
     if (strm == Z_NULL || strm->zalloc == (alloc_func)0 || strm->zfree == (free_func)0)
         return 1;
-    s = strm->state;
-    if (s == Z_NULL || s->strm != strm || (s->status != INIT_STATE &&
-#ifdef GZIP
-                                           s->status != GZIP_STATE &&
-#endif
-                                           s->status != EXTRA_STATE &&
-                                           s->status != NAME_STATE &&
-                                           s->status != COMMENT_STATE &&
-                                           s->status != HCRC_STATE &&
-                                           s->status != BUSY_STATE &&
-                                           s->status != FINISH_STATE))
+    state = (struct inflate_state FAR *)strm->state;
+    if (state == Z_NULL || state->strm != strm || state->mode < HEAD || state->mode > SYNC)
         return 1;
     return 0;
 }
 
-uLong deflateBound_fixed(z_streamp strm, uLong sourceLen)
+static unsigned sync_search(unsigned FAR *have, const unsigned char FAR *buf, unsigned len)
 {
-    deflate_state *s;
-    uLong fixedlen, storelen, wraplen;
+    unsigned got = *have, next = 0;
+    while (next < len && got < 4) {
+        if ((int)(buf[next]) == (got < 2 ? 0 : 0xff))
+            got++;
+        else if (buf[next])
+            got = 0;
+        else
+            got = 4 - got;
+        next++;
+    }
+    *have = got;
+    return next;
+}
 
-    fixedlen = sourceLen + (sourceLen >> 3) + (sourceLen >> 8) +
-               (sourceLen >> 9) + 4;
-    storelen = sourceLen + (sourceLen >> 5) + (sourceLen >> 7) +
-               (sourceLen >> 11) + 7;
+int inflateSync_fixed(z_streamp strm)
+{
+    unsigned len;
+    int flags;
+    unsigned long in, out;
+    unsigned char buf[4];
+    struct inflate_state FAR *state;
 
     if (state_check(strm))
-        return (fixedlen > storelen ? fixedlen : storelen) + 6;
+        return Z_STREAM_ERROR;
+    state = (struct inflate_state FAR *)strm->state;
+    if (strm->avail_in == 0 && state->bits < 8)
+        return Z_BUF_ERROR;
 
-    s = strm->state;
-    switch (s->wrap) {
-    case 0:
-        wraplen = 0;
-        break;
-    case 1:
-        wraplen = 6 + (s->strstart ? 4 : 0);
-        break;
-#ifdef GZIP
-    case 2:
-        wraplen = 18;
-        if (s->gzhead != Z_NULL) {
-            Bytef *str;
-            if (s->gzhead->extra != Z_NULL)
-                wraplen += 2 + s->gzhead->extra_len;
-            str = s->gzhead->name;
-            if (str != Z_NULL)
-                do {
-                    wraplen++;
-                } while (*str++);
-            str = s->gzhead->comment;
-            if (str != Z_NULL)
-                do {
-                    wraplen++;
-                } while (*str++);
-            if (s->gzhead->hcrc)
-                wraplen += 2;
+    if (state->mode != SYNC) {
+        state->mode = SYNC;
+        state->hold >>= state->bits & 7; /* FIX (5af7cef): was <<= */
+        state->bits -= state->bits & 7;
+        len = 0;
+        while (state->bits >= 8) {
+            buf[len++] = (unsigned char)(state->hold);
+            state->hold >>= 8;
+            state->bits -= 8;
         }
-        break;
-#endif
-    default:
-        wraplen = 6;
+        state->have = 0;
+        sync_search(&(state->have), buf, len);
     }
 
-    if (s->w_bits != 15 || s->hash_bits != 8 + 7)
-        /* FIX (e554695): level 0 always uses the stored-blocks bound */
-        return (s->w_bits <= s->hash_bits && s->level ? fixedlen : storelen) +
-               wraplen;
+    len = sync_search(&(state->have), strm->next_in, strm->avail_in);
+    strm->avail_in -= len;
+    strm->next_in += len;
+    strm->total_in += len;
 
-    return sourceLen + (sourceLen >> 12) + (sourceLen >> 14) +
-           (sourceLen >> 25) + 13 - 6 + wraplen;
+    if (state->have != 4)
+        return Z_DATA_ERROR;
+    if (state->flags == -1)
+        state->wrap = 0;
+    else
+        state->wrap &= ~4;
+    flags = state->flags;
+    in = strm->total_in;
+    out = strm->total_out;
+    inflateReset(strm);
+    strm->total_in = in;
+    strm->total_out = out;
+    state->flags = flags;
+    state->mode = TYPE;
+    return Z_OK;
 }

@@ -1,5 +1,5 @@
 """zlib from Debian's source package: build, prepare, its own tests three
-ways, the deflateBound() fix under load, timings."""
+ways, the inflateSync() fix under load, timings."""
 
 from __future__ import annotations
 
@@ -73,11 +73,14 @@ def build_fix(tree: Path, prepared: Path) -> Path:
     so, desc = WORK / "zlib_fix.so", WORK / "zlib_fix.desc"
     src = rwlib.HERE / "zlib_fix.c"
     sh(["gcc", *rwlib.debian_flags()[0], "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
-        "-I", tree, "-o", so, src])
+        "-I", tree, "-o", so, src, "-L", prepared, "-l:" + SONAME])
     desc.write_text(
-        "# zlib: Fix bug in deflateBound() for level 0 and memLevel 9\n"
-        "# (madler/zlib e554695, zlib 1.3), for Debian zlib 1:1.2.13.dfsg-1\n"
-        f"{so.name}\n@{prepared / SONAME}\ndeflateBound:deflateBound_fixed\n")
+        "# zlib 1.3.1: Fix bug in inflateSync() for data held in bit buffer,\n"
+        "# for Debian zlib 1:1.2.13.dfsg-1 (realworld/zlib_fix.c)\n"
+        f"{so.name}\n@{prepared / SONAME}\n"
+        "!zlib-5af7cef inflateSync() searches the wrong bytes of the bit buffer"
+        " (madler/zlib 5af7cef45eeef86d, zlib 1.3.1)\n"
+        "inflateSync:inflateSync_fixed\n")
     return rwlib.pack(desc)
 
 
