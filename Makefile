@@ -63,11 +63,12 @@ realworld: setup realworld-deps
 	$(VENV)/bin/python realworld/run.py $(REALWORLD_ARGS)
 
 # What building Debian source packages needs besides gcc: apt-get source
-# (dpkg-dev), patch, and tclsh for SQLite's generated sources.
+# (dpkg-dev), patch, tclsh for SQLite's generated sources; valgrind counts
+# instructions.
 realworld-deps:
-	@missing=""; for tool in dpkg-source patch tclsh gdb; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in dpkg-source patch tclsh gdb valgrind; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends dpkg-dev patch tcl gdb; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends dpkg-dev patch tcl gdb valgrind; \
 		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
 	fi
 

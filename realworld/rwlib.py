@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import shutil
 import statistics
@@ -228,6 +229,25 @@ def interleaved_ratio(argv: list[str | Path], base: Way, variant: Way, rounds: i
     return {"times": {name: spread(values) for name, values in times.items()},
             "ratio_median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
             "runs": rounds, "ratio": f"{variant.name} / {base.name}", "loadavg": loadavg()}
+
+
+IREFS = re.compile(rb"Collected : (\d+)")
+
+
+def instructions(argv: list[str | Path], ways: list[Way], cwd: Path | None = None) -> dict:
+    """Instructions ARGV executes each way (valgrind's callgrind, user space,
+    every thread and the runtime's start included): a count that does not
+    depend on the machine's load."""
+    counts = {}
+    for way in ways:
+        out = sh(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+                 env=way.env(), cwd=cwd, timeout=1200).stderr
+        found = IREFS.search(out)
+        if not found:
+            raise Failure(f"callgrind printed no instruction count for {argv[0]}")
+        counts[way.name] = int(found.group(1))
+    base = counts[ways[0].name]
+    return {"counts": counts, "ratio": {name: n / base for name, n in counts.items()}}
 
 
 def spread(values: list[float]) -> dict:

@@ -134,9 +134,11 @@ def run(cycles: int, rounds: int, threads: int) -> dict:
     log(f"sqlite: {cycles} apply/revert cycles under load: {load.stats}")
     if rounds:
         timing = speedtest_timing(tree, ways, rounds, 25)
+        timing["instructions"] = rwlib.instructions(
+            [tree / "speedtest1", "--memdb", "--size", "2"], ways)
         result["workload"] = timing
         rwlib.write_json(rwlib.WORK / "speedtest1.json", {
             key: timing[key] for key in ("ratio_median", "min", "max", "runs", "loadavg",
-                                         "command", "ratio")})
+                                         "command", "ratio", "instructions")})
         log(f"sqlite: speedtest1 ratio {timing['ratio_median']:.3f}")
     return result
