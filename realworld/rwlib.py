@@ -250,9 +250,9 @@ def instructions(argv: list[str | Path], ways: list[Way], cwd: Path | None = Non
     return {"counts": counts, "ratio": {name: n / base for name, n in counts.items()}}
 
 
-def spread(values: list[float]) -> dict:
-    return {"median_s": statistics.median(values), "min_s": min(values),
-            "max_s": max(values), "runs": len(values), "all_s": values}
+def spread(values: list[float], unit: str = "s") -> dict:
+    return {f"median_{unit}": statistics.median(values), f"min_{unit}": min(values),
+            f"max_{unit}": max(values), "runs": len(values), f"all_{unit}": values}
 
 
 def loadavg() -> list[float]:
@@ -268,6 +268,8 @@ class LoadRun:
     cycles: int
     apply_s: list[float] = field(default_factory=list)
     revert_s: list[float] = field(default_factory=list)
+    stopped_ms: list[float] = field(default_factory=list)
+    status: str = ""
     trigger_failures: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
 
@@ -276,7 +278,14 @@ class LoadRun:
                 "trigger_failures": self.trigger_failures,
                 "apply": spread(self.apply_s) if self.apply_s else None,
                 "revert": spread(self.revert_s) if self.revert_s else None,
+                # a revert writes no code and stops no thread
+                "apply_threads_stopped_ms":
+                    spread(self.stopped_ms, "ms") if self.stopped_ms else None,
+                "status_after_first_apply": self.status,
                 "program": self.stats}
+
+
+STOPPED = re.compile(rb"application threads stopped: \d+, for ([\d.]+) ms")
 
 
 def _reader(stream, lines: queue.Queue) -> None:
@@ -311,10 +320,16 @@ def run_under_load(argv: list[str | Path], way: Way, patch: Path, cycles: int,
             raise Failure("load program did not say ready")
         for _ in range(cycles):
             for revert, times in ((False, run.apply_s), (True, run.revert_s)):
-                argv_t = [BIN / "ulp-trigger", *(["--revert"] if revert else []), proc.pid, patch]
+                argv_t = [BIN / "ulp-trigger", "--verbose", *(["--revert"] if revert else []),
+                          proc.pid, patch]
                 start = time.perf_counter()
                 result = sh(argv_t, check=False, timeout=120)
                 times.append(time.perf_counter() - start)
+                stopped = STOPPED.search(result.stdout)
+                if stopped:
+                    run.stopped_ms.append(float(stopped.group(1)))
+                if not run.status and result.returncode == 0:
+                    run.status = sh([BIN / "ulp", "status", proc.pid]).stdout.decode()
                 if result.returncode != 0:
                     run.trigger_failures.append(
                         f"{'revert' if revert else 'apply'} exited {result.returncode}: "
@@ -338,7 +353,9 @@ def check_load(run: LoadRun, what: str) -> None:
                         f"{run.trigger_failures[:3]}")
     if s.get("failures") or s.get("wrong") or s.get("exit_status"):
         problems.append(f"failed or wrong operations: {s}")
-    if not (s.get("old") and s.get("new") and s.get("switches", 0) >= 2):
+    # The probe runs thousands of times during one trigger call: it sees
+    # (nearly) every apply and every revert.
+    if not (s.get("old") and s.get("new") and s.get("switches", 0) >= run.cycles):
         problems.append(f"no evidence that both versions ran: {s}")
     if problems:
         raise Failure(f"{what} under load: " + "; ".join(problems))

@@ -28,7 +28,7 @@
 
 static atomic_int stop;
 static atomic_int started;
-static atomic_ulong ops, failures, wrong, old_seen, new_seen, switches;
+static atomic_ulong ops, probe_ops, failures, wrong, old_seen, new_seen, switches;
 
 static uint64_t next_random(uint64_t *state)
 {
@@ -145,7 +145,7 @@ static void *probe(void *arg)
     int last = -1, first = 1;
     while (!atomic_load(&stop)) {
         int version = sync_probe();
-        atomic_fetch_add(&ops, 1);
+        atomic_fetch_add(&probe_ops, 1);
         if (version == -2) {
             atomic_fetch_add(&failures, 1);
         } else if (version < 0) {
@@ -187,9 +187,10 @@ int main(int argc, char **argv)
     atomic_store(&stop, 1);
     for (int i = 0; i <= threads; i++)
         pthread_join(tid[i], NULL);
-    printf("{\"threads\": %d, \"ops\": %lu, \"failures\": %lu, \"wrong\": %lu, "
-           "\"old\": %lu, \"new\": %lu, \"switches\": %lu}\n",
-           threads, atomic_load(&ops), atomic_load(&failures), atomic_load(&wrong),
+    printf("{\"threads\": %d, \"ops\": %lu, \"probe_ops\": %lu, \"failures\": %lu, "
+           "\"wrong\": %lu, \"old\": %lu, \"new\": %lu, \"switches\": %lu}\n",
+           threads, atomic_load(&ops), atomic_load(&probe_ops), atomic_load(&failures),
+           atomic_load(&wrong),
            atomic_load(&old_seen), atomic_load(&new_seen), atomic_load(&switches));
     return atomic_load(&failures) || atomic_load(&wrong);
 }
