@@ -125,13 +125,17 @@ def _exported(library: PreparedLibrary, name: str):
 def _units(desc: Description, library: PreparedLibrary,
            private_units: list[md.PrivateUnit]) -> tuple[md.Unit, ...]:
     """The exported functions replaced; the others go to ``private_units``
-    (every function of an executable: docs/patching-private.md)."""
+    (an executable's: docs/patching-private.md)."""
     units: list[md.Unit] = []
     by_index: dict[int, str] = {}
     executable = private.target_is_executable(desc.target)
     tables: SymbolTables | None = None
     for pair in desc.pairs:
-        function = None if executable else _exported(library, pair.old)
+        function = _exported(library, pair.old)
+        if executable and function is not None:
+            raise UlpError(f"{desc.where(pair.line)}: {pair.old} is exported by the executable "
+                           "(linked with -rdynamic): only its functions that are not exported "
+                           "can be replaced (docs/patching-private.md)", ExitCode.NOT_PATCHABLE)
         if function is None:
             tables = tables or SymbolTables(library.path)
             unit = private.private_unit(desc, pair, library, tables)
@@ -187,7 +191,6 @@ def build_metadata(desc: Description) -> md.PatchMetadata:
     private_units: list[md.PrivateUnit] = []
     units = _units(desc, library, private_units)
     references = _references(desc, library)
-    private.check_calls_into_target(desc, library)
     requires = _required_ids(desc)
     so_hash = _sha256(desc.patch_so)
     patch_id = md.make_patch_id(so_hash, library.identity, units, requires, private_units,

@@ -1,14 +1,11 @@
 """What the packer resolves beyond exported functions: private functions
-(static, hidden, or any function of an executable), the data references a
-patch declares (libpulp's ``#sym:var`` and ``#%sym:var``), and the calls a
-patch makes into its target.
+(static, hidden, or any function of an executable) and the data references a
+patch declares (libpulp's ``#sym:var`` and ``#%sym:var``).
 
 docs/patching-private.md is the how-to; docs/patch-format.md has the records.
 """
 
 from __future__ import annotations
-
-from elftools.elf.elffile import ELFFile
 
 from ulp import layout
 from ulp import metadata as md
@@ -99,40 +96,3 @@ def reference(desc: Description, ref: ReferenceLine, library: PreparedLibrary,
                             "a variable or function").value
     return md.Reference(md.REF_ADDRESS, value - library.lib_desc_vaddr, ref.target,
                         ref.variable)
-
-
-def _soname(elf: ELFFile) -> str | None:
-    dynamic = elf.get_section_by_name(".dynamic")
-    for tag in dynamic.iter_tags() if dynamic else ():
-        if tag.entry.d_tag == "DT_SONAME":
-            return tag.soname
-    return None
-
-
-def _needed(elf: ELFFile) -> set[str]:
-    dynamic = elf.get_section_by_name(".dynamic")
-    return {tag.needed for tag in (dynamic.iter_tags() if dynamic else ())
-            if tag.entry.d_tag == "DT_NEEDED"}
-
-
-def check_calls_into_target(desc: Description, library: PreparedLibrary) -> None:
-    """A patch that calls the target's exported functions by name must find
-    them when the runtime loads it, however the program loaded the target
-    (maybe dlopen RTLD_LOCAL): it must name the target in its DT_NEEDED, by
-    the target's SONAME, which ld.so matches against the loaded copy."""
-    exported = {name for function in library.functions for name in function.names}
-    with open_elf(desc.patch_so) as elf:
-        dynsym = elf.get_section_by_name(".dynsym")
-        wanted = sorted(symbol.name for symbol in (dynsym.iter_symbols() if dynsym else ())
-                        if symbol["st_shndx"] == "SHN_UNDEF" and symbol.name in exported
-                        and symbol["st_info"]["bind"] != "STB_WEAK")
-        needed = _needed(elf)
-    if not wanted:
-        return
-    with open_elf(library.path) as elf:
-        soname = _soname(elf)
-    if soname is None or soname not in needed:
-        what = f"its SONAME {soname}" if soname else "a SONAME (link it with -Wl,-soname)"
-        raise UlpError(f"{desc.patch_so} calls {wanted[0]} of the target but does not link the "
-                       f"target: link the patch .so with the target, which needs {what}, or "
-                       f"use a reference (#{wanted[0]}:pointer)", ExitCode.PATCH_OBJECT)

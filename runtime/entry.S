@@ -1,9 +1,15 @@
 /* ulp_entry: the fast paths of the tracker every call into a prepared
- * library passes (the judgment itself is in tracker.c).
+ * library from outside it passes (the judgment itself is in tracker.c).
  *
- * A trampoline (or a patched function's entry stub) jumps here with
- *   %r10 = the function's descriptor (struct ulp_func_desc),
- *   %rsp = exactly as the caller left it: (%rsp) is the return address.
+ * Calls whose return address lies in the library's own code never come
+ * here unpatched: the trampoline (toolchain/templates/trampoline.s.j2)
+ * sends them straight on, nested, without touching any record.  Two kinds
+ * of jump come here, with
+ *   %rsp = exactly as the caller left it: (%rsp) is the return address,
+ *   %r10 = the function's descriptor (struct ulp_func_desc), either
+ *     even: from a trampoline, whose caller is outside the library;
+ *     odd (descriptor + 1): from a patched function's entry stub, reached
+ *       by any call, from inside or outside: the return address decides.
  * Only %r10, %r11 and the flags may be clobbered: every argument register,
  * %rax (the vector count of varargs calls) and the stack reach the chosen
  * body untouched, so unwinders, exceptions and debuggers see the caller's
@@ -11,20 +17,23 @@
  *
  * The paths, each with what it may conclude (docs/consistency.md proves
  * them):
- *   from the library: the return address lies in the library's own code,
- *     so the caller is an activation of the library: nested, keep the
- *     thread's universe.  Writes nothing.
+ *   from the library: the caller is an activation of the library: nested,
+ *     keep the thread's universe.  Writes nothing.
  *   from outside, record claimed: this entry interrupted an update of the
  *     record (it runs in a signal handler): it writes nothing and keeps the
  *     universe (tracker.c decides whether the claimer is gone for good).
- *   from outside, one anchor (and no alternate signal stack): it is this
- *     very slot (the loop), or below this entry, or near above and
- *     overwritten, so the activation it anchored has returned: external,
- *     take G.
+ *   from outside, the only anchor's slot is this entry's own (the loop):
+ *     its activation has returned: external, take G.
+ *   from outside, one anchor (and no alternate signal stack): below this
+ *     entry, or near above and overwritten, so the activation it anchored
+ *     has returned: external, take G.
  *   from outside, anything else: tracker.c judges, under the claim.
  * Every write to the record happens between the claim (one store) and its
  * release (one store), so a signal handler entering the library in the
- * middle sees either the whole old record or a claimed one. */
+ * middle sees either the whole old record or a claimed one.
+ *
+ * No endbr64: the runtime is not built for IBT, so a process that loads it
+ * does not enforce IBT. */
 
 #include "ulp_layout.h"
 
@@ -70,8 +79,8 @@
     .cfi_restore %rbp
 .endm
 
-/* Call FUNC(record, entry %rsp) with every register saved; its result (a
- * universe) comes back in %r11, %rax is spilled again. */
+/* Call FUNC(record, entry %rsp) with every register saved (%rax from its
+ * spill slot); its result (a universe) comes back in %r11. */
 .macro CALL_JUDGE func
     movq    SPILL1, %rax
     SAVE_INTEGER_REGISTERS
@@ -81,7 +90,6 @@
     call    \func
     movq    %rax, -72(%rbp)
     RESTORE_INTEGER_REGISTERS
-    movq    %rax, SPILL1
 .endm
 
 
@@ -91,50 +99,71 @@
     .p2align 4
 ulp_entry:
     .cfi_startproc
-    endbr64
+    testb   $1, %r10b
+    jnz     .Lfrom_anywhere
+
+.Lfrom_outside:                         /* %r10 = descriptor, even */
+    movq    %rax, SPILL1
     movq    FD_TLS_OFFSET(%r10), %r11
     testq   %r11, %r11
     jz      .Lregister
-    movq    %rax, SPILL1
+    cmpq    $0, %fs:REC_CLAIM(%r11)
+    jne     .Lclaimed
+    movq    %rsp, %fs:REC_CLAIM(%r11)
+    cmpq    %rsp, %fs:REC_ANCHORS+ANCHOR_SLOT(%r11)
+    jne     .Lother_slot
+    cmpq    $1, %fs:REC_DEPTH(%r11)
+    jne     .Ljudge
+    /* The loop: the only anchor is this very slot: its activation has
+     * returned. */
     movq    (%rsp), %rax
-    subq    FD_CODE_START(%r10), %rax
-    cmpq    FD_CODE_SIZE(%r10), %rax
-    jae     .Lfrom_outside
+    movq    %rax, %fs:REC_ANCHORS+ANCHOR_RET(%r11)
 
-    /* From the library itself: nested. */
-    movq    %fs:REC_UNIVERSE(%r11), %r11
+.Lexternal:                             /* the only anchor is this entry's */
+    movq    ulp_global_universe(%rip), %rax
+    movq    %rax, %fs:REC_UNIVERSE(%r11)
+    movq    $0, %fs:REC_CLAIM(%r11)     /* release */
+    movq    %rax, %r11
+    movq    SPILL1, %rax
 
 .Lselect:                               /* %r10 = descriptor, %r11 = universe */
+    testl   $ULP_FUNC_FLAG_PATCHED, FD_FLAGS(%r10)
+    jnz     .Lwalk
+    jmp     *FD_ORIGINAL+V_TARGET(%r10) /* never patched: the one version */
+.Lwalk:
     movq    FD_VERSIONS(%r10), %r10
 .Lversion:
     cmpq    V_APPLIED_AT(%r10), %r11
     jb      .Lskip                      /* applied after this universe */
     cmpq    V_REVERTED_AT(%r10), %r11
     jae     .Lskip                      /* reverted at or before it */
-    movq    SPILL1, %rax
     jmp     *V_TARGET(%r10)
 .Lskip:
     movq    V_NEXT(%r10), %r10
     jmp     .Lversion
 
-.Lfrom_outside:
-    cmpq    $0, %fs:REC_CLAIM(%r11)
-    jne     .Lclaimed
-    movq    %rsp, %fs:REC_CLAIM(%r11)
+.Lfrom_anywhere:                        /* a patched entry: who called? */
+    subq    $1, %r10
+    movq    (%rsp), %r11
+    subq    FD_CODE_START(%r10), %r11
+    cmpq    FD_CODE_SIZE(%r10), %r11
+    jae     .Lfrom_outside
+    movq    FD_TLS_OFFSET(%r10), %r11   /* from the library itself: nested */
+    movq    %fs:REC_UNIVERSE(%r11), %r11
+    jmp     .Lwalk
+
+.Lother_slot:
     /* One anchor, and no alternate signal stack to reason about: its
-     * activation has returned if its slot is at or below this entry's, or
-     * near above and overwritten.  Anything else: tracker.c. */
+     * activation has returned if its slot is below this entry's, or near
+     * above and overwritten.  Anything else: tracker.c. */
     cmpq    $1, %fs:REC_DEPTH(%r11)
     jne     .Ljudge
-    movq    %fs:REC_ANCHORS+ANCHOR_SLOT(%r11), %rax
-    cmpq    %rsp, %rax
-    je      .Lexternal                  /* the loop: this very slot */
     movq    ulp_altstack@gottpoff(%rip), %rax
     cmpq    $0, %fs:ALT_HIGH(%rax)
     jne     .Ljudge
     movq    %fs:REC_ANCHORS+ANCHOR_SLOT(%r11), %rax
     cmpq    %rsp, %rax
-    jb      .Lexternal                  /* below this entry: popped */
+    jb      .Lnew_anchor                /* below this entry: popped */
     subq    %rsp, %rax
     cmpq    $NEAR_SLOT_DISTANCE, %rax
     ja      .Ljudge
@@ -142,16 +171,11 @@ ulp_entry:
     movq    (%rax), %rax
     cmpq    %fs:REC_ANCHORS+ANCHOR_RET(%r11), %rax
     je      .Ljudge                     /* may be live */
-
-.Lexternal:                             /* no live activation: take G */
+.Lnew_anchor:                           /* no live activation */
     movq    %rsp, %fs:REC_ANCHORS+ANCHOR_SLOT(%r11)
     movq    (%rsp), %rax
     movq    %rax, %fs:REC_ANCHORS+ANCHOR_RET(%r11)
-    movq    ulp_global_universe(%rip), %rax
-    movq    %rax, %fs:REC_UNIVERSE(%r11)
-    movq    $0, %fs:REC_CLAIM(%r11)     /* release */
-    movq    %rax, %r11
-    jmp     .Lselect
+    jmp     .Lexternal
 
 .Ljudge:
     CALL_JUDGE ulp_judge_entry
@@ -164,6 +188,7 @@ ulp_entry:
 /* First entry into a library not yet known to the runtime: register it and
  * start over; a library that cannot be registered runs its original body. */
 .Lregister:
+    movq    SPILL1, %rax
     SAVE_INTEGER_REGISTERS
     movq    %r10, %rdi
     call    ulp_register_function

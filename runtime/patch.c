@@ -424,9 +424,19 @@ static int load_patch_object(const struct parsed_request *req, struct patch *p,
     }
     void *handle = dlopen(fd_name, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-        close(fd);
-        return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path,
-                      dlerror());
+        /* A patch calling the target's exported functions by name, without
+         * naming the target in its DT_NEEDED, into a target the program
+         * opened RTLD_LOCAL: once the target's symbols are global, it loads
+         * (docs/patching-private.md) */
+        const char *first = dlerror();
+        if (first && strstr(first, "undefined symbol") && ulp_make_global(p->lib))
+            handle = dlopen(fd_name, RTLD_NOW | RTLD_LOCAL);
+        if (!handle) {
+            const char *error = dlerror();
+            close(fd);
+            return answer(reply, ULP_E_PATCH_LOAD, "cannot load patch object %s: %s", path,
+                          error ? error : first);
+        }
     }
     struct link_map *map;
     if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && strcmp(map->l_name, fd_name) == 0) {
@@ -538,6 +548,26 @@ static int fill_references(const struct parsed_request *req, struct patch *p,
     return ULP_OK;
 }
 
+/* The patch object's calls into its library skip the trampolines
+ * (rebind.c); an allocation failure only leaves them the slower way. */
+static void bind_calls_into_library(const struct patch *p)
+{
+    struct link_map *map;
+    if (dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0)
+        return;
+    struct ulp_func_desc **replaced = calloc(p->nunits + 1, sizeof *replaced);
+    void **replacements = calloc(p->nunits + 1, sizeof *replacements);
+    if (replaced && replacements) {
+        for (uint32_t i = 0; i < p->nunits; i++) {
+            replaced[i] = p->versions[i]->fd;
+            replacements[i] = p->versions[i]->version.target;
+        }
+        ulp_rebind_patch_calls(map, p->lib, replaced, replacements, p->nunits);
+    }
+    free(replaced);
+    free(replacements);
+}
+
 static int create_versions(const struct parsed_request *req, struct patch *p,
                            struct reply *reply)
 {
@@ -551,9 +581,13 @@ static int create_versions(const struct parsed_request *req, struct patch *p,
     if ((status = add_private_versions(req, p, reply)) != ULP_OK ||
         (status = fill_references(req, p, reply)) != ULP_OK)
         return status;
+    bind_calls_into_library(p);
     /* Only link once every symbol resolved, so a failure leaves no trace. */
     for (uint32_t i = 0; i < p->nunits; i++) {
         struct patch_version *pv = p->versions[i];
+        /* Before the version is visible: from now on the tracker walks the
+         * list instead of taking the original body directly. */
+        __atomic_fetch_or(&pv->fd->flags, ULP_FUNC_FLAG_PATCHED, __ATOMIC_RELEASE);
         pv->version.next = pv->fd->versions;
         __atomic_store_n(&pv->fd->versions, &pv->version, __ATOMIC_RELEASE);
     }

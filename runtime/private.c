@@ -7,7 +7,7 @@
  * directly.  To patch one, the agent gives it a descriptor here, in memory
  * it maps within reach of a 32-bit displacement from the library's code,
  * and the trigger writes the stub ulp-prepare writes for exported functions
- * into its padding (lea r10, [rip -> descriptor]; jmp [rip -> entry_got];
+ * into its padding (lea r10, [rip -> descriptor + 1]; jmp [rip -> entry_got];
  * int3), then turns its entry NOP into a jump to that stub.  From then on
  * every call reaches the tracker with the descriptor, like a patched
  * exported function's.  One function keeps one descriptor for the life of
@@ -70,15 +70,18 @@ static void *map_at(uintptr_t address)
 
 /* A page within 1 GiB below the code or above its end: every function of
  * the library (at most 1 GiB of code, docs/prepared-layout.md) then
- * reaches it with a 32-bit displacement. */
+ * reaches it with a 32-bit displacement.  Below first: above an executable
+ * lies the brk heap, which a page there would keep from growing. */
 static void *map_near(uintptr_t code_start, uint64_t code_size)
 {
+    void *page;
     for (uintptr_t step = NEAR_STEP; step < NEAR_RANGE; step += NEAR_STEP) {
         uintptr_t below = (code_start & ~(NEAR_STEP - 1)) - step;
-        uintptr_t above = ((code_start + code_size) & ~(NEAR_STEP - 1)) + step;
-        void *page;
         if (below < code_start && (page = map_at(below)) != NULL)
             return page;
+    }
+    for (uintptr_t step = NEAR_STEP; step < NEAR_RANGE; step += NEAR_STEP) {
+        uintptr_t above = ((code_start + code_size) & ~(NEAR_STEP - 1)) + step;
         if (above > code_start && (page = map_at(above)) != NULL)
             return page;
     }
@@ -205,6 +208,24 @@ ULP_HIDDEN void ulp_forget_private(const struct ulp_lib_desc *lib)
     for (struct near_page *page = pages; page; page = page->next)
         if (page->lib == lib)
             page->lib = NULL;
+}
+
+/* Make LIB's symbols global, as if the program had opened it with
+ * RTLD_GLOBAL, so that a patch object that calls its exported functions by
+ * name resolves them.  Lasts for the life of the process: later loads may
+ * resolve a symbol no earlier object defines to LIB's.  1 if done. */
+ULP_HIDDEN int ulp_make_global(const struct ulp_lib_desc *lib)
+{
+    Dl_info info;
+    struct link_map *map = NULL;
+    if (!dladdr1(lib, &info, (void **)&map, RTLD_DL_LINKMAP) || !map || !map->l_name ||
+        !map->l_name[0])
+        return 0;       /* the main program's symbols are global already */
+    void *handle = dlopen(map->l_name, RTLD_LAZY | RTLD_NOLOAD | RTLD_GLOBAL);
+    if (!handle)
+        return 0;
+    dlclose(handle);
+    return 1;
 }
 
 /* The variable NAME defined by the patch object itself, with at least SIZE

@@ -73,16 +73,15 @@ ULP_HIDDEN uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t 
     uint64_t depth = record->depth <= ULP_MAX_ANCHORS ? record->depth : ULP_MAX_ANCHORS;
     uint64_t universe;
 
-    if (record->saturated && depth > 0) {
-        /* Anchors were lost, of activations inside the innermost one kept:
-         * every entry is nested until that one has returned. */
+    if (record->depth > ULP_MAX_ANCHORS) {
+        /* Saturated: anchors were lost, of activations inside the innermost
+         * one kept: every entry is nested until that one has returned. */
         if (!returned_by_position(record->anchors[depth - 1].slot, rsp)) {
             universe = record->universe;
             release(record);
             return universe;
         }
     }
-    record->saturated = 0;
     while (depth > 0 && !may_be_live(&record->anchors[depth - 1], rsp))
         depth--;
 
@@ -95,8 +94,7 @@ ULP_HIDDEN uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t 
         record->anchors[depth] = self;
         record->depth = depth + 1;
     } else {
-        record->depth = depth;
-        record->saturated = 1;
+        record->depth = ULP_MAX_ANCHORS + 1;
     }
     universe = record->universe;
     release(record);

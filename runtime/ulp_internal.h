@@ -35,6 +35,7 @@ int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib);
 struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int64_t entry_delta,
                                        uint32_t flags, const char **problem);
 void ulp_forget_private(const struct ulp_lib_desc *lib);
+int ulp_make_global(const struct ulp_lib_desc *lib);
 int ulp_fill_reference(void *patch_handle, struct ulp_lib_desc *lib,
                        const struct ulp_request_ref *ref, const char *name,
                        const char **problem);
@@ -49,6 +50,12 @@ void ulp_forget_unloaded(void);
 
 /* patch.c: what the agent returns besides status and message */
 extern int32_t ulp_staged_fd;
+
+/* rebind.c */
+struct link_map;
+void ulp_rebind_patch_calls(const struct link_map *map, struct ulp_lib_desc *lib,
+                            struct ulp_func_desc *const *replaced, void *const *replacements,
+                            uint32_t n);
 
 /* sha256.c */
 struct ulp_sha256 {

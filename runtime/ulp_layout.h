@@ -1,6 +1,6 @@
 /* The structures shared by ulp-prepare (ulp/layout.py), prepared libraries,
  * the tracker (entry.S, tracker.c) and the rest of the runtime.  Layout
- * version 2; docs/prepared-layout.md describes them, and
+ * version 3; docs/prepared-layout.md describes them, and
  * tests/test_layout.py checks that ulp/layout.py agrees with every offset. */
 #ifndef ULP_LAYOUT_H
 #define ULP_LAYOUT_H
@@ -10,6 +10,7 @@
 #define FD_VERSIONS     8
 #define FD_ORIGINAL     16
 #define FD_BODY_DELTA   48
+#define FD_FLAGS        72
 #define FD_CODE_START   80
 #define FD_CODE_SIZE    88
 #define V_APPLIED_AT    0
@@ -19,8 +20,7 @@
 #define REC_UNIVERSE    0
 #define REC_CLAIM       8
 #define REC_DEPTH       16
-#define REC_SATURATED   24
-#define REC_ANCHORS     32
+#define REC_ANCHORS     24
 #define ANCHOR_SLOT     0
 #define ANCHOR_RET      8
 #define ANCHOR_SIZE     16
@@ -30,17 +30,22 @@
 /* Slots farther than this above %rsp may be on another stack, one that may
  * be gone: the tracker never reads them (docs/consistency.md). */
 #define NEAR_SLOT_DISTANCE (256 * 1024)
+/* Bytes of one trampoline in the .ulp section. */
+#define ULP_TRAMPOLINE_SIZE 64
 #define ALT_LOW         0
 #define ALT_HIGH        8
+/* ulp_func_desc.flags: ENDBR64 from ulp-prepare; PATCHED set by the runtime
+ * before it first links a version (the tracker then walks the list). */
+#define ULP_FUNC_FLAG_ENDBR64 1
+#define ULP_FUNC_FLAG_PATCHED 0x100
 
 #ifndef __ASSEMBLER__
 #include <stddef.h>
 #include <stdint.h>
 
 #define ULP_LIB_MAGIC "ULPLIB\0\1"
-#define ULP_LAYOUT_VERSION 2
+#define ULP_LAYOUT_VERSION 3
 #define ULP_UNIVERSE_NEVER UINT64_MAX
-#define ULP_FUNC_FLAG_ENDBR64 1u
 
 /* One version of a function, valid for threads whose universe lies in
  * [applied_at, reverted_at).  The tracker walks the list from the newest. */
@@ -94,12 +99,12 @@ struct ulp_anchor {
  *   entry that finds it set interrupted that update (it runs in a signal
  *   handler) and neither writes nor changes universe.
  * anchors[0..depth): the thread's live activations entered from outside,
- *   outermost first; saturated: more were live than fit. */
+ *   outermost first; depth ULP_MAX_ANCHORS + 1 (saturated): more were live
+ *   than fit, anchors[0..ULP_MAX_ANCHORS) hold the outermost ones. */
 struct ulp_thread_record {
     uint64_t universe;
     uintptr_t claim;
     uint64_t depth;
-    uint64_t saturated;
     struct ulp_anchor anchors[ULP_MAX_ANCHORS];
 };
 
@@ -116,6 +121,7 @@ _Static_assert(offsetof(struct ulp_lib_desc, code_delta) == 112, "lib desc layou
 _Static_assert(offsetof(struct ulp_func_desc, versions) == FD_VERSIONS, "fd");
 _Static_assert(offsetof(struct ulp_func_desc, original) == FD_ORIGINAL, "fd");
 _Static_assert(offsetof(struct ulp_func_desc, body_delta) == FD_BODY_DELTA, "fd");
+_Static_assert(offsetof(struct ulp_func_desc, flags) == FD_FLAGS, "fd");
 _Static_assert(offsetof(struct ulp_func_desc, code_start) == FD_CODE_START, "fd");
 _Static_assert(offsetof(struct ulp_func_desc, code_size) == FD_CODE_SIZE, "fd");
 _Static_assert(offsetof(struct ulp_version, applied_at) == V_APPLIED_AT, "v");
@@ -125,7 +131,6 @@ _Static_assert(offsetof(struct ulp_version, next) == V_NEXT, "v");
 _Static_assert(offsetof(struct ulp_thread_record, universe) == REC_UNIVERSE, "rec");
 _Static_assert(offsetof(struct ulp_thread_record, claim) == REC_CLAIM, "rec");
 _Static_assert(offsetof(struct ulp_thread_record, depth) == REC_DEPTH, "rec");
-_Static_assert(offsetof(struct ulp_thread_record, saturated) == REC_SATURATED, "rec");
 _Static_assert(offsetof(struct ulp_thread_record, anchors) == REC_ANCHORS, "rec");
 _Static_assert(sizeof(struct ulp_anchor) == ANCHOR_SIZE, "anchor");
 _Static_assert(offsetof(struct ulp_anchor, ret) == ANCHOR_RET, "anchor");

@@ -24,6 +24,10 @@ SHARED = [
     ("FD_VERSIONS", "offsetof(struct ulp_func_desc, versions)"),
     ("FD_ORIGINAL", "offsetof(struct ulp_func_desc, original)"),
     ("FD_BODY_DELTA", "offsetof(struct ulp_func_desc, body_delta)"),
+    ("FD_FLAGS", "offsetof(struct ulp_func_desc, flags)"),
+    ("FUNC_FLAG_ENDBR64", "ULP_FUNC_FLAG_ENDBR64"),
+    ("TRAMPOLINE_SIZE", "ULP_TRAMPOLINE_SIZE"),
+    ("FUNC_FLAG_PATCHED", "ULP_FUNC_FLAG_PATCHED"),
     ("FD_CODE_START", "offsetof(struct ulp_func_desc, code_start)"),
     ("FD_CODE_SIZE", "offsetof(struct ulp_func_desc, code_size)"),
     ("V_APPLIED_AT", "offsetof(struct ulp_version, applied_at)"),
@@ -33,7 +37,6 @@ SHARED = [
     ("REC_UNIVERSE", "offsetof(struct ulp_thread_record, universe)"),
     ("REC_CLAIM", "offsetof(struct ulp_thread_record, claim)"),
     ("REC_DEPTH", "offsetof(struct ulp_thread_record, depth)"),
-    ("REC_SATURATED", "offsetof(struct ulp_thread_record, saturated)"),
     ("REC_ANCHORS", "offsetof(struct ulp_thread_record, anchors)"),
     ("ANCHOR_SIZE", "sizeof(struct ulp_anchor)"),
     ("MAX_ANCHORS", "ULP_MAX_ANCHORS"),
@@ -41,6 +44,7 @@ SHARED = [
     ("NEAR_SLOT_DISTANCE", "NEAR_SLOT_DISTANCE"),
     ("UNIVERSE_NEVER", "ULP_UNIVERSE_NEVER"),
     ("FUNC_FLAG_ENDBR64", "ULP_FUNC_FLAG_ENDBR64"),
+    ("TRAMPOLINE_SIZE", "ULP_TRAMPOLINE_SIZE"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -348,7 +349,7 @@ def parses_or_is_rejected(data: bytes) -> md.PatchMetadata | None:
 def test_fuzz_mutated_files():
     rng = random.Random(0x55AA)
     originals = [sample().pack(), sample().reversed().pack(),
-                 sample(requires=(), target_build_id=b"").pack()]
+                 sample(requires=(), target_build_id=b"").pack(), sample_v3().pack()]
     for round_number in range(3000):
         original = originals[round_number % len(originals)]
         data = mutate(original, rng)
@@ -360,7 +361,8 @@ def test_fuzz_mutated_files():
 def test_fuzz_mutated_payloads_with_valid_checksums():
     """Get past the checksum so that every field check is exercised."""
     rng = random.Random(0xC0FFEE)
-    originals = [sample(), sample().reversed(), sample(requires=(), target_build_id=b"")]
+    originals = [sample(), sample().reversed(), sample(requires=(), target_build_id=b""),
+                 sample_v3()]
     accepted = 0
     for round_number in range(3000):
         original = originals[round_number % len(originals)]
@@ -397,3 +399,66 @@ def test_errors_quoting_control_characters_stay_on_one_line(tmp_path) -> None:
     assert result.returncode == 4, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "odd\\rname\\n.ulp" in result.stderr
+
+
+# --- format 3 records: private units, references, labels ---------------------
+
+
+def sample_v3(**changes) -> md.PatchMetadata:
+    privates = (md.PrivateUnit(-0x3ee2, 0, "helper", "helper_fixed"),
+                md.PrivateUnit(-0x3000, md.FLAG_ENDBR64, "other", "other_fixed"))
+    references = (md.Reference(md.REF_ADDRESS, -0x20, "total", "total_ref"),
+                  md.Reference(md.REF_TLS, 8, "calls", "calls_ref"))
+    fields = dict(private_units=privates, references=references,
+                  labels=("CVE-2026-0001", "second"))
+    fields.update(changes)
+    base = sample()
+    units = fields.get("units", base.units)
+    patch_id = md.make_patch_id(base.patch_so_sha256, base.target_identity, units,
+                                base.requires, fields["private_units"], fields["references"])
+    return dataclasses.replace(base, patch_id=patch_id, **fields)
+
+
+def test_records_round_trip():
+    metadata = sample_v3()
+    data = metadata.pack()
+    assert md.parse_patch(data) == metadata
+    assert md.parse_patch(data).pack() == data
+    assert metadata.replaced_names == ["foo", "bar", "helper", "other"]
+    assert metadata.label == "CVE-2026-0001; second"
+
+
+def test_private_units_alone_make_a_patch():
+    metadata = sample_v3(units=())
+    assert md.parse_patch(metadata.pack()) == metadata
+
+
+def test_labels_do_not_change_the_id_but_references_do():
+    assert sample_v3(labels=()).patch_id == sample_v3().patch_id
+    assert sample_v3(references=()).patch_id != sample_v3().patch_id
+
+
+def records_payload(records: list[tuple[int, bytes]]) -> bytes:
+    payload = payload_of(sample(requires=()).pack())[:-4]  # drop the record count
+    return payload + struct.pack("<I", len(records)) + b"".join(
+        struct.pack("<HI", kind, len(body)) + body for kind, body in records)
+
+
+def test_unknown_and_unordered_records_are_refused():
+    label = string(b"x")
+    assert "record 0 has unknown kind 9" in rejected(seal(records_payload([(9, b"")])))
+    out_of_order = [(md.RECORD_LABEL, label), (md.RECORD_PRIVATE, b"")]
+    assert "record 1 (kind 1) is out of order" in rejected(seal(records_payload(out_of_order)))
+    assert "unexpected trailing bytes" in rejected(
+        seal(records_payload([(md.RECORD_LABEL, label + b"z")])))
+
+
+def test_bad_record_values_are_refused():
+    unprintable = sample_v3(labels=("a\nb",))
+    with pytest.raises(ValueError, match="unprintable"):
+        unprintable.pack()
+    with pytest.raises(ValueError, match="kind or offset"):
+        sample_v3(references=(md.Reference(md.REF_TLS, -1, "calls", "c"),)).pack()
+    twice = (md.PrivateUnit(1, 0, "a", "x"), md.PrivateUnit(1, 0, "b", "y"))
+    with pytest.raises(ValueError, match="a second time"):
+        sample_v3(private_units=twice).pack()

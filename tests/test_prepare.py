@@ -14,6 +14,7 @@ from support import C_DIR, PATCHABLE, cc, shared_library, tool
 from ulp import layout
 from ulp.errors import ExitCode
 from ulp.prepared import PreparedLibrary
+from ulp.toolchain.verify import verify_prepared
 
 LIB_SOURCE = C_DIR / "prep_lib.c"
 MAIN_SOURCE = C_DIR / "prep_main.c"
@@ -243,12 +244,19 @@ def test_refuses_a_file_that_is_not_elf(tmp_path):
     assert "not an ELF file" in line
 
 
-@pytest.mark.parametrize("pie", [True, False])
-def test_refuses_an_executable(build_dir, tmp_path, pie):
+def test_refuses_a_position_dependent_executable(build_dir, tmp_path):
     program = cc(tmp_path / "program", [SMALL_SOURCE, C_DIR / "prep_small_main.c"], PATCHABLE,
-                 "-pie" if pie else "-no-pie")
+                 "-no-pie")
     line = one_line_refusal(prepare(program), ExitCode.BAD_INPUT)
     assert "not a shared object" in line
+
+
+def test_prepares_a_pie_executable(build_dir, tmp_path):
+    """Issue 9 item 3: a PIE is a target too (tests/test_private.py patches one)."""
+    program = cc(tmp_path / "program", [SMALL_SOURCE, C_DIR / "prep_small_main.c"], PATCHABLE,
+                 "-pie")
+    assert prepare(program).returncode == 0
+    assert verify_prepared(str(program)).desc.layout_version == layout.LAYOUT_VERSION
 
 
 def test_refuses_a_library_built_without_the_flag(tmp_path):

@@ -76,6 +76,17 @@ def start_parse(root: Path) -> LiveProcess:
     return app
 
 
+def test_private_entries_get_the_two_byte_nop(parse: Path) -> None:
+    """ulp-prepare makes every patchable entry one two-byte NOP, exported or
+    not: a thread can never be between two NOPs where a jump is written."""
+    from ulp.elfinfo import open_elf, read_vaddr
+    from ulp.symbols import SymbolTables
+
+    (symbol,) = SymbolTables(str(parse / "libparse.so")).lookup("field_length")
+    with open_elf(str(parse / "libparse.so")) as elf:
+        assert read_vaddr(elf, symbol.value, 2) == b"\x66\x90"
+
+
 def test_static_function_is_replaced_and_reverted(parse: Path) -> None:
     """The example: field_length() is static, parse_record() calls it
     directly; once patched, the direct call goes through version selection."""
@@ -162,6 +173,26 @@ def test_hidden_function_and_nested_calls_keep_the_universe(nested: Path) -> Non
         assert ask(app) == "api=121"  # helper 101 + hidden 20
         assert ask(app, "twice") == "inside"
         assert ask(app) == "twice=101101"
+
+
+def test_stacked_patches_of_a_private_function(nested: Path) -> None:
+    """Two patches of one static function share its descriptor: the newest
+    applied wins, reverting the older one in the middle leaves the newer in
+    effect, reverting both gives the original back."""
+    (nested / "fix_b.c").write_text("int helper_b(int x) { return x + 500; }\n")
+    shared_library(nested / "fix_b.so", [nested / "fix_b.c"], patchable=False)
+    (nested / "fix_b.desc").write_text("fix_b.so\n@libnested.so\nhelper:helper_b\n")
+    first, second = pack(nested / "fix.desc"), pack(nested / "fix_b.desc")
+    with LiveProcess([nested / "app"]) as app:
+        assert app.next_line() == "ready"
+        applied(app.pid, first)
+        assert ask(app) == "api=121"
+        applied(app.pid, second)
+        assert ask(app) == "api=521"  # helper 501, hidden 20
+        assert trigger_here("--revert", app.pid, first)[0] == 0
+        assert ask(app) == "api=511"  # helper 501, hidden 10
+        assert trigger_here("--revert", app.pid, second)[0] == 0
+        assert ask(app) == "api=12"
 
 
 def strip_with_debug_file(library: Path, debug: Path, link: bool) -> None:
@@ -276,16 +307,55 @@ def test_static_and_thread_local_data_through_references(tally: Path) -> None:
         assert ask(app) == "main total=42 calls=3"
 
 
-def test_patch_calling_the_target_without_linking_it_is_refused(tally: Path,
-                                                                tmp_path: Path) -> None:
-    """A patch that calls thread_calls() by name but does not link the target
-    would fail in dlopen when the program loaded the target RTLD_LOCAL: the
-    packer says so before anything is written."""
+DLOPEN_APP = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    char line[64];
+    void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) { printf("%s\n", dlerror()); return 1; }
+    long (*add)(long) = (long (*)(long))dlsym(lib, "add");
+    long (*calls)(void) = (long (*)(void))dlsym(lib, "thread_calls");
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready\n");
+    while (fgets(line, sizeof line, stdin)) {
+        long total = add(1);
+        printf("total=%ld calls=%ld\n", total, calls());
+    }
+    return 0;
+}
+"""
+
+
+def test_patch_calls_a_target_loaded_rtld_local(tally: Path) -> None:
+    """The program loaded the target with dlopen(RTLD_LOCAL): its symbols
+    are in no global scope, and the patch, which calls thread_calls() by
+    name, still loads (ld.so finds the target by its SONAME)."""
+    (tally / "dlopen_app.c").write_text(DLOPEN_APP)
+    app_path = cc(tally / "dlopen_app", [tally / "dlopen_app.c"], "-ldl")
+    patch = pack(tally / "tally_fix.dsc")
+    with LiveProcess([app_path, tally / "libtally.so"]) as app:
+        assert app.next_line() == "ready"
+        assert ask(app) == "total=1 calls=0"
+        applied(app.pid, patch)
+        assert ask(app) == "total=11 calls=1"
+
+
+def test_patch_not_linked_with_a_target_loaded_rtld_local(tally: Path, tmp_path: Path) -> None:
+    """The same patch built without linking the target: it calls
+    thread_calls() by name, the program opened the target RTLD_LOCAL, and
+    the runtime still loads it (the target's symbols are made global)."""
     for name in ("libtally.so", "tally_fix.c", "tally_fix.dsc"):
         shutil.copy(tally / name, tmp_path / name)
+    (tmp_path / "dlopen_app.c").write_text(DLOPEN_APP)
     shared_library(tmp_path / "tally_fix.so", [tmp_path / "tally_fix.c"], patchable=False)
-    line = packer_refuses(ExitCode.PATCH_OBJECT, tmp_path / "tally_fix.dsc")
-    assert "calls thread_calls of the target but does not link the target" in line
+    app_path = cc(tmp_path / "dlopen_app", [tmp_path / "dlopen_app.c"], "-ldl")
+    patch = pack(tmp_path / "tally_fix.dsc")
+    with LiveProcess([app_path, tmp_path / "libtally.so"]) as app:
+        assert app.next_line() == "ready"
+        assert ask(app) == "total=1 calls=0"
+        applied(app.pid, patch)
+        assert ask(app) == "total=11 calls=1"
 
 
 # --- item 3: the main executable -------------------------------------------------
@@ -310,6 +380,66 @@ def test_executable_function_is_replaced(server: Path) -> None:
         code, _, err = trigger_here("--revert", app.pid, patch)
         assert code == 0, err
         assert ask(app) == "quota=-2 requests=3"
+
+
+EXE_NESTED = r"""
+#include <stdio.h>
+__attribute__((noipa)) static int inner(int x) { return x; }
+/* used only by the patch, through a reference */
+__attribute__((used, noipa)) static void wait_line(void)
+{ char line[64]; printf("inside\n"); fgets(line, sizeof line, stdin); }
+__attribute__((noipa)) static int outer(void) { int a = inner(1); return a; }
+int main(void) {
+    char line[64];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready\n");
+    while (fgets(line, sizeof line, stdin)) printf("outer=%d\n", outer());
+    return 0;
+}
+"""
+
+EXE_NESTED_FIRST = r"""
+#include <stdio.h>
+int (*inner_ref)(int);
+void (*wait_ref)(void);
+/* outer, patched: two calls of inner with a pause between */
+int outer_first(void) { int a = inner_ref(1); wait_ref(); return a * 1000 + inner_ref(1); }
+int inner_first(int x) { return x + 10; }
+"""
+
+EXE_NESTED_SECOND = "int inner_second(int x) { return x + 20; }\n"
+
+
+def test_executable_activation_keeps_its_universe(build_dir: Path) -> None:
+    """In an executable, an activation of a patched function keeps one
+    universe: a second patch of inner() applied while outer() (patched by
+    the first) is inside does not change the inner() it calls; the next
+    call of outer() sees it."""
+    root = build_dir / "exe-nested"
+    root.mkdir(exist_ok=True)
+    for name, text in (("prog.c", EXE_NESTED), ("first.c", EXE_NESTED_FIRST),
+                       ("second.c", EXE_NESTED_SECOND)):
+        (root / name).write_text(text)
+    cc(root / "prog", [root / "prog.c"], "-fPIE", "-pie", PATCHABLE)
+    prepare(root / "prog")
+    shared_library(root / "first.so", [root / "first.c"], patchable=False)
+    shared_library(root / "second.so", [root / "second.c"], patchable=False)
+    (root / "first.desc").write_text("first.so\n@prog\nouter:outer_first\n"
+                                     "inner:inner_first\n#inner:inner_ref\n"
+                                     "#wait_line:wait_ref\n")
+    (root / "second.desc").write_text("second.so\n@prog\ninner:inner_second\n")
+    first, second = pack(root / "first.desc"), pack(root / "second.desc")
+    with LiveProcess([root / "prog"]) as app:
+        assert app.next_line() == "ready"
+        assert ask(app) == "outer=1"
+        applied(app.pid, first)
+        assert ask(app) == "inside"
+        assert ask(app) == "outer=11011"
+        assert ask(app) == "inside"
+        applied(app.pid, second)  # while outer_first waits between its two calls
+        assert ask(app) == "outer=11011"
+        assert ask(app) == "inside"
+        assert ask(app) == "outer=21021"
 
 
 def test_prepared_executable_runs_without_the_runtime(server: Path) -> None:

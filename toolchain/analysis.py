@@ -58,6 +58,10 @@ class Library:
     code_start: int  # the executable segments: a return address there is inside the library
     code_end: int
     functions: list[Function] = field(default_factory=list)
+    #: the entry NOPs of the functions that are not exported (static, hidden,
+    #: an executable's): made one two-byte NOP too, so that the jump written
+    #: there when one is patched never lands on a thread between two NOPs
+    private_entry_nops: list[int] = field(default_factory=list)
 
 
 def code_range(elf: ELFFile, path: str) -> tuple[int, int]:
@@ -94,6 +98,8 @@ def read_library(elf: ELFFile, path: str) -> Library:
                        ExitCode.NOT_PATCHABLE)
     for entry, names in exported_functions(elf).items():
         library.functions.append(check_function(elf, path, entry, names, entries))
+    exported = {function.padding for function in library.functions}
+    library.private_entry_nops = private_entry_nops(elf, entries - exported)
     # an executable usually exports nothing: its functions are patched as
     # private ones (docs/patching-private.md), the descriptor is enough
     if not library.functions and not elfinfo.is_pie_executable(elf):
@@ -139,6 +145,24 @@ def patchable_entries(elf: ELFFile, path: str) -> set[int]:
                     and relocation["r_info_type"] == _R_X86_64_RELATIVE):
                 slots[relocation["r_offset"]] = relocation["r_addend"]
     return set(slots.values())
+
+
+def private_entry_nops(elf: ELFFile, paddings: set[int]) -> list[int]:
+    """The addresses of the two one-byte entry NOPs of the non-exported
+    functions whose padding and entry the compiler left intact (others are
+    left alone: the packer refuses to patch them)."""
+    found = []
+    for padding in sorted(paddings):
+        try:
+            code = elfinfo.read_vaddr(elf, padding, layout.PADDING_SIZE + 6)
+        except ValueError:
+            continue
+        head = code[layout.PADDING_SIZE:]
+        offset = len(layout.ENDBR64) if head.startswith(layout.ENDBR64) else 0
+        if code[:layout.PADDING_SIZE] == b"\x90" * layout.PADDING_SIZE \
+                and head[offset:offset + 2] == b"\x90\x90":
+            found.append(padding + layout.PADDING_SIZE + offset)
+    return found
 
 
 def check_function(elf: ELFFile, path: str, entry: int, names: tuple[str, ...],

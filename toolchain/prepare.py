@@ -116,6 +116,8 @@ def _edit(library: Library, nobits: list[NobitsSection], out: str) -> None:
     for index, function in enumerate(library.functions):
         editor.patch(function.padding, plan.padding_stub(index, function))
         editor.patch(function.entry_nops, layout.TWO_BYTE_NOP)
+    for address in library.private_entry_nops:
+        editor.patch(address, layout.TWO_BYTE_NOP)
     editor.point_dynamic_symbols({f.entry: plan.trampoline(i)
                                   for i, f in enumerate(library.functions)})
     editor.add_entry_symbol(plan.got_slot)
@@ -164,9 +166,15 @@ class Plan:
 
     def code_section(self) -> bytes:
         return b"".join(
-            trampolines.trampoline(index, self.trampoline(index), function.entry,
-                                   self.func_desc(index), self.got_slot)
+            trampolines.trampoline(index, self.trampoline(index), self.targets(index, function))
             for index, function in enumerate(self.library.functions))
+
+    def targets(self, index: int, function: Function) -> trampolines.TrampolineTargets:
+        library = self.library
+        return trampolines.TrampolineTargets(
+            entry_nops=function.entry_nops, body=function.body, func_desc=self.func_desc(index),
+            got=self.got_slot, code_start=library.code_start,
+            code_size=library.code_end - library.code_start, endbr64=function.has_endbr64)
 
     def padding_stub(self, index: int, function: Function) -> bytes:
         return trampolines.padding_stub(function.padding, self.func_desc(index), self.got_slot)

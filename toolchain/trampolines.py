@@ -104,19 +104,34 @@ def _int3_fill(code: bytes, size: int, what: str) -> bytes:
     return code + _assemble_line("int3", 0) * (size - len(code))
 
 
-def trampoline(index: int, address: int, entry: int, func_desc: int, got: int) -> bytes:
+@dataclass(frozen=True)
+class TrampolineTargets:
+    """Where trampoline ``index`` of a library leads (docs/prepared-layout.md)."""
+
+    entry_nops: int  # nested calls go on here (the patch point)
+    body: int  # without the runtime, calls go on here
+    func_desc: int
+    got: int  # the ulp_entry GOT slot
+    code_start: int  # the library's code: return addresses in it are nested
+    code_size: int
+    endbr64: bool  # the function starts with endbr64, so does its trampoline
+
+
+def trampoline(index: int, address: int, to: TrampolineTargets) -> bytes:
     """Trampoline ``index``: TRAMPOLINE_SIZE bytes to place at ``address``."""
-    lines = _render("trampoline.s.j2", index=index, entry=entry)
-    code = assemble(lines, address, {"got": got, "fdesc": func_desc})
+    lines = _render("trampoline.s.j2", index=index, body=to.body, entry_nops=to.entry_nops,
+                    code_size=to.code_size, endbr64=to.endbr64)
+    code = assemble(lines, address, {"got": to.got, "fdesc": to.func_desc,
+                                     "code_start": to.code_start})
     code = _int3_fill(code, layout.TRAMPOLINE_SIZE, "a trampoline")
-    verify_trampoline(code, address, entry, func_desc, got)
+    verify_trampoline(code, address, to)
     return code
 
 
 def padding_stub(address: int, func_desc: int, got: int) -> bytes:
     """The PADDING_SIZE bytes written over the NOPs before an entry."""
     lines = _render("padding.s.j2")
-    code = assemble(lines, address, {"got": got, "fdesc": func_desc})
+    code = assemble(lines, address, {"got": got, "fdesc_any": func_desc + 1})
     code = _int3_fill(code, layout.PADDING_SIZE, "a padding stub")
     verify_padding_stub(code, address, func_desc, got)
     return code
@@ -171,24 +186,38 @@ def check_shape(code: bytes, address: int, expected: list[Expected], what: str) 
         raise CodeError(f"{what} at {address:#x}: trailing bytes are not int3")
 
 
-def verify_trampoline(code: bytes, address: int, entry: int, func_desc: int, got: int) -> None:
+def verify_trampoline(code: bytes, address: int, to: TrampolineTargets) -> None:
     """Check every instruction of a trampoline, and where each branch goes."""
     if len(code) != layout.TRAMPOLINE_SIZE:
         raise CodeError(f"trampoline at {address:#x} is {len(code)} bytes")
-    check_shape(code, address, [
-        Expected(x86.X86_INS_ENDBR64),
-        Expected(x86.X86_INS_CMP, target=got),
-        Expected(x86.X86_INS_JE, target=entry),
-        Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
-        Expected(x86.X86_INS_JMP, target=got),
-    ], "trampoline")
+    expected = [Expected(x86.X86_INS_ENDBR64)] if to.endbr64 else []
+    expected += [
+        Expected(x86.X86_INS_CMP, target=to.got),
+        Expected(x86.X86_INS_JE, target=to.body),
+        Expected(x86.X86_INS_MOV, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_LEA, target=to.code_start, register=x86.X86_REG_R10),
+        Expected(x86.X86_INS_SUB, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_CMP, register=x86.X86_REG_R11),
+        Expected(x86.X86_INS_JB, target=to.entry_nops),
+        Expected(x86.X86_INS_LEA, target=to.func_desc, register=x86.X86_REG_R10),
+        Expected(x86.X86_INS_JMP, target=to.got),
+    ]
+    check_shape(code, address, expected, "trampoline")
+    instructions = decode(code, address)
+    offset = 1 if to.endbr64 else 0
+    load, _, subtract, compare = instructions[offset + 2:offset + 6]
+    if (load.op_str != "r11, qword ptr [rsp]" or subtract.op_str != "r11, r10"
+            or compare.operands[1].type != x86.X86_OP_IMM
+            or compare.operands[1].imm != to.code_size):
+        raise CodeError(f"trampoline at {address:#x}: the caller check is not the library's "
+                        "code range")
 
 
 def verify_padding_stub(code: bytes, address: int, func_desc: int, got: int) -> None:
     if len(code) != layout.PADDING_SIZE:
         raise CodeError(f"padding stub at {address:#x} is {len(code)} bytes")
     check_shape(code, address, [
-        Expected(x86.X86_INS_LEA, target=func_desc, register=x86.X86_REG_R10),
+        Expected(x86.X86_INS_LEA, target=func_desc + 1, register=x86.X86_REG_R10),
         Expected(x86.X86_INS_JMP, target=got),
     ], "padding stub")
 

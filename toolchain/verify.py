@@ -86,7 +86,10 @@ def check(elf: ELFFile, library: PreparedLibrary) -> None:
                                         padding, function.func_desc, got)
         trampolines.verify_trampoline(
             read_vaddr(elf, function.trampoline, layout.TRAMPOLINE_SIZE), function.trampoline,
-            function.entry, function.func_desc, got)
+            trampolines.TrampolineTargets(
+                entry_nops=nops, body=function.body, func_desc=function.func_desc, got=got,
+                code_start=code_start, code_size=desc.code_size,
+                endbr64=function.has_endbr64))
     _check_dynamic_symbols(elf, library)
 
 

@@ -42,10 +42,12 @@ def entry_jump(lib_desc: int, unit: md.PrivateUnit) -> bytes:
 
 
 def padding_stub(lib_desc: int, unit: md.PrivateUnit, desc: int) -> bytes:
-    """lea r10, [rip -> desc]; jmp qword ptr [rip -> entry_got]; int3 (as
-    docs/prepared-layout.md, "The padding and the entry")."""
+    """lea r10, [rip -> desc + 1]; jmp qword ptr [rip -> entry_got]; int3, as
+    ulp-prepare writes for exported functions (docs/prepared-layout.md, "The
+    padding and the entry"): the odd descriptor tells the tracker that any
+    caller may come this way, so it checks the return address itself."""
     stub = lib_desc + unit.entry_delta - layout.PADDING_SIZE
-    lea = b"\x4c\x8d\x15" + struct.pack("<i", desc - (stub + 7))
+    lea = b"\x4c\x8d\x15" + struct.pack("<i", desc + 1 - (stub + 7))
     got = lib_desc + layout.LIB_DESC_ENTRY_GOT_OFFSET
     jmp = b"\xff\x25" + struct.pack("<i", got - (stub + 13))
     return lea + jmp + b"\xcc"

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 LIB_MAGIC = b"ULPLIB\x00\x01"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 DATA_SECTION = ".ulp.data"
 CODE_SECTION = ".ulp"
@@ -51,10 +51,12 @@ LIB_DESC_CODE_OFFSET = 112
 FUNC_DESC_FORMAT = "<qQQQQQqqqIIQQ"
 FUNC_DESC_SIZE = struct.calcsize(FUNC_DESC_FORMAT)
 FUNC_FLAG_ENDBR64 = 1
+FUNC_FLAG_PATCHED = 0x100  # set in memory by the runtime, never in a file
 FD_TLS_OFFSET = 0
 FD_VERSIONS = 8
 FD_ORIGINAL = 16
 FD_BODY_DELTA = 48
+FD_FLAGS = 72
 FD_CODE_START = 80
 FD_CODE_SIZE = 88
 
@@ -66,8 +68,7 @@ V_NEXT = 24
 REC_UNIVERSE = 0
 REC_CLAIM = 8
 REC_DEPTH = 16
-REC_SATURATED = 24
-REC_ANCHORS = 32
+REC_ANCHORS = 24
 ANCHOR_SIZE = 16
 MAX_ANCHORS = 6
 REC_SIZE = REC_ANCHORS + MAX_ANCHORS * ANCHOR_SIZE
@@ -75,7 +76,7 @@ REC_SIZE = REC_ANCHORS + MAX_ANCHORS * ANCHOR_SIZE
 #: the compiler flag that leaves PADDING_SIZE NOPs before and ENTRY_NOP_SIZE after each entry
 PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
 
-TRAMPOLINE_SIZE = 32
+TRAMPOLINE_SIZE = 64
 #: a stack slot farther than this above %rsp is never read (runtime/tracker.c)
 NEAR_SLOT_DISTANCE = 256 * 1024
 PADDING_SIZE = 14  # NOPs the compiler leaves before each entry
