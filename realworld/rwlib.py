@@ -121,8 +121,8 @@ def debian_source(package: str, version: str) -> Path:
 # -- ulp steps ----------------------------------------------------------------
 
 def prepare(plain: Path, prepared: Path) -> None:
-    if prepared.exists() and prepared.stat().st_mtime >= plain.stat().st_mtime:
-        return
+    """ulp-prepare PLAIN into PREPARED, every run: a second or two, and a
+    cached copy could be of an older prepared layout than the runtime's."""
     prepared.parent.mkdir(parents=True, exist_ok=True)
     sh([BIN / "ulp-prepare", plain, "-o", prepared])
 
