@@ -10,7 +10,7 @@ RUNTIME_SRCS := $(wildcard runtime/*.c) $(wildcard runtime/*.S)
 RUNTIME_HDRS := $(wildcard runtime/*.h)
 RUNTIME := runtime/libulp.so
 
-.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean
+.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean realworld realworld-deps
 
 all: setup
 
@@ -66,8 +66,25 @@ fuzz: setup
 	ULP_PREPARE_SIZES=$(PREPARE_SIZES) nice $(VENV)/bin/python -m pytest -q \
 		tests/test_prepare_sizes.py -k every_size
 
+# zlib and SQLite from Debian's source packages, made live-patchable, tested
+# three ways, fixed live under load (docs/realworld.md). Downloads and builds
+# are cached in build/realworld; results in build/realworld/results.json.
+REALWORLD_ARGS ?=
+realworld: setup realworld-deps
+	$(VENV)/bin/python realworld/run.py $(REALWORLD_ARGS)
+
+# What building Debian source packages needs besides gcc: apt-get source
+# (dpkg-dev), patch, tclsh for SQLite's generated sources; valgrind counts
+# instructions.
+realworld-deps:
+	@missing=""; for tool in dpkg-source patch tclsh gdb valgrind; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends dpkg-dev patch tcl gdb valgrind; \
+		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
+	fi
+
 lint: venv
-	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench
+	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench realworld
 
 clean:
 	rm -rf $(BUILD) $(RUNTIME) $(VENV)
