@@ -103,8 +103,7 @@ class Agent:
         if header.state == AgentState.ENDED:
             raise self._agent_gone()
         if header.state == AgentState.STARTING or header.agent_tid <= 0:
-            raise UlpError(f"the ulp agent of process {self.process.pid} is not running yet",
-                           ExitCode.RETRY)
+            header = self._started(deadline)
         if header.state != AgentState.IDLE:
             raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
         self._wait_not_job_stopped(header.agent_tid, deadline)
@@ -135,6 +134,26 @@ class Agent:
             tracee.detach()
             time.sleep(0.001)
         raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
+
+    def _started(self, deadline: float) -> MailboxHeader:
+        """The header once the agent has started: a process just launched runs
+        its constructors first (the runtime's starts the agent thread), so the
+        trigger waits for it within its timeout instead of failing at once.  A
+        process stopped meanwhile (SIGSTOP) is reported as such."""
+        while True:
+            header = self.header()
+            if header.state != AgentState.STARTING and header.agent_tid > 0:
+                return header
+            if time.monotonic() > deadline:
+                if self.process.state() == "T":
+                    raise UlpError(f"process {self.process.pid} is stopped (SIGSTOP or similar) "
+                                   f"and was not continued within {self.timeout:g}s; nothing "
+                                   "done", ExitCode.RETRY)
+                raise UlpError(f"the ulp agent of process {self.process.pid} did not start "
+                               f"within {self.timeout:g}s", ExitCode.RETRY)
+            if not self.process.alive():
+                raise self.process.gone()
+            time.sleep(0.005)
 
     def _wait_not_job_stopped(self, agent_tid: int, deadline: float) -> None:
         """A process stopped by SIGSTOP must stay stopped: wait for SIGCONT, or give up."""
