@@ -371,3 +371,33 @@ def test_packer_given_a_patch_file_points_at_dump(op: Path) -> None:
     result = tool("ulp-packer", op / "value.ulp")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--dump" in result.stderr
+
+
+def test_revert_all_reverts_every_patch_of_a_library_newest_first(op: Path) -> None:
+    with start(op) as both, start(op) as one, start(op) as none, \
+            start(op, preload=False) as without_runtime:
+        assert trigger(both.pid, op / "patches").returncode == 0  # value, then twice
+        assert trigger(one.pid, op / "value.ulp").returncode == 0
+        assert results(both) == BOTH_FIXED and results(one) == VALUE_FIXED
+        # by file name, in the processes given: twice requires value, so it goes first
+        result = trigger("--revert-all", "libop.so", both.pid, one.pid, none.pid)
+        assert result.returncode == 13, result.stderr  # the worst: none had nothing applied
+        assert summary(result).startswith("3 process(es): 3 reverted, 1 not applied, "
+                                          "0 skipped, 0 failed")
+        lines = [line for line in result.stdout.splitlines()
+                 if line.endswith(f"in process {both.pid}")]
+        twice, value = (json.loads(tool("ulp", "dump", "--json", op / f"{name}.ulp").stdout)
+                        ["patch_id"] for name in ("twice", "value"))
+        assert [line.split()[2] for line in lines] == [twice, value]
+        assert results(both) == results(one) == results(none) == ORIGINAL
+        # by path, no PID: every process with the runtime and that library, no other
+        assert trigger(one.pid, op / "value.ulp").returncode == 0
+        everywhere = trigger("--json", "--revert-all", op / "lib" / "libop.so")
+        document = json.loads(everywhere.stdout)
+        assert everywhere.returncode == 13 and document["action"] == "revert-all"
+        outcomes = {entry["pid"]: entry["outcome"] for entry in document["results"]}
+        assert outcomes == {both.pid: "not applied", one.pid: "reverted",
+                            none.pid: "not applied"}
+        assert without_runtime.pid not in outcomes
+        assert results(one) == ORIGINAL
+        assert trigger("--revert-all", "libop.so", "--revert").returncode == 2
