@@ -17,6 +17,7 @@ import secrets
 import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -401,3 +402,24 @@ def test_revert_all_reverts_every_patch_of_a_library_newest_first(op: Path) -> N
         assert without_runtime.pid not in outcomes
         assert results(one) == ORIGINAL
         assert trigger("--revert-all", "libop.so", "--revert").returncode == 2
+
+
+def test_runtime_path_is_the_checkouts_runtime_and_preloads(tmp_path: Path) -> None:
+    from support import ROOT, RUNTIME
+
+    printed = tool("ulp", "runtime-path")
+    assert printed.returncode == 0 and printed.stdout == f"{RUNTIME.resolve()}\n"
+    maps = subprocess.run(["sh", "-c", f'LD_PRELOAD="$({BIN_DIR / "ulp"} runtime-path)" '
+                           "exec cat /proc/self/maps"], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert maps.returncode == 0 and str(RUNTIME.resolve()) in maps.stdout, maps.stderr
+    # a checkout whose runtime was not built (``python -c`` imports the package of
+    # its working directory first): one line, NO_RUNTIME
+    shutil.copytree(ROOT / "ulp", tmp_path / "ulp")
+    (tmp_path / "runtime").mkdir()
+    shutil.copy(ROOT / "runtime" / "ulp_abi.h", tmp_path / "runtime")
+    missing = subprocess.run([sys.executable, "-c", "from ulp.cli import main; "
+                              "raise SystemExit(main(['runtime-path']))"],
+                             capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert missing.returncode == 8 and missing.stdout == ""
+    assert missing.stderr.count("\n") == 1 and "make runtime" in missing.stderr, missing.stderr
