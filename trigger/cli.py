@@ -109,7 +109,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.pids = [_pid(text) for text in pids]
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(str(error) if args.patch is not None
+                     else str(error).replace("only PATCH may follow the PIDs",
+                                             "--revert-all takes PIDs, no PATCH"))
     names = []
     for value in args.process:
         if value.isdigit():
