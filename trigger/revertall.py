@@ -89,22 +89,39 @@ def _revert_library(agent: Agent, path: str, desc: int) -> list[batch.Outcome]:
     for _ in range(MAX_ROUNDS):
         status, message = agent.call(Request(Op.LIST, lib_desc=desc))
         check_status(status, message, agent.process)
-        applied = [line.split(" ", 3) for line in message.splitlines() if line.strip()]
+        applied = _listed(message, agent.process)
         if not applied:
             break
         failures = 0
-        for patch_id, universe, _lib, *label in applied:
-            named = f"patch {patch_id}" + (f" ({label[0]})" if label else "")
-            status, message = agent.call(Request(Op.REVERT, patch_id=bytes.fromhex(patch_id)))
+        for patch_id, universe, label in applied:
+            named = f"patch {patch_id.hex()}" + (f" ({label})" if label else "")
+            status, message = agent.call(Request(Op.REVERT, patch_id=patch_id))
             try:
                 check_status(status, message, agent.process)
             except UlpError as error:
                 failures += 1
-                outcomes.append(batch.Outcome(pid, patch_id, error.exit_code, one_line(
+                outcomes.append(batch.Outcome(pid, patch_id.hex(), error.exit_code, one_line(
                     f"cannot revert {named} of {path} in process {pid}: {message}"), True))
                 continue
-            outcomes.append(batch.Outcome(pid, patch_id, ExitCode.OK, one_line(
+            outcomes.append(batch.Outcome(pid, patch_id.hex(), ExitCode.OK, one_line(
                 f"reverted {named} (applied in universe {universe}) in process {pid}"), True))
         if failures:
             break  # what is left stays applied, for the reasons given
     return outcomes
+
+
+def _listed(message: str, process: Process) -> list[tuple[bytes, int, str]]:
+    """(id, universe applied at, label) of each line of a LIST answer, the
+    newest first (the runtime's order already; sorted to depend on less)."""
+    patches = []
+    for line in message.splitlines():
+        fields = line.split(" ", 3)
+        try:
+            patch_id = bytes.fromhex(fields[0])
+            if len(patch_id) != 16:
+                raise ValueError("not a patch id")
+            patches.append((patch_id, int(fields[1]), fields[3] if len(fields) > 3 else ""))
+        except (ValueError, IndexError):
+            raise UlpError(f"process {process.pid}: the runtime's list of patches is not "
+                           f"understood: {line!r}", ExitCode.FAILURE) from None
+    return sorted(patches, key=lambda patch: -patch[1])
