@@ -423,3 +423,26 @@ def test_runtime_path_is_the_checkouts_runtime_and_preloads(tmp_path: Path) -> N
                              capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert missing.returncode == 8 and missing.stdout == ""
     assert missing.stderr.count("\n") == 1 and "make runtime" in missing.stderr, missing.stderr
+
+
+def test_revert_all_asks_again_when_the_list_does_not_fit_the_message(op: Path) -> None:
+    """Four patches with long labels, each requiring the one before: LIST's
+    512-byte answer holds three of them."""
+    stack = op / "stack"
+    stack.mkdir()
+    for number in range(4):
+        requires = f"requires: {number - 1}.ulp\n" if number else ""
+        (stack / f"{number}.desc").write_text(
+            f"{op}/libop_value.so\n@{op}/lib/libop.so\n!{number}-{'x' * 90}\n{requires}"
+            "lib_value:lib_value_v2\n")
+        assert tool("ulp-packer", stack / f"{number}.desc").returncode == 0
+        (stack / f"{number}.rev.ulp").unlink()
+    with start(op) as app:
+        assert trigger(app.pid, stack).returncode == 0
+        assert results(app) == VALUE_FIXED
+        result = trigger("--revert-all", "libop.so", app.pid)
+        assert result.returncode == 0, result.stderr
+        labels = [line.split("(", 1)[1][0] for line in result.stdout.splitlines()
+                  if line.startswith("reverted patch")]
+        assert labels == ["3", "2", "1", "0"]  # newest first, over two LIST answers
+        assert results(app) == ORIGINAL
