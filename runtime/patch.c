@@ -50,6 +50,7 @@ struct patch {
     uint32_t nrequires;
     uint8_t (*requires)[16];
     char label[ULP_LABEL_MAX];      /* for STATUS: the patch's labels, maybe cut */
+    uint64_t applied_at;            /* the universe its commit published (LIST) */
     struct patch *next;
 };
 
@@ -680,6 +681,7 @@ static int commit(const struct parsed_request *req, struct reply *reply)
         return answer(reply, ULP_E_NOT_PENDING, "no prepared patch to commit");
     uint64_t universe = stamp_and_publish(p, 0);
     p->state = PATCH_APPLIED;
+    p->applied_at = universe;
     return answer(reply, ULP_OK, "applied in universe %lu", (unsigned long)universe);
 }
 
@@ -706,16 +708,23 @@ static int revert(const struct parsed_request *req, struct reply *reply)
     return answer(reply, ULP_OK, "reverted in universe %lu", (unsigned long)universe);
 }
 
-static int status(struct reply *reply)
+/* STATUS: every applied patch, "ID[ LABEL]".  LIST: those of the library
+ * whose descriptor is at LIB (every library when 0), "ID UNIVERSE LIB[ LABEL]".
+ * Both newest applied first (a re-applied patch is a new entry at the head
+ * of the list), whole lines only: a trigger reverting them all asks again. */
+static int list_applied(struct reply *reply, int listing, uint64_t lib)
 {
     size_t used = 0;
     reply->text[0] = '\0';
     for (struct patch *p = patches; p; p = p->next) {
-        if (p->state != PATCH_APPLIED)
+        if (p->state != PATCH_APPLIED || (lib && (uint64_t)(uintptr_t)p->lib != lib))
             continue;
-        char hex[33];
+        char hex[33], where[64] = "";
         hex_id(p->id, hex);
-        int n = snprintf(reply->text + used, reply->size - used, "%s%s%s\n", hex,
+        if (listing)
+            snprintf(where, sizeof where, " %lu %#lx", (unsigned long)p->applied_at,
+                     (unsigned long)(uintptr_t)p->lib);
+        int n = snprintf(reply->text + used, reply->size - used, "%s%s%s%s\n", hex, where,
                          p->label[0] ? " " : "", p->label);
         if (n < 0 || used + (size_t)n >= reply->size) {
             reply->text[used] = '\0';  /* no room for a whole line */
@@ -768,7 +777,9 @@ static int handle_request(const struct ulp_request *head, uint32_t size, char *m
         discard_pending();
         return ULP_OK;
     case ULP_OP_STATUS:
-        return status(&reply);
+        return list_applied(&reply, 0, 0);
+    case ULP_OP_LIST:
+        return list_applied(&reply, 1, head->lib_desc);
     default:
         return answer(&reply, ULP_E_BAD_REQUEST, "unknown request %u", head->op);
     }

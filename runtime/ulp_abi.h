@@ -1,4 +1,4 @@
-/* What the trigger and the runtime exchange (ABI version 3).
+/* What the trigger and the runtime exchange (ABI version 4).
  *
  * The runtime exports one object, ulp_mailbox.  The trigger writes a request
  * into it through /proc/PID/mem, then makes the runtime's agent thread call
@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define ULP_MAILBOX_MAGIC "ULPMBOX"
-#define ULP_ABI_VERSION 3
+#define ULP_ABI_VERSION 4
 #define ULP_MESSAGE_MAX 512
 #define ULP_REQUEST_MAX (256 * 1024)
 
@@ -50,6 +50,7 @@ enum ulp_op {
     ULP_OP_ABORT = 4,           /* drop a prepared, uncommitted patch */
     ULP_OP_STATUS = 5,          /* list the applied patches in the message */
     ULP_OP_STAGE = 6,           /* create an empty sealable memfd for the patch object */
+    ULP_OP_LIST = 7,            /* the applied patches of the library at lib_desc (ABI 4) */
 };
 
 enum ulp_status {

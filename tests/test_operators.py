@@ -17,6 +17,7 @@ import secrets
 import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -371,3 +372,77 @@ def test_packer_given_a_patch_file_points_at_dump(op: Path) -> None:
     result = tool("ulp-packer", op / "value.ulp")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--dump" in result.stderr
+
+
+def test_revert_all_reverts_every_patch_of_a_library_newest_first(op: Path) -> None:
+    with start(op) as both, start(op) as one, start(op) as none, \
+            start(op, preload=False) as without_runtime:
+        assert trigger(both.pid, op / "patches").returncode == 0  # value, then twice
+        assert trigger(one.pid, op / "value.ulp").returncode == 0
+        assert results(both) == BOTH_FIXED and results(one) == VALUE_FIXED
+        # by file name, in the processes given: twice requires value, so it goes first
+        result = trigger("--revert-all", "libop.so", both.pid, one.pid, none.pid)
+        assert result.returncode == 13, result.stderr  # the worst: none had nothing applied
+        assert summary(result).startswith("3 process(es): 3 reverted, 1 not applied, "
+                                          "0 skipped, 0 failed")
+        lines = [line for line in result.stdout.splitlines()
+                 if line.endswith(f"in process {both.pid}")]
+        twice, value = (json.loads(tool("ulp", "dump", "--json", op / f"{name}.ulp").stdout)
+                        ["patch_id"] for name in ("twice", "value"))
+        assert [line.split()[2] for line in lines] == [twice, value]
+        assert results(both) == results(one) == results(none) == ORIGINAL
+        # by path, no PID: every process with the runtime and that library, no other
+        assert trigger(one.pid, op / "value.ulp").returncode == 0
+        everywhere = trigger("--json", "--revert-all", op / "lib" / "libop.so")
+        document = json.loads(everywhere.stdout)
+        assert everywhere.returncode == 13 and document["action"] == "revert-all"
+        outcomes = {entry["pid"]: entry["outcome"] for entry in document["results"]}
+        assert outcomes == {both.pid: "not applied", one.pid: "reverted",
+                            none.pid: "not applied"}
+        assert without_runtime.pid not in outcomes
+        assert results(one) == ORIGINAL
+        assert trigger("--revert-all", "libop.so", "--revert").returncode == 2
+
+
+def test_runtime_path_is_the_checkouts_runtime_and_preloads(tmp_path: Path) -> None:
+    from support import ROOT, RUNTIME
+
+    printed = tool("ulp", "runtime-path")
+    assert printed.returncode == 0 and printed.stdout == f"{RUNTIME.resolve()}\n"
+    maps = subprocess.run(["sh", "-c", f'LD_PRELOAD="$({BIN_DIR / "ulp"} runtime-path)" '
+                           "exec cat /proc/self/maps"], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert maps.returncode == 0 and str(RUNTIME.resolve()) in maps.stdout, maps.stderr
+    # a checkout whose runtime was not built (``python -c`` imports the package of
+    # its working directory first): one line, NO_RUNTIME
+    shutil.copytree(ROOT / "ulp", tmp_path / "ulp")
+    (tmp_path / "runtime").mkdir()
+    shutil.copy(ROOT / "runtime" / "ulp_abi.h", tmp_path / "runtime")
+    missing = subprocess.run([sys.executable, "-c", "from ulp.cli import main; "
+                              "raise SystemExit(main(['runtime-path']))"],
+                             capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert missing.returncode == 8 and missing.stdout == ""
+    assert missing.stderr.count("\n") == 1 and "make runtime" in missing.stderr, missing.stderr
+
+
+def test_revert_all_asks_again_when_the_list_does_not_fit_the_message(op: Path) -> None:
+    """Four patches with long labels, each requiring the one before: LIST's
+    512-byte answer holds three of them."""
+    stack = op / "stack"
+    stack.mkdir()
+    for number in range(4):
+        requires = f"requires: {number - 1}.ulp\n" if number else ""
+        (stack / f"{number}.desc").write_text(
+            f"{op}/libop_value.so\n@{op}/lib/libop.so\n!{number}-{'x' * 90}\n{requires}"
+            "lib_value:lib_value_v2\n")
+        assert tool("ulp-packer", stack / f"{number}.desc").returncode == 0
+        (stack / f"{number}.rev.ulp").unlink()
+    with start(op) as app:
+        assert trigger(app.pid, stack).returncode == 0
+        assert results(app) == VALUE_FIXED
+        result = trigger("--revert-all", "libop.so", app.pid)
+        assert result.returncode == 0, result.stderr
+        labels = [line.split("(", 1)[1][0] for line in result.stdout.splitlines()
+                  if line.startswith("reverted patch")]
+        assert labels == ["3", "2", "1", "0"]  # newest first, over two LIST answers
+        assert results(app) == ORIGINAL

@@ -81,13 +81,21 @@ def run_one(pid: int, steps: list[Step], timeout: float, retries: int) -> list[O
 
 
 def _attempt(pid: int, step: Step, timeout: float, retries: int) -> Outcome:
+    return retrying(lambda: [_once(pid, step, timeout)], retries,
+                    lambda error: Outcome(pid, step.metadata.patch_id_hex, error.exit_code,
+                                          one_line(str(error)), step.reverting))[0]
+
+
+def retrying(work: Callable[[], list[Outcome]], retries: int,
+             failed: Callable[[UlpError], Outcome]) -> list[Outcome]:
+    """``work()``, again up to ``retries`` times while it raises RETRY; an
+    error it raises becomes the outcome ``failed(error)``."""
     for attempt in range(retries + 1):
         try:
-            return _once(pid, step, timeout)
+            return work()
         except UlpError as error:
             if error.exit_code != ExitCode.RETRY or attempt == retries:
-                return Outcome(pid, step.metadata.patch_id_hex, error.exit_code,
-                               one_line(str(error)), step.reverting)
+                return [failed(error)]
             time.sleep(RETRY_PAUSE)
     raise AssertionError("unreachable")
 
@@ -112,12 +120,8 @@ def _once(pid: int, step: Step, timeout: float) -> Outcome:
         return Outcome(pid, metadata.patch_id_hex, ExitCode.OK,
                        one_line(f"applied patch {metadata.patch_id_hex}{_label(metadata)} to "
                                 f"process {pid}: {names}"), False, codewrite.last_pause())
-    except UlpError as error:
-        raise _explained(error, process) from None
-    except OSError as error:
-        # /proc or ptrace failing in a way not foreseen: still one line
-        raise _explained(UlpError(f"process {pid}: {error}", ExitCode.FAILURE),
-                         process) from None
+    except (UlpError, OSError) as error:
+        raise explained(error, process) from None
     finally:
         process.close()
 
@@ -127,9 +131,12 @@ DEATH_SYMPTOMS = {ExitCode.FAILURE, ExitCode.PERMISSION, ExitCode.NO_RUNTIME,
                   ExitCode.LIBRARY_NOT_LOADED, ExitCode.TARGET_MISMATCH, ExitCode.RETRY}
 
 
-def _explained(error: UlpError, process: Process) -> UlpError:
+def explained(error: UlpError | OSError, process: Process) -> UlpError:
     """Whatever went wrong, a process that died or called execve meanwhile is
     the reason to report: the process the trigger knew is gone."""
+    if isinstance(error, OSError):
+        # /proc or ptrace failing in a way not foreseen: still one line
+        error = UlpError(f"process {process.pid}: {error}", ExitCode.FAILURE)
     if error.exit_code == ExitCode.NO_PROCESS:
         return error
     if process.image_changed():
@@ -138,10 +145,11 @@ def _explained(error: UlpError, process: Process) -> UlpError:
     return process.gone() if process.exits_within(grace) else error
 
 
-def run_all(pids: list[int], steps: list[Step], timeout: float, retries: int, jobs: int,
+def run_all(pids: list[int], handle: Callable[[int], list[Outcome]], jobs: int,
             report: Callable[[list[Outcome], int], None]) -> list[Outcome]:
-    """``run_one`` for every PID on ``jobs`` threads; ``report(outcomes, done)``
-    is called on this thread as each process is finished."""
+    """``handle(pid)`` (``run_one`` with its steps, or ``revertall.run_one``)
+    for every PID on ``jobs`` threads; ``report(outcomes, done)`` is called
+    on this thread as each process is finished."""
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for pid in pids:
         todo.put(pid)
@@ -154,7 +162,7 @@ def run_all(pids: list[int], steps: list[Step], timeout: float, retries: int, jo
             except queue.Empty:
                 return
             try:
-                finished.put(run_one(pid, steps, timeout, retries))
+                finished.put(handle(pid))
             except BaseException as error:  # a bug: reported by the main thread
                 finished.put(error)
 

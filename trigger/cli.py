@@ -23,7 +23,7 @@ from collections import Counter
 from ulp.console import ArgumentParser, Console, add_output_options, count, run_command, seconds
 from ulp.errors import ExitCode, UlpError
 from ulp.process import thread_group
-from ulp.trigger import batch, patchset, select
+from ulp.trigger import batch, patchset, revertall, select
 from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import block_sigchld, release_orphans
 
@@ -44,6 +44,10 @@ library.  The last argument is always PATCH, every one before it a PID:
   ulp-trigger -p 'nginx*' fix.ulp     processes named nginx...
   ulp-trigger patches/                every patch of the directory, in
                                       dependency order, skipping applied ones
+  ulp-trigger --revert-all libfoo.so  every applied patch of libfoo.so (a file
+                                      name, wildcards allowed, or a path), in
+                                      every process that has it, newest first
+  ulp-trigger --revert-all libfoo.so 1234   the same in process 1234 only
 Processes are handled in parallel (--jobs).  With more than one process, a
 line per process, then a summary: applied, already applied, skipped and why,
 failed and why.
@@ -69,11 +73,16 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("arguments", nargs="*", metavar="[PID ...] PATCH",
-                        help="the processes (optional), then the patch file or directory")
+                        help="the processes (optional), then the patch file or directory "
+                             "(no PATCH with --revert-all)")
     parser.add_argument("-p", "--process", action="append", default=[], metavar="PID|NAME",
                         help="also work on this process, or on the processes with this "
                              "name (shell wildcards: 'app*'); may be repeated")
     parser.add_argument("--revert", action="store_true", help="revert PATCH instead")
+    parser.add_argument("--revert-all", metavar="LIB",
+                        help="revert every applied patch of the library LIB (its file name, "
+                             "shell wildcards allowed, or its path), newest first, in the "
+                             "processes given, or in every process that has it")
     parser.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                         help="bound for every wait on a process (default: 10)")
     parser.add_argument("--retries", type=count, default=0, metavar="N",
@@ -87,13 +96,22 @@ def build_parser() -> ArgumentParser:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
-    if not args.arguments:
+    if args.revert_all is not None:
+        if args.revert:
+            parser.error("--revert-all and --revert exclude each other")
+        if not args.revert_all:
+            parser.error("--revert-all needs a library")
+        pids, args.patch = args.arguments, None
+    elif not args.arguments:
         parser.error("the following arguments are required: PATCH")
-    *pids, args.patch = args.arguments
+    else:
+        *pids, args.patch = args.arguments
     try:
         args.pids = [_pid(text) for text in pids]
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(str(error) if args.patch is not None
+                     else str(error).replace("only PATCH may follow the PIDs",
+                                             "--revert-all takes PIDs, no PATCH"))
     names = []
     for value in args.process:
         if value.isdigit():
@@ -116,6 +134,12 @@ def _pid(text: str) -> int:
 
 def run(argv: list[str] | None) -> int:
     args = parse_arguments(argv)
+    if args.revert_all is not None:
+        block_sigchld()
+        release_orphans()
+        console = Console(PROG, quiet=args.quiet or args.json, verbose=args.verbose)
+        return _run_many(args, _revert_all_targets(args), console, True, lambda pid: (
+            revertall.run_one(pid, args.revert_all, args.timeout, args.retries)))
     steps = patchset.load(args.patch, args.revert)
     block_sigchld()
     release_orphans()
@@ -123,7 +147,8 @@ def run(argv: list[str] | None) -> int:
     single = len(args.pids) == 1 and not args.names and len(steps) == 1
     if single:
         return _run_single(args, steps, console)
-    return _run_many(args, steps, console)
+    return _run_many(args, _targets(args, steps), console, args.revert or steps[0].reverting,
+                     lambda pid: batch.run_one(pid, steps, args.timeout, args.retries))
 
 
 def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Console) -> int:
@@ -140,8 +165,8 @@ def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Cons
     return ExitCode.OK
 
 
-def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
-    """The PIDs to work on: those named, else every candidate of the machine."""
+def _named(args: argparse.Namespace) -> list[int] | None:
+    """The processes given (PIDs, -p NAME), each once; None if none was."""
     pids = list(args.pids)
     if args.names:
         named = select.matching(select.all_pids(), args.names)
@@ -151,12 +176,31 @@ def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
         pids += named
     if args.pids or args.names:
         return sorted({_process_of(pid) for pid in pids})
+    return None
+
+
+def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
+    """The PIDs to work on: those named, else every candidate of the machine."""
+    named = _named(args)
+    if named is not None:
+        return named
     identities = {step.metadata.target_identity for step in steps}
     found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
     if not found:
         libraries = ", ".join(sorted({step.metadata.target_path for step in steps}))
         raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
                        ExitCode.LIBRARY_NOT_LOADED)
+    return found
+
+
+def _revert_all_targets(args: argparse.Namespace) -> list[int]:
+    named = _named(args)
+    if named is not None:
+        return named
+    found = [pid for pid in select.all_pids() if select.runs_library(pid, args.revert_all)]
+    if not found:
+        raise UlpError(f"no process runs the ulp runtime with a prepared {args.revert_all} "
+                       "loaded", ExitCode.LIBRARY_NOT_LOADED)
     return found
 
 
@@ -168,9 +212,8 @@ def _process_of(pid: int) -> int:
         return pid  # gone or never there: its outcome says so
 
 
-def _run_many(args: argparse.Namespace, steps, console: Console) -> int:
-    pids = _targets(args, steps)
-
+def _run_many(args: argparse.Namespace, pids: list[int], console: Console, reverting: bool,
+              handle) -> int:
     def report(outcomes: list[batch.Outcome], done: int) -> None:
         for outcome in outcomes:
             if outcome.kind == "failed":
@@ -181,12 +224,12 @@ def _run_many(args: argparse.Namespace, steps, console: Console) -> int:
                 console.detail(f"{outcome.kind}: {outcome.message}")
         console.progress(done, len(pids), "processes")
 
-    outcomes = batch.run_all(pids, steps, args.timeout, args.retries, args.jobs, report)
+    outcomes = batch.run_all(pids, handle, args.jobs, report)
     console.progress(len(pids), len(pids))
     if args.json:
         _print_json(args, outcomes)
     else:
-        _print_summary(console, outcomes, len(pids), args.revert or steps[0].reverting)
+        _print_summary(console, outcomes, len(pids), reverting)
     return batch.worst(outcome.code for outcome in outcomes)
 
 
@@ -213,8 +256,9 @@ def _reason(message: str) -> str:
 
 def _print_json(args: argparse.Namespace, outcomes) -> None:
     document = {
-        "action": "revert" if args.revert else "apply",
+        "action": "revert-all" if args.revert_all else "revert" if args.revert else "apply",
         "patch": args.patch,
+        "library": args.revert_all,
         "exit_code": int(batch.worst(outcome.code for outcome in outcomes)),
         "results": [{"pid": o.pid, "patch_id": o.patch, "outcome": o.kind,
                      "exit_code": int(o.code), "exit_name": o.code.name, "message": o.message,

@@ -4,7 +4,8 @@ Given PIDs are taken as they are.  A name (``-p NAME``, shell wildcards)
 matches a process whose command name (/proc/PID/comm), program file name
 (/proc/PID/exe) or first argument's file name matches it.  With neither, the
 candidates are every process that maps the ulp runtime and one of the
-patches' target libraries: found by reading /proc/PID/maps only, each mapped
+patches' target libraries (or, for ``--revert-all LIB``, a prepared library
+LIB names): found by reading /proc/PID/maps only, each mapped
 file looked at once per (device, inode) however many processes map it.
 What this finds is only a candidate: the apply checks everything again in
 the process's memory.
@@ -113,6 +114,23 @@ def runs_targets(pid: int, identities: set[bytes]) -> bool:
     if has_target and not has_runtime:
         has_runtime = any(_is_runtime(key, path) for key, path in files.items())
     return has_runtime and has_target
+
+
+def names_library(path: str, library: str) -> bool:
+    """Does ``library`` (``--revert-all LIB``) name the object mapped at ``path``?
+    A path names the same file (symbolic links resolved), a file name is
+    matched against the mapped file's name, with shell wildcards."""
+    if "/" in library:
+        return os.path.realpath(library) == path
+    return fnmatch.fnmatchcase(os.path.basename(path), library)
+
+
+def runs_library(pid: int, library: str) -> bool:
+    """Does ``pid`` map the ulp runtime and a prepared library ``library`` names?"""
+    files = mapped_files(pid)
+    return (any(names_library(path, library) and _identity(key, path) is not None
+                for key, path in files.items())
+            and any(_is_runtime(key, path) for key, path in files.items()))
 
 
 def runs_runtime(pid: int) -> bool:

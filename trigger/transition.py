@@ -75,7 +75,7 @@ def _prepared_library(path: str, key: tuple) -> TargetLibrary:
     return read_prepared(path)
 
 
-def _open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
+def open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
     """The prepared library mapped at ``base``, read from the mapped file itself."""
     source = process.object_file(path, base)
     try:
@@ -113,7 +113,7 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:
         try:
-            library = _open_prepared(process, path, objects[path])
+            library = open_prepared(process, path, objects[path])
         except UlpError as error:
             if error.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
                 unprepared = unprepared or path

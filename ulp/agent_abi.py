@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
-ABI_VERSION = 3
+ABI_VERSION = 4
 MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
@@ -52,6 +52,7 @@ class Op(enum.IntEnum):
     ABORT = 4
     STATUS = 5
     STAGE = 6
+    LIST = 7  # the applied patches of one library (ABI 4)
 
 
 class Status(enum.IntEnum):

@@ -8,6 +8,7 @@
   ulp check PID PATCH   whether PATCH could be applied to PID now, checked
                    without changing or stopping anything
   ulp livepatchable FILE   built with the padding? prepared? which functions?
+  ulp runtime-path the runtime of this installation: LD_PRELOAD=$(ulp runtime-path)
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from ulp.layout import PATCHABLE_FLAG
 
 def cmd_flags(args: argparse.Namespace) -> int:
     print(PATCHABLE_FLAG)
+    return 0
+
+
+def cmd_runtime_path(args: argparse.Namespace) -> int:
+    from ulp.runtime import runtime_path
+
+    print(runtime_path())
     return 0
 
 
@@ -243,6 +251,9 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     flags = commands.add_parser("flags", help="print the compiler flags of a live-patchable build")
     flags.set_defaults(run=cmd_flags)
+    runtime = commands.add_parser("runtime-path", help="print the path of this installation's "
+                                  "runtime, for LD_PRELOAD=$(ulp runtime-path)")
+    runtime.set_defaults(run=cmd_runtime_path)
     status = _subcommand(commands, "status", cmd_status,
                          "list the patches applied in process PID (asks its agent)", "PID")
     status.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
