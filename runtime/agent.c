@@ -224,11 +224,13 @@ static int alone(void)
     return others == 0;
 }
 
-/* Called by the idle loop after each wait: forget unloaded libraries, and
- * tell whether the agent should end. */
+/* Called by the idle loop after each wait: forget unloaded libraries, bind
+ * registered libraries' calls to themselves past their trampolines
+ * (rebind.c), and tell whether the agent should end. */
 ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
 {
     ulp_forget_unloaded();
+    ulp_rebind_library_calls();
     return alone();
 }
 

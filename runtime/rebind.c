@@ -1,5 +1,16 @@
-/* Calls from a patch object into its library, bound past the tracker.
+/* Calls into a prepared library from its own code and from its patch
+ * objects, bound past the trampolines.
  *
+ * The library's own PLT calls to its exports come from inside it: they are
+ * nested by definition, and the trampoline sends them on to the entry NOPs
+ * (docs/consistency.md, path 1) after a runtime check and a caller check.
+ * Once the library is registered, the agent binds those PLT slots to the
+ * entry NOPs themselves: the same place, eight instructions sooner (SQLite
+ * calls its own exports all the time).  A slot that ld.so bound elsewhere
+ * (a definition that interposes on the library's, an unresolved lazy slot)
+ * is left alone; a lazy slot resolved later is bound at a later tick.
+ *
+ * For a patch object:
  * A replacement runs inside an activation of its library: the tracker
  * selected it at the activation's universe.  Its calls into the library go
  * through its own PLT, which ld.so bound to the library's trampolines; their
@@ -34,40 +45,25 @@
 struct plt {
     const ElfW(Rela) *relocations;
     size_t count;
+    uintptr_t base;                 /* the object's load bias */
     uintptr_t relro_start;          /* read-only after relocation: */
     uintptr_t relro_end;            /* made writable for the rebinding */
 };
 
 /* ld.so turns the dynamic section's pointers absolute once it has loaded
  * the object; accept either form. */
-static uintptr_t dynamic_pointer(const struct link_map *map, uintptr_t value)
+static uintptr_t dynamic_pointer(uintptr_t base, uintptr_t value)
 {
-    return value < map->l_addr ? value + map->l_addr : value;
+    return value < base ? value + base : value;
 }
 
-static int find_relro(struct dl_phdr_info *info, size_t size, void *data)
-{
-    struct plt *plt = data;
-    (void)size;
-    if (info->dlpi_addr != plt->relro_start)
-        return 0;
-    plt->relro_start = plt->relro_end = 0;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type == PT_GNU_RELRO) {
-            plt->relro_start = info->dlpi_addr + ph->p_vaddr;
-            plt->relro_end = plt->relro_start + ph->p_memsz;
-        }
-    }
-    return 1;
-}
-
-static int read_plt(const struct link_map *map, struct plt *plt)
+static int read_plt(uintptr_t base, const ElfW(Dyn) *dynamic, const ElfW(Phdr) *phdr,
+                    int phnum, struct plt *plt)
 {
     uintptr_t jmprel = 0, size = 0, kind = 0;
-    for (const ElfW(Dyn) *d = map->l_ld; d->d_tag != DT_NULL; d++) {
+    for (const ElfW(Dyn) *d = dynamic; d->d_tag != DT_NULL; d++) {
         if (d->d_tag == DT_JMPREL)
-            jmprel = dynamic_pointer(map, d->d_un.d_ptr);
+            jmprel = dynamic_pointer(base, d->d_un.d_ptr);
         else if (d->d_tag == DT_PLTRELSZ)
             size = d->d_un.d_val;
         else if (d->d_tag == DT_PLTREL)
@@ -77,8 +73,14 @@ static int read_plt(const struct link_map *map, struct plt *plt)
         return -1;
     plt->relocations = (const ElfW(Rela) *)jmprel;
     plt->count = size / sizeof(ElfW(Rela));
-    plt->relro_start = map->l_addr;     /* the key find_relro looks for */
-    dl_iterate_phdr(find_relro, plt);
+    plt->base = base;
+    plt->relro_start = plt->relro_end = 0;
+    for (int i = 0; i < phnum; i++) {
+        if (phdr[i].p_type == PT_GNU_RELRO) {
+            plt->relro_start = base + phdr[i].p_vaddr;
+            plt->relro_end = plt->relro_start + phdr[i].p_memsz;
+        }
+    }
     return 0;
 }
 
@@ -94,7 +96,8 @@ static int set_relro(const struct plt *plt, int prot)
     return end > start ? mprotect((void *)start, end - start, prot) : 0;
 }
 
-/* Where a call from the patch to FD goes instead of its trampoline. */
+/* Where a call to FD goes instead of its trampoline: a replacement of the
+ * same patch, else the entry NOPs. */
 static uintptr_t bound_target(struct ulp_func_desc *fd, struct ulp_func_desc *const *replaced,
                               void *const *replacements, uint32_t n)
 {
@@ -105,24 +108,92 @@ static uintptr_t bound_target(struct ulp_func_desc *fd, struct ulp_func_desc *co
     return entry + (fd->flags & ULP_FUNC_FLAG_ENDBR64 ? 4 : 0);
 }
 
+/* The descriptor of the function whose trampoline is at VALUE, or NULL. */
+static struct ulp_func_desc *trampoline_function(struct ulp_lib_desc *lib, uintptr_t value)
+{
+    uintptr_t first = (uintptr_t)lib + lib->trampolines_delta;
+    uintptr_t end = first + (uintptr_t)lib->nfuncs * ULP_TRAMPOLINE_SIZE;
+    if (value < first || value >= end || (value - first) % ULP_TRAMPOLINE_SIZE)
+        return NULL;
+    return ulp_lib_func(lib, (uint32_t)((value - first) / ULP_TRAMPOLINE_SIZE));
+}
+
+static uintptr_t *plt_slot(const struct plt *plt, size_t i)
+{
+    if (ELF64_R_TYPE(plt->relocations[i].r_info) != R_X86_64_JUMP_SLOT)
+        return NULL;
+    return (uintptr_t *)(plt->base + plt->relocations[i].r_offset);
+}
+
+/* Bind PLT's slots that lead to LIB's trampolines; nothing is written (no
+ * page made writable) unless some slot does. */
+static void bind_slots(const struct plt *plt, struct ulp_lib_desc *lib,
+                       struct ulp_func_desc *const *replaced, void *const *replacements,
+                       uint32_t n)
+{
+    size_t first = plt->count;
+    int read_only = 0;              /* some slot to bind lies in the RELRO pages */
+    for (size_t i = 0; i < plt->count; i++) {
+        uintptr_t *slot = plt_slot(plt, i);
+        if (slot && trampoline_function(lib, *slot)) {
+            first = i < first ? i : first;
+            read_only |= (uintptr_t)slot >= plt->relro_start && (uintptr_t)slot < plt->relro_end;
+        }
+    }
+    if (first == plt->count || (read_only && set_relro(plt, PROT_READ | PROT_WRITE) != 0))
+        return;
+    for (size_t i = first; i < plt->count; i++) {
+        uintptr_t *slot = plt_slot(plt, i);
+        struct ulp_func_desc *fd = slot ? trampoline_function(lib, *slot) : NULL;
+        if (fd)
+            __atomic_store_n(slot, bound_target(fd, replaced, replacements, n),
+                             __ATOMIC_RELAXED);
+    }
+    if (read_only)
+        set_relro(plt, PROT_READ);
+}
+
+static int object_phdrs(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct dl_phdr_info *found = data;
+    (void)size;
+    if (info->dlpi_addr != found->dlpi_addr)
+        return 0;
+    *found = *info;
+    return 1;
+}
+
 ULP_HIDDEN void ulp_rebind_patch_calls(const struct link_map *map, struct ulp_lib_desc *lib,
                                        struct ulp_func_desc *const *replaced,
                                        void *const *replacements, uint32_t n)
 {
+    struct dl_phdr_info info = {.dlpi_addr = map->l_addr};
     struct plt plt;
-    if (read_plt(map, &plt) != 0 || set_relro(&plt, PROT_READ | PROT_WRITE) != 0)
-        return;
-    uintptr_t first = (uintptr_t)lib + lib->trampolines_delta;
-    uintptr_t end = first + (uintptr_t)lib->nfuncs * ULP_TRAMPOLINE_SIZE;
-    for (size_t i = 0; i < plt.count; i++) {
-        if (ELF64_R_TYPE(plt.relocations[i].r_info) != R_X86_64_JUMP_SLOT)
-            continue;
-        uintptr_t *slot = (uintptr_t *)(map->l_addr + plt.relocations[i].r_offset);
-        uintptr_t value = *slot;
-        if (value < first || value >= end || (value - first) % ULP_TRAMPOLINE_SIZE)
-            continue;
-        struct ulp_func_desc *fd = ulp_lib_func(lib, (value - first) / ULP_TRAMPOLINE_SIZE);
-        *slot = bound_target(fd, replaced, replacements, n);
-    }
-    set_relro(&plt, PROT_READ);
+    if (dl_iterate_phdr(object_phdrs, &info) == 1 &&
+        read_plt(map->l_addr, map->l_ld, info.dlpi_phdr, info.dlpi_phnum, &plt) == 0)
+        bind_slots(&plt, lib, replaced, replacements, n);
+}
+
+/* dl_iterate_phdr holds ld.so's lock: no object is unloaded while its
+ * slots are bound here. */
+static int bind_own_calls(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    (void)data;
+    const ElfW(Dyn) *dynamic = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+            dynamic = (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+    struct ulp_lib_desc *lib = dynamic ? ulp_registered_library_of(info) : NULL;
+    struct plt plt;
+    if (lib && read_plt(info->dlpi_addr, dynamic, info->dlpi_phdr, info->dlpi_phnum, &plt) == 0)
+        bind_slots(&plt, lib, NULL, NULL, 0);
+    return 0;
+}
+
+/* The agent's tick: every registered library's own PLT calls to its exports
+ * go to their entries. */
+ULP_HIDDEN void ulp_rebind_library_calls(void)
+{
+    dl_iterate_phdr(bind_own_calls, NULL);
 }

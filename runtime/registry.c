@@ -215,6 +215,29 @@ ULP_HIDDEN int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slo
     return search.found && (search.state == slot + 1 || search.state == 0);
 }
 
+/* The library registered in a slot whose descriptor lies in the object
+ * INFO describes, or NULL.  Called under dl_iterate_phdr (the object
+ * stays loaded meanwhile). */
+ULP_HIDDEN struct ulp_lib_desc *ulp_registered_library_of(const struct dl_phdr_info *info)
+{
+    for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
+        struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
+        if (!lib)
+            continue;
+        uint64_t address = (uint64_t)(uintptr_t)lib;
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+            const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+            uint64_t start = info->dlpi_addr + ph->p_vaddr;
+            if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && address >= start &&
+                address + sizeof *lib <= start + ph->p_memsz &&
+                memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
+                __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == slot + 1)
+                return lib;
+        }
+    }
+    return NULL;
+}
+
 /* The library registered in SLOT, NULL if the slot is free. */
 ULP_HIDDEN struct ulp_lib_desc *ulp_library_in_slot(int slot)
 {

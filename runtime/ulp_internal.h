@@ -53,6 +53,9 @@ extern int32_t ulp_staged_fd;
 
 /* rebind.c */
 struct link_map;
+struct dl_phdr_info;
+struct ulp_lib_desc *ulp_registered_library_of(const struct dl_phdr_info *info);
+void ulp_rebind_library_calls(void);
 void ulp_rebind_patch_calls(const struct link_map *map, struct ulp_lib_desc *lib,
                             struct ulp_func_desc *const *replaced, void *const *replacements,
                             uint32_t n);

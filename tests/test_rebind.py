@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,9 @@ R_X86_64_JUMP_SLOT = 7
 def rebind(build_dir: Path) -> Path:
     root = build_dir / "rebind"
     (root / "lib").mkdir(parents=True)
-    lib = shared_library(root / "lib" / "librb.so", [C_DIR / "rb_lib.c"])
+    # keeps rb_sum's self-call a call through the PLT (gcc would make it a loop)
+    lib = shared_library(root / "lib" / "librb.so", [C_DIR / "rb_lib.c"],
+                         "-fno-optimize-sibling-calls")
     shutil.copy(lib, root / "librb.unprepared.so")
     assert tool("ulp-prepare", lib).returncode == 0
     cc(root / "app", [C_DIR / "rb_app.c"], f"-L{root / 'lib'}", "-lrb")
@@ -124,3 +127,27 @@ def test_patch_calls_bound_past_the_trampolines(rebind: Path) -> None:
         assert code == 0, err
         app.send("go\n")
         assert app.next_line() == before
+
+
+def test_library_calls_to_its_own_exports_bound_to_their_entries(rebind: Path) -> None:
+    """Once the library is registered (its first call from outside), the
+    agent binds its own PLT slots for its exports to the functions' entries:
+    the place the trampoline sends such nested calls, without the checks."""
+    with LiveProcess([rebind / "app"], env={"LD_LIBRARY_PATH": str(rebind / "lib")}) as app:
+        assert app.next_line() == "ready"
+        app.send("go\n")
+        assert app.next_line().startswith("sum=55 ")
+        lib_base = mapping_base(app.pid, r"/lib/librb\.so$")
+        slot = lib_base + plt_slots(rebind / "lib" / "librb.so")["rb_sum"]
+        entry = lib_base + symbols(rebind / "librb.unprepared.so", ".symtab")["rb_sum"]
+        deadline = time.monotonic() + 10  # the agent looks every 250 ms
+        while read_word(app.pid, slot) != entry and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert read_word(app.pid, slot) == entry
+        app.send("go\n")
+        assert app.next_line().startswith("sum=55 ")
+        # a patch still reaches calls made through the rebound slot
+        code, _, err = trigger_here("--timeout", "10", app.pid, rebind / "fix.ulp")
+        assert code == 0, err
+        app.send("go\n")
+        assert app.next_line().startswith("sum=1055 ")
