@@ -36,10 +36,13 @@ class Row:
 
     @property
     def target(self) -> str:
-        return ", ".join(f"{check.what} <= {check.limit:g}{check.unit}" for check in self.checks)
+        return ", ".join(f"{check.what} <= {check.limit:g}{check.unit}"
+                         for check in self.checks) or "none"
 
     @property
     def verdict(self) -> str:
+        if not self.checks:
+            return "reported (no target)"
         if any(check.ok is None for check in self.checks):
             return "not measured"
         missed = [check.what for check in self.checks if not check.ok]
@@ -163,6 +166,29 @@ def speedtest_row(path: Path) -> Row:
             if isinstance(value, int | float))
     return Row("speedtest1", label, measured + f"; from {path.name})",
                [Check("time ratio", float(ratio), 1.02, "x")], data)
+
+
+def realworld_rows(path: Path) -> list[Row]:
+    """Each library of build/realworld/results.json (make realworld): its own
+    workload with the runtime vs unprepared, and the trigger's wall time per
+    apply and revert under load (issue 10 asks for them here; no target)."""
+    if not path.exists():
+        return [Row("realworld", "zlib and SQLite under make realworld",
+                    "not measured: run make realworld", [])]
+    rows = []
+    for name, result in json.loads(path.read_text()).items():
+        try:
+            work, load = result["workload"], result["under_load"]
+            measured = (f"{work['command']}: {work['ratio_median']:.3f}x "
+                        f"[{work['min']:.3f}..{work['max']:.3f}] with the runtime vs unprepared; "
+                        f"trigger apply {load['apply']['median_s'] * 1000:.0f} ms, revert "
+                        f"{load['revert']['median_s'] * 1000:.0f} ms (medians of "
+                        f"{load['apply']['runs']} each, under load)")
+        except (KeyError, TypeError):
+            measured = f"incomplete results in {path}"
+        rows.append(Row(f"realworld-{name}", f"{name}: its workload and the trigger (make "
+                        "realworld)", measured, [], result if isinstance(result, dict) else {}))
+    return rows
 
 
 def markdown(rows: list[Row], meta: dict) -> str:

@@ -74,6 +74,7 @@ def measure_all() -> tuple[list[report.Row], dict]:
     rows.append(report.prepare_row(PREPARE_FUNCTIONS, cost))
     stage("ulp-prepare cost", started)
     rows.append(report.speedtest_row(SPEEDTEST))
+    rows += report.realworld_rows(SPEEDTEST.parent / "results.json")
     raw = {"instructions_callgrind": counts, "instructions_stepped": steps,
            "times": {kind: [dict(zip(("process", "round", "variant", "figure", "ns"), sample,
                                      strict=True)) for sample in samples]
