@@ -147,7 +147,8 @@ def install(library: Path, work: Path, soname: str) -> tuple[Path, Path]:
 
 def load_program(source: Path, out: Path, include: Path, libdir: Path, soname: str) -> Path:
     """A load program of realworld/, linked against the library as built."""
-    if not out.exists() or out.stat().st_mtime < source.stat().st_mtime:
+    inputs = (source, source.parent / "load_common.h")
+    if not out.exists() or out.stat().st_mtime < max(path.stat().st_mtime for path in inputs):
         sh(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-I", include,
             "-o", out, source, "-L", libdir, "-l:" + soname])
     return out

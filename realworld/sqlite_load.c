@@ -25,13 +25,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_THREADS 64
+#include "load_common.h"
+
 #define ROWS 20000
 #define GROUPS 13
 
 static const char *db_path;
-static atomic_int stop, started;
-static atomic_ulong ops, probe_ops, failures, wrong, old_seen, new_seen, switches;
 
 static long long value_a(long long id) { return id * 7 % 1000; }
 static long long value_b(long long id) { return id % GROUPS; }
@@ -261,8 +260,6 @@ static void *probe(void *arg)
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 4;
-    pthread_t tid[MAX_THREADS + 1];
-    char buf[256];
     if (argc != 3 || threads < 1 || threads > MAX_THREADS) {
         fprintf(stderr, "usage: sqlite_load THREADS(1..%d) DBFILE\n", MAX_THREADS);
         return 2;
@@ -270,24 +267,5 @@ int main(int argc, char **argv)
     db_path = argv[2];
     if (create_database() != 0)
         return 1;
-    for (int i = 0; i < threads; i++)
-        if (pthread_create(&tid[i], NULL, worker, (void *)(uintptr_t)i) != 0)
-            return 1;
-    if (pthread_create(&tid[threads], NULL, probe, NULL) != 0)
-        return 1;
-    while (atomic_load(&started) < threads + 1)
-        usleep(1000);
-    printf("ready\n");
-    fflush(stdout);
-    while (read(0, buf, sizeof buf) > 0)
-        ;
-    atomic_store(&stop, 1);
-    for (int i = 0; i <= threads; i++)
-        pthread_join(tid[i], NULL);
-    printf("{\"threads\": %d, \"ops\": %lu, \"probe_ops\": %lu, \"failures\": %lu, "
-           "\"wrong\": %lu, \"old\": %lu, \"new\": %lu, \"switches\": %lu}\n",
-           threads, atomic_load(&ops), atomic_load(&probe_ops), atomic_load(&failures),
-           atomic_load(&wrong),
-           atomic_load(&old_seen), atomic_load(&new_seen), atomic_load(&switches));
-    return atomic_load(&failures) || atomic_load(&wrong);
+    return run_load(threads, worker, probe);
 }

@@ -21,14 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "load_common.h"
 #include <zlib.h>
 
-#define MAX_THREADS 64
 #define MAX_LEN 65536
 
-static atomic_int stop;
-static atomic_int started;
-static atomic_ulong ops, probe_ops, failures, wrong, old_seen, new_seen, switches;
 
 static uint64_t next_random(uint64_t *state)
 {
@@ -167,30 +165,9 @@ static void *probe(void *arg)
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 4;
-    pthread_t tid[MAX_THREADS + 1];
-    char buf[256];
     if (threads < 1 || threads > MAX_THREADS) {
         fprintf(stderr, "zlib_load: THREADS must be 1..%d\n", MAX_THREADS);
         return 2;
     }
-    for (int i = 0; i < threads; i++)
-        if (pthread_create(&tid[i], NULL, worker, (void *)(uintptr_t)i) != 0)
-            return 1;
-    if (pthread_create(&tid[threads], NULL, probe, NULL) != 0)
-        return 1;
-    while (atomic_load(&started) < threads + 1)
-        usleep(1000);
-    printf("ready\n");
-    fflush(stdout);
-    while (read(0, buf, sizeof buf) > 0)
-        ;
-    atomic_store(&stop, 1);
-    for (int i = 0; i <= threads; i++)
-        pthread_join(tid[i], NULL);
-    printf("{\"threads\": %d, \"ops\": %lu, \"probe_ops\": %lu, \"failures\": %lu, "
-           "\"wrong\": %lu, \"old\": %lu, \"new\": %lu, \"switches\": %lu}\n",
-           threads, atomic_load(&ops), atomic_load(&probe_ops), atomic_load(&failures),
-           atomic_load(&wrong),
-           atomic_load(&old_seen), atomic_load(&new_seen), atomic_load(&switches));
-    return atomic_load(&failures) || atomic_load(&wrong);
+    return run_load(threads, worker, probe);
 }
