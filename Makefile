@@ -10,7 +10,7 @@ RUNTIME_SRCS := $(wildcard runtime/*.c) $(wildcard runtime/*.S)
 RUNTIME_HDRS := $(wildcard runtime/*.h)
 RUNTIME := runtime/libulp.so
 
-.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean realworld realworld-deps
+.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean man realworld realworld-deps
 
 all: setup
 
@@ -82,6 +82,10 @@ realworld-deps:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends dpkg-dev patch tcl gdb valgrind; \
 		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
 	fi
+
+# Manual pages and bash completion from the commands' parsers (ulp/manpages.py).
+man: venv
+	$(VENV)/bin/python -m ulp.manpages $(BUILD)/man
 
 lint: venv
 	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench realworld
