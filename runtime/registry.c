@@ -131,24 +131,32 @@ struct search {
     int64_t state;              /* of the descriptor found, read while it is listed */
 };
 
+/* Does a library descriptor at ADDRESS lie in a writable segment of the
+ * object INFO describes? */
+static int holds_descriptor(const struct dl_phdr_info *info, uint64_t address)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uint64_t start = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && address >= start &&
+            address + sizeof(struct ulp_lib_desc) <= start + ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
 static int find_writable_segment(struct dl_phdr_info *info, size_t size, void *data)
 {
     struct search *search = data;
     (void)size;
-    for (int i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        uint64_t start = info->dlpi_addr + ph->p_vaddr;
-        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && search->address >= start &&
-            search->address + sizeof(struct ulp_lib_desc) <= start + ph->p_memsz) {
-            /* dlclose unlists an object before it unmaps it: while it is
-             * listed here, its memory can be read. */
-            const struct ulp_lib_desc *lib = (const void *)(uintptr_t)search->address;
-            search->found = memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0;
-            search->state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
-            return 1;
-        }
-    }
-    return 0;
+    if (!holds_descriptor(info, search->address))
+        return 0;
+    /* dlclose unlists an object before it unmaps it: while it is listed
+     * here, its memory can be read. */
+    const struct ulp_lib_desc *lib = (const void *)(uintptr_t)search->address;
+    search->found = memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0;
+    search->state = __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE);
+    return 1;
 }
 
 /* --- the library table, as the agent sees it ------------------------------
@@ -222,18 +230,10 @@ ULP_HIDDEN struct ulp_lib_desc *ulp_registered_library_of(const struct dl_phdr_i
 {
     for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
         struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
-        if (!lib)
-            continue;
-        uint64_t address = (uint64_t)(uintptr_t)lib;
-        for (int i = 0; i < info->dlpi_phnum; i++) {
-            const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-            uint64_t start = info->dlpi_addr + ph->p_vaddr;
-            if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && address >= start &&
-                address + sizeof *lib <= start + ph->p_memsz &&
-                memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
-                __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == slot + 1)
-                return lib;
-        }
+        if (lib && holds_descriptor(info, (uint64_t)(uintptr_t)lib) &&
+            memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
+            __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == slot + 1)
+            return lib;
     }
     return NULL;
 }

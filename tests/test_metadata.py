@@ -50,9 +50,10 @@ def payload_of(data: bytes) -> bytes:
     return data[md.HEADER_SIZE:]
 
 
-def rejected(data: bytes) -> str:
+def rejected(data: bytes, parse=md.parse_patch) -> str:
+    """The one-line BAD_INPUT message ``parse`` refuses ``data`` with."""
     with pytest.raises(UlpError) as caught:
-        md.parse_patch(data, "x.ulp")
+        parse(data, "x.ulp")
     assert caught.value.exit_code == ExitCode.BAD_INPUT
     message = str(caught.value)
     assert message.startswith("x.ulp: ") and "\n" not in message

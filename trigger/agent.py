@@ -146,9 +146,7 @@ class Agent:
                 return header
             if time.monotonic() > deadline:
                 if self.process.state() == "T":
-                    raise UlpError(f"process {self.process.pid} is stopped (SIGSTOP or similar) "
-                                   f"and was not continued within {self.timeout:g}s; nothing "
-                                   "done", ExitCode.RETRY)
+                    raise self._still_stopped()
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not start "
                                f"within {self.timeout:g}s", ExitCode.RETRY)
             if not self.process.alive():
@@ -164,10 +162,12 @@ class Agent:
             if fields[0] != "T":
                 return
             if time.monotonic() > deadline:
-                raise UlpError(f"process {self.process.pid} is stopped (SIGSTOP or similar) and "
-                               f"was not continued within {self.timeout:g}s; nothing done",
-                               ExitCode.RETRY)
+                raise self._still_stopped()
             time.sleep(0.01)
+
+    def _still_stopped(self) -> UlpError:
+        return UlpError(f"process {self.process.pid} is stopped (SIGSTOP or similar) and was "
+                        f"not continued within {self.timeout:g}s; nothing done", ExitCode.RETRY)
 
     def _stop_agent(self, agent_tid: int, deadline: float) -> Tracee:
         tracee = Tracee(agent_tid)
