@@ -156,12 +156,15 @@ def _stopping(process: Process, held: dict[int, Tracee], deadline: float,
               stopped: dict[int, Tracee]) -> Iterator[list[float]]:
     """Stop the threads into ``stopped``; yield [time of the first interrupt]."""
     started: list[float] = []
+    exiting: set[int] = set()  # listed, but could not be seized: they never run again
     try:
         while True:
-            new = [tid for tid in process.threads() if tid not in held and tid not in stopped]
+            new = [tid for tid in process.threads()
+                   if tid not in held and tid not in stopped and tid not in exiting]
             if not new:
                 break
             seized = _seize_all(process, new)
+            exiting.update(set(new) - {tracee.tid for tracee in seized})
             if not started:
                 started.append(time.monotonic())
             _interrupt_all(seized)
