@@ -318,3 +318,25 @@ def test_damaged_elf_inputs_give_one_line_errors(files, tmp_path, capsys, damage
         inputs[damaged].write_bytes(data)
         assert pack_main([str(desc)]) in allowed
         assert len(capsys.readouterr().err.splitlines()) <= 1
+
+
+@pytest.mark.parametrize("damaged", ["fix", "prepared"])
+def test_a_section_size_past_the_end_is_refused_not_allocated(files, tmp_path, damaged):
+    """A section header claiming gigabytes (one damaged size field) is a
+    one-line error, not a MemoryError from reading what it claims."""
+    from elftools.elf.elffile import ELFFile
+
+    data = bytearray(files[damaged].read_bytes())
+    with open(files[damaged], "rb") as stream:
+        elf = ELFFile(stream)
+        header_offset = elf["e_shoff"]
+        index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".dynstr")
+    size_field = header_offset + index * 64 + 32  # Elf64_Shdr.sh_size
+    data[size_field:size_field + 8] = (1 << 40).to_bytes(8, "little")
+    inputs = {"fix": files["fix"], "prepared": files["prepared"]}
+    inputs[damaged] = tmp_path / "damaged.so"
+    inputs[damaged].write_bytes(data)
+    desc = write_desc(tmp_path, desc_text(files, "foo:foo_fixed", fix=inputs["fix"],
+                                          target=inputs["prepared"]))
+    message = pack_fails(ExitCode.BAD_INPUT, desc)
+    assert "past the end of the file" in message

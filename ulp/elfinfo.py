@@ -41,12 +41,45 @@ def open_elf_bytes(data: bytes, name: str) -> Iterator[ELFFile]:
         yield elf
 
 
+# A compressed section may legitimately grow this much when inflated; a
+# larger claim is damage (pyelftools would try to allocate it).
+MAX_INFLATION = 64
+_SHF_COMPRESSED = 0x800
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    if isinstance(stream, io.BytesIO):
+        return len(stream.getbuffer())
+    return os.fstat(stream.fileno()).st_size
+
+
+def _check_extents(elf: ELFFile, size: int) -> None:
+    """Every segment and section lies within the file, and no compressed
+    section claims more than it can hold: pyelftools reads what the headers
+    claim, and a damaged size would make it allocate gigabytes."""
+    for segment in elf.iter_segments():
+        if segment["p_offset"] + segment["p_filesz"] > size:
+            raise ValueError("a segment is past the end of the file")
+    for section in elf.iter_sections():
+        if section["sh_type"] in ("SHT_NOBITS", "SHT_NULL"):
+            continue
+        if section["sh_offset"] + section["sh_size"] > size:
+            raise ValueError(f"section {section.name or '?'} is past the end of the file")
+        if (section["sh_flags"] & _SHF_COMPRESSED
+                and section.data_size > MAX_INFLATION * max(section["sh_size"], 1)):
+            raise ValueError(f"section {section.name or '?'} claims an impossible size")
+
+
 @contextlib.contextmanager
 def _elf_of(stream: BinaryIO, name: str) -> Iterator[ELFFile]:
     try:
         elf = ELFFile(stream)
     except ELFError:
         raise UlpError(f"{name}: not an ELF file", ExitCode.BAD_INPUT) from None
+    except MALFORMED_ELF_ERRORS as error:
+        raise UlpError(f"{name}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
+    try:
+        _check_extents(elf, _stream_size(stream))
     except MALFORMED_ELF_ERRORS as error:
         raise UlpError(f"{name}: malformed ELF file ({error})", ExitCode.BAD_INPUT) from None
     try:
