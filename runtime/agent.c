@@ -230,6 +230,7 @@ static int alone(void)
 ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
 {
     ulp_forget_unloaded();
+    ulp_transition_tick();
     ulp_rebind_library_calls();
     return alone();
 }

@@ -75,6 +75,7 @@ static void forget_library(int slot, struct ulp_lib_desc *lib)
         if (p->slot == slot && p->state != PATCH_DISCARDED)
             p->state = PATCH_UNLOADED;
     ulp_forget_private(lib);
+    ulp_transition_forget(slot);
     ulp_forget_slot(slot, lib);
 }
 
@@ -124,6 +125,7 @@ struct parsed_request {
     const struct ulp_request_unit *units;
     struct ulp_request_private *privates;   /* the agent writes their descriptors back */
     const struct ulp_request_ref *refs;
+    const struct ulp_request_thread *threads;
     const char *strings;
 };
 
@@ -162,12 +164,13 @@ static int parse_request(const struct ulp_request *head, uint32_t size,
                          struct parsed_request *req)
 {
     if (size < sizeof *head || head->ndeps > 256 || head->nunits > 65536 ||
-        head->nprivate > 65536 || head->nrefs > 65536)
+        head->nprivate > 65536 || head->nrefs > 65536 || head->nthreads > 65536)
         return -1;
     uint64_t need = sizeof *head + (uint64_t)head->ndeps * 16 +
                     (uint64_t)head->nunits * sizeof(struct ulp_request_unit) +
                     (uint64_t)head->nprivate * sizeof(struct ulp_request_private) +
                     (uint64_t)head->nrefs * sizeof(struct ulp_request_ref) +
+                    (uint64_t)head->nthreads * sizeof(struct ulp_request_thread) +
                     head->strings_size;
     if (need > size)
         return -1;
@@ -181,6 +184,8 @@ static int parse_request(const struct ulp_request *head, uint32_t size,
     cursor += head->nprivate * sizeof(struct ulp_request_private);
     req->refs = (const struct ulp_request_ref *)cursor;
     cursor += head->nrefs * sizeof(struct ulp_request_ref);
+    req->threads = (const struct ulp_request_thread *)cursor;
+    cursor += head->nthreads * sizeof(struct ulp_request_thread);
     req->strings = (const char *)cursor;
     return 0;
 }
@@ -519,6 +524,7 @@ static int add_version(struct patch *p, struct ulp_func_desc *fd, const char *na
     pv->version.reverted_at = ULP_UNIVERSE_NEVER;
     pv->version.target = target;
     p->versions[p->nunits++] = pv;
+    ulp_add_code_of(target);    /* a thread in it is inside the library */
     return ULP_OK;
 }
 
@@ -657,10 +663,12 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     return answer(reply, ULP_OK, "prepared %u function(s)", p->nunits);
 }
 
-/* Publish a new universe in which the versions are stamped valid: threads
- * take it at their next external entry, never in the middle of one. */
-static uint64_t stamp_and_publish(struct patch *p, int reverting)
+/* Start a transition (transition.c: every other thread is stopped) and
+ * publish a new universe in which the versions are stamped valid. */
+static uint64_t stamp_and_publish(const struct parsed_request *req, struct patch *p,
+                                  int reverting)
 {
+    ulp_begin_transition(p->lib, p->slot, req->threads, req->head->nthreads);
     uint64_t next = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE) + 1;
     for (uint32_t i = 0; i < p->nunits; i++) {
         uint64_t *field = reverting ? &p->versions[i]->version.reverted_at
@@ -679,7 +687,7 @@ static int commit(const struct parsed_request *req, struct reply *reply)
                       "commit; nothing applied");
     if (!p)
         return answer(reply, ULP_E_NOT_PENDING, "no prepared patch to commit");
-    uint64_t universe = stamp_and_publish(p, 0);
+    uint64_t universe = stamp_and_publish(req, p, 0);
     p->state = PATCH_APPLIED;
     p->applied_at = universe;
     return answer(reply, ULP_OK, "applied in universe %lu", (unsigned long)universe);
@@ -703,7 +711,7 @@ static int revert(const struct parsed_request *req, struct reply *reply)
             }
         }
     }
-    uint64_t universe = stamp_and_publish(p, 1);
+    uint64_t universe = stamp_and_publish(req, p, 1);
     p->state = PATCH_REVERTED;
     return answer(reply, ULP_OK, "reverted in universe %lu", (unsigned long)universe);
 }

@@ -32,7 +32,7 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-#define PADDING_SIZE 14
+#define PADDING_SIZE ULP_PADDING_SIZE
 #define NEAR_PAGE 4096
 #define NEAR_STEP (1UL << 20)
 #define NEAR_RANGE (1UL << 30)
@@ -177,6 +177,7 @@ ULP_HIDDEN struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int6
     fd->entry_delta = (int64_t)(entry - (uintptr_t)fd);
     fd->lib_delta = (int64_t)((uintptr_t)lib - (uintptr_t)fd);
     fd->flags = flags;
+    fd->current_delta = fd->body_delta;
     fd->index = PRIVATE_INDEX;
     fd->code_start = main_program ? 0 : code_start;
     fd->code_size = main_program ? 0 : lib->code_size;
@@ -208,6 +209,15 @@ ULP_HIDDEN void ulp_forget_private(const struct ulp_lib_desc *lib)
     for (struct near_page *page = pages; page; page = page->next)
         if (page->lib == lib)
             page->lib = NULL;
+}
+
+/* FN(descriptor) for each private function of LIB given one. */
+ULP_HIDDEN void ulp_for_each_private(const struct ulp_lib_desc *lib,
+                                     void (*fn)(struct ulp_func_desc *))
+{
+    for (struct private_fn *p = privates; p; p = p->next)
+        if (p->lib == lib)
+            fn(p->fd);
 }
 
 /* Make LIB's symbols global, as if the program had opened it with

@@ -60,6 +60,11 @@ static void complete_descriptors(struct ulp_lib_desc *lib, int64_t tls_offset)
         /* Never over a version the agent linked already. */
         __atomic_compare_exchange_n(&fd->versions, &none, &fd->original, 0, __ATOMIC_RELEASE,
                                     __ATOMIC_RELAXED);
+        /* Calls go straight to the body from now on; before the TLS offset,
+         * which the padding stub's path (entry.S) takes as "done". */
+        int64_t unregistered = fd->entry_delta - ULP_PADDING_SIZE;
+        __atomic_compare_exchange_n(&fd->current_delta, &unregistered, fd->body_delta, 0,
+                                    __ATOMIC_RELEASE, __ATOMIC_RELAXED);
         __atomic_store_n(&fd->tls_offset, tls_offset, __ATOMIC_RELEASE);
     }
 }
@@ -261,17 +266,6 @@ ULP_HIDDEN void ulp_forget_slot(int slot, struct ulp_lib_desc *lib)
 {
     __atomic_compare_exchange_n(&libraries[slot], &lib, NULL, 0, __ATOMIC_ACQ_REL,
                                 __ATOMIC_ACQUIRE);
-}
-
-/* For tests: a value that changes whenever this thread records an external
- * entry into a prepared library from another call site (the sum of the
- * return addresses of the outermost anchors). */
-ULP_EXPORT uint64_t ulp_thread_entry_signature(void)
-{
-    uint64_t total = 0;
-    for (int i = 0; i <= ULP_MAX_LIBS; i++)
-        total += records[i].anchors[0].ret;
-    return total;
 }
 
 /* For tests: where the global universe lives (the single-stepping test

@@ -1,117 +1,107 @@
-/* The tracker's judgment: is an entry into a prepared library external (the
- * thread takes the global universe) or nested (it keeps its universe)?
+/* The tracker: which version of a function a thread runs during a
+ * transition (docs/consistency.md has the argument in full).
  *
- * entry.S handles the common cases and calls here, with every register
- * saved, for an entry from outside the library (its return address is not
- * in the library's code) that it cannot settle alone.  The record is then
- * claimed by this entry (record->claim != 0), so nothing else writes it: a
- * signal handler that enters the library meanwhile goes to
- * ulp_judge_claimed_entry, which writes nothing.
+ * Outside transitions every thread runs the newest versions, and a call
+ * into a prepared library costs the trampoline's few instructions: nothing
+ * is recorded.  A commit (transition.c) starts a transition with every
+ * thread stopped: a thread that may be inside an activation of the library
+ * (its code, or a word pointing into code of the library, of a patch object
+ * or of the runtime, anywhere on its live stack) is marked pending and
+ * keeps the universe it ran in; every other thread takes the new one.  The
+ * library's descriptors then send every call here, until no thread is
+ * pending any more.
  *
- * The record keeps one anchor per live activation entered from outside:
- * the stack slot of its return address and the value stored there.  The
- * one rule everything rests on:
+ * The one rule everything rests on:
  *
- *   An entry is judged external only when no anchor is live, and an anchor
- *   is judged dead only when its activation has certainly returned.
+ *   A pending thread leaves its universe only at an entry from outside the
+ *   library whose stack above holds no word of any prepared code: then no
+ *   activation it began is live, since a live one would have left its
+ *   return address (or, for a signal, its interrupted %rip) there.
  *
- * Judging a dead anchor live (a stale return address still in memory, a
- * slot too far away to read safely) only delays migration: the entry is
- * nested, keeps the thread's universe, and pushes its own anchor, which
- * stays live for as long as its own activation.  So an activation never
- * changes universe, whatever the memory around its anchors does.
- * docs/consistency.md has the argument per case.
+ * A word that only looks like such an address (a stale one, data) keeps
+ * the thread pending a little longer: a delay, never a mix.  A thread that
+ * is not pending runs every activation in G, the global universe, which
+ * changes only during a commit, with every thread stopped.
  *
- * Runs at a function entry on any thread, maybe in a signal handler: no
- * vector registers, no locks, no calls, no system calls. */
+ * Runs at a function entry on any thread, maybe in a signal handler that
+ * interrupted this very code: no vector registers, no locks, no calls into
+ * other libraries, no system calls (a seccomp filter may forbid them). */
 #pragma GCC target("general-regs-only")
 
 #include "ulp_internal.h"
 
-static int on_altstack(uintptr_t address)
+static struct ulp_thread_record *record_of(const struct ulp_func_desc *fd)
 {
-    return ulp_altstack.low <= address && address < ulp_altstack.high;
+    char *thread_pointer;
+    __asm__("movq %%fs:0, %0" : "=r"(thread_pointer));
+    return (struct ulp_thread_record *)(thread_pointer + fd->tls_offset);
 }
 
-/* Has the frame whose return address was at SLOT certainly returned, as the
- * stack pointer RSP of a later entry shows by its position alone?  On one
- * stack, a slot at or below RSP belongs to a popped frame.  A slot on the
- * alternate signal stack seen from elsewhere belongs to a handler that has
- * left it; a slot elsewhere seen from the alternate stack belongs to an
- * activation the handler may have interrupted. */
-static int returned_by_position(uintptr_t slot, uintptr_t rsp)
+/* The version of FD valid in UNIVERSE (the original body is valid in all). */
+ULP_HIDDEN void *ulp_version_in(const struct ulp_func_desc *fd, uint64_t universe)
 {
-    if (on_altstack(slot) != on_altstack(rsp))
-        return on_altstack(slot);
-    return slot <= rsp;
+    const struct ulp_version *v = __atomic_load_n(&fd->versions, __ATOMIC_ACQUIRE);
+    while (!(v->applied_at <= universe && universe < v->reverted_at))
+        v = v->next;
+    return v->target;
 }
 
-/* Seen from an entry whose return address is at RSP, may the activation
- * anchored at ANCHOR still be live?  0 only when it has certainly returned. */
-static int may_be_live(const struct ulp_anchor *anchor, uintptr_t rsp)
+/* Does the stack above SLOT (the return address of an entry from outside)
+ * hold a word of prepared code?  1 also when it cannot look: SLOT is not on
+ * the stack the commit saw (an alternate signal stack, a coroutine's). */
+static int may_be_inside(struct ulp_thread_record *rec, uintptr_t slot)
 {
-    uintptr_t slot = anchor->slot;
-    if (returned_by_position(slot, rsp))
-        return 0;
-    if (slot < rsp || slot - rsp > NEAR_SLOT_DISTANCE)
-        return 1;   /* another stack, maybe gone: not read (a delay at worst) */
-    /* Its return-address slot is overwritten once it has returned. */
-    return *(volatile const uintptr_t *)slot == anchor->ret;
-}
-
-static void release(struct ulp_thread_record *record)
-{
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    __atomic_store_n(&record->claim, 0, __ATOMIC_RELAXED);
-}
-
-/* RECORD is claimed by this entry, whose return address is at RSP; the
- * return address is outside the library.  Returns the universe the entry
- * runs in and releases the claim. */
-ULP_HIDDEN uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t rsp)
-{
-    uint64_t depth = record->depth <= ULP_MAX_ANCHORS ? record->depth : ULP_MAX_ANCHORS;
-    uint64_t universe;
-
-    if (record->depth > ULP_MAX_ANCHORS) {
-        /* Saturated: anchors were lost, of activations inside the innermost
-         * one kept: every entry is nested until that one has returned. */
-        if (!returned_by_position(record->anchors[depth - 1].slot, rsp)) {
-            universe = record->universe;
-            release(record);
-            return universe;
+    uintptr_t low = rec->stack_low, high = rec->stack_high;
+    if (slot < low || slot >= high || (slot & 7))
+        return 1;
+    uintptr_t hint = rec->hint_slot;
+    if (hint > slot && hint < high && !(hint & 7)
+        && *(volatile const uintptr_t *)hint == rec->hint_word)
+        return 1;
+    for (uintptr_t p = slot + 8; p < high; p += 8) {
+        uintptr_t word = *(volatile const uintptr_t *)p;
+        if (ulp_is_prepared_code(word)) {
+            /* a handler interrupting these two stores only finds a hint
+             * that does not match, and searches itself */
+            rec->hint_slot = 0;
+            rec->hint_word = word;
+            rec->hint_slot = p;
+            return 1;
         }
     }
-    while (depth > 0 && !may_be_live(&record->anchors[depth - 1], rsp))
-        depth--;
-
-    struct ulp_anchor self = {rsp, *(const uintptr_t *)rsp};
-    if (depth == 0) {
-        record->universe = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
-        record->anchors[0] = self;
-        record->depth = 1;
-    } else if (depth < ULP_MAX_ANCHORS) {
-        record->anchors[depth] = self;
-        record->depth = depth + 1;
-    } else {
-        record->depth = ULP_MAX_ANCHORS + 1;
-    }
-    universe = record->universe;
-    release(record);
-    return universe;
+    return 0;
 }
 
-/* An entry from outside found RECORD claimed.  Either it interrupted the
- * claimer (it runs in a signal handler that arrived during the update):
- * then it writes nothing and runs in the record's universe, which nothing
- * changes until the handler returns.  Or the claimer is gone (a handler
- * left it with longjmp): its frame is below this entry's, so this entry
- * takes the claim over and judges normally. */
-ULP_HIDDEN uint64_t ulp_judge_claimed_entry(struct ulp_thread_record *record, uintptr_t rsp)
+/* The universe an entry whose return address is at SLOT runs in, for a
+ * thread whose record is REC, when G is G. */
+static uint64_t universe_of_entry(struct ulp_thread_record *rec, const struct ulp_func_desc *fd,
+                                  uintptr_t slot, uint64_t g)
 {
-    if (!returned_by_position(record->claim, rsp))
-        return record->universe;
-    record->claim = rsp;
+    if (!__atomic_load_n(&rec->pending, __ATOMIC_RELAXED))
+        return g;
+    uint64_t universe = rec->universe;
+    uintptr_t caller = *(const uintptr_t *)slot;
+    if (caller - fd->code_start < fd->code_size)
+        return universe;        /* from the library itself: nested */
+    if (may_be_inside(rec, slot))
+        return universe;
+    __atomic_store_n(&rec->pending, 0, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    return ulp_judge_entry(record, rsp);
+    return g;
+}
+
+/* ulp_tracker (entry.S) calls this for an entry into FD whose return
+ * address is at SLOT; it returns where the call goes.  G is read before and
+ * after the choice: a commit between the two (it stopped this thread here)
+ * may have marked the thread pending, so the choice is made again. */
+ULP_HIDDEN void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot)
+{
+    struct ulp_thread_record *rec = record_of(fd);
+    for (;;) {
+        uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
+        void *target = ulp_version_in(fd, universe_of_entry(rec, fd, slot, g));
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE) == g)
+            return target;
+    }
 }

@@ -1,4 +1,4 @@
-/* What the trigger and the runtime exchange (ABI version 4).
+/* What the trigger and the runtime exchange (ABI version 5).
  *
  * The runtime exports one object, ulp_mailbox.  The trigger writes a request
  * into it through /proc/PID/mem, then makes the runtime's agent thread call
@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define ULP_MAILBOX_MAGIC "ULPMBOX"
-#define ULP_ABI_VERSION 4
+#define ULP_ABI_VERSION 5
 #define ULP_MESSAGE_MAX 512
 #define ULP_REQUEST_MAX (256 * 1024)
 
@@ -78,7 +78,8 @@ enum ulp_status {
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then
  * nunits struct ulp_request_unit, then nprivate struct ulp_request_private,
- * then nrefs struct ulp_request_ref, then strings_size bytes of strings. */
+ * then nrefs struct ulp_request_ref, then nthreads struct
+ * ulp_request_thread, then strings_size bytes of strings. */
 struct ulp_request {
     uint32_t op;
     uint32_t nunits;
@@ -94,7 +95,7 @@ struct ulp_request {
     uint32_t nprivate;          /* functions without a descriptor in the target (ABI 3) */
     uint32_t nrefs;             /* data references the runtime fills (ABI 3) */
     uint32_t label;             /* offset of the patch's label in the strings (ABI 3) */
-    uint32_t reserved;          /* 0 */
+    uint32_t nthreads;          /* COMMIT, REVERT: the stopped threads (ABI 5) */
 };
 
 struct ulp_request_unit {
@@ -126,6 +127,20 @@ struct ulp_request_ref {
     int64_t delta;              /* ADDRESS: symbol - library descriptor; TLS: offset in the block */
 };
 
+/* COMMIT and REVERT: one thread of the process, stopped by the trigger
+ * for the whole request (runtime/transition.c). */
+struct ulp_request_thread {
+    int32_t tid;
+    uint32_t reserved;          /* 0 */
+    uint64_t rip;
+    uint64_t rsp;
+    uint64_t thread_pointer;    /* %fs base: its static TLS lies below */
+    uint64_t stack_low;         /* its own stack (the mapping its thread */
+    uint64_t stack_high;        /*   pointer or, for the main thread, [stack] is in) */
+    uint64_t here_high;         /* the end of the mapping %rsp is in; 0: none */
+};
+
+_Static_assert(sizeof(struct ulp_request_thread) == 56, "request layout");
 _Static_assert(sizeof(struct ulp_request) == 136, "request layout");
 _Static_assert(sizeof(struct ulp_request_private) == 24, "request layout");
 _Static_assert(sizeof(struct ulp_request_ref) == 16, "request layout");

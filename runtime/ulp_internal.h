@@ -18,9 +18,19 @@ int ulp_register_library(struct ulp_lib_desc *lib);
 struct ulp_lib_desc *ulp_find_loaded_library(uint64_t address, void **pin);
 void ulp_register_function(struct ulp_func_desc *fd);
 
-/* tracker.c: the judgment of entries from outside a library */
-uint64_t ulp_judge_entry(struct ulp_thread_record *record, uintptr_t rsp);
-uint64_t ulp_judge_claimed_entry(struct ulp_thread_record *record, uintptr_t rsp);
+/* entry.S, tracker.c: the version a thread runs during a transition */
+void ulp_tracker(void);
+void *ulp_version_in(const struct ulp_func_desc *fd, uint64_t universe);
+void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot);
+
+/* transition.c */
+int ulp_is_prepared_code(uintptr_t word);
+void ulp_add_code_of(const void *address);
+int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
+                         const struct ulp_request_thread *threads, uint32_t n);
+void ulp_transition_tick(void);
+void ulp_transition_forget(int slot);
+int ulp_in_transition(int slot);
 
 /* registry.c: the library table (agent side) */
 struct ulp_lib_desc *ulp_library_in_slot(int slot);
@@ -35,13 +45,12 @@ int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib);
 struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int64_t entry_delta,
                                        uint32_t flags, const char **problem);
 void ulp_forget_private(const struct ulp_lib_desc *lib);
+void ulp_for_each_private(const struct ulp_lib_desc *lib, void (*fn)(struct ulp_func_desc *));
 int ulp_make_global(const struct ulp_lib_desc *lib);
 int ulp_fill_reference(void *patch_handle, struct ulp_lib_desc *lib,
                        const struct ulp_request_ref *ref, const char *name,
                        const char **problem);
 
-/* altstack.c */
-extern __thread struct ulp_altstack ulp_altstack __attribute__((tls_model("initial-exec")));
 
 /* patch.c: patches, their versions and universes */
 int ulp_handle_request(const struct ulp_request *req, uint32_t size,

@@ -1,6 +1,6 @@
 /* The structures shared by ulp-prepare (ulp/layout.py), prepared libraries,
  * the tracker (entry.S, tracker.c) and the rest of the runtime.  Layout
- * version 3; docs/prepared-layout.md describes them, and
+ * version 4; docs/prepared-layout.md describes them, and
  * tests/test_layout.py checks that ulp/layout.py agrees with every offset. */
 #ifndef ULP_LAYOUT_H
 #define ULP_LAYOUT_H
@@ -13,27 +13,22 @@
 #define FD_FLAGS        72
 #define FD_CODE_START   80
 #define FD_CODE_SIZE    88
+#define FD_CURRENT      96
 #define V_APPLIED_AT    0
 #define V_REVERTED_AT   8
 #define V_TARGET        16
 #define V_NEXT          24
 #define REC_UNIVERSE    0
-#define REC_CLAIM       8
-#define REC_DEPTH       16
-#define REC_ANCHORS     24
-#define ANCHOR_SLOT     0
-#define ANCHOR_RET      8
-#define ANCHOR_SIZE     16
-/* Live activations a record can hold an anchor for (callback nesting). */
-#define ULP_MAX_ANCHORS 6
-#define REC_SIZE        (REC_ANCHORS + ULP_MAX_ANCHORS * ANCHOR_SIZE)
-/* Slots farther than this above %rsp may be on another stack, one that may
- * be gone: the tracker never reads them (docs/consistency.md). */
-#define NEAR_SLOT_DISTANCE (256 * 1024)
+#define REC_PENDING     8
+#define REC_STACK_LOW   16
+#define REC_STACK_HIGH  24
+#define REC_HINT_SLOT   32
+#define REC_HINT_WORD   40
+#define REC_SIZE        64
+/* NOPs the compiler leaves before each entry: the padding stub's room. */
+#define ULP_PADDING_SIZE 14
 /* Bytes of one trampoline in the .ulp section. */
 #define ULP_TRAMPOLINE_SIZE 64
-#define ALT_LOW         0
-#define ALT_HIGH        8
 /* ulp_func_desc.flags: ENDBR64 from ulp-prepare; PATCHED set by the runtime
  * before it first links a version (the tracker then walks the list). */
 #define ULP_FUNC_FLAG_ENDBR64 1
@@ -44,7 +39,7 @@
 #include <stdint.h>
 
 #define ULP_LIB_MAGIC "ULPLIB\0\1"
-#define ULP_LAYOUT_VERSION 3
+#define ULP_LAYOUT_VERSION 4
 #define ULP_UNIVERSE_NEVER UINT64_MAX
 
 /* One version of a function, valid for threads whose universe lies in
@@ -67,6 +62,13 @@ struct ulp_func_desc {
     uint32_t index;
     uintptr_t code_start;           /* the library's code, absolute: runtime */
     uint64_t code_size;
+    /* Where a call goes now, as an offset from this descriptor (the
+     * trampoline and the patched entry jump there): ulp-prepare points it
+     * at the padding stub (the runtime registers the library), the runtime
+     * at the body, at the newest version, or, during a transition, at the
+     * tracker (docs/consistency.md). */
+    int64_t current_delta;
+    uint64_t reserved;              /* 0: keeps descriptors 16-byte aligned */
 };
 
 struct ulp_lib_desc {
@@ -86,35 +88,28 @@ struct ulp_lib_desc {
     uint64_t code_size;             /* from this descriptor: ulp-prepare */
 };
 
-/* A live activation of a library entered from outside it: the stack slot
- * of its return address and the value stored there. */
-struct ulp_anchor {
-    uintptr_t slot;
-    uintptr_t ret;
-};
-
-/* Per thread and per library (docs/consistency.md, "The tracker").
- * universe: the universe the thread sees in the library.
- * claim: nonzero (the claimer's %rsp) while an entry updates the record; an
- *   entry that finds it set interrupted that update (it runs in a signal
- *   handler) and neither writes nor changes universe.
- * anchors[0..depth): the thread's live activations entered from outside,
- *   outermost first; depth ULP_MAX_ANCHORS + 1 (saturated): more were live
- *   than fit, anchors[0..ULP_MAX_ANCHORS) hold the outermost ones. */
+/* Per thread and per library (docs/consistency.md, "The tracker").  Only a
+ * transition reads or writes it; all zero (a thread that never met one)
+ * means: not pending.
+ * pending: nonzero while the thread may still be inside an activation of
+ *   the library that began before the current transition; it then runs in
+ *   universe, and the tracker clears it at the first entry from outside
+ *   that finds nothing of the library on the stack above it.
+ * stack_low, stack_high: the thread's own stack, where that search looks.
+ * hint_slot, hint_word: where the last search found a word of the library
+ *   (a still-equal word there settles the next search at once). */
 struct ulp_thread_record {
     uint64_t universe;
-    uintptr_t claim;
-    uint64_t depth;
-    struct ulp_anchor anchors[ULP_MAX_ANCHORS];
+    uint64_t pending;
+    uintptr_t stack_low;
+    uintptr_t stack_high;
+    uintptr_t hint_slot;
+    uintptr_t hint_word;
+    uint64_t reserved[2];
 };
 
-/* Per thread: the alternate signal stack, as set through sigaltstack(). */
-struct ulp_altstack {
-    uintptr_t low;
-    uintptr_t high;                 /* low == high: none */
-};
-
-_Static_assert(sizeof(struct ulp_func_desc) == 96, "func desc layout");
+_Static_assert(sizeof(struct ulp_func_desc) == 112, "func desc layout");
+_Static_assert(offsetof(struct ulp_func_desc, current_delta) == FD_CURRENT, "fd");
 _Static_assert(sizeof(struct ulp_lib_desc) == 128, "lib desc layout");
 _Static_assert(offsetof(struct ulp_lib_desc, universe) == 104, "lib desc layout");
 _Static_assert(offsetof(struct ulp_lib_desc, code_delta) == 112, "lib desc layout");
@@ -129,13 +124,12 @@ _Static_assert(offsetof(struct ulp_version, reverted_at) == V_REVERTED_AT, "v");
 _Static_assert(offsetof(struct ulp_version, target) == V_TARGET, "v");
 _Static_assert(offsetof(struct ulp_version, next) == V_NEXT, "v");
 _Static_assert(offsetof(struct ulp_thread_record, universe) == REC_UNIVERSE, "rec");
-_Static_assert(offsetof(struct ulp_thread_record, claim) == REC_CLAIM, "rec");
-_Static_assert(offsetof(struct ulp_thread_record, depth) == REC_DEPTH, "rec");
-_Static_assert(offsetof(struct ulp_thread_record, anchors) == REC_ANCHORS, "rec");
-_Static_assert(sizeof(struct ulp_anchor) == ANCHOR_SIZE, "anchor");
-_Static_assert(offsetof(struct ulp_anchor, ret) == ANCHOR_RET, "anchor");
+_Static_assert(offsetof(struct ulp_thread_record, pending) == REC_PENDING, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, stack_low) == REC_STACK_LOW, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, stack_high) == REC_STACK_HIGH, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, hint_slot) == REC_HINT_SLOT, "rec");
+_Static_assert(offsetof(struct ulp_thread_record, hint_word) == REC_HINT_WORD, "rec");
 _Static_assert(sizeof(struct ulp_thread_record) == REC_SIZE, "rec");
-_Static_assert(offsetof(struct ulp_altstack, high) == ALT_HIGH, "alt");
 
 static inline struct ulp_lib_desc *ulp_func_lib(struct ulp_func_desc *fd)
 {

@@ -24,7 +24,7 @@ __all__ = ["CodeError", "TrampolineTargets", "trampoline", "padding_stub",
            "verify_trampoline", "verify_padding_stub", "is_nop_run", "is_endbr64"]
 
 #: what differs between two trampolines (the template may use each)
-TRAMPOLINE_PARAMS = ("index", "entry_nops", "body", "fdesc", "got", "code_start", "code_size")
+TRAMPOLINE_PARAMS = ("index", "body", "fdesc", "got")
 PADDING_PARAMS = ("fdesc_any", "got")
 
 
@@ -42,15 +42,14 @@ class TrampolineTargets:
     endbr64: bool  # the function starts with endbr64, so does its trampoline
 
     def values(self) -> dict[str, int]:
-        return {"index": self.index, "entry_nops": self.entry_nops, "body": self.body,
-                "fdesc": self.func_desc, "got": self.got, "code_start": self.code_start,
-                "code_size": self.code_size}
+        return {"index": self.index, "body": self.body, "fdesc": self.func_desc,
+                "got": self.got}
 
 
 def trampoline_template(endbr64: bool) -> CodeTemplate:
     """The compiled trampoline, for functions with or without endbr64."""
     return compile_template("trampoline.s.j2", layout.TRAMPOLINE_SIZE, TRAMPOLINE_PARAMS,
-                            "trampoline", endbr64=endbr64)
+                            "trampoline", endbr64=endbr64, fd_current=layout.FD_CURRENT)
 
 
 def padding_template() -> CodeTemplate:

@@ -18,13 +18,16 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
 from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import WALL, ThreadGone, Tracee, thread_is_exiting, wait_for_sigchld
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ def check_code(process: Process, writes: list[CodeWrite]) -> list[CodeWrite]:
 
 
 def write_code(process: Process, writes: list[CodeWrite], held: dict[int, Tracee],
-               timeout: float, avoid: dict[int, str] | None = None) -> None:
-    """Write every change with every thread of ``process`` stopped.
+               timeout: float, avoid: dict[int, str] | None = None,
+               then: Callable[[dict[int, Tracee]], T] | None = None) -> T | None:
+    """Write every change with every thread of ``process`` stopped, then
+    call ``then(stopped threads)`` before any of them runs again.
 
     ``avoid``: addresses no stopped thread may be about to execute (the
     second of two one-byte entry NOPs that a two-byte jump replaces), with
@@ -83,6 +88,7 @@ def write_code(process: Process, writes: list[CodeWrite], held: dict[int, Tracee
         _check_avoided(stopped, avoid or {})
         for write in writes:
             process.write(write.address, write.new)
+        return then(stopped) if then else None
 
 
 def _check_avoided(stopped: dict[int, Tracee], avoid: dict[int, str]) -> None:

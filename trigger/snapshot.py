@@ -204,14 +204,13 @@ def _thread(process: Process, tid: int, libraries: list[LibraryView],
         for library in libraries:
             if not library.registered:
                 continue
-            universe, _claim, depth = struct.unpack(
-                "<QQQ", process.read(thread_pointer + library.tls_offset,
-                                     layout.REC_DEPTH + 8))
-            if universe == 0:
-                continue  # never entered it
-            inside = depth > 0
-            view.records.append(ThreadRecord(library.path, universe, inside,
-                                             inside and universe < library.last_change))
+            universe, pending = struct.unpack(
+                "<QQ", process.read(thread_pointer + library.tls_offset,
+                                    layout.REC_PENDING + 8))
+            if not pending:
+                continue  # it runs the newest versions
+            view.records.append(ThreadRecord(library.path, universe, True,
+                                             universe < library.last_change))
     except (OSError, UlpError) as error:
         view.error = f"cannot read its records ({error})"
     return view

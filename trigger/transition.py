@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 
 from ulp import layout
-from ulp.agent_abi import Op, Request, Status
+from ulp.agent_abi import Op, Request, RequestThread, Status
 from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
 from ulp.patchfile import PatchFile
@@ -37,6 +37,8 @@ from ulp.trigger import private
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
 from ulp.trigger.elfscan import TargetLibrary, file_version, read_prepared
+from ulp.trigger.threadtable import thread_table
+from ulp.trigger.tracee import Tracee
 
 STATUS_EXIT_CODES = {
     Status.BAD_REQUEST: ExitCode.FAILURE,
@@ -172,8 +174,10 @@ def check_status(status: int, message: str, process: Process) -> None:
 
 
 def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None,
-             staged_fd: int = -1, so_size: int = 0) -> Request:
-    request = Request(op, patch_id=metadata.patch_id, identity=metadata.target_identity)
+             staged_fd: int = -1, so_size: int = 0,
+             threads: tuple[RequestThread, ...] = ()) -> Request:
+    request = Request(op, patch_id=metadata.patch_id, identity=metadata.target_identity,
+                      threads=threads)
     if op == Op.PREPARE:
         request.lib_desc = target.lib_desc
         request.so_sha256 = metadata.patch_so_sha256
@@ -235,13 +239,17 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
             descs = private.descriptors(process, agent.mailbox, prepare.privates_offset(),
                                         len(metadata.private_units))
             private_writes, avoid = private.writes(process, target.lib_desc, metadata, descs)
-            # checked again: only now does this trigger hold the agent
-            write_code(process, check_code(process, writes + private_writes),
-                       {agent.tracee.tid: agent.tracee}, timeout, avoid)
         except UlpError:
             _abort(agent, metadata)
             raise
-        status, message = agent.call(_request(Op.COMMIT, metadata))
+        try:
+            # checked again: only now does this trigger hold the agent
+            status, message = write_code(process, check_code(process, writes + private_writes),
+                                         {agent.tracee.tid: agent.tracee}, timeout, avoid,
+                                         then=_committing(agent, metadata, Op.COMMIT))
+        except UlpError:
+            _abort(agent, metadata)
+            raise
         check_status(status, message, process)
         return message
     finally:
@@ -259,11 +267,21 @@ def _abort(agent: Agent, metadata: PatchMetadata) -> None:
         pass
 
 
+def _committing(agent: Agent, metadata: PatchMetadata, op: Op):
+    """COMMIT or REVERT, sent while every other thread is stopped: the
+    runtime starts the transition from where each thread stopped."""
+    def send(stopped: dict[int, Tracee]) -> tuple[int, str]:
+        threads = tuple(thread_table(agent.process, stopped))
+        return agent.call(_request(op, metadata, threads=threads))
+    return send
+
+
 def revert(process: Process, metadata: PatchMetadata, timeout: float) -> str:
     agent = Agent(process, timeout)
     agent.attach()
     try:
-        status, message = agent.call(_request(Op.REVERT, metadata))
+        status, message = write_code(process, [], {agent.tracee.tid: agent.tracee}, timeout,
+                                     then=_committing(agent, metadata, Op.REVERT))
         check_status(status, message, process)
         return message
     finally:

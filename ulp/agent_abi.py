@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
-ABI_VERSION = 4
+ABI_VERSION = 5
 MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
@@ -30,11 +30,14 @@ REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIII"
 REQUEST_UNIT_FORMAT = "<II"
 REQUEST_PRIVATE_FORMAT = "<qIIQ"  # entry_delta, name, flags, desc (written by the runtime)
 REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
+#: tid, reserved, rip, rsp, thread pointer, own stack low/high, end of the %rsp mapping
+REQUEST_THREAD_FORMAT = "<iIQQQQQQ"
 REQUEST_PRIVATE_DESC_OFFSET = 16
 NO_LABEL = 0xFFFF_FFFF
 assert struct.calcsize(REQUEST_HEADER_FORMAT) == 136
 assert struct.calcsize(REQUEST_PRIVATE_FORMAT) == 24
 assert struct.calcsize(REQUEST_REF_FORMAT) == 16
+assert struct.calcsize(REQUEST_THREAD_FORMAT) == 56
 
 
 class AgentState(enum.IntEnum):
@@ -104,6 +107,24 @@ class MailboxHeader:
         return cls(*struct.unpack_from(MAILBOX_HEADER_FORMAT, data))
 
 
+@dataclass(frozen=True)
+class RequestThread:
+    """A stopped thread, for COMMIT and REVERT (runtime/transition.c)."""
+
+    tid: int
+    rip: int
+    rsp: int
+    thread_pointer: int
+    stack_low: int
+    stack_high: int
+    here_high: int
+
+    def pack(self) -> bytes:
+        return struct.pack(REQUEST_THREAD_FORMAT, self.tid, 0, self.rip, self.rsp,
+                           self.thread_pointer, self.stack_low, self.stack_high,
+                           self.here_high)
+
+
 @dataclass
 class Request:
     op: Op
@@ -120,6 +141,7 @@ class Request:
     privates: tuple[tuple[int, int, str], ...] = ()
     refs: tuple[tuple[int, int, str], ...] = ()  # (RefKind, delta, patch variable name)
     label: str | None = None
+    threads: tuple[RequestThread, ...] = ()  # COMMIT, REVERT: every stopped thread
 
     def privates_offset(self) -> int:
         """Where the private units start in the packed request (the runtime
@@ -146,8 +168,10 @@ class Request:
         header = struct.pack(REQUEST_HEADER_FORMAT, self.op, len(self.units), len(self.requires),
                              len(strings), self.patch_id, self.lib_desc, self.identity,
                              self.so_sha256, so_path, self.so_fd, self.so_size,
-                             len(self.privates), len(self.refs), label, 0)
-        data = header + b"".join(self.requires) + units + privates + refs + bytes(strings)
+                             len(self.privates), len(self.refs), label, len(self.threads))
+        threads = b"".join(thread.pack() for thread in self.threads)
+        data = (header + b"".join(self.requires) + units + privates + refs + threads
+                + bytes(strings))
         if len(data) > REQUEST_MAX:
             raise ValueError("request too large for the runtime's mailbox")
         return data

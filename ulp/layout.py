@@ -1,4 +1,4 @@
-"""The layout ulp-prepare gives a live-patchable library (version 2).
+"""The layout ulp-prepare gives a live-patchable library (version 4).
 
 A prepared library carries two new sections (see docs/prepared-layout.md):
 
@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 
 LIB_MAGIC = b"ULPLIB\x00\x01"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 
 DATA_SECTION = ".ulp.data"
 CODE_SECTION = ".ulp"
@@ -43,12 +43,14 @@ LIB_DESC_IDENTITY_OFFSET = 32
 LIB_DESC_UNIVERSE_OFFSET = 104
 LIB_DESC_CODE_OFFSET = 112
 
-# struct ulp_func_desc, 96 bytes:
+# struct ulp_func_desc, 112 bytes:
 #   TLS offset (runtime), version list head (runtime), the embedded
 #   "original body" version (applied_at, reverted_at, target, next),
 #   body, entry and library descriptor as offsets from this descriptor,
-#   flags, index, the library's code start and size (runtime)
-FUNC_DESC_FORMAT = "<qQQQQQqqqIIQQ"
+#   flags, index, the library's code start and size (runtime), where calls
+#   go now as an offset from this descriptor (the padding stub until the
+#   runtime registers the library), 8 reserved bytes (alignment)
+FUNC_DESC_FORMAT = "<qQQQQQqqqIIQQq8x"
 FUNC_DESC_SIZE = struct.calcsize(FUNC_DESC_FORMAT)
 FUNC_FLAG_ENDBR64 = 1
 FUNC_FLAG_PATCHED = 0x100  # set in memory by the runtime, never in a file
@@ -59,6 +61,7 @@ FD_BODY_DELTA = 48
 FD_FLAGS = 72
 FD_CODE_START = 80
 FD_CODE_SIZE = 88
+FD_CURRENT = 96
 
 # struct ulp_version and the per-thread record the tracker keeps per library
 V_APPLIED_AT = 0
@@ -66,19 +69,17 @@ V_REVERTED_AT = 8
 V_TARGET = 16
 V_NEXT = 24
 REC_UNIVERSE = 0
-REC_CLAIM = 8
-REC_DEPTH = 16
-REC_ANCHORS = 24
-ANCHOR_SIZE = 16
-MAX_ANCHORS = 6
-REC_SIZE = REC_ANCHORS + MAX_ANCHORS * ANCHOR_SIZE
+REC_PENDING = 8
+REC_STACK_LOW = 16
+REC_STACK_HIGH = 24
+REC_HINT_SLOT = 32
+REC_HINT_WORD = 40
+REC_SIZE = 64
 
 #: the compiler flag that leaves PADDING_SIZE NOPs before and ENTRY_NOP_SIZE after each entry
 PATCHABLE_FLAG = "-fpatchable-function-entry=16,14"
 
 TRAMPOLINE_SIZE = 64
-#: a stack slot farther than this above %rsp is never read (runtime/tracker.c)
-NEAR_SLOT_DISTANCE = 256 * 1024
 PADDING_SIZE = 14  # NOPs the compiler leaves before each entry
 ENTRY_NOP_SIZE = 2  # NOPs it leaves after the entry (after endbr64 with CET)
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
@@ -86,7 +87,7 @@ TWO_BYTE_NOP = b"\x66\x90"
 UNIVERSE_NEVER = 0xFFFF_FFFF_FFFF_FFFF
 
 assert LIB_DESC_SIZE == 128, LIB_DESC_SIZE
-assert FUNC_DESC_SIZE == 96, FUNC_DESC_SIZE
+assert FUNC_DESC_SIZE == 112, FUNC_DESC_SIZE
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class FuncDesc:
             0, UNIVERSE_NEVER, 0, 0,  # the original body: valid in every universe
             self.body_delta, self.entry_delta, self.lib_delta, self.flags, self.index,
             0, 0,  # the library's code: the runtime fills it
+            self.entry_delta - PADDING_SIZE,  # calls go to the padding stub: registration
         )
 
     @classmethod

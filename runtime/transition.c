@@ -1,0 +1,288 @@
+/* Transitions: how threads move from one universe to the next
+ * (docs/consistency.md, "Transitions"; the Linux kernel's livepatch
+ * transition.c is the model).
+ *
+ * A commit or a revert runs here on the agent while the trigger holds every
+ * other thread of the process stopped, and hands over, per thread, where it
+ * stopped (%rip, %rsp), its thread pointer and its stacks.  For each
+ * library the patch changes:
+ *
+ *   1. every descriptor of the library sends calls to the tracker
+ *      (ulp_tracker, tracker.c), so that each thread is given its version;
+ *   2. each thread that may be inside an activation of the library - it
+ *      stopped in prepared code (the library's, a patch object's, the
+ *      runtime's), or a word of its live stack points there - is marked
+ *      pending in its record, in the universe it ran in; the others are
+ *      not pending, and run in G from now on;
+ *   3. then the caller publishes the new G.
+ *
+ * Pending threads leave their universe by themselves (tracker.c).  The
+ * agent's tick finishes the transition once none is pending any more (or
+ * the threads that were have ended): every descriptor then points at the
+ * version of G again, and calls cost the trampoline only.
+ *
+ * The search is conservative: a stale word, or a value that happens to look
+ * like an address of prepared code, keeps a thread pending longer, never
+ * less. */
+#include <errno.h>
+#include <link.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "ulp_internal.h"
+
+/* --- prepared code: what a live activation leaves on a stack ------------------ */
+
+#define MAX_CODE_RANGES 256
+
+struct code_range {
+    uintptr_t low, high;
+};
+
+/* Appended by the agent only, published by the count; never removed (a
+ * range whose object is gone only makes the search more cautious). */
+static struct code_range code_ranges[MAX_CODE_RANGES];
+static uint32_t ncode_ranges;
+static struct code_range code_bounds = {UINTPTR_MAX, 0};
+static int code_ranges_overflowed;
+
+ULP_HIDDEN int ulp_is_prepared_code(uintptr_t word)
+{
+    if (word < __atomic_load_n(&code_bounds.low, __ATOMIC_ACQUIRE) ||
+        word >= __atomic_load_n(&code_bounds.high, __ATOMIC_ACQUIRE))
+        return 0;
+    if (__atomic_load_n(&code_ranges_overflowed, __ATOMIC_ACQUIRE))
+        return 1;   /* only the bounds are known: everything within them counts */
+    uint32_t n = __atomic_load_n(&ncode_ranges, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++)
+        if (word - code_ranges[i].low < code_ranges[i].high - code_ranges[i].low)
+            return 1;
+    return 0;
+}
+
+static void add_code_range(uintptr_t low, uintptr_t high)
+{
+    if (low >= high)
+        return;
+    uint32_t n = ncode_ranges;
+    for (uint32_t i = 0; i < n; i++)
+        if (code_ranges[i].low <= low && high <= code_ranges[i].high)
+            return;
+    /* bounds first: a reader inside them but past the count says "no" only
+     * for a range no thread can be in yet (the caller's threads are stopped) */
+    if (low < code_bounds.low)
+        __atomic_store_n(&code_bounds.low, low, __ATOMIC_RELEASE);
+    if (high > code_bounds.high)
+        __atomic_store_n(&code_bounds.high, high, __ATOMIC_RELEASE);
+    if (n == MAX_CODE_RANGES) {
+        __atomic_store_n(&code_ranges_overflowed, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    code_ranges[n].low = low;
+    code_ranges[n].high = high;
+    __atomic_store_n(&ncode_ranges, n + 1, __ATOMIC_RELEASE);
+}
+
+static int add_executable_segments(struct dl_phdr_info *info, size_t size, void *object)
+{
+    (void)size;
+    uintptr_t wanted = (uintptr_t)object;
+    int found = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t low = info->dlpi_addr + ph->p_vaddr, high = low + ph->p_memsz;
+        if (low <= wanted && wanted < high)
+            found = 1;
+    }
+    if (!found)
+        return 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X))
+            add_code_range(info->dlpi_addr + ph->p_vaddr,
+                           info->dlpi_addr + ph->p_vaddr + ph->p_memsz);
+    }
+    return 1;
+}
+
+/* The executable segments of the object that contains ADDRESS. */
+ULP_HIDDEN void ulp_add_code_of(const void *address)
+{
+    dl_iterate_phdr(add_executable_segments, (void *)address);
+}
+
+/* --- starting a transition -------------------------------------------------- */
+
+struct pending_thread {
+    pid_t tid;
+    int slot;
+    struct ulp_thread_record *record;
+};
+
+static struct pending_thread *pending;
+static size_t npending, pending_capacity;
+static int in_transition[ULP_MAX_LIBS];
+
+static void point_at_tracker(struct ulp_func_desc *fd)
+{
+    __atomic_store_n(&fd->current_delta, (int64_t)((uintptr_t)ulp_tracker - (uintptr_t)fd),
+                     __ATOMIC_RELEASE);
+}
+
+static void point_at_version(struct ulp_func_desc *fd)
+{
+    uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&fd->current_delta,
+                     (int64_t)((uintptr_t)ulp_version_in(fd, g) - (uintptr_t)fd),
+                     __ATOMIC_RELEASE);
+}
+
+static void for_each_descriptor(struct ulp_lib_desc *lib, void (*fn)(struct ulp_func_desc *))
+{
+    for (uint32_t i = 0; i < lib->nfuncs; i++)
+        fn(ulp_lib_func(lib, i));
+    ulp_for_each_private(lib, fn);
+}
+
+static int words_of_prepared_code(uintptr_t low, uintptr_t high)
+{
+    for (uintptr_t p = (low + 7) & ~(uintptr_t)7; p + 8 <= high; p += 8)
+        if (ulp_is_prepared_code(*(const uintptr_t *)p))
+            return 1;
+    return 0;
+}
+
+/* May the stopped thread T be inside an activation?  Its current stack is
+ * searched from %rsp up; when it stopped on another stack than its own (a
+ * signal handler's, a coroutine's), its own stack is searched whole. */
+static int may_be_inside(const struct ulp_request_thread *t)
+{
+    if (ulp_is_prepared_code(t->rip))
+        return 1;
+    if (!t->here_high || t->rsp > t->here_high)
+        return 1;   /* the trigger could not tell where its stack ends */
+    if (words_of_prepared_code(t->rsp, t->here_high))
+        return 1;
+    int on_own_stack = t->stack_low <= t->rsp && t->rsp < t->stack_high;
+    return !on_own_stack && words_of_prepared_code(t->stack_low, t->stack_high);
+}
+
+static int remember_pending(pid_t tid, int slot, struct ulp_thread_record *record)
+{
+    if (npending == pending_capacity) {
+        size_t capacity = pending_capacity ? 2 * pending_capacity : 64;
+        struct pending_thread *grown = realloc(pending, capacity * sizeof *grown);
+        if (!grown)
+            return -1;
+        pending = grown;
+        pending_capacity = capacity;
+    }
+    pending[npending++] = (struct pending_thread){tid, slot, record};
+    return 0;
+}
+
+static int mark_thread(const struct ulp_request_thread *t, struct ulp_lib_desc *lib, int slot,
+                       uint64_t g)
+{
+    struct ulp_thread_record *rec =
+        (struct ulp_thread_record *)(uintptr_t)(t->thread_pointer +
+                                                ulp_library_record_offset(lib));
+    if (!may_be_inside(t)) {
+        rec->pending = 0;
+        return 0;
+    }
+    if (!rec->pending)
+        rec->universe = g;      /* it ran every activation in G */
+    rec->stack_low = t->stack_low;
+    rec->stack_high = t->stack_high;
+    rec->hint_slot = 0;
+    rec->pending = 1;
+    return remember_pending(t->tid, slot, rec);
+}
+
+/* Start a transition of LIB, in slot SLOT, with every thread but the agent
+ * stopped as THREADS[0..N) describe.  The caller publishes the next G
+ * afterwards.  -1 if out of memory (the transition is then started, with
+ * some threads not remembered: the agent cannot end it before a later one). */
+ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
+                                    const struct ulp_request_thread *threads, uint32_t n)
+{
+    uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
+    int status = 0;
+    ulp_add_code_of((const void *)ulp_tracker);
+    add_code_range((uintptr_t)lib + lib->code_delta,
+                   (uintptr_t)lib + lib->code_delta + lib->code_size);
+    for_each_descriptor(lib, point_at_tracker);
+    for (uint32_t i = 0; i < n; i++) {
+        if (!threads[i].thread_pointer)
+            continue;
+        if (mark_thread(&threads[i], lib, slot, g) != 0)
+            status = -1;
+    }
+    if (status == 0)
+        in_transition[slot] = 1;
+    return status;
+}
+
+/* --- ending it ------------------------------------------------------------------ */
+
+static int thread_alive(pid_t tid)
+{
+    return syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
+}
+
+/* Read a pending flag without trusting that the thread's memory is still
+ * there: a thread that ended may have had its stack unmapped. */
+static int still_pending(const struct pending_thread *p)
+{
+    uint64_t value = 0;
+    struct iovec local = {&value, sizeof value};
+    struct iovec remote = {&p->record->pending, sizeof value};
+    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof value)
+        return thread_alive(p->tid);
+    return value != 0 && thread_alive(p->tid);
+}
+
+/* The agent's tick: forget threads that left their universe or ended, and
+ * end the transitions no thread is pending in any more. */
+ULP_HIDDEN void ulp_transition_tick(void)
+{
+    int busy[ULP_MAX_LIBS] = {0};
+    size_t kept = 0;
+    for (size_t i = 0; i < npending; i++) {
+        if (!still_pending(&pending[i]))
+            continue;
+        busy[pending[i].slot] = 1;
+        pending[kept++] = pending[i];
+    }
+    npending = kept;
+    for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
+        struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
+        if (!in_transition[slot] || busy[slot] || !lib)
+            continue;
+        for_each_descriptor(lib, point_at_version);
+        in_transition[slot] = 0;
+    }
+}
+
+/* The library in SLOT is gone: nothing of it is pending any more. */
+ULP_HIDDEN void ulp_transition_forget(int slot)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < npending; i++)
+        if (pending[i].slot != slot)
+            pending[kept++] = pending[i];
+    npending = kept;
+    in_transition[slot] = 0;
+}
+
+/* Is a transition of the library in SLOT under way (for STATUS)? */
+ULP_HIDDEN int ulp_in_transition(int slot)
+{
+    return slot >= 0 && slot < ULP_MAX_LIBS && in_transition[slot];
+}
