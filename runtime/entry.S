@@ -66,7 +66,10 @@
 .endm
 
 
-    .text
+/* Both entry points and tracker.c live in their own section: a thread whose
+ * %rip, or a word of whose stack, lies there may be choosing a version
+ * (transition.c); the rest of the runtime's code says nothing. */
+    .section ulp_tracker_text, "ax", @progbits
     .globl  ulp_entry
     .type   ulp_entry, @function
     .p2align 4

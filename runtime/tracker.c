@@ -30,7 +30,9 @@
 
 #include "ulp_internal.h"
 
-static struct ulp_thread_record *record_of(const struct ulp_func_desc *fd)
+#define TRACKER_CODE __attribute__((section("ulp_tracker_text")))
+
+TRACKER_CODE static struct ulp_thread_record *record_of(const struct ulp_func_desc *fd)
 {
     char *thread_pointer;
     __asm__("movq %%fs:0, %0" : "=r"(thread_pointer));
@@ -38,7 +40,7 @@ static struct ulp_thread_record *record_of(const struct ulp_func_desc *fd)
 }
 
 /* The version of FD valid in UNIVERSE (the original body is valid in all). */
-ULP_HIDDEN void *ulp_version_in(const struct ulp_func_desc *fd, uint64_t universe)
+TRACKER_CODE ULP_HIDDEN void *ulp_version_in(const struct ulp_func_desc *fd, uint64_t universe)
 {
     const struct ulp_version *v = __atomic_load_n(&fd->versions, __ATOMIC_ACQUIRE);
     while (!(v->applied_at <= universe && universe < v->reverted_at))
@@ -49,22 +51,24 @@ ULP_HIDDEN void *ulp_version_in(const struct ulp_func_desc *fd, uint64_t univers
 /* Does the stack above SLOT (the return address of an entry from outside)
  * hold a word of prepared code?  1 also when it cannot look: SLOT is not on
  * the stack the commit saw (an alternate signal stack, a coroutine's). */
-static int may_be_inside(struct ulp_thread_record *rec, uintptr_t slot)
+TRACKER_CODE static int may_be_inside(struct ulp_thread_record *rec, uintptr_t slot)
 {
     uintptr_t low = rec->stack_low, high = rec->stack_high;
     if (slot < low || slot >= high || (slot & 7))
         return 1;
     uintptr_t hint = rec->hint_slot;
     if (hint > slot && hint < high && !(hint & 7)
-        && *(volatile const uintptr_t *)hint == rec->hint_word)
+        && *(volatile const uintptr_t *)hint == ~rec->hint_word)
         return 1;
     for (uintptr_t p = slot + 8; p < high; p += 8) {
         uintptr_t word = *(volatile const uintptr_t *)p;
         if (ulp_is_prepared_code(word)) {
-            /* a handler interrupting these two stores only finds a hint
-             * that does not match, and searches itself */
+            /* a handler interrupting these stores only finds a hint that
+             * does not match, and searches itself.  Kept inverted: the
+             * record lies in the thread's static TLS, at the top of its
+             * stack mapping, where a search would find the word itself. */
             rec->hint_slot = 0;
-            rec->hint_word = word;
+            rec->hint_word = ~word;
             rec->hint_slot = p;
             return 1;
         }
@@ -74,7 +78,7 @@ static int may_be_inside(struct ulp_thread_record *rec, uintptr_t slot)
 
 /* The universe an entry whose return address is at SLOT runs in, for a
  * thread whose record is REC, when G is G. */
-static uint64_t universe_of_entry(struct ulp_thread_record *rec, const struct ulp_func_desc *fd,
+TRACKER_CODE static uint64_t universe_of_entry(struct ulp_thread_record *rec, const struct ulp_func_desc *fd,
                                   uintptr_t slot, uint64_t g)
 {
     if (!__atomic_load_n(&rec->pending, __ATOMIC_RELAXED))
@@ -94,7 +98,7 @@ static uint64_t universe_of_entry(struct ulp_thread_record *rec, const struct ul
  * address is at SLOT; it returns where the call goes.  G is read before and
  * after the choice: a commit between the two (it stopped this thread here)
  * may have marked the thread pending, so the choice is made again. */
-ULP_HIDDEN void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot)
+TRACKER_CODE ULP_HIDDEN void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot)
 {
     struct ulp_thread_record *rec = record_of(fd);
     for (;;) {

@@ -38,15 +38,20 @@
 
 #define MAX_CODE_RANGES 256
 
+/* A function pointer to an exported function points at the start of its
+ * trampoline: no return address or interrupted %rip of an activation does
+ * (a thread there has not entered the function yet), so a word there says
+ * nothing.  Any other word in the range may be one. */
 struct code_range {
     uintptr_t low, high;
+    uintptr_t trampolines_low, trampolines_high;
 };
 
 /* Appended by the agent only, published by the count; never removed (a
  * range whose object is gone only makes the search more cautious). */
 static struct code_range code_ranges[MAX_CODE_RANGES];
 static uint32_t ncode_ranges;
-static struct code_range code_bounds = {UINTPTR_MAX, 0};
+static struct code_range code_bounds = {UINTPTR_MAX, 0, 0, 0};
 static int code_ranges_overflowed;
 
 ULP_HIDDEN int ulp_is_prepared_code(uintptr_t word)
@@ -57,19 +62,27 @@ ULP_HIDDEN int ulp_is_prepared_code(uintptr_t word)
     if (__atomic_load_n(&code_ranges_overflowed, __ATOMIC_ACQUIRE))
         return 1;   /* only the bounds are known: everything within them counts */
     uint32_t n = __atomic_load_n(&ncode_ranges, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < n; i++)
-        if (word - code_ranges[i].low < code_ranges[i].high - code_ranges[i].low)
-            return 1;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct code_range *r = &code_ranges[i];
+        if (word - r->low >= r->high - r->low)
+            continue;
+        if (word - r->trampolines_low < r->trampolines_high - r->trampolines_low &&
+            (word - r->trampolines_low) % ULP_TRAMPOLINE_SIZE == 0)
+            return 0;   /* a function pointer */
+        return 1;
+    }
     return 0;
 }
 
-static void add_code_range(uintptr_t low, uintptr_t high)
+static void add_code_range(uintptr_t low, uintptr_t high, uintptr_t trampolines_low,
+                           uintptr_t trampolines_high)
 {
     if (low >= high)
         return;
     uint32_t n = ncode_ranges;
     for (uint32_t i = 0; i < n; i++)
-        if (code_ranges[i].low <= low && high <= code_ranges[i].high)
+        if (code_ranges[i].low <= low && high <= code_ranges[i].high &&
+            code_ranges[i].trampolines_low == trampolines_low)
             return;
     /* bounds first: a reader inside them but past the count says "no" only
      * for a range no thread can be in yet (the caller's threads are stopped) */
@@ -81,8 +94,7 @@ static void add_code_range(uintptr_t low, uintptr_t high)
         __atomic_store_n(&code_ranges_overflowed, 1, __ATOMIC_RELEASE);
         return;
     }
-    code_ranges[n].low = low;
-    code_ranges[n].high = high;
+    code_ranges[n] = (struct code_range){low, high, trampolines_low, trampolines_high};
     __atomic_store_n(&ncode_ranges, n + 1, __ATOMIC_RELEASE);
 }
 
@@ -105,7 +117,7 @@ static int add_executable_segments(struct dl_phdr_info *info, size_t size, void 
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
         if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X))
             add_code_range(info->dlpi_addr + ph->p_vaddr,
-                           info->dlpi_addr + ph->p_vaddr + ph->p_memsz);
+                           info->dlpi_addr + ph->p_vaddr + ph->p_memsz, 0, 0);
     }
     return 1;
 }
@@ -115,6 +127,9 @@ ULP_HIDDEN void ulp_add_code_of(const void *address)
 {
     dl_iterate_phdr(add_executable_segments, (void *)address);
 }
+
+/* The tracker's code (entry.S, tracker.c): the linker marks its ends. */
+extern const char __start_ulp_tracker_text[] ULP_HIDDEN, __stop_ulp_tracker_text[] ULP_HIDDEN;
 
 /* --- starting a transition -------------------------------------------------- */
 
@@ -214,9 +229,14 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
 {
     uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
     int status = 0;
-    ulp_add_code_of((const void *)ulp_tracker);
+    add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
+    uintptr_t trampolines = (uintptr_t)lib + lib->trampolines_delta;
+    uintptr_t trampolines_end = trampolines + (uintptr_t)lib->nfuncs * ULP_TRAMPOLINE_SIZE;
     add_code_range((uintptr_t)lib + lib->code_delta,
-                   (uintptr_t)lib + lib->code_delta + lib->code_size);
+                   (uintptr_t)lib + lib->code_delta + lib->code_size, trampolines,
+                   trampolines_end);
+    /* past the library's own code: ulp-prepare adds them in a segment of their own */
+    add_code_range(trampolines, trampolines_end, trampolines, trampolines_end);
     for_each_descriptor(lib, point_at_tracker);
     for (uint32_t i = 0; i < n; i++) {
         if (!threads[i].thread_pointer)

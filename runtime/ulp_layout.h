@@ -96,8 +96,9 @@ struct ulp_lib_desc {
  *   universe, and the tracker clears it at the first entry from outside
  *   that finds nothing of the library on the stack above it.
  * stack_low, stack_high: the thread's own stack, where that search looks.
- * hint_slot, hint_word: where the last search found a word of the library
- *   (a still-equal word there settles the next search at once). */
+ * hint_slot, hint_word: where the last search found a word of prepared
+ *   code, and its complement (a still-equal word there settles the next
+ *   search at once; never the word itself, which a search would find). */
 struct ulp_thread_record {
     uint64_t universe;
     uint64_t pending;
