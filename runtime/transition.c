@@ -26,8 +26,8 @@
  * less. */
 #include <errno.h>
 #include <link.h>
+#include <pthread.h>
 #include <signal.h>
-#include <stdlib.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -139,8 +139,13 @@ struct pending_thread {
     struct ulp_thread_record *record;
 };
 
-static struct pending_thread *pending;
-static size_t npending, pending_capacity;
+/* The agent's, and a test's (ulp_test_transition) on another thread. */
+static pthread_mutex_t transition_lock = PTHREAD_MUTEX_INITIALIZER;
+/* No allocation: a commit runs while the application's threads are
+ * stopped, maybe one of them inside malloc holding its lock. */
+#define MAX_PENDING 4096
+static struct pending_thread pending[MAX_PENDING];
+static size_t npending;
 static int in_transition[ULP_MAX_LIBS];
 
 static void point_at_tracker(struct ulp_func_desc *fd)
@@ -189,14 +194,8 @@ static int may_be_inside(const struct ulp_request_thread *t)
 
 static int remember_pending(pid_t tid, int slot, struct ulp_thread_record *record)
 {
-    if (npending == pending_capacity) {
-        size_t capacity = pending_capacity ? 2 * pending_capacity : 64;
-        struct pending_thread *grown = realloc(pending, capacity * sizeof *grown);
-        if (!grown)
-            return -1;
-        pending = grown;
-        pending_capacity = capacity;
-    }
+    if (npending == MAX_PENDING)
+        return -1;
     pending[npending++] = (struct pending_thread){tid, slot, record};
     return 0;
 }
@@ -222,13 +221,15 @@ static int mark_thread(const struct ulp_request_thread *t, struct ulp_lib_desc *
 
 /* Start a transition of LIB, in slot SLOT, with every thread but the agent
  * stopped as THREADS[0..N) describe.  The caller publishes the next G
- * afterwards.  -1 if out of memory (the transition is then started, with
- * some threads not remembered: the agent cannot end it before a later one). */
+ * afterwards.  -1 if more threads are pending than the agent can remember
+ * (the transition is then started, but the agent cannot end it: calls go
+ * through the tracker until a later transition of the library ends). */
 ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
                                     const struct ulp_request_thread *threads, uint32_t n)
 {
     uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
     int status = 0;
+    pthread_mutex_lock(&transition_lock);
     add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
     uintptr_t trampolines = (uintptr_t)lib + lib->trampolines_delta;
     uintptr_t trampolines_end = trampolines + (uintptr_t)lib->nfuncs * ULP_TRAMPOLINE_SIZE;
@@ -246,7 +247,21 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
     }
     if (status == 0)
         in_transition[slot] = 1;
+    pthread_mutex_unlock(&transition_lock);
     return status;
+}
+
+/* For tests (tests/c/cm_step_app.c): what a commit publishing UNIVERSE does
+ * to every registered library, with THREADS[0..N) stopped (or calling). */
+ULP_EXPORT void ulp_test_transition(const struct ulp_request_thread *threads, uint32_t n,
+                                    uint64_t universe)
+{
+    for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
+        struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
+        if (lib)
+            ulp_begin_transition(lib, slot, threads, n);
+    }
+    __atomic_store_n(&ulp_global_universe, universe, __ATOMIC_RELEASE);
 }
 
 /* --- ending it ------------------------------------------------------------------ */
@@ -274,6 +289,7 @@ ULP_HIDDEN void ulp_transition_tick(void)
 {
     int busy[ULP_MAX_LIBS] = {0};
     size_t kept = 0;
+    pthread_mutex_lock(&transition_lock);
     for (size_t i = 0; i < npending; i++) {
         if (!still_pending(&pending[i]))
             continue;
@@ -288,17 +304,20 @@ ULP_HIDDEN void ulp_transition_tick(void)
         for_each_descriptor(lib, point_at_version);
         in_transition[slot] = 0;
     }
+    pthread_mutex_unlock(&transition_lock);
 }
 
 /* The library in SLOT is gone: nothing of it is pending any more. */
 ULP_HIDDEN void ulp_transition_forget(int slot)
 {
     size_t kept = 0;
+    pthread_mutex_lock(&transition_lock);
     for (size_t i = 0; i < npending; i++)
         if (pending[i].slot != slot)
             pending[kept++] = pending[i];
     npending = kept;
     in_transition[slot] = 0;
+    pthread_mutex_unlock(&transition_lock);
 }
 
 /* Is a transition of the library in SLOT under way (for STATUS)? */

@@ -1,9 +1,10 @@
 """The tracker under signals at every instruction (issue 7, items 6 and 8a).
 
 A tracer stops a thread at every instruction boundary of a round of calls
-that takes every path of the tracker (trampoline, loop path, judgment,
+that takes every path of the tracker (trampoline, the tracker's choice,
 calls from the library itself, a patched entry's stub, callbacks), makes
-the universe move there as a commit does, and delivers a signal whose
+the universe move there as a commit does (the runtime's own transition
+code runs with the thread stopped there), and delivers a signal whose
 handler runs a whole activation of the library.  No activation may see two
 versions.  The versions are real (a real apply and revert stamp them);
 only the moment the global universe moves is chosen by the tracer.
@@ -34,7 +35,7 @@ def step(build_dir: Path) -> Path:
     root = build_dir / "step"
     lib = prepared_library(root / "lib" / "libcmstep.so", [C_DIR / "cm_step_lib.c"])
     cc(root / "app", [C_DIR / "cm_step_app.c"], f"-L{lib.parent}", "-lcmstep", "-ldl",
-       "-lpthread")
+       "-lpthread", f"-I{C_DIR.parent.parent / 'runtime'}")
     for version in (2, 3, 4):
         patch(root, f"fix{version}", lib,
               {"lib_tag": f"lib_tag_v{version}", "lib_act": f"lib_act_v{version}"},

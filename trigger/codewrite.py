@@ -40,7 +40,8 @@ class Pause:
 
 _pauses = threading.local()  # each thread's last pause: ulp-trigger runs one per process
 
-RELEASE_WAIT = 0.2  # how long to wait for a thread to stop so that it can be detached
+RELEASE_WAIT = 0.2
+_DEATHS = (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)  # how long to wait for a thread to stop so that it can be detached
 
 
 def last_pause() -> Pause | None:
@@ -131,7 +132,8 @@ def _reaping(held: dict[int, Tracee]) -> Iterator[None]:
     the lock PTRACE_SEIZE needs, until the agent's tracer (this process)
     reaps it: a seize blocked on that lock would wait forever.  A second
     thread of this process reaps the dead (exit events only: stops stay for
-    the main logic), so the exec, and then the seize, go on.
+    the main logic, which may run the held agent meanwhile), so the exec,
+    and then the seize, go on.
     """
     done = threading.Event()
 
@@ -141,11 +143,14 @@ def _reaping(held: dict[int, Tracee]) -> Iterator[None]:
                 if not tracee.seized:
                     continue
                 try:
-                    info = os.waitid(os.P_PID, tracee.tid, os.WEXITED | os.WNOHANG | WALL)
+                    # a tracer is told of its tracees' stops whatever the
+                    # flags say: only look (WNOWAIT), and reap an exit only
+                    info = os.waitid(os.P_PID, tracee.tid,
+                                     os.WEXITED | os.WNOHANG | os.WNOWAIT | WALL)
+                    if info is not None and info.si_code in _DEATHS:
+                        os.waitid(os.P_PID, tracee.tid, os.WEXITED | os.WNOHANG | WALL)
+                        tracee.seized = tracee.stopped = False
                 except ChildProcessError:
-                    info = None
-                    tracee.seized = tracee.stopped = False
-                if info is not None:
                     tracee.seized = tracee.stopped = False
 
     reaper = threading.Thread(target=reap, name="ulp-reaper", daemon=True)

@@ -4,9 +4,11 @@
  * sites and then runs one activation, lib_act, that enters the library
  * every other way.  A tracer
  * (a child process, so it shares every address) stops the worker at
- * instruction boundary k of round k, makes the global universe move (as a
- * commit does: the versions' intervals are already stamped, by a real
- * apply and revert before), and delivers SIGUSR1 there: the handler runs a
+ * instruction boundary k of round k, makes the global universe move there
+ * as a commit does (the main thread runs the runtime's own transition code,
+ * ulp_test_transition, with the worker's registers, while the tracer holds
+ * it stopped; the versions' intervals are already stamped, by a real apply
+ * and revert before), and delivers SIGUSR1 there: the handler runs a
  * whole activation of its own.  When the handler is done the universe moves
  * once more, and again when the round's activation calls back into the
  * program, so that an entry of the round's activation misjudged external
@@ -36,6 +38,8 @@
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "ulp_abi.h"
 
 typedef void (*step_callback)(int *tags, int *n);
 int lib_tag(void);
@@ -71,7 +75,24 @@ struct counts {
 };
 static struct counts counts;
 static pid_t worker_tid;
-static uint64_t *global_universe;
+static uintptr_t worker_stack_low, worker_stack_high;
+static void (*test_transition)(const struct ulp_request_thread *, uint32_t, uint64_t);
+/* tracer -> main thread: "move the universe with the worker stopped here" */
+struct move {
+    uint64_t universe;      /* 0: the tracer is done, the counts follow */
+    uint64_t rip, rsp, thread_pointer;
+};
+static int move_pipe[2], moved_pipe[2];
+
+static void move_universe(uint64_t universe, uint64_t rip, uint64_t rsp,
+                          uint64_t thread_pointer)
+{
+    struct ulp_request_thread thread = {
+        .tid = worker_tid, .rip = rip, .rsp = rsp, .thread_pointer = thread_pointer,
+        .stack_low = worker_stack_low, .stack_high = worker_stack_high,
+        .here_high = worker_stack_high};
+    test_transition(&thread, 1, universe);
+}
 
 static void callback(int *tags, int *n)
 {
@@ -81,7 +102,9 @@ static void callback(int *tags, int *n)
 /* The round's callback: a commit happens while its activation runs. */
 static void round_callback(int *tags, int *n)
 {
-    *global_universe = last_universe;
+    uint64_t rsp, thread_pointer;
+    __asm__ volatile("movq %%rsp, %0\n movq %%fs:0, %1" : "=r"(rsp), "=r"(thread_pointer));
+    move_universe(last_universe, (uintptr_t)round_callback, rsp, thread_pointer);
     tags[(*n)++] = lib_tag();
 }
 
@@ -167,6 +190,19 @@ static int wait_stop(pid_t tid)
     return status;
 }
 
+/* Move the universe with the stopped worker TID where it is. */
+static void commit_at(pid_t tid, uint64_t universe)
+{
+    struct user_regs_struct regs;
+    char ack;
+    if (ptrace(PTRACE_GETREGS, tid, 0, &regs) != 0)
+        fail("getregs");
+    struct move move = {universe, regs.rip, regs.rsp, regs.fs_base};
+    if (write(move_pipe[1], &move, sizeof move) != sizeof move ||
+        read(moved_pipe[0], &ack, 1) != 1)
+        fail("move");
+}
+
 static void poke(pid_t tid, void *address, uint64_t value)
 {
     if (ptrace(PTRACE_POKEDATA, tid, address, (void *)value) != 0)
@@ -212,7 +248,7 @@ static long peek(pid_t tid, const volatile void *address)
 /* Inside the round's activation: it was entered (its trampoline, where the
  * stack pointer is the slot of its return address, was reached and it
  * recorded a version) and has not returned. */
-static void trace(pid_t tid, const uint64_t universes[4], int report)
+static void trace(pid_t tid, const uint64_t universes[4])
 {
     uintptr_t trampoline = (uintptr_t)dlsym(RTLD_DEFAULT, "lib_act");
     Dl_info runtime, library;
@@ -227,7 +263,7 @@ static void trace(pid_t tid, const uint64_t universes[4], int report)
     poke(tid, (void *)&traced, 1);
     for (long k = 0;; k++) {
         run_to(tid, marker_round_start);
-        poke(tid, global_universe, universes[0]);
+        commit_at(tid, universes[0]);
         uintptr_t slot = 0;
         struct user_regs_struct regs = registers(tid);
         for (long j = 0; j < k && regs.rip != (uintptr_t)marker_round_end; j++) {
@@ -249,47 +285,72 @@ static void trace(pid_t tid, const uint64_t universes[4], int report)
         in_object(regs.rip, (uintptr_t)library.dli_fbase, &in_library);
         poke(tid, (void *)&interrupted_inside,
              slot != 0 && regs.rsp <= slot && (int)peek(tid, &round_n) > 0);
-        poke(tid, global_universe, universes[1]);
+        commit_at(tid, universes[1]);
         if (ptrace(PTRACE_CONT, tid, 0, (void *)(long)SIGUSR1) != 0)
             fail("cont with SIGUSR1");
         wait_stop(tid);
         if (registers(tid).rip - 1 != (uintptr_t)marker_handler_done)
             fail("the handler did not finish");
-        poke(tid, global_universe, universes[2]);
+        commit_at(tid, universes[2]);
         if (jump_out)
             run_to(tid, marker_round_start);
         run_to(tid, marker_round_end);
     }
     if (ptrace(PTRACE_DETACH, tid, 0, 0) != 0)
         fail("detach");
-    if (write(report, (long[3]){boundaries, in_runtime, in_library}, 3 * sizeof(long)) < 0)
+    struct move done = {0, 0, 0, 0};
+    if (write(move_pipe[1], &done, sizeof done) != sizeof done ||
+        write(move_pipe[1], (long[3]){boundaries, in_runtime, in_library}, 3 * sizeof(long)) < 0)
         fail("report");
     _exit(0);
+}
+
+/* The main thread's part: run the transitions the tracer asks for. */
+static ssize_t serve_moves(long found[3])
+{
+    struct move move;
+    while (read(move_pipe[0], &move, sizeof move) == sizeof move && move.universe) {
+        move_universe(move.universe, move.rip, move.rsp, move.thread_pointer);
+        if (write(moved_pipe[1], "m", 1) != 1)
+            return -1;
+    }
+    return read(move_pipe[0], found, 3 * sizeof(long));
 }
 
 static void run_phase(const uint64_t universes[4])
 {
     pthread_t thread;
-    int report[2];
+    pthread_attr_t attr;
+    void *stack;
+    size_t stack_size;
     long found[3] = {0, 0, 0};
     memset(&counts, 0, sizeof counts);
     last_universe = universes[3];
     stop_rounds = 0;
     traced = 0;
     worker_tid = 0;
-    if (pipe(report) != 0 || pthread_create(&thread, NULL, worker, NULL) != 0)
+    if (pipe(move_pipe) != 0 || pipe(moved_pipe) != 0 ||
+        pthread_create(&thread, NULL, worker, NULL) != 0)
         fail("start");
+    if (pthread_getattr_np(thread, &attr) != 0 ||
+        pthread_attr_getstack(&attr, &stack, &stack_size) != 0)
+        fail("stack");
+    pthread_attr_destroy(&attr);
+    worker_stack_low = (uintptr_t)stack;
+    worker_stack_high = (uintptr_t)stack + stack_size;
     while (!__atomic_load_n(&worker_tid, __ATOMIC_ACQUIRE))
         sched_yield();
     pid_t tracer = fork();
     if (tracer == 0)
-        trace(worker_tid, universes, report[1]);
-    close(report[1]);
+        trace(worker_tid, universes);
     int status;
-    ssize_t got = read(report[0], found, sizeof found);
+    ssize_t got = serve_moves(found);
     waitpid(tracer, &status, 0);
     pthread_join(thread, NULL);
-    close(report[0]);
+    for (int i = 0; i < 2; i++) {
+        close(move_pipe[i]);
+        close(moved_pipe[i]);
+    }
     printf("boundaries=%ld runtime=%ld library=%ld tracer=%d rounds=%ld handlers=%ld inside=%ld "
            "mixed_round=%ld mixed_handler=%ld mixed_across=%ld round_seen=%ld,%ld,%ld "
            "handler_seen=%ld,%ld,%ld\n",
@@ -308,11 +369,12 @@ int main(void)
     prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY);
     uint64_t (*universe_value)(void) = dlsym(RTLD_DEFAULT, "ulp_global_universe_value");
     uint64_t *(*universe_address)(void) = dlsym(RTLD_DEFAULT, "ulp_global_universe_address");
-    if (!universe_value || !universe_address) {
+    test_transition = dlsym(RTLD_DEFAULT, "ulp_test_transition");
+    if (!universe_value || !universe_address || !test_transition) {
         printf("no runtime\n");
         return 1;
     }
-    global_universe = universe_address();
+    (void)universe_address;
     struct sigaction action = {.sa_handler = on_usr1};
     sigaction(SIGUSR1, &action, NULL);
     printf("ready\n");
@@ -322,7 +384,7 @@ int main(void)
             uint64_t saved = universe_value();
             jump_out = strstr(line, "jump") != NULL;
             run_phase((uint64_t[4]){universes[0], universes[1], universes[2], universes[3]});
-            *global_universe = saved;
+            test_transition(NULL, 0, saved);
         } else {
             printf("unknown command\n");
         }
