@@ -1,0 +1,205 @@
+"""A patch of several libraries of one process (issue 9, item 8).
+
+One patch object replaces functions of two prepared libraries, libmta and
+libmtb, which the program's hot threads enter in chains that cross both
+(tests/c/mt_app.c: A calls back into the program, which enters B, whose
+callback re-enters A).  The patch is applied and reverted as one unit, with
+one step of the global universe, and every activation checks that it saw
+versions of one universe.  A third library, libmtc, is prepared but not
+loaded by the program: a patch of A and C is refused there whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from consistency_support import C_DIR, LiveProcess, ask, cc, counts, prepared_library, trigger
+
+from support import shared_library, tool
+from ulp import metadata as md
+from ulp.errors import ExitCode
+from ulp.patchfile import read_patch_file
+
+ROUNDS = 15
+ALL_OLD = "last " + " ".join(["1/1"] * 4)
+ALL_NEW = "last " + " ".join(["2/2"] * 4)
+
+
+def _pack(root: Path, name: str, sections: dict[str, dict[str, str]]) -> Path:
+    lines = [str(root / "fix.so")]
+    for library, replacements in sections.items():
+        lines.append(f"@lib/{library}")
+        lines += [f"{old}:{new}" for old, new in replacements.items()]
+    (root / f"{name}.desc").write_text("\n".join(lines) + "\n")
+    packed = tool("ulp-packer", root / f"{name}.desc")
+    assert packed.returncode == 0, packed.stderr
+    return root / f"{name}.ulp"
+
+
+@pytest.fixture(scope="module")
+def built(build_dir: Path) -> dict[str, Path]:
+    root = build_dir / "multi"
+    for name in ("a", "b", "c"):
+        prepared_library(root / "lib" / f"libmt{name}.so", [C_DIR / f"mt_lib{name}.c"])
+    cc(root / "app", [C_DIR / "mt_app.c"], f"-L{root / 'lib'}", "-lmta", "-lmtb", "-pthread")
+    shared_library(root / "fix.so", [C_DIR / "mt_fix.c"], patchable=False)
+    both = _pack(root, "both", {"libmta.so": {"a_tag": "a_tag_v2", "a_act": "a_act_v2"},
+                                "libmtb.so": {"b_tag": "b_tag_v2", "b_act": "b_act_v2"}})
+    missing = _pack(root, "a_and_c", {"libmta.so": {"a_tag": "a_tag_v2", "a_act": "a_act_v2"},
+                                      "libmtc.so": {"c_tag": "c_tag_v2"}})
+    single = _pack(root, "only_a", {"libmta.so": {"a_tag": "a_tag_v2"}})
+    return {"root": root, "both": both, "missing": missing, "single": single}
+
+
+def start(built) -> LiveProcess:
+    app = LiveProcess([built["root"] / "app"], env={"LD_LIBRARY_PATH": str(built["root"] / "lib")})
+    assert app.next_line() == "ready"
+    return app
+
+
+def snapshot(pid: int) -> dict:
+    shown = tool("ulp", "patches", "-p", str(pid), "--json")
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)[0]
+
+
+def applied_at(view: dict) -> dict[str, set[int]]:
+    """Library file name -> the universes its functions' newest versions were
+    applied in."""
+    return {library["path"].rsplit("/", 1)[-1]: {function["versions"][0][0]
+                                                 for function in library["functions"]}
+            for library in view["libraries"]}
+
+
+# ---- the patch file --------------------------------------------------------------
+
+
+def test_a_patch_of_two_libraries_is_a_version_4_record_and_packs_reproducibly(built) -> None:
+    patch = read_patch_file(str(built["both"]))
+    metadata = patch.metadata
+    assert [target.name for target in metadata.targets] == ["libmta.so", "libmtb.so"]
+    assert [unit.old_name for unit in metadata.targets[1].units] == ["b_tag", "b_act"]
+    record = built["both"].read_bytes()[56:]
+    assert record[:8] == md.MAGIC and int.from_bytes(record[8:10], "little") == 4
+    # the id is the group's, over the ids each library's part would have alone
+    assert metadata.patch_id == md.make_group_id([md.part_id(part) for part in metadata.parts()])
+    # a patch of one library is still a version 3 record
+    single = built["single"].read_bytes()[56:]
+    assert int.from_bytes(single[8:10], "little") == 3
+    again = tool("ulp-packer", built["root"] / "both.desc", "-o", built["root"] / "again.ulp")
+    assert again.returncode == 0, again.stderr
+    assert (built["root"] / "again.ulp").read_bytes() == built["both"].read_bytes()
+
+
+def test_dump_names_every_library_and_its_functions(built) -> None:
+    dump = tool("ulp", "dump", built["both"])
+    assert dump.returncode == 0, dump.stderr
+    assert re.search(r"^target:\s+\S+/libmta\.so$", dump.stdout, re.M), dump.stdout
+    assert re.search(r"^target 2:\s+\S+/libmtb\.so$", dump.stdout, re.M), dump.stdout
+    assert "b_act -> b_act_v2" in dump.stdout and "a_act -> a_act_v2" in dump.stdout
+    fields = json.loads(tool("ulp", "dump", "--json", built["both"]).stdout)
+    assert [Path(target["target"]).name for target in fields["targets"]] == \
+        ["libmta.so", "libmtb.so"]
+    assert [function["old"] for function in fields["targets"][1]["functions"]] == \
+        ["b_tag", "b_act"]
+
+
+# ---- applying and reverting in a live process ------------------------------------
+
+
+def test_apply_and_revert_as_one_unit_under_hot_threads(built) -> None:
+    with start(built) as app:
+        assert ask(app, "sync") == ALL_OLD
+        for _ in range(ROUNDS):
+            before = snapshot(app.pid)["global_universe"]
+            result = trigger(app.pid, built["both"])
+            assert result.returncode == 0, result.stderr
+            view = snapshot(app.pid)
+            # one step of the global universe, in which both libraries changed
+            assert view["global_universe"] == before + 1
+            universes = applied_at(view)
+            assert universes["libmta.so"] == universes["libmtb.so"] == {before + 1}
+            assert ask(app, "sync") == ALL_NEW      # every thread migrated, in both
+            result = trigger("--revert", app.pid, built["both"])
+            assert result.returncode == 0, result.stderr
+            assert snapshot(app.pid)["global_universe"] == before + 2
+            assert ask(app, "sync") == ALL_OLD
+        found = counts(ask(app, "stop"))
+    assert found["mixed_a"] == "0" and found["mixed_b"] == "0", found
+    old, new = map(int, found["seen"].split(","))
+    assert old > 0 and new > 0, found
+
+
+def test_status_and_check_show_the_patch_of_two_libraries(built) -> None:
+    with start(built) as app:
+        check = tool("ulp", "check", "-v", str(app.pid), built["both"])
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert re.search(r"target \S+/libmta\.so: loaded at", check.stdout), check.stdout
+        assert re.search(r"target \S+/libmtb\.so: loaded at", check.stdout), check.stdout
+        assert "0 of 4 already jump to the tracker" in check.stdout
+        result = trigger(app.pid, built["both"])
+        assert result.returncode == 0, result.stderr
+        assert "libmta.so:a_tag" in result.stdout and "libmtb.so:b_act" in result.stdout
+        status = json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)
+        patch_id = read_patch_file(str(built["both"])).metadata.patch_id_hex
+        assert [patch["id"] for patch in status["applied"]] == [patch_id]   # once
+        again = trigger(app.pid, built["both"])
+        assert again.returncode == ExitCode.ALREADY_APPLIED, again.stderr
+        check = tool("ulp", "check", "-v", str(app.pid), built["both"])
+        assert "4 of 4 already jump to the tracker" in check.stdout, check.stdout
+
+
+def test_a_missing_target_refuses_the_whole_patch_and_leaves_the_process_untouched(
+        built) -> None:
+    with start(built) as app:
+        maps = Path(f"/proc/{app.pid}/maps").read_text()
+        code = _library_code(app.pid, maps, "libmta.so")
+        fds = sorted(Path(f"/proc/{app.pid}/fd").iterdir())
+        universe = snapshot(app.pid)["global_universe"]
+        result = trigger(app.pid, built["missing"])
+        assert result.returncode == ExitCode.LIBRARY_NOT_LOADED, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "libmtc.so" in result.stderr and "nothing done" in result.stderr
+        # nothing loaded, staged or written, no universe published
+        assert Path(f"/proc/{app.pid}/maps").read_text() == maps
+        assert _library_code(app.pid, maps, "libmta.so") == code
+        assert sorted(Path(f"/proc/{app.pid}/fd").iterdir()) == fds
+        assert snapshot(app.pid)["global_universe"] == universe
+        assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
+        assert ask(app, "sync") == ALL_OLD
+
+
+def _library_code(pid: int, maps: str, name: str) -> bytes:
+    """The bytes of the executable mappings of library ``name`` in ``pid``."""
+    code = b""
+    with open(f"/proc/{pid}/mem", "rb") as memory:
+        for line in maps.splitlines():
+            fields = line.split()
+            if len(fields) == 6 and fields[5].endswith("/" + name) and "x" in fields[1]:
+                start, end = (int(value, 16) for value in fields[0].split("-"))
+                memory.seek(start)
+                code += memory.read(end - start)
+    assert code
+    return code
+
+
+@pytest.mark.parametrize("library", ["libmta.so", "libmtb.so"])
+def test_revert_all_of_either_library_reverts_the_patch_in_both(built, library) -> None:
+    with start(built) as app:
+        result = trigger(app.pid, built["both"])
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "sync") == ALL_NEW
+        reverted = trigger("--revert-all", library, app.pid)
+        assert reverted.returncode == 0, reverted.stderr
+        assert "2 libraries" in reverted.stdout, reverted.stdout
+        assert ask(app, "sync") == ALL_OLD                  # both libraries, not only LIB
+        assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
+        other = "libmtb.so" if library == "libmta.so" else "libmta.so"
+        nothing = trigger("--revert-all", other, app.pid)
+        assert nothing.returncode == ExitCode.NOT_APPLIED, nothing.stderr
+        result = trigger(app.pid, built["both"])            # and it applies again
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "sync") == ALL_NEW
