@@ -32,7 +32,7 @@ def _pack(root: Path, name: str, sections: dict[str, dict[str, str]]) -> Path:
     lines = [str(root / "fix.so")]
     for library, replacements in sections.items():
         lines.append(f"@lib/{library}")
-        lines += [f"{old}:{new}" for old, new in replacements.items()]
+        lines += [f"{old}:{new}" for old, new in replacements.items()]  # and #sym:var
     (root / f"{name}.desc").write_text("\n".join(lines) + "\n")
     packed = tool("ulp-packer", root / f"{name}.desc")
     assert packed.returncode == 0, packed.stderr
@@ -51,7 +51,11 @@ def built(build_dir: Path) -> dict[str, Path]:
     missing = _pack(root, "a_and_c", {"libmta.so": {"a_tag": "a_tag_v2", "a_act": "a_act_v2"},
                                       "libmtc.so": {"c_tag": "c_tag_v2"}})
     single = _pack(root, "only_a", {"libmta.so": {"a_tag": "a_tag_v2"}})
-    return {"root": root, "both": both, "missing": missing, "single": single}
+    private = _pack(root, "private", {"libmta.so": {"a_tag": "a_tag_v2"},
+                                      "libmtb.so": {"b_step": "b_step_v2",
+                                                    "#b_total": "b_total_ref"}})
+    return {"root": root, "both": both, "missing": missing, "single": single,
+            "private": private}
 
 
 def start(built) -> LiveProcess:
@@ -131,6 +135,35 @@ def test_apply_and_revert_as_one_unit_under_hot_threads(built) -> None:
     assert found["mixed_a"] == "0" and found["mixed_b"] == "0", found
     old, new = map(int, found["seen"].split(","))
     assert old > 0 and new > 0, found
+
+
+def test_the_second_library_has_a_private_function_and_a_reference(built) -> None:
+    """Each library's PREPARE writes its private descriptors into the request
+    the next one overwrites: they are read back in between."""
+    metadata = read_patch_file(str(built["private"])).metadata
+    assert metadata.targets[1].private_units[0].old_name == "b_step"
+    assert metadata.targets[1].references[0].ref_name == "b_total_ref"
+    with start(built) as app:
+        assert ask(app, "count") == "count=1"
+        result = trigger(app.pid, built["private"])
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "count") == "count=11"             # B's static, through B's data
+        assert ask(app, "sync") == "last " + " ".join(["2/1"] * 4)
+        result = trigger("--revert", app.pid, built["private"])
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "count") == "count=12"
+        assert ask(app, "sync") == ALL_OLD
+
+
+def test_a_copy_of_a_target_named_as_another_target_is_refused(built, tmp_path) -> None:
+    copy = tmp_path / "libmta_copy.so"
+    copy.write_bytes((built["root"] / "lib" / "libmta.so").read_bytes())
+    desc = tmp_path / "copy.desc"
+    desc.write_text(f"{built['root'] / 'fix.so'}\n@{built['root'] / 'lib' / 'libmta.so'}\n"
+                    f"a_tag:a_tag_v2\n@{copy}\na_act:a_act_v2\n")
+    packed = tool("ulp-packer", desc)
+    assert packed.returncode == ExitCode.BAD_INPUT, packed.stderr
+    assert f"{desc}:4: {copy} is the library of line 2 again" in packed.stderr
 
 
 def test_status_and_check_show_the_patch_of_two_libraries(built) -> None:

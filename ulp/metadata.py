@@ -564,9 +564,10 @@ def _parse(data: bytes) -> PatchMetadata:
     reader.finish()
     more_targets = tuple(records[RECORD_TARGET])
     if bool(more_targets) != (version == MULTI_TARGET_VERSION):
-        raise _Malformed(f"record version {version} with {1 + len(more_targets)} target "
-                         f"libraries (version {FORMAT_VERSION} has one, "
-                         f"{MULTI_TARGET_VERSION} several)")
+        count = 1 + len(more_targets)
+        raise _Malformed(f"record version {version} with {count} target "
+                         f"{'library' if count == 1 else 'libraries'} (version "
+                         f"{FORMAT_VERSION} has one, {MULTI_TARGET_VERSION} several)")
     metadata = PatchMetadata(
         patch_id=patch_id,
         reverse=bool(flags & FLAG_REVERSE),

@@ -9,7 +9,9 @@
  *
  * stdin: "sync" waits until every thread has run two more chains and prints
  * the versions of each thread's last chain as "last A/B A/B ..."; "counts"
- * prints the totals; "stop" ends the threads and prints them. */
+ * prints the totals; "count" calls B's b_count (a private function of B
+ * counting in B's private data) and prints "count=N"; "stop" ends the
+ * threads and prints the totals. */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +24,7 @@ typedef void (*mt_callback)(int *tags, int *n);
 int a_tag(void);
 int a_act(mt_callback callback, int *tags, int *n);
 int b_act(mt_callback callback, int *tags, int *n);
+int b_count(void);
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t progress = PTHREAD_COND_INITIALIZER;
@@ -111,6 +114,8 @@ int main(void)
             sync_threads();
         } else if (strncmp(line, "counts", 6) == 0) {
             print_counts();
+        } else if (strncmp(line, "count", 5) == 0) {
+            printf("count=%d\n", b_count());
         } else if (strncmp(line, "stop", 4) == 0) {
             stopping = 1;
             for (int i = 0; i < THREADS; i++)

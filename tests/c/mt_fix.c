@@ -34,3 +34,11 @@ int c_tag_v2(void)
 {
     return 2;
 }
+
+/* B's static b_step, through a reference to B's static b_total. */
+int *b_total_ref;
+
+int b_step_v2(void)
+{
+    return *b_total_ref += 10;
+}
