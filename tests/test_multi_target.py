@@ -181,6 +181,10 @@ def test_status_and_check_show_the_patch_of_two_libraries(built) -> None:
         assert [patch["id"] for patch in status["applied"]] == [patch_id]   # once
         again = trigger(app.pid, built["both"])
         assert again.returncode == ExitCode.ALREADY_APPLIED, again.stderr
+        universe = snapshot(app.pid)["global_universe"]
+        shown = tool("ulp", "patches", "-p", str(app.pid))
+        assert f"universe {universe}: libmta.so, libmtb.so changed in one step" in shown.stdout, \
+            shown.stdout
         check = tool("ulp", "check", "-v", str(app.pid), built["both"])
         assert "4 of 4 already jump to the tracker" in check.stdout, check.stdout
 

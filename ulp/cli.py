@@ -102,6 +102,9 @@ def _show_process(console: Console, view) -> None:
                 for applied, reverted in function.versions)
             for function in library.functions) or "not patched"
         console.say(f"  {library.path}: {changes}")
+    for universe, names in _joint_changes(view):
+        console.say(f"  universe {universe}: {', '.join(names)} changed in one step "
+                    "(a patch of several libraries)")
     for thread in view.threads:
         if thread.error:
             console.say(f"  thread {thread.tid} ({thread.name}): {thread.error}")
@@ -112,6 +115,20 @@ def _show_process(console: Console, view) -> None:
                else " inside" if record.inside else "")
             for record in thread.records) or "no library entered"
         console.say(f"  thread {thread.tid} ({thread.name}): {records}", styled=True)
+
+
+def _joint_changes(view) -> list[tuple[int, list[str]]]:
+    """The universes in which versions of several libraries were applied or
+    reverted: a patch of several libraries changes them in one step."""
+    changed: dict[int, set[str]] = {}
+    for library in view.libraries:
+        for function in library.functions:
+            for applied, reverted in function.versions:
+                for universe in (applied, reverted):
+                    if universe:
+                        changed.setdefault(universe, set()).add(library.path.rsplit("/", 1)[-1])
+    return [(universe, sorted(names)) for universe, names in sorted(changed.items())
+            if len(names) > 1]
 
 
 def patch_fields(metadata) -> dict:
