@@ -15,7 +15,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
+
+#include "progress.h"
 
 #define THREADS 4
 #define MAX_TAGS 16
@@ -72,20 +73,10 @@ static void *hot(void *arg)
 
 static void sync_threads(void)
 {
-    long target[THREADS];
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 20;
-    pthread_mutex_lock(&lock);
-    for (int i = 0; i < THREADS; i++)
-        target[i] = done[i] + 2;
-    for (int i = 0; i < THREADS; i++)
-        while (done[i] < target[i])
-            if (pthread_cond_timedwait(&progress, &lock, &deadline) != 0) {
-                pthread_mutex_unlock(&lock);
-                printf("sync timeout\n");
-                return;
-            }
+    if (wait_rounds(&lock, &progress, done, THREADS, 2) != 0) {
+        printf("sync timeout\n");
+        return;
+    }
     printf("last");
     for (int i = 0; i < THREADS; i++)
         printf(" %d/%d", last_a[i], last_b[i]);
