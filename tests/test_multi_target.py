@@ -11,6 +11,7 @@ loaded by the program: a patch of A and C is refused there whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from consistency_support import C_DIR, LiveProcess, ask, cc, counts, prepared_li
 from support import shared_library, tool
 from ulp import metadata as md
 from ulp.errors import ExitCode
-from ulp.patchfile import read_patch_file
+from ulp.patchfile import PatchFile, read_patch_file, write_patch_file
 
 ROUNDS = 15
 ALL_OLD = "last " + " ".join(["1/1"] * 4)
@@ -207,6 +208,33 @@ def test_a_missing_target_refuses_the_whole_patch_and_leaves_the_process_untouch
         assert snapshot(app.pid)["global_universe"] == universe
         assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
         assert ask(app, "sync") == ALL_OLD
+
+
+def test_a_refusal_by_the_runtime_in_the_second_library_applies_nothing(built,
+                                                                         tmp_path) -> None:
+    """The second PREPARE fails (a replacement the patch object lacks, as a
+    hostile or buggy packer could write it), after the first succeeded: the
+    first is dropped, no code is written, no universe published."""
+    original = read_patch_file(str(built["both"]))
+    second = original.metadata.more_targets[0]
+    broken = dataclasses.replace(original.metadata, more_targets=(dataclasses.replace(
+        second, units=(md.Unit(second.units[0].index, "b_tag", "b_tag_missing"),)),))
+    broken = dataclasses.replace(broken, patch_id=md.content_id(broken))
+    write_patch_file(str(tmp_path / "broken.ulp"), PatchFile(broken, original.patch_object))
+    with start(built) as app:
+        maps = Path(f"/proc/{app.pid}/maps").read_text()
+        code = _library_code(app.pid, maps, "libmta.so")
+        universe = snapshot(app.pid)["global_universe"]
+        result = trigger(app.pid, tmp_path / "broken.ulp")
+        assert result.returncode == ExitCode.PATCH_OBJECT, result.stderr
+        assert "b_tag_missing" in result.stderr
+        assert _library_code(app.pid, maps, "libmta.so") == code
+        assert snapshot(app.pid)["global_universe"] == universe
+        assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
+        assert ask(app, "sync") == ALL_OLD
+        result = trigger(app.pid, built["both"])
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "sync") == ALL_NEW
 
 
 def _library_code(pid: int, maps: str, name: str) -> bytes:
