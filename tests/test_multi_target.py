@@ -21,8 +21,12 @@ from consistency_support import C_DIR, LiveProcess, ask, cc, counts, prepared_li
 
 from support import shared_library, tool
 from ulp import metadata as md
+from ulp.agent_abi import Op, Status
 from ulp.errors import ExitCode
 from ulp.patchfile import PatchFile, read_patch_file, write_patch_file
+from ulp.process import Process
+from ulp.trigger import transition
+from ulp.trigger.agent import Agent
 
 ROUNDS = 15
 ALL_OLD = "last " + " ".join(["1/1"] * 4)
@@ -268,3 +272,81 @@ def test_revert_all_of_either_library_reverts_the_patch_in_both(built, library) 
         result = trigger(app.pid, built["both"])            # and it applies again
         assert result.returncode == 0, result.stderr
         assert ask(app, "sync") == ALL_NEW
+
+
+# ---- a library of the patch unloaded -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unloading(build_dir: Path) -> Path:
+    """tests/c/lc_app.c (dlopens and dlcloses libraries on command), two
+    prepared libraries lib/liblc1.so and lib/liblc2.so (each lc_value() = 1,
+    different identities), and both.ulp: lc_value = 2 in both."""
+    root = build_dir / "multi_unload"
+    for number in (1, 2):
+        prepared_library(root / "lib" / f"liblc{number}.so", [C_DIR / "lc_lib.c"],
+                         f"-Wl,-soname,liblc{number}.so")
+    cc(root / "app", [C_DIR / "lc_app.c"], "-ldl", "-lpthread")
+    shared_library(root / "fix.so", [C_DIR / "lc_fix.c"], patchable=False)
+    (root / "both.desc").write_text("fix.so\n@lib/liblc1.so\nlc_value:lc_value_v2\n"
+                                    "@lib/liblc2.so\nlc_value:lc_value_v2\n")
+    packed = tool("ulp-packer", root / "both.desc")
+    assert packed.returncode == 0, packed.stderr
+    return root
+
+
+def start_unloading(root: Path) -> LiveProcess:
+    app = LiveProcess([root / "app"])
+    assert app.next_line() == "ready"
+    for number in (1, 2):
+        assert ask(app, f"open {number} {root / 'lib' / f'liblc{number}.so'}") == "opened"
+    return app
+
+
+def test_a_library_unloaded_after_the_apply_leaves_the_other_to_revert(unloading) -> None:
+    with start_unloading(unloading) as app:
+        result = trigger(app.pid, unloading / "both.ulp")
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "call 1") == ask(app, "call 2") == "value=2"
+        assert ask(app, "close 2") == "closed"
+        assert "liblc2.so" not in Path(f"/proc/{app.pid}/maps").read_text()   # unmapped
+        result = trigger("--revert", app.pid, unloading / "both.ulp")
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "call 1") == "value=1"
+        assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
+        assert ask(app, f"open 2 {unloading / 'lib' / 'liblc2.so'}") == "opened"
+        result = trigger(app.pid, unloading / "both.ulp")      # both again
+        assert result.returncode == 0, result.stderr
+        assert ask(app, "call 1") == ask(app, "call 2") == "value=2"
+
+
+def test_a_library_unloaded_between_prepare_and_commit_applies_nothing(unloading) -> None:
+    """Both parts prepared (as by a trigger that then waits), the program
+    dlcloses the second library: COMMIT answers UNLOADED and publishes none
+    of the first library's versions either."""
+    patch_file = read_patch_file(str(unloading / "both.ulp"))
+    metadata = patch_file.metadata
+    with start_unloading(unloading) as app:
+        process = Process(app.pid)
+        agent = Agent(process, 20)
+        try:
+            targets = transition.find_targets(process, metadata, "both.ulp")
+            agent.attach()
+            status, message = agent.call(transition._request(Op.STAGE, metadata))
+            assert status == Status.OK, message
+            staged = agent.fill_staged(patch_file.patch_object)
+            transition._prepare_parts(agent, metadata.parts(), targets, staged,
+                                      len(patch_file.patch_object))
+            agent.release()
+            assert ask(app, "close 2") == "closed"
+            assert "liblc2.so" not in Path(f"/proc/{app.pid}/maps").read_text()
+            agent = Agent(process, 20)
+            agent.attach()
+            status, message = agent.call(transition._request(Op.COMMIT, metadata))
+            assert status == Status.UNLOADED, message
+            assert "nothing applied" in message
+        finally:
+            agent.release()
+            process.close()
+        assert ask(app, "call 1") == "value=1"
+        assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
