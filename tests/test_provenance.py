@@ -454,7 +454,7 @@ int main(void)
     ARRAY(ulp_request, identity); ARRAY(ulp_request, so_sha256); FIELD(ulp_request, so_path);
     FIELD(ulp_request, so_fd); FIELD(ulp_request, so_size);
     FIELD(ulp_request, nprivate); FIELD(ulp_request, nrefs); FIELD(ulp_request, label);
-    FIELD(ulp_request, reserved);
+    FIELD(ulp_request, part); FIELD(ulp_request, nparts);
     FIELD(ulp_request_unit, index); FIELD(ulp_request_unit, name);
     FIELD(ulp_request_private, entry_delta); FIELD(ulp_request_private, name);
     FIELD(ulp_request_private, flags); FIELD(ulp_request_private, desc);
@@ -473,7 +473,7 @@ MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "statu
                   "reserved0", "idle_address", "reserved"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
                   "so_sha256", "so_path", "so_fd", "so_size", "nprivate", "nrefs", "label",
-                  "reserved"]
+                  "part", "nparts"]
 
 
 def layout_of(fmt: str, names: list[str]) -> dict[str, tuple[int, int, int]]:
