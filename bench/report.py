@@ -33,6 +33,7 @@ class Row:
     measured: str
     checks: list[Check]
     details: dict = field(default_factory=dict)
+    missing: bool = False  # its input is missing or incomplete (a row without checks)
 
     @property
     def target(self) -> str:
@@ -41,10 +42,10 @@ class Row:
 
     @property
     def verdict(self) -> str:
+        if self.missing or any(check.ok is None for check in self.checks):
+            return "not measured"
         if not self.checks:
             return "reported (no target)"
-        if any(check.ok is None for check in self.checks):
-            return "not measured"
         missed = [check.what for check in self.checks if not check.ok]
         return "meets" if not missed else "MISSES " + ", ".join(missed)
 
@@ -168,27 +169,58 @@ def speedtest_row(path: Path) -> Row:
                [Check("time ratio", float(ratio), 1.02, "x")], data)
 
 
-def realworld_rows(path: Path) -> list[Row]:
-    """Each library of build/realworld/results.json (make realworld): its own
-    workload with the runtime vs unprepared, and the trigger's wall time per
-    apply and revert under load (issue 10 asks for them here; no target)."""
-    if not path.exists():
-        return [Row("realworld", "zlib and SQLite under make realworld",
-                    "not measured: run make realworld", [])]
+def realworld_rows(path: Path, libraries: tuple[str, ...]) -> list[Row]:
+    """A row for each of LIBRARIES and any other library in PATH (results.json
+    of make realworld, written by realworld/rwlib.py record_load and
+    record_workload): its own workload with the runtime vs unprepared, and
+    the trigger's wall time per apply and revert under load (issue 10 asks
+    for them here; no target).  A library without complete results gets a
+    row that says so: never silently left out."""
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        results = {}
+    except (OSError, ValueError) as error:
+        results = {name: f"unreadable {path}: {error}" for name in libraries}
+    if not isinstance(results, dict):
+        results = {name: f"not a JSON object: {path}" for name in libraries}
     rows = []
-    for name, result in json.loads(path.read_text()).items():
+    for name in (*libraries, *(name for name in results if name not in libraries)):
+        figure = f"{name}: its workload and the trigger (make realworld)"
+        result = results.get(name)
+        if result is None:
+            rows.append(Row(f"realworld-{name}", figure, f"not measured: no results for {name} "
+                            f"in {path}: run make realworld", [], missing=True))
+            continue
         try:
-            work, load = result["workload"], result["under_load"]
-            measured = (f"{work['command']}: {work['ratio_median']:.3f}x "
-                        f"[{work['min']:.3f}..{work['max']:.3f}] with the runtime vs unprepared; "
-                        f"trigger apply {load['apply']['median_s'] * 1000:.0f} ms, revert "
-                        f"{load['revert']['median_s'] * 1000:.0f} ms (medians of "
-                        f"{load['apply']['runs']} each, under load)")
-        except (KeyError, TypeError):
-            measured = f"incomplete results in {path}"
-        rows.append(Row(f"realworld-{name}", f"{name}: its workload and the trigger (make "
-                        "realworld)", measured, [], result if isinstance(result, dict) else {}))
+            measured = _realworld_measured(result)
+        except (KeyError, TypeError, ValueError) as error:
+            rows.append(Row(f"realworld-{name}", figure, f"not measured: incomplete results "
+                            f"for {name} in {path} ({type(error).__name__}: {error}): run "
+                            "make realworld", [], result if isinstance(result, dict) else {},
+                            missing=True))
+            continue
+        rows.append(Row(f"realworld-{name}", figure, measured, [], result))
     return rows
+
+
+def _realworld_measured(result: dict) -> str:
+    work, load = result["workload"], result["under_load"]
+    apply, revert = load["apply"], load["revert"]
+    return (f"{work['command']}: {work['ratio_median']:.3f}x "
+            f"[{work['min']:.3f}..{work['max']:.3f}] with the runtime vs unprepared; "
+            f"trigger apply {apply['median_s'] * 1000:.0f} ms, revert "
+            f"{revert['median_s'] * 1000:.0f} ms (medians of {apply['runs']} and "
+            f"{revert['runs']}, under load)")
+
+
+def not_measured(rows: list[Row]) -> str | None:
+    """One line naming the rows without a measurement, or None."""
+    missing = [row.key for row in rows if row.verdict == "not measured"]
+    if not missing:
+        return None
+    return (f"NOT MEASURED: {', '.join(missing)}; the realworld rows need make realworld's "
+            "results (build/realworld, docs/realworld.md): run make realworld, then make bench")
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -206,6 +238,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
              "| figure | measured | target | verdict |", "| --- | --- | --- | --- |"]
     for row in rows:
         lines.append(f"| {row.figure} | {row.measured} | {row.target} | {row.verdict} |")
+    note = not_measured(rows)
+    if note:
+        lines += ["", f"**{note}**"]
     lines += ["", f"Counter check: {meta['counter_check']}.", "",
               f"Same loop: {meta['same_loops']} (drv_* of driver.c, compared with capstone; "
               "call targets aside).", "", "![call figures](calls.png)", ""]

@@ -19,14 +19,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # support: compiling and driving processes
+sys.path.insert(0, str(ROOT / "realworld"))  # rwlib: where make realworld writes its results
 
 import calls  # noqa: E402
 import pauses  # noqa: E402
 import prepare_cost  # noqa: E402
 import report  # noqa: E402
+import rwlib  # noqa: E402
 
 OUT = ROOT / "build" / "bench"
-SPEEDTEST = ROOT / "build" / "realworld" / "speedtest1.json"
 PROCESSES = 3  # per process kind, interleaved
 ROUNDS = 20  # per process, variants interleaved within each
 APPLIES = {8: 4, 256: 2}
@@ -73,8 +74,7 @@ def measure_all() -> tuple[list[report.Row], dict]:
     cost = prepare_cost.measure(PREPARE_FUNCTIONS, work / "prepare")
     rows.append(report.prepare_row(PREPARE_FUNCTIONS, cost))
     stage("ulp-prepare cost", started)
-    rows.append(report.speedtest_row(SPEEDTEST))
-    rows += report.realworld_rows(SPEEDTEST.parent / "results.json")
+    rows += realworld_rows()
     raw = {"instructions_callgrind": counts, "instructions_stepped": steps,
            "times": {kind: [dict(zip(("process", "round", "variant", "figure", "ns"), sample,
                                      strict=True)) for sample in samples]
@@ -83,6 +83,23 @@ def measure_all() -> tuple[list[report.Row], dict]:
            "same_loops": calls.same_loops(work),
            "seconds": time.monotonic() - started}
     return rows, raw
+
+
+def realworld_rows() -> list[report.Row]:
+    """The rows of make realworld's results, as it writes them (rwlib)."""
+    return [report.speedtest_row(rwlib.SPEEDTEST),
+            *report.realworld_rows(rwlib.RESULTS, rwlib.LIBRARIES)]
+
+
+def print_rows(rows: list[report.Row]) -> None:
+    """Each row with its verdict, then a line naming what was not measured."""
+    width = max(len(row.key) for row in rows)
+    for row in rows:
+        print(f"  {row.key:<{width}}  {row.measured}\n  {'':<{width}}  target {row.target}: "
+              f"{row.verdict}")
+    note = report.not_measured(rows)
+    if note:
+        print(f"make bench: {note}", flush=True)
 
 
 def main() -> int:
@@ -108,10 +125,7 @@ def main() -> int:
         {"meta": meta, "rows": [row.as_json() for row in rows], "raw": raw}, indent=1) + "\n")
     (OUT / "report.md").write_text(report.markdown(rows, meta))
     report.plot(rows, OUT / "calls.png")
-    width = max(len(row.key) for row in rows)
-    for row in rows:
-        print(f"  {row.key:<{width}}  {row.measured}\n  {'':<{width}}  target {row.target}: "
-              f"{row.verdict}")
+    print_rows(rows)
     print(f"load average {' '.join(f'{x:.2f}' for x in meta['load_average']['end'])} at the "
           f"end; {OUT / 'report.md'}, results.json, calls.png")
     return 0

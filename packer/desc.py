@@ -1,6 +1,9 @@
 """The patch description file (.desc) that ulp-packer reads.
 
-docs/patch-description.md describes the syntax.  Every syntax error names the
+docs/patch-description.md describes the syntax.  A description may name
+several target libraries (ulp's extension of libpulp's format): each
+``@TARGET`` line starts a section, and the ``OLD:NEW`` and reference lines
+after it belong to that library.  Every syntax error names the
 file and the line: ``patch.desc:4: expected old:new``.
 """
 
@@ -8,10 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ulp.errors import ExitCode, UlpError
 from ulp.files import open_input
+from ulp.metadata import MAX_TARGETS
 
 #: a symbol name: C identifiers, plus the '.' and '$' that some compilers use
 SYMBOL = re.compile(r"[A-Za-z_.$][A-Za-z0-9_.$]*")
@@ -53,7 +57,20 @@ class ReferenceLine:
 
 
 @dataclass(frozen=True)
+class Section:
+    """One ``@TARGET`` line and the lines that belong to it."""
+
+    target: str  # resolved against the description's directory
+    target_line: int
+    pairs: tuple[Pair, ...]
+    references: tuple[ReferenceLine, ...] = ()
+
+
+@dataclass(frozen=True)
 class Description:
+    """A description; its first target in ``target``, ``pairs`` and
+    ``references``, the others (ulp's extension) in ``more_sections``."""
+
     path: str  # the description file, as the user named it
     patch_so: str  # resolved against the description's directory
     patch_so_line: int
@@ -63,10 +80,20 @@ class Description:
     requires: tuple[Requirement, ...]
     references: tuple[ReferenceLine, ...] = ()
     labels: tuple[str, ...] = ()
+    more_sections: tuple[Section, ...] = ()
 
     def where(self, line: int) -> str:
         """``file:line`` for error messages."""
         return f"{self.path}:{line}"
+
+    def parts(self) -> tuple[Description, ...]:
+        """One description per target library, in order, each as if it
+        named only that one (what the packer checks a library against)."""
+        first = Section(self.target, self.target_line, self.pairs, self.references)
+        return tuple(replace(self, target=section.target, target_line=section.target_line,
+                             pairs=section.pairs, references=section.references,
+                             more_sections=())
+                     for section in (first, *self.more_sections))
 
 
 def split_pair(text: str) -> tuple[str, str] | None:
@@ -93,13 +120,14 @@ class _Builder:
         self.path = path
         self.base = os.path.dirname(os.path.abspath(path))
         self.patch_so: tuple[str, int] | None = None
-        self.target: tuple[str, int] | None = None
+        self.target: tuple[str, int] | None = None  # of the section being read
         self.pairs: list[Pair] = []
         self.requires: list[Requirement] = []
         self.old_lines: dict[str, int] = {}
         self.references: list[ReferenceLine] = []
         self.variable_lines: dict[str, int] = {}
         self.labels: list[str] = []
+        self.sections: list[Section] = []  # those read before the current one
 
     def error(self, line: int, message: str) -> UlpError:
         return UlpError(f"{self.path}:{line}: {message}", ExitCode.BAD_INPUT)
@@ -165,12 +193,28 @@ class _Builder:
         self.patch_so = (self.resolve(text), line)
 
     def add_target(self, line: int, path: str) -> None:
-        if self.target is not None:
-            raise self.error(line, f"a second target (first on line {self.target[1]});"
-                                   " one description patches one library")
+        """A first ``@TARGET``, or the next library of a patch of several:
+        the lines before it belong to the library before it."""
         if not path:
             raise self.error(line, "expected a library path after '@'")
-        self.target = (self.resolve(path), line)
+        resolved = self.resolve(path)
+        if self.target is not None:
+            self.close_section(line)
+            for section in self.sections:
+                if os.path.realpath(section.target) == os.path.realpath(resolved):
+                    raise self.error(line, f"a target named twice: {path} (first on line "
+                                           f"{section.target_line})")
+        self.target = (resolved, line)
+
+    def close_section(self, line: int) -> None:
+        """The section of the current target is complete: keep it."""
+        assert self.target is not None
+        if not self.pairs:
+            raise self.error(line, f"no old:new lines for the target on line {self.target[1]}:"
+                                   " each target needs at least one")
+        self.sections.append(Section(self.target[0], self.target[1], tuple(self.pairs),
+                                     tuple(self.references)))
+        self.pairs, self.references, self.old_lines = [], [], {}
 
     def add_pair(self, line: int, text: str) -> None:
         old, new = split_pair(text) or ("", "")
@@ -187,11 +231,16 @@ class _Builder:
                            ExitCode.BAD_INPUT)
         if self.target is None:
             raise self.error(last_line, "no @TARGET line (the prepared library)")
-        if not self.pairs:
+        if not self.pairs and not self.sections:
             raise self.error(last_line, "no old:new lines: the patch replaces nothing")
-        return Description(self.path, self.patch_so[0], self.patch_so[1], self.target[0],
-                           self.target[1], tuple(self.pairs), tuple(self.requires),
-                           tuple(self.references), tuple(self.labels))
+        self.close_section(last_line)
+        if len(self.sections) > MAX_TARGETS:
+            raise self.error(self.sections[MAX_TARGETS].target_line,
+                             f"more than {MAX_TARGETS} target libraries")
+        first, *more = self.sections
+        return Description(self.path, self.patch_so[0], self.patch_so[1], first.target,
+                           first.target_line, first.pairs, tuple(self.requires),
+                           first.references, tuple(self.labels), tuple(more))
 
 
 def parse_description(text: str, path: str) -> Description:

@@ -16,6 +16,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 
 from elftools.common.exceptions import ELFError
 
@@ -191,35 +192,48 @@ def build_patch_file(desc: Description) -> PatchFile:
 
 
 def build_metadata(desc: Description, patch_object: bytes) -> md.PatchMetadata:
-    """Check ``desc`` against the target and ``patch_object`` (the bytes of
+    """Check ``desc`` against each target and ``patch_object`` (the bytes of
     its patch .so); the forward patch's metadata."""
     defined = _patch_functions(patch_object, desc.patch_so)
+    parts = desc.parts()
+    targets = [_target(part, defined) for part in parts]
+    for number, target in enumerate(targets):
+        for earlier in range(number):
+            if targets[earlier].identity == target.identity:
+                raise UlpError(f"{desc.where(parts[number].target_line)}: {parts[number].target} "
+                               f"is the library of line {parts[earlier].target_line} again (the "
+                               "same identity); name each target once", ExitCode.BAD_INPUT)
+    first, *more = targets
+    metadata = md.PatchMetadata(
+        patch_id=bytes(md.PATCH_ID_SIZE),
+        reverse=False,
+        target_path=first.path,
+        target_identity=first.identity,
+        target_build_id=first.build_id,
+        layout_version=first.layout_version,
+        patch_so_path=os.path.realpath(desc.patch_so),
+        patch_so_sha256=hashlib.sha256(patch_object).digest(),
+        units=first.units,
+        requires=_required_ids(desc),
+        private_units=first.private_units,
+        references=first.references,
+        labels=desc.labels,
+        more_targets=tuple(more),
+    )
+    return replace(metadata, patch_id=md.content_id(metadata))
+
+
+def _target(desc: Description, defined: dict[str, int]) -> md.Target:
+    """One target library of the patch (``desc`` names only it), checked."""
     with _malformed_elf_is_bad_input(desc.target):
         library = PreparedLibrary.open(desc.target)
     desc = resolve_names(desc, library, defined)  # C++ names given demangled
     _check_new_functions(desc, defined)
     private_units: list[md.PrivateUnit] = []
     units = _units(desc, library, private_units)
-    references = _references(desc, library)
-    requires = _required_ids(desc)
-    so_hash = hashlib.sha256(patch_object).digest()
-    patch_id = md.make_patch_id(so_hash, library.identity, units, requires, private_units,
-                                references)
-    return md.PatchMetadata(
-        patch_id=patch_id,
-        reverse=False,
-        target_path=os.path.realpath(desc.target),
-        target_identity=library.identity,
-        target_build_id=library.build_id,
-        layout_version=library.desc.layout_version,
-        patch_so_path=os.path.realpath(desc.patch_so),
-        patch_so_sha256=so_hash,
-        units=units,
-        requires=requires,
-        private_units=tuple(private_units),
-        references=references,
-        labels=desc.labels,
-    )
+    return md.Target(os.path.realpath(desc.target), library.identity, library.build_id,
+                     library.desc.layout_version, units, tuple(private_units),
+                     _references(desc, library))
 
 
 def _references(desc: Description, library: PreparedLibrary) -> tuple[md.Reference, ...]:
@@ -263,38 +277,46 @@ def dump_lines(patch_file: PatchFile) -> list[str]:
                else "none (a reverse patch loads nothing)")
     direction = "reverse (reverts the patch)" if metadata.reverse else "forward (applies the patch)"
     requires = ", ".join(required.hex() for required in metadata.requires) or "(none)"
+    first, *more = metadata.targets
     lines = [
         f"patch id:         {metadata.patch_id_hex}",
         f"direction:        {direction}",
-        f"target:           {metadata.target_path}",
-        f"target identity:  {metadata.target_identity.hex()}",
-        f"target build-id:  {metadata.target_build_id.hex() or '(none)'}",
-        f"layout version:   {metadata.layout_version}",
+        *_target_lines(first, "target:        ")[:4],
         f"patch object:     {metadata.patch_so_path}",
         f"object carried:   {carried}",
         f"patch sha256:     {metadata.patch_so_sha256.hex()}",
         f"requires:         {requires}",
-        f"functions:        {len(metadata.units) + len(metadata.private_units)}",
+        *_target_lines(first, "target:        ")[4:],
+    ]
+    for number, target in enumerate(more, start=2):
+        lines += _target_lines(target, f"target {number}:      ")
+    return lines + _dump_extra_lines(metadata)
+
+
+def _target_lines(target: md.Target, heading: str) -> list[str]:
+    """One target library's fields, its functions last (from the fifth line)."""
+    lines = [
+        f"{heading}   {target.path}",
+        f"target identity:  {target.identity.hex()}",
+        f"target build-id:  {target.build_id.hex() or '(none)'}",
+        f"layout version:   {target.layout_version}",
+        f"functions:        {len(target.units) + len(target.private_units)}",
     ]
     lines += [f"  [{unit.index}] {_readable(unit.old_name)} -> {_readable(unit.new_name)}"
-              for unit in metadata.units]
+              for unit in target.units]
     lines += [f"  [private {unit.entry_delta:+#x}] {_readable(unit.old_name)} -> "
               f"{_readable(unit.new_name)}"
-              for unit in metadata.private_units]
-    lines += _dump_extra_lines(metadata)
+              for unit in target.private_units]
+    if target.references:
+        lines.append(f"references:       {len(target.references)}")
+        lines += [f"  {'#%' if ref.kind == md.REF_TLS else '#'}{ref.target_name} -> "
+                  f"{ref.ref_name} ({ref.delta:+#x})" for ref in target.references]
     return lines
 
 
 def _dump_extra_lines(metadata: md.PatchMetadata) -> list[str]:
-    """References and labels (format 3)."""
-    lines = []
-    if metadata.references:
-        lines.append(f"references:       {len(metadata.references)}")
-        lines += [f"  {'#%' if ref.kind == md.REF_TLS else '#'}{ref.target_name} -> "
-                  f"{ref.ref_name} ({ref.delta:+#x})" for ref in metadata.references]
-    if metadata.labels:
-        lines.append(f"labels:           {metadata.label}")
-    return lines
+    """The labels (format 3)."""
+    return [f"labels:           {metadata.label}"] if metadata.labels else []
 
 
 def _readable(symbol: str) -> str:
@@ -320,10 +342,11 @@ def _body(argv: list[str] | None) -> int:
         raise UlpError(f"{args.desc} looks like a patch file, not a description: "
                        f"{PROG} --dump {args.desc} prints its fields", ExitCode.USAGE)
     metadata, output, reverse_output = pack(args.desc, args.output, args.reverse_output)
-    count = len(metadata.units) + len(metadata.private_units)
+    count = metadata.function_count
     noun = "function" if count == 1 else "functions"
+    libraries = ", ".join(target.path for target in metadata.targets)
     print(f"packed patch {metadata.patch_id_hex} ({count} {noun}) for "
-          f"{metadata.target_path}: {output}, reverse: {reverse_output}")
+          f"{libraries}: {output}, reverse: {reverse_output}")
     return ExitCode.OK
 
 

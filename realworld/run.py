@@ -11,17 +11,17 @@ build/realworld/speedtest1.json.  docs/realworld.md explains each step.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
 import rwlib
-import sqlite_suite
-import zlib_suite
 
-SUITES = {"zlib": zlib_suite, "sqlite": sqlite_suite}
+SUITES = {name: importlib.import_module(f"{name}_suite") for name in rwlib.LIBRARIES}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """REALWORLD_ARGS of `make realworld`."""
     parser = argparse.ArgumentParser(prog="realworld", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SUITES), action="append",
                         help="run only this library (repeatable)")
@@ -29,10 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7,
                         help="interleaved timing rounds (0: no timing)")
     parser.add_argument("--threads", type=int, default=4, help="load threads (at least 4)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads < 4:
         parser.error("--threads must be at least 4")
-    results_path = rwlib.WORK / "results.json"
+    results_path = rwlib.RESULTS
     results: dict = {}
     if results_path.exists() and args.only:
         import json

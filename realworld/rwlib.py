@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "realworld"
 WORK = ROOT / "build" / "realworld"
 SOURCES = WORK / "sources"
+#: the libraries of the suite, each with its module NAME_suite (run.py)
+LIBRARIES = ("zlib", "sqlite")
+#: what `make bench` reads (bench/report.py): every library's results, and
+#: SQLite's speedtest1 ratio
+RESULTS = WORK / "results.json"
+SPEEDTEST = WORK / "speedtest1.json"
 RUNTIME = ROOT / "runtime" / "libulp.so"
 BIN = Path(sys.executable).parent
 APT_SOURCES = Path("/etc/apt/sources.list.d/ulp-realworld-src.sources")
@@ -146,11 +152,12 @@ def install(library: Path, work: Path, soname: str) -> tuple[Path, Path]:
 
 
 def load_program(source: Path, out: Path, include: Path, libdir: Path, soname: str) -> Path:
-    """A load program of realworld/, linked against the library as built."""
-    inputs = (source, source.parent / "load_common.h")
+    """A load program (built on realworld/load_common.h), linked against the
+    library as built."""
+    inputs = (source, HERE / "load_common.h")
     if not out.exists() or out.stat().st_mtime < max(path.stat().st_mtime for path in inputs):
-        sh(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-I", include,
-            "-o", out, source, "-L", libdir, "-l:" + soname])
+        sh(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread", "-I", HERE,
+            "-I", include, "-o", out, source, "-L", libdir, "-l:" + soname])
     return out
 
 
@@ -251,7 +258,12 @@ def instructions(argv: list[str | Path], ways: list[Way], cwd: Path | None = Non
         if not found:
             raise Failure(f"callgrind printed no instruction count for {argv[0]}")
         counts[way.name] = int(found.group(1))
-    base = counts[ways[0].name]
+    return instruction_ratios(counts)
+
+
+def instruction_ratios(counts: dict[str, int]) -> dict:
+    """COUNTS (way -> instructions, the first way the base) with each way's ratio."""
+    base = next(iter(counts.values()))
     return {"counts": counts, "ratio": {name: n / base for name, n in counts.items()}}
 
 
@@ -364,6 +376,26 @@ def check_load(run: LoadRun, what: str) -> None:
         problems.append(f"no evidence that both versions ran: {s}")
     if problems:
         raise Failure(f"{what} under load: " + "; ".join(problems))
+
+
+# -- results: what make bench reads (bench/report.py realworld_rows) -------
+
+def record_load(result: dict, name: str, argv: list[str | Path], way: Way, patch: Path,
+                cycles: int, cwd: Path | None = None) -> LoadRun:
+    """Apply and revert PATCH CYCLES times under the load program ARGV run
+    WAY's way, check everything, and record it in RESULT["under_load"]."""
+    load = run_under_load(argv, way, patch, cycles, cwd)
+    check_load(load, name)
+    result["under_load"] = load.report()
+    log(f"{name}: {cycles} apply/revert cycles under load: {load.stats}")
+    return load
+
+
+def record_workload(result: dict, name: str, command: str, timing: dict) -> None:
+    """TIMING (interleaved_ratio, maybe with instructions) of the library's
+    workload COMMAND into RESULT["workload"]."""
+    result["workload"] = {"command": command, **timing}
+    log(f"{name}: workload ratio {timing['ratio_median']:.3f} ({command})")
 
 
 def write_json(path: Path, data: object) -> None:

@@ -88,25 +88,35 @@ def own_tests(tree: Path, way: rwlib.Way, size: int) -> dict:
 
 
 
+def fix_description(so_name: str, target: Path) -> str:
+    """The patch description of the fix (docs/realworld.md shows it)."""
+    return ("# SQLite CVE-2025-6965: more aggregate terms than columns (check-in\n"
+            "# 5508b56fd24016c1; Debian 3.40.1-2+deb12u2, 42-CVE-2025-6965.patch)\n"
+            f"{so_name}\n@{target}\n"
+            "!CVE-2025-6965 more aggregate terms than columns (SQLite 5508b56fd24016c1,"
+            " Debian 3.40.1-2+deb12u2)\n"
+            "analyzeAggregate:analyzeAggregate_fixed\n")
+
+
 def build_fix(tree: Path, prepared: Path) -> Path:
     """The fix .so, compiled like the library's objects, and its patch."""
     so, desc = WORK / "sqlite_fix.so", WORK / "sqlite_fix.desc"
     sh(["gcc", *compile_flags(tree), "-fPIC", "-shared", "-Wall", "-Werror", "-o", so,
         rwlib.HERE / "sqlite_fix.c", "-L", prepared, "-l:" + SONAME], cwd=tree)
-    desc.write_text(
-        "# SQLite CVE-2025-6965: more aggregate terms than columns (check-in\n"
-        "# 5508b56fd24016c1; Debian 3.40.1-2+deb12u2, 42-CVE-2025-6965.patch)\n"
-        f"{so.name}\n@{prepared / SONAME}\n"
-        "!CVE-2025-6965 more aggregate terms than columns (SQLite 5508b56fd24016c1,"
-        " Debian 3.40.1-2+deb12u2)\n"
-        "analyzeAggregate:analyzeAggregate_fixed\n")
+    desc.write_text(fix_description(so.name, prepared / SONAME))
     return rwlib.pack(desc)
 
 
 def speedtest_timing(tree: Path, ways: list[rwlib.Way], rounds: int, size: int) -> dict:
     argv = [tree / "speedtest1", "--memdb", "--size", str(size)]
-    timing = rwlib.interleaved_ratio(argv, ways[0], ways[2], rounds)
-    return {"command": f"speedtest1 --memdb --size {size}", **timing}
+    return rwlib.interleaved_ratio(argv, ways[0], ways[2], rounds)
+
+
+def speedtest_summary(workload: dict) -> dict:
+    """What speedtest1.json holds for the benchmark report: the workload
+    record (rwlib.record_workload) without the per-run times."""
+    return {key: workload[key] for key in ("ratio_median", "min", "max", "runs", "loadavg",
+                                           "command", "ratio", "instructions")}
 
 
 def run(cycles: int, rounds: int, threads: int) -> dict:
@@ -128,17 +138,12 @@ def run(cycles: int, rounds: int, threads: int) -> dict:
     patch = build_fix(tree, prepared)
     program = rwlib.load_program(rwlib.HERE / "sqlite_load.c", WORK / "sqlite_load", tree,
                                  plain, SONAME)
-    load = rwlib.run_under_load([program, threads, WORK / "load.db"], ways[2], patch, cycles)
-    rwlib.check_load(load, "sqlite")
-    result["under_load"] = load.report()
-    log(f"sqlite: {cycles} apply/revert cycles under load: {load.stats}")
+    rwlib.record_load(result, "sqlite", [program, threads, WORK / "load.db"], ways[2], patch,
+                      cycles)
     if rounds:
         timing = speedtest_timing(tree, ways, rounds, 25)
         timing["instructions"] = rwlib.instructions(
             [tree / "speedtest1", "--memdb", "--size", "2"], ways)
-        result["workload"] = timing
-        rwlib.write_json(rwlib.WORK / "speedtest1.json", {
-            key: timing[key] for key in ("ratio_median", "min", "max", "runs", "loadavg",
-                                         "command", "ratio", "instructions")})
-        log(f"sqlite: speedtest1 ratio {timing['ratio_median']:.3f}")
+        rwlib.record_workload(result, "sqlite", "speedtest1 --memdb --size 25", timing)
+        rwlib.write_json(rwlib.SPEEDTEST, speedtest_summary(result["workload"]))
     return result

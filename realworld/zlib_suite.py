@@ -84,14 +84,17 @@ def build_fix(tree: Path, prepared: Path) -> Path:
     return rwlib.pack(desc)
 
 
+WORKLOAD = "minigzip -c corpus (8 MiB); minigzip -d"
+
+
 def workload_timing(tree: Path, data: Path, ways: list[rwlib.Way], rounds: int) -> dict:
-    """minigzip compressing and decompressing the corpus: prepared with the
-    runtime vs unprepared, interleaved."""
+    """minigzip compressing and decompressing the corpus (WORKLOAD): prepared
+    with the runtime vs unprepared, interleaved."""
     script = f"./minigzipsh -c {data} > {WORK}/t.gz && ./minigzipsh -d -c {WORK}/t.gz > /dev/null"
     timing = rwlib.interleaved_ratio(["sh", "-c", script], ways[0], ways[2], rounds, cwd=tree)
     timing["instructions"] = rwlib.instructions([tree / "minigzipsh", "-c", small_corpus(data)],
                                                 ways)
-    return {"command": "minigzip -c corpus (8 MiB); minigzip -d", **timing}
+    return timing
 
 
 def small_corpus(data: Path) -> Path:
@@ -122,11 +125,8 @@ def run(cycles: int, rounds: int, threads: int) -> dict:
     patch = build_fix(tree, prepared)
     program = rwlib.load_program(rwlib.HERE / "zlib_load.c", WORK / "zlib_load", tree,
                                  plain, SONAME)
-    load = rwlib.run_under_load([program, threads], ways[2], patch, cycles)
-    rwlib.check_load(load, "zlib")
-    result["under_load"] = load.report()
-    log(f"zlib: {cycles} apply/revert cycles under load: {load.stats}")
+    rwlib.record_load(result, "zlib", [program, threads], ways[2], patch, cycles)
     if rounds:
-        result["workload"] = workload_timing(tree, data, ways, rounds)
-        log(f"zlib: workload ratio {result['workload']['ratio_median']:.3f}")
+        rwlib.record_workload(result, "zlib", WORKLOAD,
+                              workload_timing(tree, data, ways, rounds))
     return result

@@ -14,7 +14,13 @@
  * is answered.  Patch objects are never dlclosed, not even when their
  * target is gone: a thread may still run a replacement it entered before,
  * and a replacement may have left pointers into itself (atexit handlers,
- * callbacks) that nothing tracks. */
+ * callbacks) that nothing tracks.
+ *
+ * A patch of several target libraries is prepared part by part, one
+ * PREPARE per library (part 0 loads the patch object, the others share it),
+ * and each part is a struct patch of its own with the patch's id.  COMMIT
+ * and REVERT take every part of the patch at once: one G := G + 1 for all
+ * of them, so no universe holds some of its versions and not the others. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +46,9 @@ struct patch_version {
 
 struct patch {
     uint8_t id[16];
+    uint8_t part_id[16];            /* what its id would be with only this library */
+    uint8_t so_sha256[32];
+    uint16_t part, nparts;          /* which target library of the patch, of how many */
     enum patch_state state;
     struct ulp_lib_desc *lib;
     int slot;                       /* lib's slot in the library table */
@@ -198,6 +207,14 @@ static struct patch *find_patch(const uint8_t id[16], enum patch_state state)
     return NULL;
 }
 
+static struct patch *find_part(const uint8_t id[16], enum patch_state state, uint16_t part)
+{
+    for (struct patch *p = patches; p; p = p->next)
+        if (p->state == state && p->part == part && memcmp(p->id, id, 16) == 0)
+            return p;
+    return NULL;
+}
+
 static void unlink_version(struct patch_version *pv)
 {
     struct ulp_version **link = &pv->fd->versions;
@@ -209,15 +226,48 @@ static void unlink_version(struct patch_version *pv)
 
 /* A prepared patch whose trigger died before committing is dropped by the
  * next request: its versions were never visible. */
+static void discard(struct patch *p)
+{
+    for (uint32_t i = 0; i < p->nunits; i++)
+        unlink_version(p->versions[i]);
+    p->state = PATCH_DISCARDED;
+}
+
 static void discard_pending(void)
 {
-    for (struct patch *p = patches; p; p = p->next) {
-        if (p->state != PATCH_PENDING)
-            continue;
-        for (uint32_t i = 0; i < p->nunits; i++)
-            unlink_version(p->versions[i]);
-        p->state = PATCH_DISCARDED;
-    }
+    for (struct patch *p = patches; p; p = p->next)
+        if (p->state == PATCH_PENDING)
+            discard(p);
+}
+
+static uint16_t nparts_of(const struct ulp_request *head)
+{
+    return head->nparts ? head->nparts : 1;
+}
+
+/* PREPARE of part K > 0 keeps the parts of the same patch prepared before
+ * it; anything else pending is dropped, as for a patch of one library. */
+static void discard_pending_but_earlier_parts(const struct ulp_request *head)
+{
+    for (struct patch *p = patches; p; p = p->next)
+        if (p->state == PATCH_PENDING &&
+            !(head->part > 0 && p->part < head->part && p->nparts == nparts_of(head) &&
+              memcmp(p->id, head->patch_id, 16) == 0))
+            discard(p);
+}
+
+/* The parts of patch ID in STATE, by part number; how many there are. */
+static uint32_t parts_of(const uint8_t id[16], enum patch_state state,
+                         struct patch *parts[ULP_MAX_LIBS])
+{
+    uint32_t n = 0;
+    for (struct patch *p = patches; p; p = p->next)
+        if (p->state == state && memcmp(p->id, id, 16) == 0 && p->part < ULP_MAX_LIBS &&
+            !parts[p->part]) {
+            parts[p->part] = p;
+            n++;
+        }
+    return n;
 }
 
 static int check_requirements(const struct parsed_request *req, struct reply *reply)
@@ -346,6 +396,75 @@ static void patch_id_of(const struct parsed_request *req, uint8_t id[16])
     }
     ulp_sha256_final(&h, digest);
     memcpy(id, digest, 16);
+}
+
+/* The id of a patch of several libraries, over its parts' ids in order
+ * (docs/patch-format.md, "Patch id"): tag, u32 count, then each part id. */
+static void group_id_of(struct patch *const *earlier, uint16_t nparts, const uint8_t last[16],
+                        uint8_t id[16])
+{
+    static const char tag[16] = "ulp patch id v4";
+    struct ulp_sha256 h;
+    uint8_t digest[32], word[4];
+    uint32_t count = nparts;
+
+    ulp_sha256_init(&h);
+    ulp_sha256_update(&h, tag, sizeof tag);
+    memcpy(word, &count, 4);
+    ulp_sha256_update(&h, word, 4);
+    for (uint16_t i = 0; i + 1 < nparts; i++)
+        ulp_sha256_update(&h, earlier[i]->part_id, 16);
+    ulp_sha256_update(&h, last, 16);
+    ulp_sha256_final(&h, digest);
+    memcpy(id, digest, 16);
+}
+
+/* The request's content gives its patch id: a patch of one library by
+ * itself; part K of a patch of several follows its parts 0..K-1, pending,
+ * of other libraries, and the last part completes the id over all of them.
+ * PART_ID: this part's own id. */
+static int check_part_id(const struct parsed_request *req, uint8_t part_id[16],
+                         struct reply *reply)
+{
+    const struct ulp_request *head = req->head;
+    uint16_t nparts = nparts_of(head);
+    struct patch *earlier[ULP_MAX_LIBS] = {0};
+    uint8_t id[16];
+
+    patch_id_of(req, part_id);
+    if (nparts == 1) {
+        if (memcmp(part_id, head->patch_id, 16) != 0)
+            return answer(reply, ULP_E_PATCH_ID, "the patch id does not match the patch's content");
+        return ULP_OK;
+    }
+    if (nparts > ULP_MAX_LIBS || head->part >= nparts)
+        return answer(reply, ULP_E_BAD_REQUEST, "part %u of %u", head->part, nparts);
+    if (parts_of(head->patch_id, PATCH_PENDING, earlier) != head->part)
+        return answer(reply, ULP_E_NOT_PENDING, "part %u of the patch comes without the parts "
+                      "before it", head->part);
+    for (uint16_t i = 0; i < head->part; i++)
+        if (memcmp(earlier[i]->lib->identity, head->identity, 32) == 0)
+            return answer(reply, ULP_E_BAD_REQUEST, "parts %u and %u of the patch name the same "
+                          "library", i, head->part);
+    if (head->part + 1 == nparts) {
+        group_id_of(earlier, nparts, part_id, id);
+        if (memcmp(id, head->patch_id, 16) != 0)
+            return answer(reply, ULP_E_PATCH_ID, "the patch id does not match the content of "
+                          "its %u parts", nparts);
+    }
+    return ULP_OK;
+}
+
+/* Parts after the first share the object part 0 loaded from the staged
+ * bytes: one patch object, whatever the number of libraries it patches. */
+static int share_object(const struct parsed_request *req, struct patch *p, struct reply *reply)
+{
+    struct patch *first = find_part(req->head->patch_id, PATCH_PENDING, 0);
+    if (!first || !first->handle || memcmp(first->so_sha256, req->head->so_sha256, 32) != 0)
+        return answer(reply, ULP_E_STAGE, "part %u of the patch has no patch object: its first "
+                      "part was not prepared with it", req->head->part);
+    p->handle = first->handle;
+    return ULP_OK;
 }
 
 /* An object is loaded under the name /proc/self/fd/N, and ld.so matches
@@ -492,6 +611,9 @@ static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_
         return NULL;
     }
     memcpy(p->id, head->patch_id, 16);
+    memcpy(p->so_sha256, head->so_sha256, 32);
+    p->part = head->part;
+    p->nparts = nparts_of(head);
     memcpy(p->requires, req->deps, (size_t)head->ndeps * 16);
     p->nrequires = head->ndeps;
     p->lib = lib;
@@ -597,7 +719,11 @@ static int create_versions(const struct parsed_request *req, struct patch *p,
     if ((status = add_private_versions(req, p, reply)) != ULP_OK ||
         (status = fill_references(req, p, reply)) != ULP_OK)
         return status;
-    bind_calls_into_library(p);
+    /* Not for a patch of several libraries: its object's calls into one of
+     * them may come from a replacement of another, outside any activation
+     * of the library called, and must be judged by its trampoline. */
+    if (p->nparts == 1)
+        bind_calls_into_library(p);
     /* Only link once every symbol resolved, so a failure leaves no trace. */
     for (uint32_t i = 0; i < p->nunits; i++) {
         struct patch_version *pv = p->versions[i];
@@ -625,10 +751,9 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     uint8_t id[16];
     int status;
 
-    patch_id_of(req, id);
-    if (memcmp(id, req->head->patch_id, 16) != 0)
-        return answer(reply, ULP_E_PATCH_ID, "the patch id does not match the patch's content");
-    struct patch *applied = find_patch(req->head->patch_id, PATCH_APPLIED);
+    if ((status = check_part_id(req, id, reply)) != ULP_OK)
+        return status;
+    struct patch *applied = find_part(req->head->patch_id, PATCH_APPLIED, req->head->part);
     if (applied && applied->lib == (struct ulp_lib_desc *)(uintptr_t)req->head->lib_desc)
         return answer(reply, ULP_E_ALREADY_APPLIED, "patch is already applied");
     if (applied)
@@ -642,7 +767,9 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     struct patch *p = new_patch(req, lib);
     if (!p)
         return answer(reply, ULP_E_NO_MEMORY, "out of memory");
-    if ((status = load_patch_object(req, p, reply)) != ULP_OK) {
+    memcpy(p->part_id, id, 16);
+    status = p->part > 0 ? share_object(req, p, reply) : load_patch_object(req, p, reply);
+    if (status != ULP_OK) {
         free_patch(p);
         return status;
     }
@@ -663,40 +790,85 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     return answer(reply, ULP_OK, "prepared %u function(s)", p->nunits);
 }
 
-/* Start a transition (transition.c: every other thread is stopped) and
- * publish a new universe in which the versions are stamped valid. */
-static uint64_t stamp_and_publish(const struct parsed_request *req, struct patch *p,
-                                  int reverting)
+/* Start a transition of every part's library (transition.c: every other
+ * thread is stopped, as REQ's thread table tells) and publish a new
+ * universe in which the versions of every part are stamped valid (or
+ * reverted).  Nothing is published before every version of every library
+ * is stamped, so no universe holds some of them only. */
+static uint64_t stamp_and_publish(const struct parsed_request *req, struct patch *const *parts,
+                                  uint32_t nparts, int reverting, enum patch_state state)
 {
-    ulp_begin_transition(p->lib, p->slot, req->threads, req->head->nthreads);
+    struct ulp_lib_desc *libs[ULP_MAX_LIBS] = {0};
+    int slots[ULP_MAX_LIBS] = {0};
+    for (uint32_t k = 0; k < nparts; k++) {
+        libs[k] = parts[k]->lib;
+        slots[k] = parts[k]->slot;
+    }
+    ulp_begin_transition(libs, slots, nparts, req->threads, req->head->nthreads);
     uint64_t next = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE) + 1;
-    for (uint32_t i = 0; i < p->nunits; i++) {
-        uint64_t *field = reverting ? &p->versions[i]->version.reverted_at
-                                    : &p->versions[i]->version.applied_at;
-        __atomic_store_n(field, next, __ATOMIC_RELEASE);
+    for (uint32_t k = 0; k < nparts; k++) {
+        struct patch *p = parts[k];
+        for (uint32_t i = 0; i < p->nunits; i++) {
+            uint64_t *field = reverting ? &p->versions[i]->version.reverted_at
+                                        : &p->versions[i]->version.applied_at;
+            __atomic_store_n(field, next, __ATOMIC_RELEASE);
+        }
     }
     __atomic_store_n(&ulp_global_universe, next, __ATOMIC_RELEASE);
+    for (uint32_t k = 0; k < nparts; k++) {
+        parts[k]->state = state;
+        if (!reverting)
+            parts[k]->applied_at = next;
+    }
     return next;
+}
+
+/* The parts of the patch, gathered densely: NULL slots (parts whose library
+ * was unloaded) left out. */
+static uint32_t gather(struct patch *parts[ULP_MAX_LIBS])
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < ULP_MAX_LIBS; i++)
+        if (parts[i])
+            parts[n++] = parts[i];
+    return n;
 }
 
 static int commit(const struct parsed_request *req, struct reply *reply)
 {
-    struct patch *p = find_patch(req->head->patch_id, PATCH_PENDING);
-    if (!p && find_patch(req->head->patch_id, PATCH_UNLOADED))
+    struct patch *parts[ULP_MAX_LIBS] = {0};
+    parts_of(req->head->patch_id, PATCH_PENDING, parts);
+    uint32_t n = gather(parts);
+    if (n > 0 && n != parts[0]->nparts) {
+        /* a part's library was unloaded since its PREPARE, or the trigger
+         * asks early: all or nothing */
+        for (uint32_t k = 0; k < n; k++)
+            discard(parts[k]);
+        if (find_patch(req->head->patch_id, PATCH_UNLOADED))
+            return answer(reply, ULP_E_UNLOADED, "a target library was unloaded before the "
+                          "commit; nothing applied");
+        return answer(reply, ULP_E_NOT_PENDING, "%u of the patch's %u parts are prepared; "
+                      "nothing applied", n, parts[0]->nparts);
+    }
+    if (n == 0 && find_patch(req->head->patch_id, PATCH_UNLOADED))
         return answer(reply, ULP_E_UNLOADED, "the target library was unloaded before the "
                       "commit; nothing applied");
-    if (!p)
+    if (n == 0)
         return answer(reply, ULP_E_NOT_PENDING, "no prepared patch to commit");
-    uint64_t universe = stamp_and_publish(req, p, 0);
-    p->state = PATCH_APPLIED;
-    p->applied_at = universe;
+    uint64_t universe = stamp_and_publish(req, parts, n, 0, PATCH_APPLIED);
+    if (n > 1)
+        return answer(reply, ULP_OK, "applied in universe %lu to %u libraries",
+                      (unsigned long)universe, n);
     return answer(reply, ULP_OK, "applied in universe %lu", (unsigned long)universe);
 }
 
 static int revert(const struct parsed_request *req, struct reply *reply)
 {
     char hex[33];
-    struct patch *p = find_patch(req->head->patch_id, PATCH_APPLIED);
+    struct patch *parts[ULP_MAX_LIBS] = {0};
+    parts_of(req->head->patch_id, PATCH_APPLIED, parts);
+    uint32_t n = gather(parts);     /* a part whose library is gone has nothing to revert */
+    struct patch *p = n ? parts[0] : NULL;
     if (!p && find_patch(req->head->patch_id, PATCH_UNLOADED))
         return answer(reply, ULP_E_NOT_APPLIED, "patch is not applied: its library was unloaded");
     if (!p)
@@ -711,9 +883,20 @@ static int revert(const struct parsed_request *req, struct reply *reply)
             }
         }
     }
-    uint64_t universe = stamp_and_publish(req, p, 1);
-    p->state = PATCH_REVERTED;
+    uint64_t universe = stamp_and_publish(req, parts, n, 1, PATCH_REVERTED);
+    if (n > 1)
+        return answer(reply, ULP_OK, "reverted in universe %lu in %u libraries",
+                      (unsigned long)universe, n);
     return answer(reply, ULP_OK, "reverted in universe %lu", (unsigned long)universe);
+}
+
+/* Is another applied part of P's patch ahead of P in the list? */
+static int listed_before(const struct patch *p)
+{
+    for (const struct patch *q = patches; q != p; q = q->next)
+        if (q->state == PATCH_APPLIED && memcmp(q->id, p->id, 16) == 0)
+            return 1;
+    return 0;
 }
 
 /* STATUS: every applied patch, "ID[ LABEL]".  LIST: those of the library
@@ -727,6 +910,8 @@ static int list_applied(struct reply *reply, int listing, uint64_t lib)
     for (struct patch *p = patches; p; p = p->next) {
         if (p->state != PATCH_APPLIED || (lib && (uint64_t)(uintptr_t)p->lib != lib))
             continue;
+        if (!listing && p->nparts > 1 && listed_before(p))
+            continue;       /* STATUS: a patch of several libraries once */
         char hex[33], where[64] = "";
         hex_id(p->id, hex);
         if (listing)
@@ -770,7 +955,7 @@ static int handle_request(const struct ulp_request *head, uint32_t size, char *m
         discard_pending();
         return stage(&reply);
     case ULP_OP_PREPARE:
-        discard_pending();
+        discard_pending_but_earlier_parts(head);
         {
             int result = prepare(&req, &reply);
             drop_staged();

@@ -219,18 +219,8 @@ static int mark_thread(const struct ulp_request_thread *t, struct ulp_lib_desc *
     return remember_pending(t->tid, slot, rec);
 }
 
-/* Start a transition of LIB, in slot SLOT, with every thread but the agent
- * stopped as THREADS[0..N) describe.  The caller publishes the next G
- * afterwards.  -1 if more threads are pending than the agent can remember
- * (the transition is then started, but the agent cannot end it: calls go
- * through the tracker until a later transition of the library ends). */
-ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
-                                    const struct ulp_request_thread *threads, uint32_t n)
+static void add_library_code(const struct ulp_lib_desc *lib)
 {
-    uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
-    int status = 0;
-    pthread_mutex_lock(&transition_lock);
-    add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
     uintptr_t trampolines = (uintptr_t)lib + lib->trampolines_delta;
     uintptr_t trampolines_end = trampolines + (uintptr_t)lib->nfuncs * ULP_TRAMPOLINE_SIZE;
     add_code_range((uintptr_t)lib + lib->code_delta,
@@ -238,15 +228,35 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
                    trampolines_end);
     /* past the library's own code: ulp-prepare adds them in a segment of their own */
     add_code_range(trampolines, trampolines_end, trampolines, trampolines_end);
-    for_each_descriptor(lib, point_at_tracker);
-    for (uint32_t i = 0; i < n; i++) {
-        if (!threads[i].thread_pointer)
-            continue;
-        if (mark_thread(&threads[i], lib, slot, g) != 0)
-            status = -1;
+}
+
+/* Start a transition of the libraries LIBS[0..NLIBS) (in table slots
+ * SLOTS), with every thread but the agent stopped as THREADS[0..N)
+ * describe.  The caller publishes the next G afterwards.  The code of every
+ * library is known before any thread is judged: a thread inside one of
+ * them stays pending in all, so a chain of calls through several keeps one
+ * universe.  -1 if more threads are pending than the agent can remember
+ * (the transition is then started, but the agent cannot end it: calls go
+ * through the tracker until a later transition of the library ends). */
+ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots,
+                                    uint32_t nlibs, const struct ulp_request_thread *threads,
+                                    uint32_t n)
+{
+    uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
+    int status = 0;
+    pthread_mutex_lock(&transition_lock);
+    add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
+    for (uint32_t k = 0; k < nlibs; k++)
+        add_library_code(libs[k]);
+    for (uint32_t k = 0; k < nlibs; k++) {
+        for_each_descriptor(libs[k], point_at_tracker);
+        for (uint32_t i = 0; i < n; i++) {
+            if (threads[i].thread_pointer && mark_thread(&threads[i], libs[k], slots[k], g) != 0)
+                status = -1;
+        }
+        if (status == 0)
+            in_transition[slots[k]] = 1;
     }
-    if (status == 0)
-        in_transition[slot] = 1;
     pthread_mutex_unlock(&transition_lock);
     return status;
 }
@@ -256,11 +266,14 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
 ULP_EXPORT void ulp_test_transition(const struct ulp_request_thread *threads, uint32_t n,
                                     uint64_t universe)
 {
+    struct ulp_lib_desc *libs[ULP_MAX_LIBS];
+    int slots[ULP_MAX_LIBS];
+    uint32_t nlibs = 0;
     for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
-        struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
-        if (lib)
-            ulp_begin_transition(lib, slot, threads, n);
+        if ((libs[nlibs] = ulp_library_in_slot(slot)) != NULL)
+            slots[nlibs++] = slot;
     }
+    ulp_begin_transition(libs, slots, nlibs, threads, n);
     __atomic_store_n(&ulp_global_universe, universe, __ATOMIC_RELEASE);
 }
 

@@ -1,4 +1,4 @@
-/* What the trigger and the runtime exchange (ABI version 5).
+/* What the trigger and the runtime exchange (ABI version 6).
  *
  * The runtime exports one object, ulp_mailbox.  The trigger writes a request
  * into it through /proc/PID/mem, then makes the runtime's agent thread call
@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #define ULP_MAILBOX_MAGIC "ULPMBOX"
-#define ULP_ABI_VERSION 5
+#define ULP_ABI_VERSION 6
 #define ULP_MESSAGE_MAX 512
 #define ULP_REQUEST_MAX (256 * 1024)
 
@@ -44,9 +44,10 @@ struct ulp_mailbox {
 };
 
 enum ulp_op {
-    ULP_OP_PREPARE = 1,         /* load a patch; its versions stay invisible */
-    ULP_OP_COMMIT = 2,          /* publish the prepared patch: G := G + 1 */
-    ULP_OP_REVERT = 3,
+    ULP_OP_PREPARE = 1,         /* load a patch (one part: one target library); its
+                                 * versions stay invisible */
+    ULP_OP_COMMIT = 2,          /* publish every part of the prepared patch: G := G + 1 */
+    ULP_OP_REVERT = 3,          /* every part of the patch, with one G := G + 1 */
     ULP_OP_ABORT = 4,           /* drop a prepared, uncommitted patch */
     ULP_OP_STATUS = 5,          /* list the applied patches in the message */
     ULP_OP_STAGE = 6,           /* create an empty sealable memfd for the patch object */
@@ -95,7 +96,10 @@ struct ulp_request {
     uint32_t nprivate;          /* functions without a descriptor in the target (ABI 3) */
     uint32_t nrefs;             /* data references the runtime fills (ABI 3) */
     uint32_t label;             /* offset of the patch's label in the strings (ABI 3) */
-    uint32_t nthreads;          /* COMMIT, REVERT: the stopped threads (ABI 5) */
+    uint16_t part;              /* PREPARE: which target library of the patch (ABI 5) */
+    uint16_t nparts;            /* PREPARE: how many it has; 0 or 1: one */
+    uint32_t nthreads;          /* COMMIT, REVERT: the stopped threads (ABI 6) */
+    uint32_t reserved;          /* 0 */
 };
 
 struct ulp_request_unit {
@@ -141,7 +145,7 @@ struct ulp_request_thread {
 };
 
 _Static_assert(sizeof(struct ulp_request_thread) == 56, "request layout");
-_Static_assert(sizeof(struct ulp_request) == 136, "request layout");
+_Static_assert(sizeof(struct ulp_request) == 144, "request layout");
 _Static_assert(sizeof(struct ulp_request_private) == 24, "request layout");
 _Static_assert(sizeof(struct ulp_request_ref) == 16, "request layout");
 _Static_assert(__builtin_offsetof(struct ulp_mailbox, message) == 80, "mailbox layout");

@@ -26,7 +26,7 @@ void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot);
 /* transition.c */
 int ulp_is_prepared_code(uintptr_t word);
 void ulp_add_code_of(const void *address);
-int ulp_begin_transition(struct ulp_lib_desc *lib, int slot,
+int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uint32_t nlibs,
                          const struct ulp_request_thread *threads, uint32_t n);
 void ulp_transition_tick(void);
 void ulp_transition_forget(int slot);

@@ -54,6 +54,28 @@ def trigger_here(*args: str | Path | int) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def thread_states(pid: int) -> str:
+    """Each thread of process PID: name, state, tracer and where in the kernel
+    it waits; what a test says when the process printed nothing (stopped,
+    traced, or waiting for something that never comes)."""
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError:
+        return "none (the process is gone)"
+    states = []
+    for tid in tids:
+        task = Path(f"/proc/{pid}/task/{tid}")
+        try:  # neither file waits for an execve in progress (/proc/PID/stack would)
+            status = dict(line.split(":", 1) for line in (task / "status").read_text()
+                          .splitlines() if ":" in line)
+            wchan = (task / "wchan").read_text().strip() or "-"
+        except OSError:
+            continue
+        states.append(f"{tid} {status['Name'].strip()} {status['State'].strip()} traced by "
+                      f"{status['TracerPid'].strip()} in {wchan}")
+    return "; ".join(states) or "none"
+
+
 class LiveProcess:
     """A spawned program whose stdout lines are read with a timeout."""
 
@@ -81,7 +103,8 @@ class LiveProcess:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"process {self.pid} printed nothing for {timeout}s") from None
+            raise AssertionError(f"process {self.pid} printed nothing for {timeout}s; its "
+                                 f"threads: {thread_states(self.pid)}") from None
         if line is None:
             stderr = self.proc.stderr.read() if self.proc.poll() is not None else ""
             raise AssertionError(f"process {self.pid} ended ({self.proc.poll()}): {stderr}")

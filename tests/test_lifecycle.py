@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -41,7 +43,7 @@ def lc(build_dir: Path) -> Path:
     lib = shared_library(root / "lib" / "liblc.so", [C_DIR / "lc_lib.c"])
     assert tool("ulp-prepare", lib).returncode == 0
     shutil.copy(lib, root / "copy" / "liblc.so")
-    cc(root / "app", [C_DIR / "lc_app.c"], "-ldl", "-lpthread")
+    cc(root / "app", [C_DIR / "lc_app.c"], "-I", str(RUNTIME.parent), "-ldl", "-lpthread")
     for name, source, pair in (("fix", "lc_fix.c", "lc_value:lc_value_v2"),
                                ("exec", "lc_fix_exec.c", "lc_value:lc_value_v3")):
         shared_library(root / f"lib{name}.so", [C_DIR / source], patchable=False)
@@ -284,17 +286,36 @@ def test_execve_by_the_patch_being_loaded_is_process_exited(lc: Path) -> None:
         assert tracer_of(app.pid) == 0
 
 
+def trigger_returning_within(seconds: float, *args: str | Path | int) -> tuple[int, str]:
+    """ulp-trigger's main() on a thread of this process, waited for SECONDS:
+    given a longer --timeout, a trigger that waits out its own timeout for
+    something that can no longer happen fails the test instead of
+    answering late with a plausible exit code."""
+    answer: list[tuple[int, str, str]] = []
+    thread = threading.Thread(target=lambda: answer.append(support.trigger_here(*args)),
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert answer, f"ulp-trigger {args} did not return within {seconds} s"
+    code, _, err = answer[0]
+    return code, err
+
+
 def test_execve_at_random_moments_of_an_apply(lc: Path) -> None:
-    """40 trials: a thread of the target execs the program 0-3 ms after the
-    trigger took the agent.  Every answer is 0 (done before the exec) or 16,
-    never another code; nothing stays traced."""
+    """40 trials: a thread of the target execs the program 0-3 ms after it
+    sees the trigger at work (the agent traced, or an answer of the agent).
+    Every answer is 0 (done before the exec) or 16, never another code, and
+    comes without waiting out the trigger's timeout (a thread interrupted
+    inside its execve never stops: the trigger once waited for it until the
+    timeout, then answered 16 anyway); nothing stays traced."""
     rng = random.Random(14)
     codes: dict[int, int] = {}
     for trial in range(40):
         with start(lc) as app:
             assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
             assert ask(app, f"exec-traced {rng.randrange(0, 3000)}") == "armed"
-            code, err = trigger_here(app.pid, lc / "fix.ulp")
+            code, err = trigger_returning_within(TIMEOUT, "--timeout", str(3 * TIMEOUT),
+                                                 app.pid, lc / "fix.ulp")
             codes[code] = codes.get(code, 0) + 1
             assert code in (ExitCode.OK, ExitCode.PROCESS_EXITED), (trial, code, err)
             assert app.next_line() == "execd"
@@ -303,3 +324,14 @@ def test_execve_at_random_moments_of_an_apply(lc: Path) -> None:
                 assert time.monotonic() < deadline, "still traced"
                 time.sleep(0.002)
     print(f"\nexit codes when the target execs: {codes}")
+
+
+def test_a_silent_target_is_described_by_its_threads(lc: Path) -> None:
+    """When a target prints nothing, the failure says what each thread was
+    doing (a target left stopped or traced, or one waiting for an event that
+    never came, as the exec thread above once did, shows at once)."""
+    with start(lc) as app, pytest.raises(AssertionError) as failure:
+        app.next_line(0.2)
+    message = str(failure.value)
+    assert f"process {app.pid} printed nothing for 0.2s; its threads: {app.pid} app " in message
+    assert re.search(r"\d+ ulp-agent [RS] \(\w+\) traced by 0 in \S+", message), message

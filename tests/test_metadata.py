@@ -171,7 +171,7 @@ def test_wrong_magic():
 
 def test_wrong_version():
     payload = payload_of(sample().pack())
-    version = md.FORMAT_VERSION + 1
+    version = max(md.VERSIONS) + 1
     assert f"unsupported format version {version}" in rejected(seal(payload, version=version))
 
 
@@ -433,3 +433,87 @@ def test_bad_record_values_are_refused():
     twice = (md.PrivateUnit(1, 0, "a", "x"), md.PrivateUnit(1, 0, "b", "y"))
     with pytest.raises(ValueError, match="a second time"):
         sample_v3(private_units=twice).pack()
+
+
+# --- record version 4: a patch of several target libraries --------------------
+
+
+def other_target(**changes) -> md.Target:
+    fields = dict(path="/opt/lib/libbar.so", identity=hashlib.sha256(b"libbar").digest(),
+                  build_id=b"\x42" * 8, layout_version=1,
+                  units=(md.Unit(1, "foo", "foo_in_bar"),),
+                  private_units=(md.PrivateUnit(-0x100, 0, "helper", "bar_helper_fixed"),),
+                  references=(md.Reference(md.REF_ADDRESS, 16, "state", "bar_state_ref"),))
+    fields.update(changes)
+    return md.Target(**fields)
+
+
+def sample_v4(*targets: md.Target, **changes) -> md.PatchMetadata:
+    """A patch of sample_v3()'s library and ``targets`` (other_target() by
+    default), its id derived from its content."""
+    metadata = dataclasses.replace(sample_v3(**changes), more_targets=targets or (other_target(),))
+    return dataclasses.replace(metadata, patch_id=md.content_id(metadata))
+
+
+def test_several_targets_round_trip_as_record_version_4():
+    metadata = sample_v4()
+    data = metadata.pack()
+    assert struct.unpack_from("<H", data, 8)[0] == md.MULTI_TARGET_VERSION
+    assert struct.unpack_from("<H", sample_v3().pack(), 8)[0] == md.FORMAT_VERSION
+    assert md.parse_patch(data) == metadata and md.parse_patch(data).pack() == data
+    assert metadata.replaced_names == ["libfoo.so:foo", "libfoo.so:bar", "libfoo.so:helper",
+                                       "libfoo.so:other", "libbar.so:foo", "libbar.so:helper"]
+    parts = metadata.parts()
+    assert [part.target_path for part in parts] == ["/opt/lib/libfoo.so", "/opt/lib/libbar.so"]
+    assert all(part.patch_id == metadata.patch_id and not part.more_targets for part in parts)
+    assert parts[0].units == sample_v3().units and parts[1].units == other_target().units
+    # the id: over the ids each part would have alone, in order
+    assert md.part_id(parts[0]) == sample_v3().patch_id
+    assert metadata.patch_id == md.make_group_id([md.part_id(part) for part in parts])
+    assert sample_v4(other_target(), other_target(path="/x/libz.so", identity=b"\1" * 32)) \
+        .patch_id != metadata.patch_id
+
+
+def test_the_record_version_must_match_the_number_of_targets():
+    v4_payload = payload_of(sample_v4().pack())
+    assert "record version 3 with 2 target libraries" in rejected(seal(v4_payload))
+    v3_payload = payload_of(sample_v3().pack())
+    assert "record version 4 with 1 target library" in rejected(
+        seal(v3_payload, version=md.MULTI_TARGET_VERSION))
+
+
+def test_bad_targets_are_refused():
+    changed = dataclasses.replace(sample_v4(), more_targets=(other_target(units=(
+        md.Unit(2, "foo", "foo_in_bar"),)),))
+    assert "does not match its content" in rejected(
+        seal(_payload_unchecked(changed), version=md.MULTI_TARGET_VERSION))
+    with pytest.raises(ValueError, match="named twice"):
+        sample_v4(other_target(identity=sample().target_identity)).pack()
+    with pytest.raises(ValueError, match="fills total_ref a second time"):
+        sample_v4(other_target(references=(md.Reference(md.REF_ADDRESS, 0, "t", "total_ref"),))
+                  ).pack()
+    with pytest.raises(ValueError, match="target 1 the patch replaces nothing"):
+        sample_v4(other_target(units=(), private_units=())).pack()
+    with pytest.raises(ValueError, match="target 1 target path is not absolute"):
+        sample_v4(other_target(path="libbar.so")).pack()
+    many = tuple(other_target(identity=bytes([n]) * 32) for n in range(md.MAX_TARGETS))
+    with pytest.raises(ValueError, match="more than 16 target libraries"):
+        sample_v4(*many).pack()
+
+
+def _payload_unchecked(metadata: md.PatchMetadata) -> bytes:
+    """The payload ``pack()`` would write, without its checks."""
+    return md._pack_payload(metadata)
+
+
+def test_fuzz_mutated_payloads_of_several_targets():
+    rng = random.Random(0xB0B)
+    original = sample_v4()
+    accepted = 0
+    for _ in range(2000):
+        data = seal(mutate(payload_of(original.pack()), rng), version=md.MULTI_TARGET_VERSION)
+        parsed = parses_or_is_rejected(data)
+        if parsed is not None:
+            accepted += 1
+            assert parsed.pack() == data
+    assert accepted < 2000

@@ -166,7 +166,10 @@ def test_requires_reverse_file(files, tmp_path):
     ("{fix}\n@{target}\nfoo:foo_fixed:x\n", 3, "expected old:new"),
     ("{fix}\n# c\n@{target}\nfoo:foo_fixed\n\nfoo:bar_fixed\n", 6,
      "foo is replaced twice (first on line 4)"),
-    ("{fix}\n@{target}\n@{target}\nfoo:foo_fixed\n", 3, "a second target"),
+    ("{fix}\n@{target}\n@{target}\nfoo:foo_fixed\n", 3,
+     "no old:new lines for the target on line 2"),
+    ("{fix}\n@{target}\nfoo:foo_fixed\n@{target}\nbar:bar_fixed\n", 4,
+     "a target named twice"),
     ("{fix}\n@{target}\n# nothing\n", 3, "no old:new lines"),
     ("{fix}\n@\nfoo:foo_fixed\n", 2, "expected a library path"),
 ])

@@ -454,13 +454,19 @@ int main(void)
     ARRAY(ulp_request, identity); ARRAY(ulp_request, so_sha256); FIELD(ulp_request, so_path);
     FIELD(ulp_request, so_fd); FIELD(ulp_request, so_size);
     FIELD(ulp_request, nprivate); FIELD(ulp_request, nrefs); FIELD(ulp_request, label);
-    FIELD(ulp_request, reserved);
+    FIELD(ulp_request, part); FIELD(ulp_request, nparts);
+    FIELD(ulp_request, nthreads); FIELD(ulp_request, reserved);
+    FIELD(ulp_request_thread, tid); FIELD(ulp_request_thread, reserved);
+    FIELD(ulp_request_thread, rip); FIELD(ulp_request_thread, rsp);
+    FIELD(ulp_request_thread, thread_pointer); FIELD(ulp_request_thread, stack_low);
+    FIELD(ulp_request_thread, stack_high); FIELD(ulp_request_thread, here_high);
     FIELD(ulp_request_unit, index); FIELD(ulp_request_unit, name);
     FIELD(ulp_request_private, entry_delta); FIELD(ulp_request_private, name);
     FIELD(ulp_request_private, flags); FIELD(ulp_request_private, desc);
     FIELD(ulp_request_ref, kind); FIELD(ulp_request_ref, name); FIELD(ulp_request_ref, delta);
     VALUE(sizeof(struct ulp_request)); VALUE(sizeof(struct ulp_request_unit));
     VALUE(sizeof(struct ulp_request_private)); VALUE(sizeof(struct ulp_request_ref));
+    VALUE(sizeof(struct ulp_request_thread));
     VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
     printf("magic %s\n", ULP_MAILBOX_MAGIC);
 @VALUES@
@@ -473,7 +479,9 @@ MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "statu
                   "reserved0", "idle_address", "reserved"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
                   "so_sha256", "so_path", "so_fd", "so_size", "nprivate", "nrefs", "label",
-                  "reserved"]
+                  "part", "nparts", "nthreads", "reserved"]
+THREAD_FIELDS = ["tid", "reserved", "rip", "rsp", "thread_pointer", "stack_low", "stack_high",
+                 "here_high"]
 
 
 def layout_of(fmt: str, names: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -518,6 +526,8 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
                            ["entry_delta", "name", "flags", "desc"]).items()}
     expected |= {f"ulp_request_ref.{name}": value for name, value in
                  layout_of(agent_abi.REQUEST_REF_FORMAT, ["kind", "name", "delta"]).items()}
+    expected |= {f"ulp_request_thread.{name}": value for name, value in
+                 layout_of(agent_abi.REQUEST_THREAD_FORMAT, THREAD_FIELDS).items()}
     expected["ulp_mailbox.message"] = (agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX, 0)
     expected["ulp_mailbox.request"] = (agent_abi.REQUEST_OFFSET, agent_abi.REQUEST_MAX, 0)
     assert set(expected) == set(fields)
@@ -536,6 +546,8 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
         agent_abi.REQUEST_PRIVATE_FORMAT)
     assert int(values["sizeof(struct ulp_request_ref)"]) == struct.calcsize(
         agent_abi.REQUEST_REF_FORMAT)
+    assert int(values["sizeof(struct ulp_request_thread)"]) == struct.calcsize(
+        agent_abi.REQUEST_THREAD_FORMAT)
     assert fields["ulp_request_private.desc"][0] == agent_abi.REQUEST_PRIVATE_DESC_OFFSET
     assert int(values["ULP_ABI_VERSION"]) == agent_abi.ABI_VERSION
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX

@@ -184,10 +184,13 @@ def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
     named = _named(args)
     if named is not None:
         return named
-    identities = {step.metadata.target_identity for step in steps}
+    # a process with only some libraries of a patch of several is a candidate:
+    # its outcome says which one it lacks (the patch is refused there, whole)
+    identities = {target.identity for step in steps for target in step.metadata.targets}
     found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
     if not found:
-        libraries = ", ".join(sorted({step.metadata.target_path for step in steps}))
+        libraries = ", ".join(sorted({target.path for step in steps
+                                      for target in step.metadata.targets}))
         raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
                        ExitCode.LIBRARY_NOT_LOADED)
     return found

@@ -179,7 +179,7 @@ def _stopping(process: Process, held: dict[int, Tracee], deadline: float,
             if not started:
                 started.append(time.monotonic())
             _interrupt_all(seized)
-            stopped.update(_wait_all(seized, deadline))
+            stopped.update(_wait_all(process, seized, deadline))
         if not process.known():
             raise process.gone()
         yield started
@@ -263,8 +263,14 @@ def _collect_ready(waiting: dict[int, Tracee], stopped: dict[int, Tracee]) -> No
             return
 
 
-def _wait_all(seized: list[Tracee], deadline: float) -> dict[int, Tracee]:
-    """Wait until every seized thread is stopped (or gone); return the stopped ones."""
+def _wait_all(process: Process, seized: list[Tracee], deadline: float) -> dict[int, Tracee]:
+    """Wait until every seized thread is stopped (or gone); return the stopped ones.
+
+    A thread interrupted while inside execve does not stop afterwards: the
+    kernel drops the interrupt, and the thread runs the new program, the
+    only one left of the process.  Waiting for it would last the whole
+    timeout; a changed image ends the wait (PROCESS_EXITED).
+    """
     waiting = {tracee.tid: tracee for tracee in seized}
     stopped: dict[int, Tracee] = {}
     try:
@@ -274,6 +280,8 @@ def _wait_all(seized: list[Tracee], deadline: float) -> dict[int, Tracee]:
             _collect_ready(waiting, stopped)
             if not waiting:
                 break
+            if process.image_changed():
+                raise process.gone()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UlpError(f"timed out waiting for {len(waiting)} thread(s) to stop "

@@ -17,6 +17,8 @@ process for every request.
 
 from __future__ import annotations
 
+import re
+
 from ulp.agent_abi import Op, Request
 from ulp.errors import ExitCode, UlpError, one_line
 from ulp.process import Process
@@ -103,8 +105,11 @@ def _revert_library(agent: Agent, path: str, desc: int) -> list[batch.Outcome]:
                 outcomes.append(batch.Outcome(pid, patch_id.hex(), error.exit_code, one_line(
                     f"cannot revert {named} of {path} in process {pid}: {message}"), True))
                 continue
+            # a patch of several libraries is reverted in all of them at once
+            several = re.search(r" in \d+ libraries$", message)
             outcomes.append(batch.Outcome(pid, patch_id.hex(), ExitCode.OK, one_line(
-                f"reverted {named} (applied in universe {universe}) in process {pid}"), True))
+                f"reverted {named} (applied in universe {universe}) in process {pid}"
+                f"{several.group(0) if several else ''}"), True))
         if failures:
             break  # what is left stays applied, for the reasons given
     return outcomes

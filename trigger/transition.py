@@ -16,6 +16,13 @@ opened, here or in the process.
 If this trigger dies before step 3, the next request drops the prepared
 patch: the process is never half-patched.  Revert is one agent request.
 
+A patch of several target libraries (record version 4) is found and checked
+in every library before anything changes (one missing refuses it whole),
+then prepared with one PREPARE per library, part by part (the first loads
+the staged object, the others share it); its entry jumps are written in one
+stop, and one COMMIT, like one REVERT, covers every library with a single
+G := G+1 (docs/trigger.md, "Several libraries").
+
 Everything that can be checked without changing the process is checked
 first: the target in memory (identity, build-id, layout), the functions the
 patch names, the code at their entries.  docs/trigger.md has the details.
@@ -174,10 +181,10 @@ def check_status(status: int, message: str, process: Process) -> None:
 
 
 def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None,
-             staged_fd: int = -1, so_size: int = 0,
+             staged_fd: int = -1, so_size: int = 0, part: int = 0, nparts: int = 1,
              threads: tuple[RequestThread, ...] = ()) -> Request:
     request = Request(op, patch_id=metadata.patch_id, identity=metadata.target_identity,
-                      threads=threads)
+                      part=part, nparts=nparts, threads=threads)
     if op == Op.PREPARE:
         request.lib_desc = target.lib_desc
         request.so_sha256 = metadata.patch_so_sha256
@@ -217,11 +224,13 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
     if not so_bytes:
         raise UlpError(f"{source}: a reverse patch carries no patch object and cannot be "
                        "applied", ExitCode.BAD_INPUT)
-    target = find_target(process, metadata)
-    check_units(target, metadata, source)
-    writes = entry_detours(target, metadata)
+    parts = metadata.parts()
+    targets = find_targets(process, metadata, source)
+    writes = [write for part, target in zip(parts, targets, strict=True)
+              for write in entry_detours(target, part)]
     check_code(process, writes)
-    private.check_entries(process, target.lib_desc, metadata)
+    for part, target in zip(parts, targets, strict=True):
+        private.check_entries(process, target.lib_desc, part)
     agent = Agent(process, timeout)
     agent.attach()
     try:
@@ -232,13 +241,9 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
         except UlpError:
             _abort(agent, metadata)  # closes the staged memfd now
             raise
-        prepare = _request(Op.PREPARE, metadata, target, staged, len(so_bytes))
-        status, message = agent.call(prepare)
-        check_status(status, message, process)
         try:
-            descs = private.descriptors(process, agent.mailbox, prepare.privates_offset(),
-                                        len(metadata.private_units))
-            private_writes, avoid = private.writes(process, target.lib_desc, metadata, descs)
+            private_writes, avoid = _prepare_parts(agent, parts, targets, staged,
+                                                   len(so_bytes))
         except UlpError:
             _abort(agent, metadata)
             raise
@@ -254,6 +259,47 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
         return message
     finally:
         agent.release()
+
+
+def find_targets(process: Process, metadata: PatchMetadata,
+                 source: str) -> list[LoadedTarget]:
+    """Every target library of the patch in ``process``, each checked, in
+    the order of ``metadata.parts()``; one missing or not fitting refuses
+    the whole patch, before anything changes."""
+    parts = metadata.parts()
+    targets = []
+    for part in parts:
+        try:
+            target = find_target(process, part)
+            check_units(target, part, source)
+        except UlpError as error:
+            if len(parts) == 1:
+                raise
+            raise UlpError(f"{error}; the patch's {len(parts)} target libraries are patched "
+                           "together or not at all: nothing done", error.exit_code) from None
+        targets.append(target)
+    return targets
+
+
+def _prepare_parts(agent: Agent, parts: tuple[PatchMetadata, ...], targets: list[LoadedTarget],
+                   staged: int, so_size: int) -> tuple[list[CodeWrite], dict[int, str]]:
+    """One PREPARE per target library, the first with the staged object; the
+    code each part's private functions need (its descriptors are read back
+    from the mailbox before the next request overwrites them)."""
+    process = agent.process
+    code: list[CodeWrite] = []
+    avoid: dict[int, str] = {}
+    for number, (part, target) in enumerate(zip(parts, targets, strict=True)):
+        prepare = _request(Op.PREPARE, part, target, staged if number == 0 else -1, so_size,
+                           number, len(parts))
+        status, message = agent.call(prepare)
+        check_status(status, message, process)
+        descs = private.descriptors(process, agent.mailbox, prepare.privates_offset(),
+                                    len(part.private_units))
+        part_code, part_avoid = private.writes(process, target.lib_desc, part, descs)
+        code += part_code
+        avoid |= part_avoid
+    return code, avoid
 
 
 def _abort(agent: Agent, metadata: PatchMetadata) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
-ABI_VERSION = 5
+ABI_VERSION = 6
 MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
@@ -26,7 +26,7 @@ REQUEST_SIZE_OFFSET = 28
 STAGED_FD_OFFSET = 56
 assert MAILBOX_HEADER_SIZE == 80
 
-REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIII"
+REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIIHHII"
 REQUEST_UNIT_FORMAT = "<II"
 REQUEST_PRIVATE_FORMAT = "<qIIQ"  # entry_delta, name, flags, desc (written by the runtime)
 REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
@@ -34,7 +34,7 @@ REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
 REQUEST_THREAD_FORMAT = "<iIQQQQQQ"
 REQUEST_PRIVATE_DESC_OFFSET = 16
 NO_LABEL = 0xFFFF_FFFF
-assert struct.calcsize(REQUEST_HEADER_FORMAT) == 136
+assert struct.calcsize(REQUEST_HEADER_FORMAT) == 144
 assert struct.calcsize(REQUEST_PRIVATE_FORMAT) == 24
 assert struct.calcsize(REQUEST_REF_FORMAT) == 16
 assert struct.calcsize(REQUEST_THREAD_FORMAT) == 56
@@ -141,7 +141,9 @@ class Request:
     privates: tuple[tuple[int, int, str], ...] = ()
     refs: tuple[tuple[int, int, str], ...] = ()  # (RefKind, delta, patch variable name)
     label: str | None = None
-    threads: tuple[RequestThread, ...] = ()  # COMMIT, REVERT: every stopped thread
+    part: int = 0  # PREPARE: which target library of the patch (ABI 5)
+    nparts: int = 1  # PREPARE: how many the patch has
+    threads: tuple[RequestThread, ...] = ()  # COMMIT, REVERT: every stopped thread (ABI 6)
 
     def privates_offset(self) -> int:
         """Where the private units start in the packed request (the runtime
@@ -168,7 +170,8 @@ class Request:
         header = struct.pack(REQUEST_HEADER_FORMAT, self.op, len(self.units), len(self.requires),
                              len(strings), self.patch_id, self.lib_desc, self.identity,
                              self.so_sha256, so_path, self.so_fd, self.so_size,
-                             len(self.privates), len(self.refs), label, len(self.threads))
+                             len(self.privates), len(self.refs), label, self.part,
+                             self.nparts, len(self.threads), 0)
         threads = b"".join(thread.pack() for thread in self.threads)
         data = (header + b"".join(self.requires) + units + privates + refs + threads
                 + bytes(strings))

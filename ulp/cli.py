@@ -102,6 +102,9 @@ def _show_process(console: Console, view) -> None:
                 for applied, reverted in function.versions)
             for function in library.functions) or "not patched"
         console.say(f"  {library.path}: {changes}")
+    for universe, names in _joint_changes(view):
+        console.say(f"  universe {universe}: {', '.join(names)} changed in one step "
+                    "(a patch of several libraries)")
     for thread in view.threads:
         if thread.error:
             console.say(f"  thread {thread.tid} ({thread.name}): {thread.error}")
@@ -114,17 +117,41 @@ def _show_process(console: Console, view) -> None:
         console.say(f"  thread {thread.tid} ({thread.name}): {records}", styled=True)
 
 
+def _joint_changes(view) -> list[tuple[int, list[str]]]:
+    """The universes in which versions of several libraries were applied or
+    reverted: a patch of several libraries changes them in one step."""
+    changed: dict[int, set[str]] = {}
+    for library in view.libraries:
+        for function in library.functions:
+            for applied, reverted in function.versions:
+                for universe in (applied, reverted):
+                    if universe:
+                        changed.setdefault(universe, set()).add(library.path.rsplit("/", 1)[-1])
+    return [(universe, sorted(names)) for universe, names in sorted(changed.items())
+            if len(names) > 1]
+
+
 def patch_fields(metadata) -> dict:
-    """A patch file's fields, for --json."""
+    """A patch file's fields, for --json: the first target library's at the
+    top, as for a patch of one, and every library's in ``targets``."""
+    targets = [_target_fields(target) for target in metadata.targets]
     return {
         "patch_id": metadata.patch_id_hex, "reverse": metadata.reverse,
-        "target": metadata.target_path, "target_identity": metadata.target_identity.hex(),
-        "target_build_id": metadata.target_build_id.hex(),
-        "layout_version": metadata.layout_version, "patch_object": metadata.patch_so_path,
+        **targets[0], "patch_object": metadata.patch_so_path,
         "patch_sha256": metadata.patch_so_sha256.hex(),
         "requires": [required.hex() for required in metadata.requires],
+        "labels": list(metadata.labels), "targets": targets,
+    }
+
+
+def _target_fields(target) -> dict:
+    return {
+        "target": target.path, "target_identity": target.identity.hex(),
+        "target_build_id": target.build_id.hex(), "layout_version": target.layout_version,
         "functions": [{"index": unit.index, "old": unit.old_name, "new": unit.new_name}
-                      for unit in metadata.units],
+                      for unit in target.units]
+        + [{"private": unit.entry_delta, "old": unit.old_name, "new": unit.new_name}
+           for unit in target.private_units],
     }
 
 
@@ -155,15 +182,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     metadata = patch_file.metadata
     process = Process(args.pid)
     checks: list[tuple[str, str]] = []
+    parts = metadata.parts()
     try:
-        target = transition.find_target(process, metadata)
-        checks.append(("target", f"loaded at {target.base:#x}, identity and build-id match"))
-        transition.check_units(target, metadata, args.patch)
+        targets = transition.find_targets(process, metadata, args.patch)
+        for part, target in zip(parts, targets, strict=True):
+            where = f"target {part.target_path}" if len(parts) > 1 else "target"
+            checks.append((where, f"loaded at {target.base:#x}, identity and build-id match"))
         checks.append(("patch object", f"carried in {args.patch}, SHA-256 matches"
                        if patch_file.patch_object else "none: a reverse patch"))
-        todo = check_code(process, transition.entry_detours(target, metadata))
-        checks.append(("entries", f"{len(metadata.units) - len(todo)} of "
-                                  f"{len(metadata.units)} already jump to the tracker"))
+        units = sum(len(part.units) for part in parts)
+        todo = check_code(process, [write for part, target in zip(parts, targets, strict=True)
+                                    for write in transition.entry_detours(target, part)])
+        checks.append(("entries", f"{units - len(todo)} of {units} already jump to the "
+                                  "tracker"))
         find_mailbox(process)
         checks.append(("runtime", "loaded"))
         verdict, code = "can be applied (unless it is applied already: ulp status)", 0

@@ -1,7 +1,7 @@
 """The patch metadata record that ulp-packer writes and ulp-trigger reads.
 
-docs/patch-format.md describes the binary format (record version 3) field by
-field.  A patch file (``ulp.patchfile``, format version 3) carries one record
+docs/patch-format.md describes the binary format (record versions 3 and 4)
+field by field.  A patch file (``ulp.patchfile``, format version 3) carries one record
 and the patch .so; this module knows only the record.
 In short: a 48-byte header (magic, format version, flags, payload length,
 SHA-256 checksum), then a payload of fixed-size fields and u16-length-prefixed
@@ -24,7 +24,9 @@ from dataclasses import dataclass, replace
 from ulp.errors import ExitCode, UlpError
 
 MAGIC = b"ULPPATCH"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 3  # a patch of one target library
+MULTI_TARGET_VERSION = 4  # a patch of several: version 3 and TARGET records
+VERSIONS = (FORMAT_VERSION, MULTI_TARGET_VERSION)
 
 FLAG_REVERSE = 0x0001
 KNOWN_FLAGS = FLAG_REVERSE
@@ -44,12 +46,15 @@ MAX_STRING = 4096
 MAX_PAYLOAD = 64 * 1024 * 1024
 
 PATCH_ID_DOMAIN = b"ulp patch id v3\0"
+GROUP_ID_DOMAIN = b"ulp patch id v4\0"  # a patch of several targets, over its parts' ids
 
 # records after the requirements (format 3): u16 kind, u32 length, body
 RECORD_PRIVATE = 1  # a function without a descriptor in the target
 RECORD_REFERENCE = 2  # a variable of the patch the runtime fills
 RECORD_LABEL = 3  # a label (!text in libpulp's .dsc), shown by the tools
-MAX_RECORDS = 2 * MAX_UNITS + 256
+RECORD_TARGET = 4  # another target library and its functions (record version 4)
+MAX_TARGETS = 16  # target libraries of one patch
+MAX_RECORDS = 2 * MAX_UNITS + 256 + MAX_TARGETS
 MAX_LABELS = 256
 REF_ADDRESS = 1  # the patch's pointer := the target symbol's address (#sym:ref)
 REF_TLS = 2  # the patch's tls_index := {module, offset} (#%sym:ref)
@@ -89,7 +94,31 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One target library of a patch, and what the patch changes in it."""
+
+    path: str  # absolute path of the prepared library at pack time
+    identity: bytes  # 32 bytes, PreparedLibrary.identity
+    build_id: bytes  # 0..20 bytes
+    layout_version: int
+    units: tuple[Unit, ...]
+    private_units: tuple[PrivateUnit, ...] = ()
+    references: tuple[Reference, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
 class PatchMetadata:
+    """A patch.  Its first target library is in the ``target_*``, ``units``,
+    ``private_units`` and ``references`` fields (all a version 3 record
+    holds); a patch of several libraries has the others in ``more_targets``
+    (record version 4).  ``parts()`` gives one single-target view per
+    library, which is what the trigger checks and prepares library by
+    library."""
+
     patch_id: bytes  # 16 bytes
     reverse: bool  # True in the reverse patch file
     target_path: str  # absolute path of the prepared target library at pack time
@@ -103,12 +132,37 @@ class PatchMetadata:
     private_units: tuple[PrivateUnit, ...] = ()
     references: tuple[Reference, ...] = ()
     labels: tuple[str, ...] = ()
+    more_targets: tuple[Target, ...] = ()  # the target libraries after the first
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """Every target library, the first one first."""
+        first = Target(self.target_path, self.target_identity, self.target_build_id,
+                       self.layout_version, self.units, self.private_units, self.references)
+        return (first,) + self.more_targets
+
+    def parts(self) -> tuple[PatchMetadata, ...]:
+        """One view per target library, in order: the patch as if it had
+        only that target, with this patch's id (not a patch of its own)."""
+        return tuple(replace(self, target_path=target.path, target_identity=target.identity,
+                             target_build_id=target.build_id,
+                             layout_version=target.layout_version, units=target.units,
+                             private_units=target.private_units,
+                             references=target.references, more_targets=())
+                     for target in self.targets)
 
     @property
     def replaced_names(self) -> list[str]:
-        """The target's functions this patch replaces, exported ones first."""
-        return ([unit.old_name for unit in self.units]
-                + [unit.old_name for unit in self.private_units])
+        """The target's functions this patch replaces, exported ones first;
+        each named with its library's file name when there are several."""
+        many = len(self.targets) > 1
+        return [f"{target.name}:{name}" if many else name for target in self.targets
+                for name in ([unit.old_name for unit in target.units]
+                             + [unit.old_name for unit in target.private_units])]
+
+    @property
+    def function_count(self) -> int:
+        return sum(len(target.units) + len(target.private_units) for target in self.targets)
 
     @property
     def label(self) -> str | None:
@@ -122,7 +176,8 @@ class PatchMetadata:
             raise ValueError(f"cannot pack patch metadata: {problem}")
         payload = _pack_payload(self)
         flags = FLAG_REVERSE if self.reverse else 0
-        checked = struct.pack("<8sHHI", MAGIC, FORMAT_VERSION, flags, len(payload))
+        version = MULTI_TARGET_VERSION if self.more_targets else FORMAT_VERSION
+        checked = struct.pack("<8sHHI", MAGIC, version, flags, len(payload))
         return checked + _checksum(checked, payload) + payload
 
     def reversed(self) -> PatchMetadata:
@@ -167,6 +222,32 @@ def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
         digest.update(struct.pack("<Iq", reference.kind, reference.delta))
         digest.update(_pack_string(reference.ref_name))
     return digest.digest()[:PATCH_ID_SIZE]
+
+
+def part_id(part: PatchMetadata) -> bytes:
+    """The id ``make_patch_id`` gives one single-target view (``parts()``):
+    a patch of one library has this id; the runtime computes it from each
+    PREPARE request."""
+    return make_patch_id(part.patch_so_sha256, part.target_identity, part.units, part.requires,
+                         part.private_units, part.references)
+
+
+def make_group_id(part_ids: list[bytes]) -> bytes:
+    """The id of a patch of several libraries (docs/patch-format.md, "Patch
+    id"): over its parts' ids, in the order of its targets.  The runtime
+    recomputes it once it has prepared every part."""
+    digest = hashlib.sha256(GROUP_ID_DOMAIN)
+    digest.update(struct.pack("<I", len(part_ids)))
+    for part in part_ids:
+        digest.update(part)
+    return digest.digest()[:PATCH_ID_SIZE]
+
+
+def content_id(metadata: PatchMetadata) -> bytes:
+    """The id ``metadata``'s content gives: one library's, or the group's."""
+    if not metadata.more_targets:
+        return part_id(metadata)
+    return make_group_id([part_id(part) for part in metadata.parts()])
 
 
 def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
@@ -215,16 +296,40 @@ def _record(kind: int, body: bytes) -> bytes:
     return struct.pack("<HI", kind, len(body)) + body
 
 
+def _pack_private(unit: PrivateUnit) -> bytes:
+    return (struct.pack("<qI", unit.entry_delta, unit.flags) + _pack_string(unit.old_name)
+            + _pack_string(unit.new_name))
+
+
+def _pack_reference(ref: Reference) -> bytes:
+    return (struct.pack("<Iq", ref.kind, ref.delta) + _pack_string(ref.target_name)
+            + _pack_string(ref.ref_name))
+
+
+def _pack_target(target: Target) -> bytes:
+    """A TARGET record's body: the library's fields as the payload has the
+    first one's, then its units, private units and references, each counted."""
+    parts = [target.identity, struct.pack("<B", len(target.build_id)),
+             target.build_id.ljust(MAX_BUILD_ID, b"\0"),
+             struct.pack("<I", target.layout_version), _pack_string(target.path),
+             struct.pack("<I", len(target.units))]
+    for unit in target.units:
+        parts += [struct.pack("<I", unit.index), _pack_string(unit.old_name),
+                  _pack_string(unit.new_name)]
+    parts.append(struct.pack("<I", len(target.private_units)))
+    parts += [_pack_private(unit) for unit in target.private_units]
+    parts.append(struct.pack("<I", len(target.references)))
+    parts += [_pack_reference(ref) for ref in target.references]
+    return b"".join(parts)
+
+
 def _pack_records(metadata: PatchMetadata) -> bytes:
     """The records of format 3, in canonical order: private units,
-    references, labels."""
-    records = [_record(RECORD_PRIVATE, struct.pack("<qI", unit.entry_delta, unit.flags)
-                       + _pack_string(unit.old_name) + _pack_string(unit.new_name))
-               for unit in metadata.private_units]
-    records += [_record(RECORD_REFERENCE, struct.pack("<Iq", ref.kind, ref.delta)
-                        + _pack_string(ref.target_name) + _pack_string(ref.ref_name))
-                for ref in metadata.references]
+    references, labels; then (version 4) the targets after the first."""
+    records = [_record(RECORD_PRIVATE, _pack_private(unit)) for unit in metadata.private_units]
+    records += [_record(RECORD_REFERENCE, _pack_reference(ref)) for ref in metadata.references]
     records += [_record(RECORD_LABEL, _pack_string(label)) for label in metadata.labels]
+    records += [_record(RECORD_TARGET, _pack_target(target)) for target in metadata.more_targets]
     return struct.pack("<I", len(records)) + b"".join(records)
 
 
@@ -235,34 +340,53 @@ def _problem(metadata: PatchMetadata) -> str | None:
     """What is wrong with ``metadata``, or None if it can be written and read."""
     checks = [
         (len(metadata.patch_id) == PATCH_ID_SIZE, "patch id is not 16 bytes"),
-        (len(metadata.target_identity) == IDENTITY_SIZE, "target identity is not 32 bytes"),
-        (len(metadata.target_build_id) <= MAX_BUILD_ID, "target build-id longer than 20 bytes"),
-        (0 <= metadata.layout_version <= 0xFFFF_FFFF, "layout version out of range"),
         (len(metadata.patch_so_sha256) == SHA256_SIZE, "patch .so hash is not 32 bytes"),
-        (len(metadata.units) <= MAX_UNITS, f"more than {MAX_UNITS} units"),
-        (len(metadata.private_units) <= MAX_UNITS, f"more than {MAX_UNITS} private units"),
-        (len(metadata.units) + len(metadata.private_units) >= 1, "the patch replaces nothing"),
-        (len(metadata.references) <= MAX_UNITS, f"more than {MAX_UNITS} references"),
+        (len(metadata.more_targets) < MAX_TARGETS, f"more than {MAX_TARGETS} target libraries"),
         (len(metadata.labels) <= MAX_LABELS, f"more than {MAX_LABELS} labels"),
         (len(metadata.requires) <= MAX_REQUIRES, f"more than {MAX_REQUIRES} requires"),
     ]
     for ok, message in checks:
         if not ok:
             return message
-    return (_path_problem("target path", metadata.target_path)
+    problems = (_target_problem(target, f"target {number} " if number else "")
+                for number, target in enumerate(metadata.targets))
+    return (next((problem for problem in problems if problem), None)
             or _path_problem("patch .so path", metadata.patch_so_path)
-            or _units_problem(metadata.units)
-            or _private_problem(metadata)
-            or _references_problem(metadata.references)
+            or _targets_problem(metadata.targets)
             or _labels_problem(metadata.labels)
             or _requires_problem(metadata.patch_id, metadata.requires)
             or _id_problem(metadata))
 
 
+def _target_problem(target: Target, prefix: str) -> str | None:
+    """What is wrong with one target library's fields; ``prefix`` names it
+    in the message (empty for the first: the messages of version 3)."""
+    checks = [
+        (len(target.identity) == IDENTITY_SIZE, "target identity is not 32 bytes"),
+        (len(target.build_id) <= MAX_BUILD_ID, "target build-id longer than 20 bytes"),
+        (0 <= target.layout_version <= 0xFFFF_FFFF, "layout version out of range"),
+        (len(target.units) <= MAX_UNITS, f"more than {MAX_UNITS} units"),
+        (len(target.private_units) <= MAX_UNITS, f"more than {MAX_UNITS} private units"),
+        (len(target.units) + len(target.private_units) >= 1, "the patch replaces nothing"),
+        (len(target.references) <= MAX_UNITS, f"more than {MAX_UNITS} references"),
+    ]
+    problem = next((message for ok, message in checks if not ok), None)
+    problem = (problem or _path_problem("target path", target.path)
+               or _units_problem(target.units)
+               or _private_problem(target.units, target.private_units))
+    return prefix + problem if problem else None
+
+
+def _targets_problem(targets: tuple[Target, ...]) -> str | None:
+    """Across the targets: each library once, each patch variable filled once."""
+    identities = [target.identity for target in targets]
+    if len(set(identities)) != len(identities):
+        return "a target library is named twice (the same identity)"
+    return _references_problem(tuple(ref for target in targets for ref in target.references))
+
+
 def _id_problem(metadata: PatchMetadata) -> str | None:
-    expected = make_patch_id(metadata.patch_so_sha256, metadata.target_identity,
-                             metadata.units, metadata.requires, metadata.private_units,
-                             metadata.references)
+    expected = content_id(metadata)
     if metadata.patch_id != expected:
         return (f"patch id {metadata.patch_id.hex()} does not match its content "
                 f"(which gives {expected.hex()})")
@@ -310,10 +434,11 @@ def _units_problem(units: tuple[Unit, ...]) -> str | None:
 INT64 = range(-(1 << 63), 1 << 63)
 
 
-def _private_problem(metadata: PatchMetadata) -> str | None:
+def _private_problem(units: tuple[Unit, ...],
+                     private_units: tuple[PrivateUnit, ...]) -> str | None:
     seen_entries: set[int] = set()
-    seen_names = {unit.old_name for unit in metadata.units}
-    for number, unit in enumerate(metadata.private_units):
+    seen_names = {unit.old_name for unit in units}
+    for number, unit in enumerate(private_units):
         problem = (_string_problem(f"private unit {number} old name", unit.old_name)
                    or _string_problem(f"private unit {number} new name", unit.new_name))
         if problem is not None:
@@ -423,32 +548,32 @@ class _Reader:
 
 
 def _parse(data: bytes) -> PatchMetadata:
-    payload, flags = _check_header(data)
+    payload, flags, version = _check_header(data)
     reader = _Reader(payload)
     patch_id = reader.take(PATCH_ID_SIZE, "patch id")
     target_identity = reader.take(IDENTITY_SIZE, "target identity")
-    build_id_size = reader.u8("build-id length")
-    build_id_field = reader.take(MAX_BUILD_ID, "build-id")
-    if build_id_size > MAX_BUILD_ID:
-        raise _Malformed(f"build-id length {build_id_size} exceeds {MAX_BUILD_ID}")
-    if any(build_id_field[build_id_size:]):
-        raise _Malformed("build-id padding is not zero")
+    build_id = _read_build_id(reader, "")
     layout_version = reader.u32("layout version")
     patch_so_sha256 = reader.take(SHA256_SIZE, "patch .so hash")
     target_path = reader.string("target path")
     patch_so_path = reader.string("patch .so path")
-    units = tuple(_read_unit(reader, number)
-                  for number in range(reader.count("unit count", MAX_UNITS)))
+    units = _read_units(reader, "")
     requires = tuple(reader.take(PATCH_ID_SIZE, f"required patch id {number}")
                      for number in range(reader.count("requires count", MAX_REQUIRES)))
     records = _read_records(reader)
     reader.finish()
+    more_targets = tuple(records[RECORD_TARGET])
+    if bool(more_targets) != (version == MULTI_TARGET_VERSION):
+        count = 1 + len(more_targets)
+        raise _Malformed(f"record version {version} with {count} target "
+                         f"{'library' if count == 1 else 'libraries'} (version "
+                         f"{FORMAT_VERSION} has one, {MULTI_TARGET_VERSION} several)")
     metadata = PatchMetadata(
         patch_id=patch_id,
         reverse=bool(flags & FLAG_REVERSE),
         target_path=target_path,
         target_identity=target_identity,
-        target_build_id=build_id_field[:build_id_size],
+        target_build_id=build_id,
         layout_version=layout_version,
         patch_so_path=patch_so_path,
         patch_so_sha256=patch_so_sha256,
@@ -457,6 +582,7 @@ def _parse(data: bytes) -> PatchMetadata:
         private_units=tuple(records[RECORD_PRIVATE]),
         references=tuple(records[RECORD_REFERENCE]),
         labels=tuple(records[RECORD_LABEL]),
+        more_targets=more_targets,
     )
     problem = _problem(metadata)
     if problem is not None:
@@ -464,17 +590,59 @@ def _parse(data: bytes) -> PatchMetadata:
     return metadata
 
 
-def _read_unit(reader: _Reader, number: int) -> Unit:
-    index = reader.u32(f"unit {number} function index")
-    old_name = reader.string(f"unit {number} old name")
-    new_name = reader.string(f"unit {number} new name")
+def _read_build_id(reader: _Reader, prefix: str) -> bytes:
+    size = reader.u8(f"{prefix}build-id length")
+    field = reader.take(MAX_BUILD_ID, f"{prefix}build-id")
+    if size > MAX_BUILD_ID:
+        raise _Malformed(f"{prefix}build-id length {size} exceeds {MAX_BUILD_ID}")
+    if any(field[size:]):
+        raise _Malformed(f"{prefix}build-id padding is not zero")
+    return field[:size]
+
+
+def _read_units(reader: _Reader, prefix: str) -> tuple[Unit, ...]:
+    return tuple(_read_unit(reader, f"{prefix}unit {number}")
+                 for number in range(reader.count(f"{prefix}unit count", MAX_UNITS)))
+
+
+def _read_unit(reader: _Reader, what: str) -> Unit:
+    index = reader.u32(f"{what} function index")
+    old_name = reader.string(f"{what} old name")
+    new_name = reader.string(f"{what} new name")
     return Unit(index, old_name, new_name)
 
 
+def _read_private(body: _Reader, what: str) -> PrivateUnit:
+    delta, flags = body.i64(f"{what} entry"), body.u32(f"{what} flags")
+    return PrivateUnit(delta, flags, body.string(f"{what} old name"),
+                       body.string(f"{what} new name"))
+
+
+def _read_reference(body: _Reader, what: str) -> Reference:
+    ref_kind, delta = body.u32(f"{what} reference kind"), body.i64(f"{what} offset")
+    return Reference(ref_kind, delta, body.string(f"{what} target name"),
+                     body.string(f"{what} variable name"))
+
+
+def _read_target(body: _Reader, what: str) -> Target:
+    identity = body.take(IDENTITY_SIZE, f"{what} identity")
+    build_id = _read_build_id(body, f"{what} ")
+    layout_version = body.u32(f"{what} layout version")
+    path = body.string(f"{what} path")
+    units = _read_units(body, f"{what} ")
+    privates = tuple(_read_private(body, f"{what} private unit {number}") for number in
+                     range(body.count(f"{what} private unit count", MAX_UNITS)))
+    references = tuple(_read_reference(body, f"{what} reference {number}") for number in
+                       range(body.count(f"{what} reference count", MAX_UNITS)))
+    return Target(path, identity, build_id, layout_version, units, privates, references)
+
+
 def _read_records(reader: _Reader) -> dict[int, list]:
-    """The records of format 3, by kind; each must fill its length exactly,
-    and kinds come in canonical order (so a file packs back to its bytes)."""
-    records: dict[int, list] = {RECORD_PRIVATE: [], RECORD_REFERENCE: [], RECORD_LABEL: []}
+    """The records of format 3 (and TARGET, version 4), by kind; each must
+    fill its length exactly, and kinds come in canonical order (so a file
+    packs back to its bytes)."""
+    records: dict[int, list] = {RECORD_PRIVATE: [], RECORD_REFERENCE: [], RECORD_LABEL: [],
+                                RECORD_TARGET: []}
     last_kind = 0
     for number in range(reader.count("record count", MAX_RECORDS)):
         kind = reader.u16(f"record {number} kind")
@@ -486,13 +654,11 @@ def _read_records(reader: _Reader) -> dict[int, list]:
         last_kind = kind
         what = f"record {number}"
         if kind == RECORD_PRIVATE:
-            delta, flags = body.i64(f"{what} entry"), body.u32(f"{what} flags")
-            item: object = PrivateUnit(delta, flags, body.string(f"{what} old name"),
-                                       body.string(f"{what} new name"))
+            item: object = _read_private(body, what)
         elif kind == RECORD_REFERENCE:
-            ref_kind, delta = body.u32(f"{what} reference kind"), body.i64(f"{what} offset")
-            item = Reference(ref_kind, delta, body.string(f"{what} target name"),
-                             body.string(f"{what} variable name"))
+            item = _read_reference(body, what)
+        elif kind == RECORD_TARGET:
+            item = _read_target(body, f"{what} target")
         else:
             item = body.string(f"{what} label")
         body.finish()
@@ -500,8 +666,8 @@ def _read_records(reader: _Reader) -> dict[int, list]:
     return records
 
 
-def _check_header(data: bytes) -> tuple[bytes, int]:
-    """Validate the header; return the payload and the flags."""
+def _check_header(data: bytes) -> tuple[bytes, int, int]:
+    """Validate the header; return the payload, the flags and the version."""
     if not data:
         raise _Malformed("empty file, not a ulp patch file")
     if len(data) < HEADER_SIZE:
@@ -511,8 +677,9 @@ def _check_header(data: bytes) -> tuple[bytes, int]:
     magic, version, flags, payload_size, checksum = struct.unpack_from(HEADER_FORMAT, data)
     if magic != MAGIC:
         raise _Malformed("not a ulp patch file (bad magic)")
-    if version != FORMAT_VERSION:
-        raise _Malformed(f"unsupported format version {version} (this ulp reads {FORMAT_VERSION})")
+    if version not in VERSIONS:
+        raise _Malformed(f"unsupported format version {version} (this ulp reads "
+                         f"{' and '.join(map(str, VERSIONS))})")
     if payload_size > MAX_PAYLOAD:
         raise _Malformed(f"payload length {payload_size} exceeds the limit of {MAX_PAYLOAD}")
     actual = len(data) - HEADER_SIZE
@@ -525,4 +692,4 @@ def _check_header(data: bytes) -> tuple[bytes, int]:
         raise _Malformed("corrupted: checksum mismatch")
     if flags & ~KNOWN_FLAGS:
         raise _Malformed(f"unknown flags {flags:#06x}")
-    return payload, flags
+    return payload, flags, version

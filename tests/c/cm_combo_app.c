@@ -8,7 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "progress.h"
 
 #define NTHREADS 3
 
@@ -44,20 +45,10 @@ static void *loop(void *arg)
 
 static void sync_threads(void)
 {
-    long target[NTHREADS];
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 20;
-    pthread_mutex_lock(&lock);
-    for (int i = 0; i < NTHREADS; i++)
-        target[i] = done[i] + 2;
-    for (int i = 0; i < NTHREADS; i++)
-        while (done[i] < target[i])
-            if (pthread_cond_timedwait(&progress, &lock, &deadline) != 0) {
-                pthread_mutex_unlock(&lock);
-                printf("sync timeout\n");
-                return;
-            }
+    if (wait_rounds(&lock, &progress, done, NTHREADS, 2) != 0) {
+        printf("sync timeout\n");
+        return;
+    }
     printf("last %d %d %d\n", last[0], last[1], last[2]);
     pthread_mutex_unlock(&lock);
 }

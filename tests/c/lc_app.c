@@ -10,13 +10,15 @@
  *   threads         the number of threads of the process
  *   fork-unshare    a fork child tries unshare(CLONE_NEWUSER): its result and
  *                   the child's number of threads
- *   exec-traced D   a thread execs this program ("execd") as soon as the ulp
- *                   agent is traced, after D microseconds more
+ *   exec-traced D   a thread execs this program ("execd") D microseconds
+ *                   after it sees a trigger at work: the ulp agent traced,
+ *                   or an answer of the agent (the mailbox serial moved)
  *   bench N         N rounds of 256 malloc(200) then 256 free: ns per pair
  *   handoff         (main thread) a new thread takes the command loop, the
  *                   main thread calls pthread_exit
  *   end             the command loop returns */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
@@ -27,6 +29,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "ulp_abi.h"
 
 static void *handles[8];
 
@@ -84,11 +88,25 @@ static int agent_is_traced(void)
     return tracer != 0;
 }
 
+static const struct ulp_mailbox *mailbox;
+static uint32_t armed_serial;
+
+/* A trigger has come: it holds the agent now, or it has held it (the agent
+ * answered one of its requests).  Watching for "traced" alone can miss a
+ * whole apply: the trigger and the agent it holds run at real-time
+ * priority, so on a busy machine this thread may not run until both are
+ * done, and then it would wait for a trigger that never comes again. */
+static int trigger_came(void)
+{
+    return agent_is_traced() ||
+           __atomic_load_n(&mailbox->serial, __ATOMIC_ACQUIRE) != armed_serial;
+}
+
 static void *exec_when_traced(void *unused)
 {
     (void)unused;
     struct timespec pause = {0, 100 * 1000};
-    while (!agent_is_traced())
+    while (!trigger_came())
         nanosleep(&pause, NULL);
     struct timespec delay = {0, exec_delay_us * 1000};
     nanosleep(&delay, NULL);
@@ -98,20 +116,29 @@ static void *exec_when_traced(void *unused)
     return NULL;
 }
 
+/* The agent's thread ID, from the thread list: thread IDs are not
+ * consecutive (other processes take numbers in between, and they wrap at
+ * pid_max, 32768 on many machines). */
 static int find_agent(void)
 {
-    char path[64], name[64];
-    for (int tid = getpid(); tid < getpid() + 64; tid++) {
-        snprintf(path, sizeof path, "/proc/self/task/%d/comm", tid);
+    char path[300], name[64];
+    int agent = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    struct dirent *entry;
+    while (tasks && !agent && (entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", entry->d_name);
         FILE *comm = fopen(path, "r");
         if (!comm)
             continue;
-        int found = fgets(name, sizeof name, comm) && strncmp(name, "ulp-agent", 9) == 0;
+        if (fgets(name, sizeof name, comm) && strncmp(name, "ulp-agent", 9) == 0)
+            agent = atoi(entry->d_name);
         fclose(comm);
-        if (found)
-            return tid;
     }
-    return 0;
+    if (tasks)
+        closedir(tasks);
+    return agent;
 }
 
 static void bench(long rounds)
@@ -155,7 +182,11 @@ static void *command_loop(void *unused)
         } else if (sscanf(line, "exec-traced %ld", &exec_delay_us) == 1) {
             pthread_t thread;
             agent_tid = find_agent();
-            if (!agent_tid || pthread_create(&thread, NULL, exec_when_traced, NULL) != 0)
+            mailbox = dlsym(RTLD_DEFAULT, "ulp_mailbox");
+            if (mailbox)
+                armed_serial = __atomic_load_n(&mailbox->serial, __ATOMIC_ACQUIRE);
+            if (!agent_tid || !mailbox ||
+                pthread_create(&thread, NULL, exec_when_traced, NULL) != 0)
                 printf("exec-traced failed\n");
             else
                 printf("armed\n");
