@@ -23,9 +23,11 @@
  * external entry into a library. */
 ULP_HIDDEN uint64_t ulp_global_universe = 1;
 
-/* One record per library per thread; the last is shared by the libraries
- * beyond ULP_MAX_LIBS, which are tracked but cannot be patched. */
-static __thread struct ulp_thread_record records[ULP_MAX_LIBS + 1]
+/* One record per thread, for every library: a thread pending in a
+ * transition runs every activation, of any library, in its universe
+ * (docs/consistency.md), so a chain of calls through several libraries
+ * sees one universe.  Each descriptor keeps its %fs-relative offset. */
+static __thread struct ulp_thread_record thread_record
     __attribute__((tls_model("initial-exec"), aligned(64)));
 
 /* The library table: slot i holds the library whose state is i + 1.  A
@@ -36,11 +38,11 @@ static struct ulp_lib_desc *libraries[ULP_MAX_LIBS];
 #define STATE_OVERFLOW (-2)
 #define STATE_REFUSED (-3)
 
-static int64_t record_offset(int slot)
+static int64_t record_offset(void)
 {
     char *thread_pointer;
     __asm__("movq %%fs:0, %0" : "=r"(thread_pointer));
-    return (char *)&records[slot] - thread_pointer;
+    return (char *)&thread_record - thread_pointer;
 }
 
 /* Every store here writes what any other registering thread writes too. */
@@ -111,17 +113,16 @@ ULP_HIDDEN int ulp_register_library(struct ulp_lib_desc *lib)
     int64_t state = claim_slot(lib);
     if (state == STATE_REFUSED)
         return 0;
-    complete_descriptors(lib, record_offset(state > 0 ? (int)state - 1 : ULP_MAX_LIBS));
+    complete_descriptors(lib, record_offset());
     return state > 0;
 }
 
-/* The %fs-relative offset of the thread records of LIB, which has a slot:
- * what registration stores in each of its descriptors (for the descriptors
- * the agent makes for private functions, private.c). */
+/* The %fs-relative offset of the thread record, which registration stores
+ * in each descriptor of LIB (and private.c in those it makes). */
 ULP_HIDDEN int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib)
 {
-    int slot = ulp_library_slot(lib);
-    return record_offset(slot >= 0 ? slot : ULP_MAX_LIBS);
+    (void)lib;
+    return record_offset();
 }
 
 /* Called by the tracker with a descriptor whose library is not registered. */
@@ -258,10 +259,7 @@ ULP_HIDDEN int ulp_library_slot(const struct ulp_lib_desc *lib)
 }
 
 /* Free SLOT, which held LIB, once LIB is unloaded or no longer registered
- * there.  Threads' records for the slot keep stale values; a library that
- * takes the slot later can only judge an entry "nested" against them,
- * which keeps a universe older than any of its versions: the original
- * code, as if the entry had come before its first patch (docs/design.md). */
+ * there. */
 ULP_HIDDEN void ulp_forget_slot(int slot, struct ulp_lib_desc *lib)
 {
     __atomic_compare_exchange_n(&libraries[slot], &lib, NULL, 0, __ATOMIC_ACQ_REL,

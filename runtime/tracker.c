@@ -87,7 +87,9 @@ TRACKER_CODE static uint64_t universe_of_entry(struct ulp_thread_record *rec, co
     uintptr_t caller = *(const uintptr_t *)slot;
     if (caller - fd->code_start < fd->code_size)
         return universe;        /* from the library itself: nested */
-    if (may_be_inside(rec, slot))
+    /* from a patch object (a replacement runs inside an activation) or any
+     * prepared code, or with prepared code on the stack above: maybe nested */
+    if (ulp_is_prepared_code(caller) || may_be_inside(rec, slot))
         return universe;
     __atomic_store_n(&rec->pending, 0, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
