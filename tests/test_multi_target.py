@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from consistency_support import C_DIR, LiveProcess, ask, cc, counts, prepared_library, trigger
 
-from support import shared_library, tool
+from support import RUNTIME, shared_library, tool
 from ulp import metadata as md
 from ulp.agent_abi import Op, Status
 from ulp.errors import ExitCode
@@ -289,7 +289,7 @@ def unloading(build_dir: Path) -> Path:
     for number in (1, 2):
         prepared_library(root / "lib" / f"liblc{number}.so", [C_DIR / "lc_lib.c"],
                          f"-Wl,-soname,liblc{number}.so")
-    cc(root / "app", [C_DIR / "lc_app.c"], "-ldl", "-lpthread")
+    cc(root / "app", [C_DIR / "lc_app.c"], "-I", str(RUNTIME.parent), "-ldl", "-lpthread")
     shared_library(root / "fix.so", [C_DIR / "lc_fix.c"], patchable=False)
     (root / "both.desc").write_text("fix.so\n@lib/liblc1.so\nlc_value:lc_value_v2\n"
                                     "@lib/liblc2.so\nlc_value:lc_value_v2\n")
