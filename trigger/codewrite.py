@@ -40,8 +40,8 @@ class Pause:
 
 _pauses = threading.local()  # each thread's last pause: ulp-trigger runs one per process
 
-RELEASE_WAIT = 0.2
-_DEATHS = (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)  # how long to wait for a thread to stop so that it can be detached
+RELEASE_WAIT = 0.2  # how long to wait for a thread to stop so that it can be detached
+_DEATHS = (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)
 
 
 def last_pause() -> Pause | None:
