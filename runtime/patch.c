@@ -659,7 +659,7 @@ static int add_private_versions(const struct parsed_request *req, struct patch *
         struct ulp_request_private *unit = &req->privates[i];
         const char *problem = "";
         const char *name = string_at(req, unit->name);
-        struct ulp_func_desc *fd = ulp_private_desc(p->lib, unit->entry_delta, unit->flags,
+        struct ulp_func_desc *fd = ulp_private_desc(p->lib, unit->entry_delta, unit->flags, unit->size,
                                                     &problem);
         if (!fd)
             return answer(reply, ULP_E_PRIVATE, "the function replaced by %s %s",

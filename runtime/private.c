@@ -41,6 +41,7 @@
 struct private_fn {
     const struct ulp_lib_desc *lib;
     int64_t entry_delta;
+    uint64_t size;              /* of its code, 0: unknown */
     struct ulp_func_desc *fd;
     struct private_fn *next;
 };
@@ -113,7 +114,7 @@ static struct ulp_func_desc *new_desc(const struct ulp_lib_desc *lib, uintptr_t 
     return fd;
 }
 
-static int is_main_program(const struct ulp_lib_desc *lib)
+ULP_HIDDEN int ulp_is_main_program(const struct ulp_lib_desc *lib)
 {
     Dl_info info;
     struct link_map *map = NULL;
@@ -143,7 +144,8 @@ static int entry_is_untouched(const uint8_t *entry, uint32_t flags)
 /* The descriptor of the function whose entry is at LIB + ENTRY_DELTA; made
  * on first use.  NULL with *PROBLEM when the entry cannot be routed. */
 ULP_HIDDEN struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int64_t entry_delta,
-                                                  uint32_t flags, const char **problem)
+                                                  uint32_t flags, uint64_t size,
+                                                  const char **problem)
 {
     for (struct private_fn *p = privates; p; p = p->next)
         if (p->lib == lib && p->entry_delta == entry_delta)
@@ -160,7 +162,7 @@ ULP_HIDDEN struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int6
         *problem = "has no untouched patchable entry (padding and entry NOPs)";
         return NULL;
     }
-    int main_program = is_main_program(lib);
+    int main_program = ulp_is_main_program(lib);
     struct private_fn *record = calloc(1, sizeof *record);
     struct ulp_func_desc *fd = record ? new_desc(lib, code_start, lib->code_size) : NULL;
     if (!fd) {
@@ -185,6 +187,7 @@ ULP_HIDDEN struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int6
     __atomic_store_n(&fd->tls_offset, ulp_library_record_offset(lib), __ATOMIC_RELEASE);
     record->lib = lib;
     record->entry_delta = entry_delta;
+    record->size = size;
     record->fd = fd;
     record->next = privates;
     privates = record;
@@ -209,6 +212,24 @@ ULP_HIDDEN void ulp_forget_private(const struct ulp_lib_desc *lib)
     for (struct near_page *page = pages; page; page = page->next)
         if (page->lib == lib)
             page->lib = NULL;
+}
+
+/* The code of the main program's patched functions: there, and not in the
+ * rest of the program (main is on every stack for good), lies what a live
+ * activation leaves on a stack (transition.c).  A function of unknown size
+ * counts as the whole program. */
+ULP_HIDDEN void ulp_add_private_code(const struct ulp_lib_desc *lib)
+{
+    uintptr_t code_start = (uintptr_t)lib + lib->code_delta;
+    for (struct private_fn *p = privates; p; p = p->next) {
+        if (p->lib != lib)
+            continue;
+        uintptr_t entry = (uintptr_t)lib + p->entry_delta;
+        if (p->size)
+            ulp_add_code_range(entry, entry + p->size);
+        else
+            ulp_add_code_range(code_start, code_start + lib->code_size);
+    }
 }
 
 /* FN(descriptor) for each private function of LIB given one. */

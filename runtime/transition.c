@@ -219,8 +219,17 @@ static int mark_thread(const struct ulp_request_thread *t, struct ulp_lib_desc *
     return remember_pending(t->tid, slot, rec);
 }
 
+ULP_HIDDEN void ulp_add_code_range(uintptr_t low, uintptr_t high)
+{
+    add_code_range(low, high, 0, 0);
+}
+
 static void add_library_code(const struct ulp_lib_desc *lib)
 {
+    if (ulp_is_main_program(lib)) {
+        ulp_add_private_code(lib);
+        return;
+    }
     uintptr_t trampolines = (uintptr_t)lib + lib->trampolines_delta;
     uintptr_t trampolines_end = trampolines + (uintptr_t)lib->nfuncs * ULP_TRAMPOLINE_SIZE;
     add_code_range((uintptr_t)lib + lib->code_delta,

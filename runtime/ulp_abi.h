@@ -116,6 +116,7 @@ struct ulp_request_private {
     uint32_t name;              /* offset of the replacement's name */
     uint32_t flags;             /* ULP_FUNC_FLAG_ENDBR64 */
     uint64_t desc;              /* out: the struct ulp_func_desc the runtime gave it */
+    uint64_t size;              /* its code's size (symbol table), 0: unknown (ABI 6) */
 };
 
 enum ulp_ref_kind {
@@ -146,7 +147,7 @@ struct ulp_request_thread {
 
 _Static_assert(sizeof(struct ulp_request_thread) == 56, "request layout");
 _Static_assert(sizeof(struct ulp_request) == 144, "request layout");
-_Static_assert(sizeof(struct ulp_request_private) == 24, "request layout");
+_Static_assert(sizeof(struct ulp_request_private) == 32, "request layout");
 _Static_assert(sizeof(struct ulp_request_ref) == 16, "request layout");
 _Static_assert(__builtin_offsetof(struct ulp_mailbox, message) == 80, "mailbox layout");
 #endif

@@ -25,6 +25,7 @@ void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot);
 
 /* transition.c */
 int ulp_is_prepared_code(uintptr_t word);
+void ulp_add_code_range(uintptr_t low, uintptr_t high);
 void ulp_add_code_of(const void *address);
 int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uint32_t nlibs,
                          const struct ulp_request_thread *threads, uint32_t n);
@@ -43,7 +44,9 @@ int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib);
 /* private.c: descriptors for functions the prepared library has none for,
  * and the data references of patch objects */
 struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int64_t entry_delta,
-                                       uint32_t flags, const char **problem);
+                                       uint32_t flags, uint64_t size, const char **problem);
+int ulp_is_main_program(const struct ulp_lib_desc *lib);
+void ulp_add_private_code(const struct ulp_lib_desc *lib);
 void ulp_forget_private(const struct ulp_lib_desc *lib);
 void ulp_for_each_private(const struct ulp_lib_desc *lib, void (*fn)(struct ulp_func_desc *));
 int ulp_make_global(const struct ulp_lib_desc *lib);

@@ -463,6 +463,7 @@ int main(void)
     FIELD(ulp_request_unit, index); FIELD(ulp_request_unit, name);
     FIELD(ulp_request_private, entry_delta); FIELD(ulp_request_private, name);
     FIELD(ulp_request_private, flags); FIELD(ulp_request_private, desc);
+    FIELD(ulp_request_private, size);
     FIELD(ulp_request_ref, kind); FIELD(ulp_request_ref, name); FIELD(ulp_request_ref, delta);
     VALUE(sizeof(struct ulp_request)); VALUE(sizeof(struct ulp_request_unit));
     VALUE(sizeof(struct ulp_request_private)); VALUE(sizeof(struct ulp_request_ref));
@@ -523,7 +524,7 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
                  layout_of(agent_abi.REQUEST_UNIT_FORMAT, ["index", "name"]).items()}
     expected |= {f"ulp_request_private.{name}": value for name, value in
                  layout_of(agent_abi.REQUEST_PRIVATE_FORMAT,
-                           ["entry_delta", "name", "flags", "desc"]).items()}
+                           ["entry_delta", "name", "flags", "desc", "size"]).items()}
     expected |= {f"ulp_request_ref.{name}": value for name, value in
                  layout_of(agent_abi.REQUEST_REF_FORMAT, ["kind", "name", "delta"]).items()}
     expected |= {f"ulp_request_thread.{name}": value for name, value in

@@ -100,12 +100,24 @@ def test_a_stale_return_address_never_mixes_an_activation(step: Path, stale: Pat
     with LiveProcess([stale], env={"LD_LIBRARY_PATH": str(step / "lib")}) as app:
         assert app.next_line() == "ready"
         assert ask(app, "shallow") == "recorded"
+        # Nothing of the library on the stack at the commit, stale words
+        # planted later: the thread runs the new version, one everywhere.
         apply(app.pid, step / "fix2.ulp")
-        # The stale word makes the entry look nested (the old universe, a
-        # delay); the library then destroys it and calls back into the
-        # program: that entry must still see the activation's universe.
+        assert ask(app, f"deep {around}") == "seen=222"
+        revert(app.pid, step / "fix2.ulp")
+        assert ask(app, "call") == "tag=1"
+        # A stale word of the library's code in a live frame at the commit:
+        # the thread may be inside an activation, it keeps the old universe
+        # (a delay) while the word is there...
+        assert ask(app, "plant") == "planted"
+        apply(app.pid, step / "fix2.ulp")
+        assert ask(app, "call") == "tag=1"
+        # ...and an activation whose caller's buffer held more of them,
+        # destroyed by the library before it calls back, sees one version.
         assert ask(app, f"deep {around}") == "seen=111"
-        # The delay ends at the next entry from outside.
+        # The delay ends at the first entry from outside with nothing of the
+        # library above it.
+        assert ask(app, "clear") == "cleared"
         assert ask(app, "call") == "tag=2"
         revert(app.pid, step / "fix2.ulp")
         assert ask(app, "call") == "tag=1"

@@ -24,6 +24,7 @@ from ulp.agent_abi import REQUEST_OFFSET, REQUEST_PRIVATE_DESC_OFFSET, REQUEST_P
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
 from ulp.trigger.codewrite import CodeWrite
+from ulp.trigger.elfscan import TargetLibrary
 
 PRIVATE_SIZE = struct.calcsize(REQUEST_PRIVATE_FORMAT)
 PADDING_NOPS = b"\x90" * layout.PADDING_SIZE
@@ -51,6 +52,28 @@ def padding_stub(lib_desc: int, unit: md.PrivateUnit, desc: int) -> bytes:
     got = lib_desc + layout.LIB_DESC_ENTRY_GOT_OFFSET
     jmp = b"\xff\x25" + struct.pack("<i", got - (stub + 13))
     return lea + jmp + b"\xcc"
+
+
+def code_sizes(library: TargetLibrary, metadata: md.PatchMetadata) -> dict[int, int]:
+    """entry_delta -> the size of each private function's code, from the
+    target's symbol table (empty when it has none).  In an executable the
+    runtime takes a thread whose stack holds a word of a patched function's
+    code as inside it (runtime/transition.c); the rest of the program's code
+    says nothing of the library's activations."""
+    if not metadata.private_units:
+        return {}
+    from ulp.symbols import SymbolTables
+
+    try:
+        tables = SymbolTables(library.path)
+    except UlpError:
+        return {}
+    sizes = {}
+    for unit in metadata.private_units:
+        entry = library.lib_desc_vaddr + unit.entry_delta
+        sizes[unit.entry_delta] = max((symbol.size for symbol in tables.lookup(unit.old_name)
+                                       if symbol.value == entry), default=0)
+    return sizes
 
 
 def check_entries(process: Process, lib_desc: int, metadata: md.PatchMetadata) -> None:

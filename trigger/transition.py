@@ -193,7 +193,9 @@ def _request(op: Op, metadata: PatchMetadata, target: LoadedTarget | None = None
         request.so_size = so_size
         request.requires = tuple(metadata.requires)
         request.units = tuple((unit.index, unit.new_name) for unit in metadata.units)
-        request.privates = tuple((unit.entry_delta, unit.flags, unit.new_name)
+        sizes = private.code_sizes(target.library, metadata)
+        request.privates = tuple((unit.entry_delta, unit.flags, unit.new_name,
+                                  sizes.get(unit.entry_delta, 0))
                                  for unit in metadata.private_units)
         request.refs = tuple((ref.kind, ref.delta, ref.ref_name) for ref in metadata.references)
         request.label = metadata.label

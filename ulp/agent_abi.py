@@ -28,14 +28,14 @@ assert MAILBOX_HEADER_SIZE == 80
 
 REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIIHHII"
 REQUEST_UNIT_FORMAT = "<II"
-REQUEST_PRIVATE_FORMAT = "<qIIQ"  # entry_delta, name, flags, desc (written by the runtime)
+REQUEST_PRIVATE_FORMAT = "<qIIQQ"  # entry_delta, name, flags, desc (written by the runtime), size
 REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
 #: tid, reserved, rip, rsp, thread pointer, own stack low/high, end of the %rsp mapping
 REQUEST_THREAD_FORMAT = "<iIQQQQQQ"
 REQUEST_PRIVATE_DESC_OFFSET = 16
 NO_LABEL = 0xFFFF_FFFF
 assert struct.calcsize(REQUEST_HEADER_FORMAT) == 144
-assert struct.calcsize(REQUEST_PRIVATE_FORMAT) == 24
+assert struct.calcsize(REQUEST_PRIVATE_FORMAT) == 32
 assert struct.calcsize(REQUEST_REF_FORMAT) == 16
 assert struct.calcsize(REQUEST_THREAD_FORMAT) == 56
 
@@ -138,7 +138,8 @@ class Request:
     requires: tuple[bytes, ...] = ()
     units: tuple[tuple[int, str], ...] = ()  # (function index, replacement name)
     #: (entry - library descriptor, flags, replacement name)
-    privates: tuple[tuple[int, int, str], ...] = ()
+    #: (entry - library descriptor, flags, replacement name, code size or 0)
+    privates: tuple[tuple[int, int, str, int], ...] = ()
     refs: tuple[tuple[int, int, str], ...] = ()  # (RefKind, delta, patch variable name)
     label: str | None = None
     part: int = 0  # PREPARE: which target library of the patch (ABI 5)
@@ -162,8 +163,9 @@ class Request:
         so_path = add_string(self.so_path)
         units = b"".join(struct.pack(REQUEST_UNIT_FORMAT, index, add_string(name))
                          for index, name in self.units)
-        privates = b"".join(struct.pack(REQUEST_PRIVATE_FORMAT, delta, add_string(name), flags, 0)
-                            for delta, flags, name in self.privates)
+        privates = b"".join(struct.pack(REQUEST_PRIVATE_FORMAT, delta, add_string(name), flags, 0,
+                                        size)
+                            for delta, flags, name, size in self.privates)
         refs = b"".join(struct.pack(REQUEST_REF_FORMAT, kind, add_string(name), delta)
                         for kind, delta, name in self.refs)
         label = NO_LABEL if self.label is None else add_string(self.label)

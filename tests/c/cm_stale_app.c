@@ -1,13 +1,14 @@
-/* Stale return addresses on the stack (issue 7, item 5).
+/* Stale words of the library's code on the stack (issue 7, item 5).
  *
- * "shallow" enters the library once from a frame: the tracker records the
- * slot of that call's return address and its value.  After a patch is
- * applied, "deep W" calls from a deeper frame whose uninitialised buffer
- * still holds that value at that slot (planted here, as a dead frame leaves
- * it; W > 0 also plants it in the W words on each side), and enters the
- * library, which overwrites the buffer and calls back into the program.
- * It prints the versions the activation saw: one version, whatever the
- * stale word did.  "call" enters the library once from the loop. */
+ * "plant" leaves return addresses into the library's code in a buffer of
+ * main's own frame, live for good, as a dead frame of an earlier call
+ * leaves them in an uninitialised buffer; "clear" zeroes it.  "deep W"
+ * plants the same word in a deeper frame's buffer (at the slot "shallow"
+ * found for an entry from there, and in the W words on each side), and
+ * enters the library, which overwrites that buffer and calls back into the
+ * program.  It prints the versions the activation saw: one version,
+ * whatever the stale words did.  "call" enters the library once from the
+ * loop. */
 #include <stdio.h>
 #include <string.h>
 
@@ -15,10 +16,13 @@ typedef void (*step_callback)(int *tags, int *n);
 int lib_tag(void);
 void lib_where(unsigned long *slot, unsigned long *ret);
 int lib_scribble(unsigned long *buffer, int words, step_callback callback, int *tags, int *n);
+unsigned long lib_code_word(void);
 
 #define BUFFER_WORDS 512
 
-static unsigned long recorded_slot, recorded_ret;
+#define KEPT_WORDS 8
+
+static unsigned long recorded_slot, stale_word;
 
 static void callback(int *tags, int *n)
 {
@@ -30,7 +34,8 @@ __attribute__((noipa)) static void shallow(void)
 {
     volatile char depth[256];
     depth[0] = 0;
-    lib_where(&recorded_slot, &recorded_ret);
+    unsigned long ret;
+    lib_where(&recorded_slot, &ret);
     (void)depth[0];
 }
 
@@ -43,7 +48,7 @@ __attribute__((noipa)) static void deep(int around)
         return;
     }
     for (int i = -around; i <= around; i++)
-        ((volatile unsigned long *)at)[i] = recorded_ret;
+        ((volatile unsigned long *)at)[i] = stale_word;
     int tags[8], n = 0;
     lib_scribble(buffer, BUFFER_WORDS, callback, tags, &n);
     printf("seen=");
@@ -54,14 +59,24 @@ __attribute__((noipa)) static void deep(int around)
 
 int main(void)
 {
+    volatile unsigned long kept[KEPT_WORDS] = {0};
     char line[64];
     int around;
+    stale_word = lib_code_word();
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready\n");
     while (fgets(line, sizeof line, stdin)) {
         if (strncmp(line, "shallow", 7) == 0) {
             shallow();
             printf("recorded\n");
+        } else if (strncmp(line, "plant", 5) == 0) {
+            for (int i = 0; i < KEPT_WORDS; i++)
+                kept[i] = stale_word;
+            printf("planted\n");
+        } else if (strncmp(line, "clear", 5) == 0) {
+            for (int i = 0; i < KEPT_WORDS; i++)
+                kept[i] = 0;
+            printf("cleared\n");
         } else if (sscanf(line, "deep %d", &around) == 1) {
             deep(around);
         } else if (strncmp(line, "call", 4) == 0) {

@@ -40,6 +40,20 @@ __attribute__((noipa)) void lib_where(unsigned long *slot, unsigned long *ret)
     *ret = (unsigned long)__builtin_return_address(0);
 }
 
+/* A word a live activation of the library leaves on a stack: a return
+ * address into its code. */
+__attribute__((noipa)) static unsigned long return_address_here(void)
+{
+    return (unsigned long)__builtin_return_address(0);
+}
+
+__attribute__((noipa)) unsigned long lib_code_word(void)
+{
+    unsigned long word = return_address_here();
+    __asm__ volatile("" ::: "memory");     /* a real call, not a tail jump */
+    return word;
+}
+
 /* One activation that writes over its caller's buffer (destroying any stale
  * word there), then calls back into the program. */
 __attribute__((noipa)) int lib_scribble(unsigned long *buffer, int words,
