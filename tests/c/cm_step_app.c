@@ -50,10 +50,12 @@ void *lib_act_entry(void);
 void marker_round_start(void);
 void marker_round_end(void);
 void marker_handler_done(void);
+void marker_commit(void);
 __asm__(".text\n"
         ".globl marker_round_start\n marker_round_start: int3\n ret\n"
         ".globl marker_round_end\n marker_round_end: int3\n ret\n"
-        ".globl marker_handler_done\n marker_handler_done: int3\n ret\n");
+        ".globl marker_handler_done\n marker_handler_done: int3\n ret\n"
+        ".globl marker_commit\n marker_commit: int3\n ret\n");
 
 #define MAX_TAGS 16
 
@@ -99,12 +101,11 @@ static void callback(int *tags, int *n)
     tags[(*n)++] = lib_tag();
 }
 
-/* The round's callback: a commit happens while its activation runs. */
+/* The round's callback: a commit happens while its activation runs (the
+ * tracer makes it at the marker, with this thread stopped there). */
 static void round_callback(int *tags, int *n)
 {
-    uint64_t rsp, thread_pointer;
-    __asm__ volatile("movq %%rsp, %0\n movq %%fs:0, %1" : "=r"(rsp), "=r"(thread_pointer));
-    move_universe(last_universe, (uintptr_t)round_callback, rsp, thread_pointer);
+    marker_commit();
     tags[(*n)++] = lib_tag();
 }
 
@@ -217,15 +218,27 @@ static struct user_regs_struct registers(pid_t tid)
     return regs;
 }
 
-/* Let the thread run to the int3 at MARKER (skipping other stops). */
+static uint64_t callback_universe;     /* the tracer's copy of last_universe */
+
+/* A stop of TID at marker_commit: the round's callback wants a commit. */
+static void commit_if_asked(pid_t tid, const struct user_regs_struct *regs)
+{
+    if (regs->rip - 1 == (uintptr_t)marker_commit)
+        commit_at(tid, callback_universe);
+}
+
+/* Let the thread run to the int3 at MARKER (skipping other stops, making
+ * the commits the round's callback asks for). */
 static void run_to(pid_t tid, void (*marker)(void))
 {
     for (;;) {
         if (ptrace(PTRACE_CONT, tid, 0, 0) != 0)
             fail("cont");
         wait_stop(tid);
-        if (registers(tid).rip - 1 == (uintptr_t)marker)
+        struct user_regs_struct regs = registers(tid);
+        if (regs.rip - 1 == (uintptr_t)marker)
             return;
+        commit_if_asked(tid, &regs);
     }
 }
 
@@ -257,6 +270,7 @@ static void trace(pid_t tid, const uint64_t universes[4])
         fail("dladdr");
     long boundaries = 0, in_runtime = 0, in_library = 0;
 
+    callback_universe = universes[3];
     if (ptrace(PTRACE_SEIZE, tid, 0, 0) != 0 || ptrace(PTRACE_INTERRUPT, tid, 0, 0) != 0)
         fail("seize");
     wait_stop(tid);
@@ -273,6 +287,7 @@ static void trace(pid_t tid, const uint64_t universes[4])
                 fail("singlestep");
             wait_stop(tid);
             regs = registers(tid);
+            commit_if_asked(tid, &regs);
         }
         if (regs.rip == (uintptr_t)marker_round_end) {
             run_to(tid, marker_round_end);
