@@ -229,6 +229,7 @@ static int alone(void)
  * (rebind.c), and tell whether the agent should end. */
 ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
 {
+    ulp_release_kept_pins();
     ulp_forget_unloaded();
     ulp_transition_tick();
     ulp_rebind_library_calls();

@@ -931,12 +931,38 @@ static int list_applied(struct reply *reply, int listing, uint64_t lib)
 static int handle_request(const struct ulp_request *head, uint32_t size, char *message,
                           size_t message_size);
 
+/* Set while the pins of the previous request are kept for this one. */
+static int pins_kept;
+
+/* The agent's idle tick: pins kept for a request that never came (its
+ * trigger died), or left by one sent with every thread stopped, go now. */
+ULP_HIDDEN void ulp_release_kept_pins(void)
+{
+    release_pins();
+    pins_kept = 0;
+}
+
+/* COMMIT and REVERT with a thread table run while the trigger holds every
+ * other thread stopped, maybe one inside the loader or the allocator
+ * holding its lock: such a request neither pins (the request before it
+ * kept its pins) nor frees. */
+static int world_stopped(const struct ulp_request *head, uint32_t size)
+{
+    return size >= sizeof *head && head->nthreads > 0 &&
+           (head->op == ULP_OP_COMMIT || head->op == ULP_OP_REVERT);
+}
+
 ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
                                   char *message, size_t message_size)
 {
-    sweep(1);
+    if (!(pins_kept && world_stopped(head, size))) {
+        release_pins();
+        sweep(1);
+    }
     int status = handle_request(head, size, message, message_size);
-    release_pins();
+    pins_kept = size >= sizeof *head && (head->flags & ULP_REQUEST_KEEP_PINS);
+    if (!pins_kept && !world_stopped(head, size))
+        release_pins();
     return status;
 }
 
@@ -964,7 +990,8 @@ static int handle_request(const struct ulp_request *head, uint32_t size, char *m
     case ULP_OP_COMMIT:
         return commit(&req, &reply);
     case ULP_OP_REVERT:
-        discard_pending();
+        if (!world_stopped(head, size))
+            discard_pending();
         return revert(&req, &reply);
     case ULP_OP_ABORT:
         discard_pending();

@@ -59,6 +59,7 @@ int ulp_fill_reference(void *patch_handle, struct ulp_lib_desc *lib,
 int ulp_handle_request(const struct ulp_request *req, uint32_t size,
                        char *message, size_t message_size);
 void ulp_forget_unloaded(void);
+void ulp_release_kept_pins(void);
 
 /* patch.c: what the agent returns besides status and message */
 extern int32_t ulp_staged_fd;

@@ -53,7 +53,7 @@ def copies(seed: int, count: int = 60):
 
 def trampoline_targets(index: int, values: dict[str, int],
                        endbr64: bool) -> trampolines.TrampolineTargets:
-    """The layout-3 trampoline's targets derived from one copy's values."""
+    """The trampoline's targets derived from one copy's values."""
     return trampolines.TrampolineTargets(
         index=index, entry_nops=values["entry"] + 4 * endbr64,
         body=values["entry"] + 4 * endbr64 + 2, func_desc=values["fdesc"], got=values["got"],
@@ -66,7 +66,7 @@ def test_trampolines_and_padding_stubs_are_what_keystone_assembles(endbr64):
         targets = trampoline_targets(values["index"], values, endbr64)
         assert trampolines.trampoline(address, targets) == reference(
             "trampoline.s.j2", layout.TRAMPOLINE_SIZE, address, targets.values(),
-            endbr64=endbr64)
+            endbr64=endbr64, fd_current=layout.FD_CURRENT)
         stub = {"fdesc_any": values["fdesc"] + 1, "got": values["got"]}
         assert trampolines.padding_stub(address, values["fdesc"], values["got"]) == reference(
             "padding.s.j2", layout.PADDING_SIZE, address, stub)
@@ -98,7 +98,7 @@ def test_a_copy_with_any_byte_changed_does_not_check_out():
         damaged[offset] ^= 0x01
         with pytest.raises(codetemplate.CodeError, match=f"byte {offset} differs"):
             trampolines.verify_trampoline(bytes(damaged), address, targets)
-    for field in ("entry_nops", "body", "code_start", "code_size"):
+    for field in ("body", "func_desc", "got"):
         moved = dataclasses.replace(targets, **{field: getattr(targets, field) + 16})
         with pytest.raises(codetemplate.CodeError):
             trampolines.verify_trampoline(code, address, moved)

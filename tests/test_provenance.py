@@ -455,7 +455,7 @@ int main(void)
     FIELD(ulp_request, so_fd); FIELD(ulp_request, so_size);
     FIELD(ulp_request, nprivate); FIELD(ulp_request, nrefs); FIELD(ulp_request, label);
     FIELD(ulp_request, part); FIELD(ulp_request, nparts);
-    FIELD(ulp_request, nthreads); FIELD(ulp_request, reserved);
+    FIELD(ulp_request, nthreads); FIELD(ulp_request, flags);
     FIELD(ulp_request_thread, tid); FIELD(ulp_request_thread, reserved);
     FIELD(ulp_request_thread, rip); FIELD(ulp_request_thread, rsp);
     FIELD(ulp_request_thread, thread_pointer); FIELD(ulp_request_thread, stack_low);
@@ -469,6 +469,7 @@ int main(void)
     VALUE(sizeof(struct ulp_request_private)); VALUE(sizeof(struct ulp_request_ref));
     VALUE(sizeof(struct ulp_request_thread));
     VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
+    VALUE(ULP_REQUEST_KEEP_PINS);
     printf("magic %s\n", ULP_MAILBOX_MAGIC);
 @VALUES@
     return 0;
@@ -480,7 +481,7 @@ MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "statu
                   "reserved0", "idle_address", "reserved"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
                   "so_sha256", "so_path", "so_fd", "so_size", "nprivate", "nrefs", "label",
-                  "part", "nparts", "nthreads", "reserved"]
+                  "part", "nparts", "nthreads", "flags"]
 THREAD_FIELDS = ["tid", "reserved", "rip", "rsp", "thread_pointer", "stack_low", "stack_high",
                  "here_high"]
 
@@ -551,6 +552,7 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
         agent_abi.REQUEST_THREAD_FORMAT)
     assert fields["ulp_request_private.desc"][0] == agent_abi.REQUEST_PRIVATE_DESC_OFFSET
     assert int(values["ULP_ABI_VERSION"]) == agent_abi.ABI_VERSION
+    assert int(values["ULP_REQUEST_KEEP_PINS"]) == agent_abi.REQUEST_KEEP_PINS
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
     assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
     assert values["magic"].encode() + b"\0" == agent_abi.MAILBOX_MAGIC

@@ -12,14 +12,16 @@ the process really held, not necessarily all at the same instant.
   in memory has the library magic): each function's version list (newest
   first, ending at the original body), hence the patched functions with
   the universes at which each version was applied and reverted;
-- per thread and library, the thread's record (runtime/registry.c, in the
-  runtime's static TLS at %fs-relative ``tls_offset``, as every function
-  descriptor of a registered library says): its universe and whether it
-  may still be inside the library (``depth`` > 0).  The thread pointer
-  comes from get_robust_list(TID) minus the offset the runtime publishes in
-  ``ulp_thread_layout`` (runtime/agent.c).  A thread inside a library with
-  a universe older than the library's last change may still run old code:
-  that is what an operator looks for when a thread never leaves a library.
+- per thread, its record (runtime/registry.c, in the runtime's static TLS
+  at %fs-relative ``tls_offset``, as every function descriptor of a
+  registered library says), shown per library: a thread pending in a
+  transition may still be inside an activation and runs its universe in
+  every library; any other runs the global one (docs/consistency.md).  The
+  thread pointer comes from get_robust_list(TID) minus the offset the
+  runtime publishes in ``ulp_thread_layout`` (runtime/agent.c).  A pending
+  thread with a universe older than a library's last change may still run
+  old code there: that is what an operator looks for when a thread never
+  leaves a library.
 
 Applied patches are shown as the changes of their functions (universe
 applied at, reverted at); the patch ids live in the runtime's private list,
@@ -115,7 +117,8 @@ def _read(process: Process) -> ProcessView:
     global_universe = _word(process, universe_address) if universe_address else 0
     libraries = [library for library in _libraries(process)]
     offset = _robust_head_offset(process)
-    threads = [_thread(process, tid, libraries, offset) for tid in process.threads()]
+    threads = [_thread(process, tid, libraries, offset, global_universe)
+               for tid in process.threads()]
     return ProcessView(process.pid, _comm(process.pid), global_universe, libraries, threads)
 
 
@@ -194,7 +197,7 @@ def robust_list_head(tid: int) -> int:
 
 
 def _thread(process: Process, tid: int, libraries: list[LibraryView],
-            offset: int) -> ThreadView:
+            offset: int, global_universe: int) -> ThreadView:
     view = ThreadView(tid, _comm(process.pid, tid))
     if not offset:
         view.error = "the runtime does not publish its thread layout"
@@ -207,8 +210,9 @@ def _thread(process: Process, tid: int, libraries: list[LibraryView],
             universe, pending = struct.unpack(
                 "<QQ", process.read(thread_pointer + library.tls_offset,
                                     layout.REC_PENDING + 8))
-            if not pending:
-                continue  # it runs the newest versions
+            if not pending:  # it runs every activation in G
+                view.records.append(ThreadRecord(library.path, global_universe, False, False))
+                continue
             view.records.append(ThreadRecord(library.path, universe, True,
                                              universe < library.last_change))
     except (OSError, UlpError) as error:

@@ -294,6 +294,9 @@ def _prepare_parts(agent: Agent, parts: tuple[PatchMetadata, ...], targets: list
     for number, (part, target) in enumerate(zip(parts, targets, strict=True)):
         prepare = _request(Op.PREPARE, part, target, staged if number == 0 else -1, so_size,
                            number, len(parts))
+        # the last keeps every library pinned for the COMMIT, which runs with
+        # every thread stopped and must not wait for the loader's lock
+        prepare.keep_pins = number == len(parts) - 1
         status, message = agent.call(prepare)
         check_status(status, message, process)
         descs = private.descriptors(process, agent.mailbox, prepare.privates_offset(),
@@ -328,6 +331,10 @@ def revert(process: Process, metadata: PatchMetadata, timeout: float) -> str:
     agent = Agent(process, timeout)
     agent.attach()
     try:
+        # pins every library for the REVERT, as the last PREPARE does for COMMIT
+        hold = Request(Op.LIST, patch_id=metadata.patch_id, keep_pins=True)
+        status, message = agent.call(hold)
+        check_status(status, message, process)
         status, message = write_code(process, [], {agent.tracee.tid: agent.tracee}, timeout,
                                      then=_committing(agent, metadata, Op.REVERT))
         check_status(status, message, process)
