@@ -24,6 +24,7 @@
 #include <link.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 
 #include "ulp_internal.h"
@@ -114,11 +115,23 @@ static struct ulp_func_desc *new_desc(const struct ulp_lib_desc *lib, uintptr_t 
     return fd;
 }
 
+/* Is LIB's descriptor in the main program?  From the program headers the
+ * kernel gave it (getauxval takes no lock: a commit asks this while every
+ * other thread is stopped, maybe one inside the loader). */
 ULP_HIDDEN int ulp_is_main_program(const struct ulp_lib_desc *lib)
 {
-    Dl_info info;
-    struct link_map *map = NULL;
-    return dladdr1(lib, &info, (void **)&map, RTLD_DL_LINKMAP) && map && map->l_prev == NULL;
+    const ElfW(Phdr) *phdr = (const ElfW(Phdr) *)getauxval(AT_PHDR);
+    unsigned long phnum = getauxval(AT_PHNUM);
+    uintptr_t bias = 0, address = (uintptr_t)lib;
+    if (!phdr)
+        return 0;
+    for (unsigned long i = 0; i < phnum; i++)
+        if (phdr[i].p_type == PT_PHDR)
+            bias = (uintptr_t)phdr - phdr[i].p_vaddr;
+    for (unsigned long i = 0; i < phnum; i++)
+        if (phdr[i].p_type == PT_LOAD && address - (bias + phdr[i].p_vaddr) < phdr[i].p_memsz)
+            return 1;
+    return 0;
 }
 
 static const uint8_t NOPS[PADDING_SIZE] = {
