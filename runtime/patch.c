@@ -654,6 +654,7 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     p->slot = ulp_library_slot(lib);
     p->next = patches;
     patches = p;
+    ulp_log_patch(ULP_LOG_STAGED, p->id, p->label, lib, p->nunits);
     return answer(reply, ULP_OK, "prepared %u function(s)", p->nunits);
 }
 
@@ -682,6 +683,7 @@ static int commit(const struct parsed_request *req, struct reply *reply)
     uint64_t universe = stamp_and_publish(p, 0);
     p->state = PATCH_APPLIED;
     p->applied_at = universe;
+    ulp_log_patch(ULP_LOG_APPLIED, p->id, p->label, p->lib, universe);
     return answer(reply, ULP_OK, "applied in universe %lu", (unsigned long)universe);
 }
 
@@ -705,6 +707,7 @@ static int revert(const struct parsed_request *req, struct reply *reply)
     }
     uint64_t universe = stamp_and_publish(p, 1);
     p->state = PATCH_REVERTED;
+    ulp_log_patch(ULP_LOG_REVERTED, p->id, p->label, p->lib, universe);
     return answer(reply, ULP_OK, "reverted in universe %lu", (unsigned long)universe);
 }
 
@@ -743,6 +746,7 @@ ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
 {
     sweep(1);
     int status = handle_request(head, size, message, message_size);
+    ulp_log_refusal(head, status, message);
     release_pins();
     return status;
 }
