@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from consistency_support import C_DIR, LiveProcess, apply, patch, prepared_library, revert, tool
-from support import ROOT, cc
 
+from support import ROOT, cc
 from ulp import messages
 
 #: (the name in ulp/messages.py, a C expression giving its value)

@@ -14,7 +14,6 @@ longer be readable.  What makes the import cheap is what is left out
 from __future__ import annotations
 
 import argparse
-import json
 import locale  # noqa: F401  argparse needs these two on first use (gettext, the help width)
 import re
 import shutil  # noqa: F401
@@ -23,7 +22,7 @@ from collections import Counter
 from ulp.console import ArgumentParser, Console, add_output_options, count, run_command, seconds
 from ulp.errors import ExitCode, UlpError
 from ulp.process import thread_group
-from ulp.trigger import batch, patchset, revertall, select
+from ulp.trigger import batch, patchset, select
 from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import block_sigchld, release_orphans
 
@@ -137,6 +136,8 @@ def run(argv: list[str] | None) -> int:
     if args.revert_all is not None:
         block_sigchld()
         release_orphans()
+        from ulp.trigger import revertall
+
         console = Console(PROG, quiet=args.quiet or args.json, verbose=args.verbose)
         return _run_many(args, _revert_all_targets(args), console, True, lambda pid: (
             revertall.run_one(pid, args.revert_all, args.timeout, args.retries)))
@@ -265,6 +266,8 @@ def _print_json(args: argparse.Namespace, outcomes) -> None:
                      "pause_ms": None if o.pause is None else round(o.pause.seconds * 1000, 3)}
                     for o in outcomes],
     }
+    import json  # only for --json: every import costs (docs/trigger.md, "Speed")
+
     print(json.dumps(document, indent=2))
 
 

@@ -33,6 +33,8 @@ MAX_TABLE = 64 << 20  # no section this reader needs is larger
 
 @dataclass(frozen=True)
 class Section:
+    """A section header of the file."""
+
     name: str
     address: int
     offset: int
@@ -173,6 +175,8 @@ def _string(table: bytes, offset: int) -> str | None:
 
 @dataclass(frozen=True)
 class TargetFunction:
+    """A function of a prepared library, by its descriptor index."""
+
     names: tuple[str, ...]  # every .dynsym name that points at its trampoline
     entry: int  # link-time address of the function
     has_endbr64: bool
@@ -184,6 +188,8 @@ class TargetFunction:
 
 @dataclass(frozen=True)
 class TargetLibrary:
+    """A prepared library as its file describes it."""
+
     path: str
     lib_desc_vaddr: int
     desc: layout.LibDesc

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC
 
 from ulp.console import ArgumentParser, Console, add_output_options, run_command, seconds
 from ulp.errors import one_line
@@ -119,7 +120,7 @@ def _show_process(console: Console, view) -> None:
 
 def cmd_messages(args: argparse.Namespace) -> int:
     from dataclasses import asdict
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from ulp.messages import read_log
 
@@ -127,7 +128,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
     if args.json:
         document = asdict(log)
         for message in document["messages"]:
-            message["time"] = datetime.fromtimestamp(message["time_ns"] / 1e9, timezone.utc
+            message["time"] = datetime.fromtimestamp(message["time_ns"] / 1e9, UTC
                                                      ).isoformat(timespec="microseconds")
         print(json.dumps(document, indent=2))
         return 0

@@ -17,10 +17,10 @@ of requirements.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, replace
 
+from ulp.digest import sha256
 from ulp.errors import ExitCode, UlpError
 
 MAGIC = b"ULPPATCH"
@@ -90,6 +90,8 @@ class Reference:
 
 @dataclass(frozen=True)
 class PatchMetadata:
+    """What a patch file says: the patch, its target, what it replaces."""
+
     patch_id: bytes  # 16 bytes
     reverse: bool  # True in the reverse patch file
     target_path: str  # absolute path of the prepared target library at pack time
@@ -148,7 +150,7 @@ def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
     flags and replacement, a reference by kind, offset and variable; labels
     do not enter (they describe, they do not change what runs).
     """
-    digest = hashlib.sha256(PATCH_ID_DOMAIN)
+    digest = sha256(PATCH_ID_DOMAIN)
     digest.update(patch_so_sha256)
     digest.update(target_identity)
     digest.update(struct.pack("<I", len(units)))
@@ -181,7 +183,7 @@ def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
 
 
 def _checksum(checked_header: bytes, payload: bytes) -> bytes:
-    return hashlib.sha256(checked_header + payload).digest()
+    return sha256(checked_header + payload).digest()
 
 
 def _pack_string(text: str) -> bytes:
