@@ -9,8 +9,12 @@ RUNTIME_CFLAGS := -O2 -g -fPIC -Wall -Wextra -Werror -std=gnu11 -fvisibility=hid
 RUNTIME_SRCS := $(wildcard runtime/*.c) $(wildcard runtime/*.S)
 RUNTIME_HDRS := $(wildcard runtime/*.h)
 RUNTIME := runtime/libulp.so
+# The installed ulp-trigger: raises the priority, then runs the Python command (launcher/)
+LAUNCHER := $(BUILD)/launcher/ulp-trigger
+# Shipped manual pages and bash completion, generated from the parsers (make man)
+MAN_DIR := man
 
-.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean man realworld realworld-deps
+.PHONY: all setup system-deps venv runtime launcher demo test bench fuzz lint clean man realworld realworld-deps
 
 all: setup
 
@@ -36,6 +40,12 @@ runtime: $(RUNTIME)
 
 $(RUNTIME): $(RUNTIME_SRCS) $(RUNTIME_HDRS)
 	$(CC) $(RUNTIME_CFLAGS) -shared -o $@ $(RUNTIME_SRCS) -ldl -lpthread
+
+launcher: $(LAUNCHER)
+
+$(LAUNCHER): launcher/ulp-trigger.c
+	mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 demo: setup
 	$(VENV)/bin/python demo/run_demo.py
@@ -83,9 +93,12 @@ realworld-deps:
 		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
 	fi
 
-# Manual pages and bash completion from the commands' parsers (ulp/manpages.py).
+# Manual pages and bash completion from the commands' parsers (ulp/manpages.py),
+# into man/, which `pip install .` installs (tests/test_manpages.py checks they
+# are current: run this after changing a command's options).
 man: venv
-	$(VENV)/bin/python -m ulp.manpages $(BUILD)/man
+	rm -rf $(MAN_DIR)/man1 $(MAN_DIR)/bash-completion
+	$(VENV)/bin/python -m ulp.manpages $(MAN_DIR)
 
 lint: venv
 	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench realworld
