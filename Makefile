@@ -14,7 +14,7 @@ LAUNCHER := $(BUILD)/launcher/ulp-trigger
 # Shipped manual pages and bash completion, generated from the parsers (make man)
 MAN_DIR := man
 
-.PHONY: all setup system-deps venv runtime launcher demo test bench fuzz lint clean man realworld realworld-deps
+.PHONY: all setup system-deps venv runtime launcher demo test bench bench-fleet fuzz lint clean man realworld realworld-deps
 
 all: setup
 
@@ -62,6 +62,18 @@ bench: setup
 	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python bench/run_bench.py
 	$(VENV)/bin/python bench/operators.py | tee $(BUILD)/bench/operators.txt
+	@if [ -f $(BUILD)/bench/fleet.txt ]; then echo "last make bench-fleet:"; cat $(BUILD)/bench/fleet.txt; \
+	else echo "fleet of 4,000 processes: not run (make bench-fleet)"; fi
+
+# One ulp-trigger call over FLEET + 1 idle processes, and libpulp's on the same
+# machine in the same run when LIBPULP_DIR names a built libpulp tree (it is
+# in no package registry: docs/benchmarks.md).  make bench shows the last result.
+FLEET ?= 4000
+LIBPULP_DIR ?=
+bench-fleet: setup
+	@mkdir -p $(BUILD)/bench
+	$(VENV)/bin/python bench/operators.py --fleet $(FLEET) \
+		$(if $(LIBPULP_DIR),--libpulp $(LIBPULP_DIR)) | tee $(BUILD)/bench/fleet.txt
 
 # ulp-prepare on mutated libraries: FUZZ_COUNT cases of seed FUZZ_SEED (the
 # suite runs 1,200 of another seed); failing inputs are kept in build/fuzz-failures.
