@@ -144,13 +144,15 @@ def load() -> str:
 
 
 def instructions(argv: list[str]) -> str:
-    """Instructions one command executes (callgrind), or '-' without valgrind."""
+    """Instructions one command executes (callgrind), or '-' without valgrind;
+    through execve too (the launcher runs the interpreter)."""
     if not shutil.which("valgrind"):
         return "-"
-    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                           *argv], capture_output=True, text=True, timeout=600, cwd=BUILD)
-    found = [line.split()[-1] for line in done.stderr.splitlines() if "Collected :" in line]
-    return f"{int(found[0]) / 1e6:.1f} M" if found and done.returncode == 0 else "-"
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--trace-children=yes",
+                           "--callgrind-out-file=/dev/null", *argv], capture_output=True,
+                          text=True, timeout=600, cwd=BUILD)
+    found = [int(line.split()[-1]) for line in done.stderr.splitlines() if "Collected :" in line]
+    return f"{sum(found) / 1e6:.1f} M" if found and done.returncode == 0 else "-"
 
 
 def one_idle_process(rounds: int) -> None:
