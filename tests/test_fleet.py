@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from consistency_support import C_DIR, patch, prepared_library, tool
+
 from support import ROOT, RUNTIME, TIMEOUT, cc
 
 CHILDREN = 30

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -141,19 +142,20 @@ def test_a_process_without_the_runtime_has_no_log(e2e) -> None:
 
 def test_racing_writers_and_signal_handlers_leave_only_whole_records(build_dir: Path) -> None:
     """Four threads and a 2 kHz signal handler write without pause while the
-    ring is read: every record read is one write's, whole; the newest ones
-    are kept and the count of those overwritten is right."""
+    ring is read: every record read is one write's, whole, and each once."""
     program = cc(build_dir / "log_stress", [C_DIR / "log_stress.c", ROOT / "runtime" / "log.c"],
                  f"-I{ROOT / 'runtime'}", "-D_GNU_SOURCE", "-rdynamic", "-pthread")
     with LiveProcess([program], preload_runtime=False) as app:
         assert app.next_line(60) == "ready"
-        reads = [read(app.pid) for _ in range(5)]
+        # many reads in this process (the command's own parser is the same
+        # code): a read overlapping a write is rare, and must be caught
+        reads = [read(app.pid)] + [asdict(messages.read_log(app.pid)) for _ in range(400)]
     for log in reads:
         records = log["messages"]
-        assert log["overwritten"] > 10000 and 0 < len(records) <= 256
+        # a record rewritten between the two reads of the ring is left out
+        assert log["overwritten"] > 10000 and len(records) + log["unreadable"] <= 256
         numbers = [record["number"] for record in records]
-        assert numbers == sorted(set(numbers))
-        assert numbers[-1] - numbers[0] < 256
+        assert numbers == sorted(set(numbers))  # (not one instant: the writers never stop)
         for record in records:
             writer, n, check, filler = re.fullmatch(r"w(\d+) n(\d+) c(\d+) ([a-z]+)",
                                                     record["text"]).groups()
@@ -161,4 +163,5 @@ def test_racing_writers_and_signal_handlers_leave_only_whole_records(build_dir: 
             assert int(check) == int(n) * 7919 % 100003
             assert filler == chr(ord("a") + int(check) % 26) * 20
             assert record["kind"] == "agent" and record["tid"] > 0
+    assert sum(len(log["messages"]) for log in reads) > 1000
     assert any(record["text"].startswith("w99 ") for log in reads for record in log["messages"])
