@@ -217,7 +217,8 @@ static void object_name(const struct ulp_lib_desc *lib, char *out, size_t size)
 
 /* Libraries registered or unloaded since the last look (agent only: it
  * names them with dladdr, which takes the loader's lock).  Called by the
- * agent at every tick and before it logs a patch. */
+ * agent at every tick and before it logs a staged patch, both while the
+ * application's threads run. */
 ULP_HIDDEN void ulp_log_libraries(void)
 {
     static struct ulp_lib_desc *seen[ULP_MAX_LIBS];
@@ -244,7 +245,12 @@ ULP_HIDDEN void ulp_log_patch(uint32_t kind, const uint8_t id[16], const char *l
                               const struct ulp_lib_desc *lib, unsigned long number)
 {
     char hex[33];
-    ulp_log_libraries();    /* a prepare may have registered the library just now */
+    /* A prepare may have registered the library just now: said first.  Only
+     * then: naming a library takes the loader's lock (dladdr), and a commit
+     * or revert must take no lock an application thread may hold, should it
+     * ever run while they are stopped. */
+    if (kind == ULP_LOG_STAGED)
+        ulp_log_libraries();
     hex_prefix(id, 16, hex);
     const char *open = label && *label ? " (" : "", *close = label && *label ? ")" : "";
     uint64_t address = (uint64_t)(uintptr_t)lib;
