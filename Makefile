@@ -9,8 +9,12 @@ RUNTIME_CFLAGS := -O2 -g -fPIC -Wall -Wextra -Werror -std=gnu11 -fvisibility=hid
 RUNTIME_SRCS := $(wildcard runtime/*.c) $(wildcard runtime/*.S)
 RUNTIME_HDRS := $(wildcard runtime/*.h)
 RUNTIME := runtime/libulp.so
+# The installed ulp-trigger: raises the priority, then runs the Python command (launcher/)
+LAUNCHER := $(BUILD)/launcher/ulp-trigger
+# Shipped manual pages and bash completion, generated from the parsers (make man)
+MAN_DIR := man
 
-.PHONY: all setup system-deps venv runtime demo test bench fuzz lint clean man realworld realworld-deps
+.PHONY: all setup system-deps venv runtime launcher demo test bench bench-fleet fuzz lint clean man realworld realworld-deps
 
 all: setup
 
@@ -26,7 +30,7 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py launcher/ulp-trigger.c
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
@@ -36,6 +40,12 @@ runtime: $(RUNTIME)
 
 $(RUNTIME): $(RUNTIME_SRCS) $(RUNTIME_HDRS)
 	$(CC) $(RUNTIME_CFLAGS) -shared -o $@ $(RUNTIME_SRCS) -ldl -lpthread
+
+launcher: $(LAUNCHER)
+
+$(LAUNCHER): launcher/ulp-trigger.c
+	mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 demo: setup
 	$(VENV)/bin/python demo/run_demo.py
@@ -52,6 +62,18 @@ bench: setup
 	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q -e '.[test,bench]'
 	$(VENV)/bin/python bench/run_bench.py
 	$(VENV)/bin/python bench/operators.py | tee $(BUILD)/bench/operators.txt
+	@if [ -f $(BUILD)/bench/fleet.txt ]; then echo "last make bench-fleet:"; cat $(BUILD)/bench/fleet.txt; \
+	else echo "fleet of 4,000 processes: not run (make bench-fleet)"; fi
+
+# One ulp-trigger call over FLEET + 1 idle processes, and libpulp's on the same
+# machine in the same run when LIBPULP_DIR names a built libpulp tree (it is
+# in no package registry: docs/benchmarks.md).  make bench shows the last result.
+FLEET ?= 4000
+LIBPULP_DIR ?=
+bench-fleet: setup
+	@mkdir -p $(BUILD)/bench
+	$(VENV)/bin/python bench/operators.py --fleet $(FLEET) \
+		$(if $(LIBPULP_DIR),--libpulp $(LIBPULP_DIR)) | tee $(BUILD)/bench/fleet.txt
 
 # ulp-prepare on mutated libraries: FUZZ_COUNT cases of seed FUZZ_SEED (the
 # suite runs 1,200 of another seed); failing inputs are kept in build/fuzz-failures.
@@ -83,9 +105,12 @@ realworld-deps:
 		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
 	fi
 
-# Manual pages and bash completion from the commands' parsers (ulp/manpages.py).
+# Manual pages and bash completion from the commands' parsers (ulp/manpages.py),
+# into man/, which `pip install .` installs (tests/test_manpages.py checks they
+# are current: run this after changing a command's options).
 man: venv
-	$(VENV)/bin/python -m ulp.manpages $(BUILD)/man
+	rm -rf $(MAN_DIR)/man1 $(MAN_DIR)/bash-completion
+	$(VENV)/bin/python -m ulp.manpages $(MAN_DIR)
 
 lint: venv
 	$(VENV)/bin/ruff check ulp toolchain packer trigger tests demo bench realworld

@@ -233,6 +233,7 @@ ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
     ulp_forget_unloaded();
     ulp_transition_tick();
     ulp_rebind_library_calls();
+    ulp_log_libraries();
     return alone();
 }
 
@@ -241,7 +242,9 @@ static void *agent_main(void *unused)
     (void)unused;
     ulp_mailbox.agent_tid = (int32_t)syscall(SYS_gettid);
     __atomic_store_n(&ulp_mailbox.state, ULP_AGENT_IDLE, __ATOMIC_RELEASE);
+    ulp_log_message(ULP_LOG_AGENT, 0, "agent started (thread %d)", ulp_mailbox.agent_tid);
     ulp_agent_idle();
+    ulp_log_message(ULP_LOG_AGENT, 0, "agent ended: it was the last thread of the process");
     __atomic_store_n(&ulp_mailbox.state, ULP_AGENT_ENDED, __ATOMIC_RELEASE);
     return NULL;    /* the last thread: glibc calls exit(0) */
 }
@@ -292,6 +295,8 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
     ulp_mailbox.idle_address = (uint64_t)(uintptr_t)ulp_agent_wait_return;
     ulp_mailbox.staged_fd = -1;
     measure_thread_layout();
+    ulp_log_message(ULP_LOG_RUNTIME, 0, "runtime loaded (ABI %d), agent %s", ULP_ABI_VERSION,
+                    agent_wanted() ? "starting" : "off (ULP_AGENT): the process cannot be patched");
     if (!agent_wanted())
         return;
     start_agent();

@@ -787,6 +787,7 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     p->slot = ulp_library_slot(lib);
     p->next = patches;
     patches = p;
+    ulp_log_patch(ULP_LOG_STAGED, p->id, p->label, lib, p->nunits);
     return answer(reply, ULP_OK, "prepared %u function(s)", p->nunits);
 }
 
@@ -856,6 +857,8 @@ static int commit(const struct parsed_request *req, struct reply *reply)
     if (n == 0)
         return answer(reply, ULP_E_NOT_PENDING, "no prepared patch to commit");
     uint64_t universe = stamp_and_publish(req, parts, n, 0, PATCH_APPLIED);
+    for (uint32_t k = 0; k < n; k++)
+        ulp_log_patch(ULP_LOG_APPLIED, parts[k]->id, parts[k]->label, parts[k]->lib, universe);
     if (n > 1)
         return answer(reply, ULP_OK, "applied in universe %lu to %u libraries",
                       (unsigned long)universe, n);
@@ -884,6 +887,8 @@ static int revert(const struct parsed_request *req, struct reply *reply)
         }
     }
     uint64_t universe = stamp_and_publish(req, parts, n, 1, PATCH_REVERTED);
+    for (uint32_t k = 0; k < n; k++)
+        ulp_log_patch(ULP_LOG_REVERTED, parts[k]->id, parts[k]->label, parts[k]->lib, universe);
     if (n > 1)
         return answer(reply, ULP_OK, "reverted in universe %lu in %u libraries",
                       (unsigned long)universe, n);
@@ -960,6 +965,7 @@ ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
         sweep(1);
     }
     int status = handle_request(head, size, message, message_size);
+    ulp_log_refusal(head, status, message);
     pins_kept = size >= sizeof *head && (head->flags & ULP_REQUEST_KEEP_PINS);
     if (!pins_kept && !world_stopped(head, size))
         release_pins();

@@ -7,6 +7,7 @@
 
 #include "ulp_abi.h"
 #include "ulp_layout.h"
+#include "ulp_log.h"
 
 #define ULP_HIDDEN __attribute__((visibility("hidden")))
 #define ULP_EXPORT __attribute__((visibility("default")))
@@ -84,6 +85,14 @@ void ulp_sha256_init(struct ulp_sha256 *h);
 void ulp_sha256_update(struct ulp_sha256 *h, const void *data, size_t n);
 void ulp_sha256_final(struct ulp_sha256 *h, uint8_t digest[32]);
 int ulp_sha256_fd(int fd, uint8_t digest[32]);
+
+/* log.c: the message log `ulp messages` reads (ulp_log.h) */
+void ulp_log_message(uint32_t kind, uint64_t address, const char *text_format, ...)
+    __attribute__((format(printf, 3, 4)));
+void ulp_log_libraries(void);
+void ulp_log_patch(uint32_t kind, const uint8_t id[16], const char *label,
+                   const struct ulp_lib_desc *lib, unsigned long number);
+void ulp_log_refusal(const struct ulp_request *req, int status, const char *reason);
 
 /* agent.c */
 #endif

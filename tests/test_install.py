@@ -1,5 +1,7 @@
 """``pip install .`` from a clean clone installs the runtime with the tools,
-and ``ulp runtime-path`` names it (issue 11, item 5).
+and ``ulp runtime-path`` names it; the manual pages and bash completion go
+where man and bash-completion look; ``ulp-trigger`` is the native launcher
+(launcher/ulp-trigger.c) running ``ulp-trigger-py`` (issue 11, item 5).
 
 The clone is the checkout's tracked files only (no libulp.so, no build
 directory), built by pip as a user would (an isolated build, setup.py's
@@ -57,3 +59,22 @@ def test_pip_install_from_a_clean_clone_installs_the_runtime(tmp_path: Path) -> 
                            "exec cat /proc/self/maps"], capture_output=True, text=True,
                           timeout=60)
     assert maps.returncode == 0 and str(runtime) in maps.stdout, maps.stderr
+
+    share = venv / "share"
+    for command in ("ulp", "ulp-prepare", "ulp-packer", "ulp-trigger"):
+        page = share / "man" / "man1" / f"{command}.1"
+        assert page.read_text() == (ROOT / "man" / "man1" / f"{command}.1").read_text()
+        completion = share / "bash-completion" / "completions" / command
+        registered = subprocess.run(["bash", "-c", f"source {completion}; complete -p {command}"],
+                                    capture_output=True, text=True, timeout=60)
+        assert registered.returncode == 0 and command in registered.stdout, registered.stderr
+    rendered = subprocess.run(["man", "-l", "-P", "cat", str(share / "man/man1/ulp.1")],
+                              capture_output=True, text=True, timeout=60) \
+        if shutil.which("man") else None
+    assert rendered is None or "messages" in rendered.stdout
+
+    trigger = venv / "bin" / "ulp-trigger"
+    assert trigger.read_bytes()[:4] == b"\x7fELF" and (venv / "bin" / "ulp-trigger-py").exists()
+    version = subprocess.run([str(trigger), "--version"], capture_output=True, text=True,
+                             timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("ulp-trigger "), version.stderr

@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from support import ROOT
 from ulp import manpages
 
 OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
@@ -53,3 +54,16 @@ def test_bash_completes_options_and_subcommands(tmp_path: Path) -> None:
     assert set(complete("ulp", "pa")) == {"patches"}
     assert "--process" in complete("ulp", "patches", "--pro")
     assert complete("ulp-prepare", "--cfl") == ["--cflags"]
+
+
+def test_the_shipped_pages_are_the_generated_ones(tmp_path: Path) -> None:
+    """man/ is what `pip install .` installs: it must be what the parsers give
+    now (after changing a command's options, run `make man`)."""
+    written = manpages.write_all(tmp_path)
+    shipped = ROOT / "man"
+    assert sorted(path.relative_to(shipped).as_posix() for path in shipped.rglob("*")
+                  if path.is_file()) == sorted(
+        path.relative_to(tmp_path).as_posix() for path in written)
+    for path in written:
+        assert (shipped / path.relative_to(tmp_path)).read_text() == path.read_text(), \
+            f"man/{path.relative_to(tmp_path)} is stale: run make man"

@@ -10,6 +10,7 @@ the machine, can only ever find this module's processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -176,8 +177,19 @@ def test_a_damaged_patch_object_stops_the_run_before_any_process(op: Path) -> No
 
 
 def agent_tid(pid: int) -> int:
-    return next(int(tid) for tid in os.listdir(f"/proc/{pid}/task")
-                if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "ulp-agent")
+    """The agent's thread once it waits in its idle loop (its only ppoll, 271).
+    The thread is named before it first runs: held any earlier, it never says
+    it started, and a trigger waits for it, then retries (--retries)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            task = Path(f"/proc/{pid}/task/{tid}")
+            with contextlib.suppress(OSError):
+                if (task / "comm").read_text().strip() == "ulp-agent" and \
+                        (task / "syscall").read_text().split()[0] == "271":
+                    return int(tid)
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid}: no ulp agent waiting idle within {TIMEOUT} s")
 
 
 def test_directory_applies_in_dependency_order_skipping_applied(op: Path) -> None:

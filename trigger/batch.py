@@ -10,7 +10,6 @@ docs/exit-codes.md).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +43,8 @@ def worst(codes) -> ExitCode:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What happened to one patch in one process."""
+
     pid: int
     patch: str  # patch id, hex
     code: ExitCode
@@ -63,6 +64,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Step:
+    """One patch file to apply or revert."""
+
     patch_file: PatchFile  # read and checked once, before any process is touched
     source: str  # the patch file, for messages
     reverting: bool
@@ -150,6 +153,8 @@ def run_all(pids: list[int], handle: Callable[[int], list[Outcome]], jobs: int,
     """``handle(pid)`` (``run_one`` with its steps, or ``revertall.run_one``)
     for every PID on ``jobs`` threads; ``report(outcomes, done)`` is called
     on this thread as each process is finished."""
+    import queue  # not needed by a single process (ulp-trigger PID PATCH)
+
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for pid in pids:
         todo.put(pid)

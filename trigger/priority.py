@@ -18,9 +18,7 @@ Without the privilege everything runs as it is.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 FIFO_PRIORITY = 1
 
@@ -51,10 +49,17 @@ def restore_priority(saved: Saved, tid: int = 0) -> None:
             pass
 
 
-@contextlib.contextmanager
-def scheduled_first(tid: int = 0) -> Iterator[None]:
-    saved = raise_priority(tid)
-    try:
-        yield
-    finally:
-        restore_priority(saved, tid)
+class scheduled_first:
+    """``with scheduled_first():`` SCHED_FIFO for the block (a class, not
+    contextlib: ulp.trigger.launch imports this module before the raise,
+    and every import then costs wall time on a busy machine)."""
+
+    def __init__(self, tid: int = 0) -> None:
+        self.tid = tid
+        self.saved: Saved = None
+
+    def __enter__(self) -> None:
+        self.saved = raise_priority(self.tid)
+
+    def __exit__(self, *exc: object) -> None:
+        restore_priority(self.saved, self.tid)

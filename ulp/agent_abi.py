@@ -89,6 +89,8 @@ class RefKind(enum.IntEnum):
 
 @dataclass(frozen=True)
 class MailboxHeader:
+    """struct ulp_mailbox up to the message."""
+
     magic: bytes
     abi_version: int
     state: int
@@ -128,6 +130,8 @@ class RequestThread:
 
 @dataclass
 class Request:
+    """One request to the agent, packed as struct ulp_request and what follows it."""
+
     op: Op
     patch_id: bytes = bytes(16)
     lib_desc: int = 0

@@ -8,6 +8,9 @@
   ulp check PID PATCH   whether PATCH could be applied to PID now, checked
                    without changing or stopping anything
   ulp livepatchable FILE   built with the padding? prepared? which functions?
+  ulp messages PID the runtime's log of what happened in a process (loaded,
+                   registered, staged, applied, reverted, refused and why),
+                   read without stopping it (ulp/messages.py)
   ulp runtime-path the runtime of this installation: LD_PRELOAD=$(ulp runtime-path)
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC
 
 from ulp.console import ArgumentParser, Console, add_output_options, run_command, seconds
 from ulp.errors import one_line
@@ -129,6 +133,39 @@ def _joint_changes(view) -> list[tuple[int, list[str]]]:
                         changed.setdefault(universe, set()).add(library.path.rsplit("/", 1)[-1])
     return [(universe, sorted(names)) for universe, names in sorted(changed.items())
             if len(names) > 1]
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from ulp.messages import read_log
+
+    log = read_log(args.pid)
+    if args.json:
+        document = asdict(log)
+        for message in document["messages"]:
+            message["time"] = datetime.fromtimestamp(message["time_ns"] / 1e9, UTC
+                                                     ).isoformat(timespec="microseconds")
+        print(json.dumps(document, indent=2))
+        return 0
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    if log.overwritten:
+        console.say(f"({log.overwritten} older message(s) overwritten)", "dim")
+    width = max((len(message.kind) for message in log.messages), default=0)
+    for message in log.messages:
+        when = datetime.fromtimestamp(message.time_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S.%f")
+        thread = f" [{message.tid}]" if args.verbose else ""
+        kind = console.style(message.kind.ljust(width), _MESSAGE_STYLES.get(message.kind, "dim"))
+        console.say(f"{when[:-3]}{thread} {kind} {one_line(message.text)}", styled=True)
+    for count, what in ((log.dropped, "dropped by the runtime (their slot was busy)"),
+                        (log.unreadable, "being written while read")):
+        if count:
+            console.say(f"({count} message(s) {what})", "dim")
+    return 0
+
+
+_MESSAGE_STYLES = {"applied": "good", "reverted": "good", "refused": "bad", "staged": "note"}
 
 
 def patch_fields(metadata) -> dict:
@@ -299,6 +336,10 @@ def build_parser() -> ArgumentParser:
     _subcommand(commands, "check", cmd_check,
                 "tell whether PATCH could be applied to process PID now, without changing or "
                 "stopping anything (exit code: the apply's)", "PID", "PATCH")
+    _subcommand(commands, "messages", cmd_messages,
+                "print the runtime's log of process PID: loaded, libraries registered, "
+                "patches staged, applied, reverted or refused and why; read through "
+                "/proc/PID/mem without stopping it", "PID")
     _subcommand(commands, "livepatchable", cmd_livepatchable,
                 "tell whether a shared object is prepared, or built for live patching, and "
                 "which of its functions are ready", "FILE")

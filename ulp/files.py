@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import BinaryIO
+from io import BufferedReader
 
 from ulp.errors import ExitCode, UlpError
 
@@ -31,7 +31,7 @@ def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
-def open_input(path: str, trusted: bool = False) -> BinaryIO:
+def open_input(path: str, trusted: bool = False) -> BufferedReader:
     """Open the regular file ``path`` for reading in binary, never blocking.
 
     FILE_MISSING names why it cannot be read (missing, permission, not a

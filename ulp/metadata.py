@@ -17,10 +17,10 @@ of requirements.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, replace
 
+from ulp.digest import sha256
 from ulp.errors import ExitCode, UlpError
 
 MAGIC = b"ULPPATCH"
@@ -203,7 +203,7 @@ def make_patch_id(patch_so_sha256: bytes, target_identity: bytes,
     flags and replacement, a reference by kind, offset and variable; labels
     do not enter (they describe, they do not change what runs).
     """
-    digest = hashlib.sha256(PATCH_ID_DOMAIN)
+    digest = sha256(PATCH_ID_DOMAIN)
     digest.update(patch_so_sha256)
     digest.update(target_identity)
     digest.update(struct.pack("<I", len(units)))
@@ -236,7 +236,7 @@ def make_group_id(part_ids: list[bytes]) -> bytes:
     """The id of a patch of several libraries (docs/patch-format.md, "Patch
     id"): over its parts' ids, in the order of its targets.  The runtime
     recomputes it once it has prepared every part."""
-    digest = hashlib.sha256(GROUP_ID_DOMAIN)
+    digest = sha256(GROUP_ID_DOMAIN)
     digest.update(struct.pack("<I", len(part_ids)))
     for part in part_ids:
         digest.update(part)
@@ -262,7 +262,7 @@ def parse_patch(data: bytes, source: str = "<patch>") -> PatchMetadata:
 
 
 def _checksum(checked_header: bytes, payload: bytes) -> bytes:
-    return hashlib.sha256(checked_header + payload).digest()
+    return sha256(checked_header + payload).digest()
 
 
 def _pack_string(text: str) -> bytes:

@@ -20,13 +20,12 @@ whatever the bytes, it returns a valid ``PatchFile`` or raises ``UlpError``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 
 from ulp import metadata as md
+from ulp.digest import sha256
 from ulp.errors import ExitCode, UlpError
 from ulp.files import read_input
 
@@ -72,7 +71,7 @@ class PatchFile:
 
 
 def _checksum(checked_header: bytes, record: bytes) -> bytes:
-    return hashlib.sha256(checked_header + record).digest()
+    return sha256(checked_header + record).digest()
 
 
 def _object_problem(metadata: md.PatchMetadata, patch_object: bytes) -> str | None:
@@ -82,7 +81,7 @@ def _object_problem(metadata: md.PatchMetadata, patch_object: bytes) -> str | No
         return "the patch object is missing"
     if len(patch_object) > MAX_OBJECT:
         return f"the patch object is larger than {MAX_OBJECT} bytes"
-    if hashlib.sha256(patch_object).digest() != metadata.patch_so_sha256:
+    if sha256(patch_object).digest() != metadata.patch_so_sha256:
         return "the patch object is not the one the metadata names (SHA-256 mismatch)"
     return None
 
@@ -162,6 +161,8 @@ def write_patch_file(path: str, patch_file: PatchFile) -> None:
     data = patch_file.pack()
     directory = os.path.dirname(os.path.abspath(path))
     try:
+        import tempfile  # writing is ulp-packer's: the trigger only reads
+
         fd, temp = tempfile.mkstemp(prefix=".ulp-", suffix=".tmp", dir=directory)
     except OSError as error:
         raise UlpError(f"{path}: cannot write ({error.strerror})", ExitCode.FILE_MISSING) from None

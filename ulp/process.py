@@ -12,6 +12,8 @@ from ulp.errors import ExitCode, UlpError
 
 @dataclass(frozen=True)
 class Mapping:
+    """One line of /proc/PID/maps."""
+
     start: int
     end: int
     perms: str
