@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from support import RUNTIME, LiveProcess, cc, shared_library, tool
@@ -123,9 +124,21 @@ class Target(LiveProcess):
             self.wait_for(lambda line: line == "ready", TIMEOUT)
             if kind == "patched":
                 checked(tool("ulp-trigger", self.pid, work / "fix.ulp", timeout=TIMEOUT))
+                self.wait_for_the_transition()
         except BaseException:
             self.stop()
             raise
+
+    def wait_for_the_transition(self) -> None:
+        """Measure the steady state: until every thread has left the universe
+        it ran in at the commit, calls go through the tracker."""
+        from ulp.trigger.snapshot import read_process
+
+        deadline = time.monotonic() + TIMEOUT
+        while any(library.in_transition for library in read_process(self.pid).libraries):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"process {self.pid}: the transition did not end")
+            time.sleep(0.05)
 
     def command(self, line: str) -> list[str]:
         """Send one command; the lines it printed before its "done"."""

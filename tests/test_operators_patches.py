@@ -59,6 +59,7 @@ def test_a_thread_that_stays_in_the_library_is_shown_on_old_code(cm) -> None:
         assert view["pid"] == app.pid and view["global_universe"] == 2
         [library] = [lib for lib in view["libraries"] if lib["path"].endswith("libcm.so")]
         assert {"name": "lib_tag", "versions": [[2, None]]} in library["functions"]
+        assert library["in_transition"]             # W may still be inside
         threads = {thread["tid"]: thread for thread in view["threads"]}
         [main_record] = threads[app.pid]["records"]
         assert main_record["universe"] == 2 and not main_record["old_code"]
@@ -72,6 +73,11 @@ def test_a_thread_that_stays_in_the_library_is_shown_on_old_code(cm) -> None:
         [view] = patches("-p", app.pid)
         [w_record] = {t["tid"]: t for t in view["threads"]}[worker_tid(app)]["records"]
         assert w_record["universe"] == 2 and not w_record["old_code"]
+        # no thread pending any more: the agent ends the transition at its next tick
+        deadline = time.monotonic() + 30
+        while any(lib["in_transition"] for lib in patches("-p", app.pid)[0]["libraries"]):
+            assert time.monotonic() < deadline, "the transition did not end"
+            time.sleep(0.05)
 
 
 def test_it_reads_a_process_whose_agent_a_debugger_holds(cm) -> None:

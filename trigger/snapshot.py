@@ -43,6 +43,9 @@ from ulp.trigger.agent import runtime_symbol
 from ulp.trigger.elfscan import file_version, read_prepared
 
 THREAD_LAYOUT_SYMBOL = "ulp_thread_layout"
+#: the runtime's tracker code: a descriptor pointing there is in a transition
+TRACKER_START_SYMBOL = "__start_ulp_tracker_text"
+TRACKER_STOP_SYMBOL = "__stop_ulp_tracker_text"
 THREAD_LAYOUT_FORMAT = "<8sIIq"
 THREAD_LAYOUT_MAGIC = b"ULPTHRD\0"
 THREAD_LAYOUT_VERSION = 1
@@ -63,6 +66,9 @@ class LibraryView:
     registered: bool  # entered at least once since it was loaded: it has thread records
     functions: list[FunctionChanges] = field(default_factory=list)
     tls_offset: int = 0
+    #: a transition is under way: its calls go through the tracker until no
+    #: thread is pending (docs/consistency.md)
+    in_transition: bool = False
 
     @property
     def last_change(self) -> int:
@@ -115,7 +121,9 @@ def _read(process: Process) -> ProcessView:
     universe_address = MailboxHeader.unpack(
         process.read(mailbox, MAILBOX_HEADER_SIZE)).universe_address
     global_universe = _word(process, universe_address) if universe_address else 0
-    libraries = [library for library in _libraries(process)]
+    tracker = (runtime_symbol(process, TRACKER_START_SYMBOL),
+               runtime_symbol(process, TRACKER_STOP_SYMBOL))
+    libraries = [library for library in _libraries(process, tracker)]
     offset = _robust_head_offset(process)
     threads = [_thread(process, tid, libraries, offset, global_universe)
                for tid in process.threads()]
@@ -135,7 +143,7 @@ def _comm(pid: int, tid: int | None = None) -> str:
         return ""
 
 
-def _libraries(process: Process):
+def _libraries(process: Process, tracker: tuple[int | None, int | None]):
     for path, base in process.mapped_objects().items():
         source = process.object_file(path, base)
         try:
@@ -155,6 +163,10 @@ def _libraries(process: Process):
             tls_offset, head = struct.unpack_from("<qQ", table, index * layout.FUNC_DESC_SIZE)
             if tls_offset:
                 view.registered, view.tls_offset = True, tls_offset
+            (current,) = struct.unpack_from("<q", table,
+                                            index * layout.FUNC_DESC_SIZE + layout.FD_CURRENT)
+            if None not in tracker and tracker[0] <= fd_address + current < tracker[1]:
+                view.in_transition = True
             versions = _versions(process, head, fd_address + layout.FD_ORIGINAL)
             if versions:
                 view.functions.append(FunctionChanges(function.name, versions))

@@ -105,7 +105,8 @@ def _show_process(console: Console, view) -> None:
                 f"applied at {applied}" + (f", reverted at {reverted}" if reverted else "")
                 for applied, reverted in function.versions)
             for function in library.functions) or "not patched"
-        console.say(f"  {library.path}: {changes}")
+        moving = " (in transition: threads still pending)" if library.in_transition else ""
+        console.say(f"  {library.path}: {changes}{moving}")
     for universe, names in _joint_changes(view):
         console.say(f"  universe {universe}: {', '.join(names)} changed in one step "
                     "(a patch of several libraries)")
