@@ -20,14 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
 from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import WALL, ThreadGone, Tracee, thread_is_exiting, wait_for_sigchld
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ def check_code(process: Process, writes: list[CodeWrite]) -> list[CodeWrite]:
 
 def write_code(process: Process, writes: list[CodeWrite], held: dict[int, Tracee],
                timeout: float, avoid: dict[int, str] | None = None,
-               then: Callable[[dict[int, Tracee]], T] | None = None) -> T | None:
+               then: Callable[[dict[int, Tracee]], object] | None = None) -> object:
     """Write every change with every thread of ``process`` stopped, then
     call ``then(stopped threads)`` before any of them runs again.
 

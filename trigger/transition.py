@@ -257,6 +257,7 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
         except UlpError:
             _abort(agent, metadata)
             raise
+        _unpin(agent)
         check_status(status, message, process)
         return message
     finally:
@@ -318,6 +319,20 @@ def _abort(agent: Agent, metadata: PatchMetadata) -> None:
         pass
 
 
+def _unpin(agent: Agent) -> None:
+    """With the threads running again: a request that lets go of the
+    libraries pinned for the COMMIT or REVERT (that one, run while every
+    thread was stopped, could not: dlclose takes the loader's lock), so
+    that a library the program unloads now is unmapped now.  Best effort:
+    the agent's tick lets them go too."""
+    if agent.tracee is None or not agent.tracee.stopped:
+        return
+    try:
+        agent.call(Request(Op.LIST))
+    except UlpError:
+        pass
+
+
 def _committing(agent: Agent, metadata: PatchMetadata, op: Op):
     """COMMIT or REVERT, sent while every other thread is stopped: the
     runtime starts the transition from where each thread stopped."""
@@ -337,6 +352,7 @@ def revert(process: Process, metadata: PatchMetadata, timeout: float) -> str:
         check_status(status, message, process)
         status, message = write_code(process, [], {agent.tracee.tid: agent.tracee}, timeout,
                                      then=_committing(agent, metadata, Op.REVERT))
+        _unpin(agent)
         check_status(status, message, process)
         return message
     finally:
