@@ -835,6 +835,22 @@ static uint32_t gather(struct patch *parts[ULP_MAX_LIBS])
     return n;
 }
 
+/* Apply (or revert) the N PARTS of a patch in one step, log it, answer. */
+static int publish(const struct parsed_request *req, struct patch *const *parts, uint32_t n,
+                   int reverting, struct reply *reply)
+{
+    uint64_t universe = stamp_and_publish(req, parts, n, reverting,
+                                          reverting ? PATCH_REVERTED : PATCH_APPLIED);
+    for (uint32_t k = 0; k < n; k++)
+        ulp_log_patch(reverting ? ULP_LOG_REVERTED : ULP_LOG_APPLIED, parts[k]->id,
+                      parts[k]->label, parts[k]->lib, universe);
+    const char *done = reverting ? "reverted" : "applied";
+    if (n > 1)
+        return answer(reply, ULP_OK, "%s in universe %lu %s %u libraries", done,
+                      (unsigned long)universe, reverting ? "in" : "to", n);
+    return answer(reply, ULP_OK, "%s in universe %lu", done, (unsigned long)universe);
+}
+
 static int commit(const struct parsed_request *req, struct reply *reply)
 {
     struct patch *parts[ULP_MAX_LIBS] = {0};
@@ -856,13 +872,7 @@ static int commit(const struct parsed_request *req, struct reply *reply)
                       "commit; nothing applied");
     if (n == 0)
         return answer(reply, ULP_E_NOT_PENDING, "no prepared patch to commit");
-    uint64_t universe = stamp_and_publish(req, parts, n, 0, PATCH_APPLIED);
-    for (uint32_t k = 0; k < n; k++)
-        ulp_log_patch(ULP_LOG_APPLIED, parts[k]->id, parts[k]->label, parts[k]->lib, universe);
-    if (n > 1)
-        return answer(reply, ULP_OK, "applied in universe %lu to %u libraries",
-                      (unsigned long)universe, n);
-    return answer(reply, ULP_OK, "applied in universe %lu", (unsigned long)universe);
+    return publish(req, parts, n, 0, reply);
 }
 
 static int revert(const struct parsed_request *req, struct reply *reply)
@@ -886,13 +896,7 @@ static int revert(const struct parsed_request *req, struct reply *reply)
             }
         }
     }
-    uint64_t universe = stamp_and_publish(req, parts, n, 1, PATCH_REVERTED);
-    for (uint32_t k = 0; k < n; k++)
-        ulp_log_patch(ULP_LOG_REVERTED, parts[k]->id, parts[k]->label, parts[k]->lib, universe);
-    if (n > 1)
-        return answer(reply, ULP_OK, "reverted in universe %lu in %u libraries",
-                      (unsigned long)universe, n);
-    return answer(reply, ULP_OK, "reverted in universe %lu", (unsigned long)universe);
+    return publish(req, parts, n, 1, reply);
 }
 
 /* Is another applied part of P's patch ahead of P in the list? */

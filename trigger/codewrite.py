@@ -48,6 +48,8 @@ def last_pause() -> Pause | None:
 
 @dataclass(frozen=True)
 class CodeWrite:
+    """Bytes to write at an address of the target's code, and what must be there."""
+
     address: int
     expected: bytes  # what must be there before
     new: bytes
@@ -93,7 +95,7 @@ def _check_avoided(stopped: dict[int, Tracee], avoid: dict[int, str]) -> None:
     if not avoid:
         return
     for tracee in stopped.values():
-        what = avoid.get(tracee.get_registers().rip)
+        what = avoid.get((tracee.registers_when_stopped or tracee.get_registers()).rip)
         if what is not None:
             raise UlpError(f"thread {tracee.tid} is stopped inside {what}; nothing written, "
                            "try again (--retries)", ExitCode.RETRY)
@@ -235,6 +237,9 @@ def _collect(tracee: Tracee, waiting: dict[int, Tracee], stopped: dict[int, Trac
         if not tracee.poll_stop():
             return False
         stopped[tracee.tid] = tracee
+        # now, while other threads are still stopping: a commit needs them
+        # (trigger/threadtable.py), and the pause is the slowest thread's
+        tracee.registers_when_stopped = tracee.get_registers()
     except ThreadGone:
         pass
     del waiting[tracee.tid]

@@ -11,14 +11,30 @@ from __future__ import annotations
 import bisect
 
 from ulp.agent_abi import RequestThread
-from ulp.process import Mapping, Process
+from ulp.process import Process
 from ulp.trigger.tracee import Tracee
 
 
-def _containing(mappings: list[Mapping], starts: list[int], address: int) -> Mapping | None:
+def _address_ranges(pid: int) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+    """The mappings of ``pid``, sorted, as (start, end), and [stack]'s.
+    Parsed here, no more than that: every thread waits while this runs."""
+    ranges, stack = [], None
+    with open(f"/proc/{pid}/maps", "rb") as stream:
+        for line in stream.read().splitlines():
+            span = line.split(b" ", 1)[0]
+            start, _, end = span.partition(b"-")
+            entry = (int(start, 16), int(end, 16))
+            ranges.append(entry)
+            if line.endswith(b"[stack]"):
+                stack = entry
+    return ranges, stack
+
+
+def _containing(ranges: list[tuple[int, int]], starts: list[int],
+                address: int) -> tuple[int, int] | None:
     index = bisect.bisect_right(starts, address) - 1
-    if index >= 0 and address < mappings[index].end:
-        return mappings[index]
+    if index >= 0 and address < ranges[index][1]:
+        return ranges[index]
     return None
 
 
@@ -27,16 +43,15 @@ def thread_table(process: Process, stopped: dict[int, Tracee]) -> list[RequestTh
     stack (the mapping of [stack] for the main thread, else the mapping its
     thread pointer lies in: glibc puts the thread's control block at the top
     of its stack) and the end of the mapping %rsp is in."""
-    mappings = sorted(process.mappings(), key=lambda mapping: mapping.start)
-    starts = [mapping.start for mapping in mappings]
-    main_stack = next((m for m in mappings if m.path == "[stack]"), None)
+    ranges, main_stack = _address_ranges(process.pid)
+    starts = [start for start, _ in ranges]
     table = []
     for tid, tracee in sorted(stopped.items()):
-        regs = tracee.get_registers()
-        own = main_stack if tid == process.pid else _containing(mappings, starts, regs.fs_base)
-        here = _containing(mappings, starts, regs.rsp)
+        regs = tracee.registers_when_stopped or tracee.get_registers()
+        own = main_stack if tid == process.pid else _containing(ranges, starts, regs.fs_base)
+        here = _containing(ranges, starts, regs.rsp)
         table.append(RequestThread(
             tid=tid, rip=regs.rip, rsp=regs.rsp, thread_pointer=regs.fs_base,
-            stack_low=own.start if own else 0, stack_high=own.end if own else 0,
-            here_high=here.end if here else 0))
+            stack_low=own[0] if own else 0, stack_high=own[1] if own else 0,
+            here_high=here[1] if here else 0))
     return table

@@ -131,6 +131,8 @@ class Tracee:
         self.group_stop = False  # stopped by job control (SIGSTOP...), not by us
         self._regs = None
         self._xstate: bytes | None = None
+        #: its registers, read as soon as it stopped (codewrite): valid until it runs
+        self.registers_when_stopped = None
 
     # -- attaching -------------------------------------------------------------
     def seize(self) -> None:
@@ -243,6 +245,7 @@ class Tracee:
         except PtraceError as error:
             raise self._error("resume", error) from None
         self.stopped = False
+        self.registers_when_stopped = None
 
     def detach(self) -> None:
         """Let a stopped thread go; never raises (it may have exited meanwhile)."""
@@ -254,6 +257,7 @@ class Tracee:
             self._reap()
         self.seized = False
         self.stopped = False
+        self.registers_when_stopped = None
 
     def _reap(self) -> None:
         """Collect a tracee that died under us.

@@ -71,6 +71,8 @@ STATUS_EXIT_CODES = {
 
 @dataclass
 class LoadedTarget:
+    """A target library as the process has it loaded."""
+
     library: TargetLibrary
     base: int  # load bias of the library in the process
 
