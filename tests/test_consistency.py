@@ -114,11 +114,27 @@ def test_callback_reentering_library_keeps_the_outer_universe(cm) -> None:
         assert ask(app, "w tag") == "w tag=2"             # next external entry: new
 
 
+def test_an_activation_entered_through_a_pointer_keeps_its_universe(cm) -> None:
+    """A static function of the library called through a pointer (no
+    trampoline, no patched entry: nothing of the runtime sees it begin)
+    calls back into the program, which enters the library from outside: that
+    entry, and the rest of the activation, keep its universe (issue 7)."""
+    with start(cm) as app:
+        app.send("w pointer\n")
+        assert app.next_line() == "pointer inside"        # W blocked in the callback
+        apply(app.pid, cm["tag"])
+        assert ask(app, "tag") == "main tag=2"
+        app.send("release\n")
+        assert app.next_line() == "w pointer=111"
+        assert ask(app, "w tag") == "w tag=2"
+
+
 # ---- 5. Signal handlers --------------------------------------------------------
 
 @pytest.mark.parametrize("mode,stack,where", [
     ("none", "thread-stack", "none"),
     ("malloc", "altstack", "below"),
+    ("raw", "altstack", "below"),   # installed with the raw system call (issue 7)
     ("above", "altstack", "above"),
 ])
 def test_signal_handler_inside_library_keeps_the_interrupted_universe(cm, mode, stack,

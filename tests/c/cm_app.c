@@ -4,9 +4,10 @@
  * library blocks on the release pipe ("release" writes one byte).
  *
  * argv[1] chooses W's alternate signal stack: none, malloc (allocated by the
- * main thread from the heap, below W's stack) or above (W runs on a stack we
- * mmap ourselves, the alternate stack is placed above it in the same
- * mapping). */
+ * main thread from the heap, below W's stack), raw (the same, installed with
+ * the raw system call, not through sigaltstack()) or above (W runs on a
+ * stack we mmap ourselves, the alternate stack is placed above it in the
+ * same mapping). */
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,6 +32,8 @@ void lib_spin_stop(void);
 long lib_spin_iterations(void);
 int lib_sort(int *a, int n, int (*cmp)(const int *, const int *), int *seen);
 int lib_call(int (*cb)(void));
+typedef int (*pointer_entry)(int (*cb)(void));
+pointer_entry lib_pointer_entry(void);
 int lib_rec(int depth, int max, int block_at, int fd, char *seen);
 
 #define ALTSTACK_SIZE (64 * 1024) /* below the mmap threshold: malloc takes it from the heap */
@@ -87,6 +91,17 @@ static int cmp_blocking(const int *a, const int *b)
     return (*a > *b) - (*a < *b);
 }
 
+/* Blocks inside the library's activation until "release", then enters the
+ * library from outside. */
+static int cb_block(void)
+{
+    char byte;
+    printf("pointer inside\n");
+    while (read(release_pipe[0], &byte, 1) < 0 && errno == EINTR)
+        ;
+    return lib_tag();
+}
+
 static jmp_buf escape;
 static int escape_tag;
 
@@ -123,6 +138,8 @@ static void run_job(char *job)
         tags_to_string(cb_seen, cb_count, cb_s);
         printf("w sort %d%d%d%d%d%d%d lib=%s cb=%s\n", a[0], a[1], a[2], a[3], a[4], a[5],
                a[6], lib_s, cb_s);
+    } else if (strcmp(job, "pointer") == 0) {
+        printf("w pointer=%d\n", lib_pointer_entry()(cb_block));
     } else if (strcmp(job, "longjmp") == 0) {
         if (setjmp(escape) == 0) {
             lib_call(cb_longjmp);
@@ -148,7 +165,8 @@ static void *worker_main(void *arg)
     char here, line[128];
     if (altstack) {
         stack_t ss = {.ss_sp = altstack, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
-        if (sigaltstack(&ss, NULL) != 0)
+        if ((strcmp(mode, "raw") == 0 ? syscall(SYS_sigaltstack, &ss, NULL)
+                                       : sigaltstack(&ss, NULL)) != 0)
             die("sigaltstack");
     }
     const char *where = !altstack ? "none"
@@ -219,7 +237,7 @@ int main(int argc, char **argv)
     sigaction(SIGUSR1, &sa, NULL);
 
     pthread_attr_init(&attr);
-    if (strcmp(mode, "malloc") == 0) {
+    if (strcmp(mode, "malloc") == 0 || strcmp(mode, "raw") == 0) {
         altstack = malloc(ALTSTACK_SIZE);
     } else if (strcmp(mode, "above") == 0) {
         /* one mapping: W's stack at the bottom, a guard page, the alternate

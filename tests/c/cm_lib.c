@@ -90,6 +90,22 @@ int lib_sort(int *a, int n, int (*cmp)(const int *, const int *), int *seen)
     return k;
 }
 
+/* Reached only through a pointer, never through a trampoline or a patched
+ * entry: an activation the library's descriptors never see begin. */
+__attribute__((noipa)) static int through_pointer(int (*cb)(void))
+{
+    int before = lib_tag();
+    int r = cb();
+    return before * 100 + r * 10 + lib_tag();
+}
+
+typedef int (*pointer_entry)(int (*cb)(void));
+
+pointer_entry lib_pointer_entry(void)
+{
+    return through_pointer;
+}
+
 /* Case 10: calls a callback of the program (which may longjmp or throw). */
 int lib_call(int (*cb)(void))
 {
