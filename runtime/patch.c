@@ -688,6 +688,21 @@ static int fill_references(const struct parsed_request *req, struct patch *p,
 
 /* The patch object's calls into its library skip the trampolines
  * (rebind.c); an allocation failure only leaves them the slower way. */
+/* Does a patch newer than P (ahead of it in the list) replace FD too?
+ * Then P's own replacement of FD is not what every universe P runs in
+ * selects, and P's calls to it must ask the descriptor. */
+static int replaced_again(const struct patch *p, const struct ulp_func_desc *fd)
+{
+    for (const struct patch *q = patches; q && q != p; q = q->next) {
+        if (q->lib != p->lib || q->state == PATCH_DISCARDED || q->state == PATCH_UNLOADED)
+            continue;
+        for (uint32_t i = 0; i < q->nunits; i++)
+            if (q->versions[i]->fd == fd)
+                return 1;
+    }
+    return 0;
+}
+
 static void bind_calls_into_library(const struct patch *p)
 {
     struct link_map *map;
@@ -696,14 +711,45 @@ static void bind_calls_into_library(const struct patch *p)
     struct ulp_func_desc **replaced = calloc(p->nunits + 1, sizeof *replaced);
     void **replacements = calloc(p->nunits + 1, sizeof *replacements);
     if (replaced && replacements) {
+        uint32_t n = 0;
         for (uint32_t i = 0; i < p->nunits; i++) {
-            replaced[i] = p->versions[i]->fd;
-            replacements[i] = p->versions[i]->version.target;
+            if (replaced_again(p, p->versions[i]->fd))
+                continue;   /* to its entry, like a function P does not replace */
+            replaced[n] = p->versions[i]->fd;
+            replacements[n++] = p->versions[i]->version.target;
         }
-        ulp_rebind_patch_calls(map, p->lib, replaced, replacements, p->nunits);
+        ulp_rebind_patch_calls(map, p->lib, replaced, replacements, n);
     }
     free(replaced);
     free(replacements);
+}
+
+/* NEWER was just prepared: older patch objects of its library that call a
+ * function NEWER replaces again call it through its entry from now on. */
+static void unbind_replaced_again(const struct patch *newer)
+{
+    void *from[64];
+    struct ulp_func_desc *fds[64];
+    for (struct patch *p = newer->next; p; p = p->next) {
+        struct link_map *map;
+        if (p->lib != newer->lib || p->nparts != 1 || !p->handle ||
+            p->state == PATCH_DISCARDED || p->state == PATCH_UNLOADED ||
+            dlinfo(p->handle, RTLD_DI_LINKMAP, &map) != 0)
+            continue;
+        uint32_t n = 0;
+        for (uint32_t k = 0; k < p->nunits; k++) {
+            for (uint32_t i = 0; i < newer->nunits; i++)
+                if (p->versions[k]->fd == newer->versions[i]->fd) {
+                    from[n] = p->versions[k]->version.target;
+                    fds[n++] = p->versions[k]->fd;
+                    break;
+                }
+            if (n == 64 || (n && k + 1 == p->nunits)) {
+                ulp_unbind_patch_calls(map, from, fds, n);
+                n = 0;
+            }
+        }
+    }
 }
 
 static int create_versions(const struct parsed_request *req, struct patch *p,
@@ -787,6 +833,7 @@ static int prepare(const struct parsed_request *req, struct reply *reply)
     p->slot = ulp_library_slot(lib);
     p->next = patches;
     patches = p;
+    unbind_replaced_again(p);
     ulp_log_patch(ULP_LOG_STAGED, p->id, p->label, lib, p->nunits);
     return answer(reply, ULP_OK, "prepared %u function(s)", p->nunits);
 }

@@ -174,6 +174,40 @@ ULP_HIDDEN void ulp_rebind_patch_calls(const struct link_map *map, struct ulp_li
         bind_slots(&plt, lib, replaced, replacements, n);
 }
 
+/* The slots of the patch object MAP that hold FROM[k] (a replacement it was
+ * bound to) go to the entry of FDS[k] instead, for k < N: a later patch
+ * replaces that function again, and only its descriptor knows which
+ * version a universe runs. */
+ULP_HIDDEN void ulp_unbind_patch_calls(const struct link_map *map, void *const *from,
+                                       struct ulp_func_desc *const *fds, uint32_t n)
+{
+    struct dl_phdr_info info = {.dlpi_addr = map->l_addr};
+    struct plt plt;
+    if (dl_iterate_phdr(object_phdrs, &info) != 1 ||
+        read_plt(map->l_addr, map->l_ld, info.dlpi_phdr, info.dlpi_phnum, &plt) != 0)
+        return;
+    int found = 0, read_only = 0;
+    for (size_t i = 0; i < plt.count; i++) {
+        uintptr_t *slot = plt_slot(&plt, i);
+        for (uint32_t k = 0; slot && k < n; k++)
+            if (*slot == (uintptr_t)from[k]) {
+                found = 1;
+                read_only |= (uintptr_t)slot >= plt.relro_start &&
+                             (uintptr_t)slot < plt.relro_end;
+            }
+    }
+    if (!found || (read_only && set_relro(&plt, PROT_READ | PROT_WRITE) != 0))
+        return;
+    for (size_t i = 0; i < plt.count; i++) {
+        uintptr_t *slot = plt_slot(&plt, i);
+        for (uint32_t k = 0; slot && k < n; k++)
+            if (*slot == (uintptr_t)from[k])
+                __atomic_store_n(slot, bound_target(fds[k], NULL, NULL, 0), __ATOMIC_RELAXED);
+    }
+    if (read_only)
+        set_relro(&plt, PROT_READ);
+}
+
 /* dl_iterate_phdr holds ld.so's lock: no object is unloaded while its
  * slots are bound here. */
 static int bind_own_calls(struct dl_phdr_info *info, size_t size, void *data)

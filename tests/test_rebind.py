@@ -3,7 +3,9 @@
 When the runtime loads a patch, the PLT slots of the patch object that ld.so
 bound to the library's trampolines are rebound: a function the same patch
 replaces to the replacement itself, any other function to its entry NOPs.
-Addresses the patch takes (GLOB_DAT) keep pointing at the trampolines.  The
+Addresses the patch takes (GLOB_DAT) keep pointing at the trampolines.  A
+later patch that replaces one of those functions again sends such calls
+back through the function's entry.  The
 test reads the slots from the live process's memory (/proc/PID/mem) and
 checks the patched results.
 """
@@ -151,3 +153,27 @@ def test_library_calls_to_its_own_exports_bound_to_their_entries(rebind: Path) -
         assert code == 0, err
         app.send("go\n")
         assert app.next_line().startswith("sum=1055 ")
+
+
+def test_a_replacement_replaced_again_by_a_later_patch_is_not_called_directly(
+        rebind: Path) -> None:
+    """Patch 1 replaces rb_sum and rb_helper, and its rb_sum_v2 calls
+    rb_helper: bound to patch 1's own rb_helper_v2.  Patch 2 replaces
+    rb_helper again: from then on rb_sum_v2 must run the rb_helper the
+    universe selects (patch 2's), not its own."""
+    shared_library(rebind / "librb_fix3.so", [C_DIR / "rb_fix3.c"], patchable=False)
+    (rebind / "two.desc").write_text("librb_fix.so\n@lib/librb.so\nrb_sum:rb_sum_v2\n"
+                                     "rb_helper:rb_helper_v2\n")
+    (rebind / "three.desc").write_text("librb_fix3.so\n@lib/librb.so\nrb_helper:rb_helper_v3\n")
+    for name in ("two", "three"):
+        packed = tool("ulp-packer", rebind / f"{name}.desc", "-o", rebind / f"{name}.ulp")
+        assert packed.returncode == 0, packed.stderr
+    with LiveProcess([rebind / "app"], env={"LD_LIBRARY_PATH": str(rebind / "lib")}) as app:
+        assert app.next_line() == "ready"
+        for args, total in (((rebind / "two.ulp",), 2055), ((rebind / "three.ulp",), 3055),
+                            (("--revert", rebind / "three.ulp"), 2055),
+                            (("--revert", rebind / "two.ulp"), 55)):
+            code, _, err = trigger_here("--timeout", "10", *args[:-1], app.pid, args[-1])
+            assert code == 0, err
+            app.send("go\n")
+            assert app.next_line().startswith(f"sum={total} "), args

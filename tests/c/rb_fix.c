@@ -15,3 +15,9 @@ __attribute__((noipa)) int rb_sum_v2(int n)
 {
     return n <= 0 ? rb_helper(0) : n + rb_sum(n - 1);
 }
+
+/* For the stacked patches of test_rebind.py: replaced together with rb_sum. */
+int rb_helper_v2(int x)
+{
+    return x + 2000;
+}
