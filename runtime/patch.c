@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ulp_internal.h"
@@ -496,6 +497,22 @@ static int free_name(int *fd, char name[64])
  * keeps the descriptor.  Debuggers read the name from the link map, and
  * /proc/self/fd/N would name one of their own descriptors: the map gets the
  * patch object's path at pack time instead. */
+/* Seal the staged object.  The kernel refuses the write seal (EBUSY) while
+ * a page of it still has a reference it cannot account for: one the
+ * trigger's write left in a CPU's page batch, which a busy machine drains
+ * late.  Wait for it a little (up to ~0.5 s); the agent may sleep here. */
+static int seal(int fd)
+{
+    for (int attempt = 0;; attempt++) {
+        if (fcntl(fd, F_ADD_SEALS, ULP_SEALS) == 0)
+            return 0;
+        if (errno != EBUSY || attempt == 100)
+            return -1;
+        struct timespec pause = {0, 5 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
 static int load_patch_object(const struct parsed_request *req, struct patch *p,
                              struct reply *reply)
 {
@@ -512,7 +529,7 @@ static int load_patch_object(const struct parsed_request *req, struct patch *p,
                       req->head->so_fd);
     int fd = ulp_staged_fd;
     ulp_staged_fd = -1;     /* ours now: closed on every failure below */
-    if (fcntl(fd, F_ADD_SEALS, ULP_SEALS) != 0 || fcntl(fd, F_GET_SEALS) != ULP_SEALS) {
+    if (seal(fd) != 0 || fcntl(fd, F_GET_SEALS) != ULP_SEALS) {
         err = errno;
         close(fd);
         return answer(reply, ULP_E_STAGE, "cannot seal the staged patch object: %s",
