@@ -47,11 +47,12 @@
  *
  * HOW A READER KNOWS A RECORD IS WHOLE
  * seq only grows, and a writer makes it odd before touching anything else
- * of the record.  A reader reads the ring twice and keeps a record only if
- * its seq is even, non-zero, the same both times, and names a ticket that
- * maps to this slot: no writer touched it in between, so its fields belong
- * together (a seqlock read; x86 keeps stores in order, and the release
- * store orders them for the compiler).  Records older than tickets -
+ * of the record.  A reader reads the ring three times (each a system call
+ * apart: one copy's loads may happen in any order) and keeps the fields of
+ * the middle copy only if seq is even, non-zero, the same in all three, and
+ * names a ticket that maps to this slot: no writer touched it in between,
+ * so its fields belong together (a seqlock read; x86 keeps stores in
+ * order, and the release store orders them for the compiler).  Records older than tickets -
  * ULP_LOG_RECORDS were overwritten: the reader says how many. */
 #pragma GCC target("general-regs-only")
 

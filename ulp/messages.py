@@ -7,8 +7,9 @@ runtime/ulp_log.h; tests/test_messages.py compiles the header and checks
 every offset, size and value here against it.
 
 A record is kept only if it was whole while it was read: the ring is read
-twice, and a record counts if its sequence word is even, non-zero, the same
-both times and names a ticket of its own slot (a seqlock read, runtime/log.c
+three times, and a record's fields (from the second copy) count if its
+sequence word is even, non-zero, the same in all three and names a ticket
+of its own slot (a seqlock read, runtime/log.c
 "How a reader knows a record is whole").
 """
 
@@ -90,19 +91,25 @@ def _read(process: Process, address: int) -> Log:
             or nrecords & (nrecords - 1)):
         raise UlpError(f"process {process.pid} has a ulp message log this ulp cannot read "
                        f"(version {version})", ExitCode.NO_RUNTIME)
-    first = process.read(ring, nrecords * RECORD_SIZE)
+    # A seqlock read in three copies: the kernel copies with fast-string
+    # moves, whose loads within one copy may happen in any order, so the
+    # sequence words that bracket the fields come from the copies before
+    # and after the one the fields come from (each a system call apart).
+    before = process.read(ring, nrecords * RECORD_SIZE)
+    fields = process.read(ring, nrecords * RECORD_SIZE)
     tickets, dropped = struct.unpack("<QQ", process.read(address + TICKETS_OFFSET, 16))
-    second = process.read(ring, nrecords * RECORD_SIZE)
+    after = process.read(ring, nrecords * RECORD_SIZE)
     messages, unreadable = [], 0
     for slot in range(nrecords):
         offset = slot * RECORD_SIZE
-        record = struct.unpack_from(RECORD_FORMAT, first, offset)
+        record = struct.unpack_from(RECORD_FORMAT, fields, offset)
         seq = record[0]
         if seq == 0:
             continue
-        again = struct.unpack_from("<Q", second, offset)[0]
+        first = struct.unpack_from("<Q", before, offset)[0]
+        again = struct.unpack_from("<Q", after, offset)[0]
         ticket = seq // 2 - 1
-        if seq % 2 or seq != again or ticket % nrecords != slot:
+        if seq % 2 or seq != first or seq != again or ticket % nrecords != slot:
             unreadable += 1
             continue
         messages.append(_message(ticket, record))
