@@ -708,15 +708,20 @@ static int fill_references(const struct parsed_request *req, struct patch *p,
 /* Does a patch newer than P (ahead of it in the list) replace FD too?
  * Then P's own replacement of FD is not what every universe P runs in
  * selects, and P's calls to it must ask the descriptor. */
+static int replaces(const struct patch *p, const struct ulp_func_desc *fd)
+{
+    for (uint32_t i = 0; i < p->nunits; i++)
+        if (p->versions[i]->fd == fd)
+            return 1;
+    return 0;
+}
+
 static int replaced_again(const struct patch *p, const struct ulp_func_desc *fd)
 {
-    for (const struct patch *q = patches; q && q != p; q = q->next) {
-        if (q->lib != p->lib || q->state == PATCH_DISCARDED || q->state == PATCH_UNLOADED)
-            continue;
-        for (uint32_t i = 0; i < q->nunits; i++)
-            if (q->versions[i]->fd == fd)
-                return 1;
-    }
+    for (const struct patch *q = patches; q && q != p; q = q->next)
+        if (q->lib == p->lib && q->state != PATCH_DISCARDED && q->state != PATCH_UNLOADED &&
+            replaces(q, fd))
+            return 1;
     return 0;
 }
 
@@ -755,12 +760,10 @@ static void unbind_replaced_again(const struct patch *newer)
             continue;
         uint32_t n = 0;
         for (uint32_t k = 0; k < p->nunits; k++) {
-            for (uint32_t i = 0; i < newer->nunits; i++)
-                if (p->versions[k]->fd == newer->versions[i]->fd) {
-                    from[n] = p->versions[k]->version.target;
-                    fds[n++] = p->versions[k]->fd;
-                    break;
-                }
+            if (replaces(newer, p->versions[k]->fd)) {
+                from[n] = p->versions[k]->version.target;
+                fds[n++] = p->versions[k]->fd;
+            }
             if (n == 64 || (n && k + 1 == p->nunits)) {
                 ulp_unbind_patch_calls(map, from, fds, n);
                 n = 0;

@@ -197,7 +197,7 @@ ULP_HIDDEN struct ulp_func_desc *ulp_private_desc(struct ulp_lib_desc *lib, int6
     fd->code_start = main_program ? 0 : code_start;
     fd->code_size = main_program ? 0 : lib->code_size;
     /* last: a descriptor with a TLS offset is complete (entry.S) */
-    __atomic_store_n(&fd->tls_offset, ulp_library_record_offset(lib), __ATOMIC_RELEASE);
+    __atomic_store_n(&fd->tls_offset, ulp_thread_record_offset(), __ATOMIC_RELEASE);
     record->lib = lib;
     record->entry_delta = entry_delta;
     record->size = size;

@@ -38,7 +38,9 @@ static struct ulp_lib_desc *libraries[ULP_MAX_LIBS];
 #define STATE_OVERFLOW (-2)
 #define STATE_REFUSED (-3)
 
-static int64_t record_offset(void)
+/* The %fs-relative offset of the thread record, which registration stores
+ * in every descriptor (and private.c in those it makes). */
+ULP_HIDDEN int64_t ulp_thread_record_offset(void)
 {
     char *thread_pointer;
     __asm__("movq %%fs:0, %0" : "=r"(thread_pointer));
@@ -113,17 +115,10 @@ ULP_HIDDEN int ulp_register_library(struct ulp_lib_desc *lib)
     int64_t state = claim_slot(lib);
     if (state == STATE_REFUSED)
         return 0;
-    complete_descriptors(lib, record_offset());
+    complete_descriptors(lib, ulp_thread_record_offset());
     return state > 0;
 }
 
-/* The %fs-relative offset of the thread record, which registration stores
- * in each descriptor of LIB (and private.c in those it makes). */
-ULP_HIDDEN int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib)
-{
-    (void)lib;
-    return record_offset();
-}
 
 /* Called by the tracker with a descriptor whose library is not registered. */
 ULP_HIDDEN void ulp_register_function(struct ulp_func_desc *fd)

@@ -200,12 +200,11 @@ static int remember_pending(pid_t tid, int slot, struct ulp_thread_record *recor
     return 0;
 }
 
-static int mark_thread(const struct ulp_request_thread *t, struct ulp_lib_desc *lib, int slot,
+/* Mark the stopped thread T (its record REC) pending, in the universe it
+ * ran in, if it may be inside; else not pending.  1 if pending. */
+static int mark_thread(const struct ulp_request_thread *t, struct ulp_thread_record *rec,
                        uint64_t g)
 {
-    struct ulp_thread_record *rec =
-        (struct ulp_thread_record *)(uintptr_t)(t->thread_pointer +
-                                                ulp_library_record_offset(lib));
     if (!may_be_inside(t)) {
         rec->pending = 0;
         return 0;
@@ -216,7 +215,7 @@ static int mark_thread(const struct ulp_request_thread *t, struct ulp_lib_desc *
     rec->stack_high = t->stack_high;
     rec->hint_slot = 0;
     rec->pending = 1;
-    return remember_pending(t->tid, slot, rec);
+    return 1;
 }
 
 ULP_HIDDEN void ulp_add_code_range(uintptr_t low, uintptr_t high)
@@ -257,15 +256,22 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int 
     add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
     for (uint32_t k = 0; k < nlibs; k++)
         add_library_code(libs[k]);
-    for (uint32_t k = 0; k < nlibs; k++) {
+    for (uint32_t k = 0; k < nlibs; k++)
         for_each_descriptor(libs[k], point_at_tracker);
-        for (uint32_t i = 0; i < n; i++) {
-            if (threads[i].thread_pointer && mark_thread(&threads[i], libs[k], slots[k], g) != 0)
+    /* one record per thread, for every library: judged once; remembered
+     * per library, whose transition it holds open */
+    for (uint32_t i = 0; i < n; i++) {
+        struct ulp_thread_record *rec = (struct ulp_thread_record *)(uintptr_t)(
+            threads[i].thread_pointer + ulp_thread_record_offset());
+        if (!threads[i].thread_pointer || !mark_thread(&threads[i], rec, g))
+            continue;
+        for (uint32_t k = 0; k < nlibs; k++)
+            if (remember_pending(threads[i].tid, slots[k], rec) != 0)
                 status = -1;
-        }
-        if (status == 0)
-            in_transition[slots[k]] = 1;
     }
+    if (status == 0)
+        for (uint32_t k = 0; k < nlibs; k++)
+            in_transition[slots[k]] = 1;
     pthread_mutex_unlock(&transition_lock);
     return status;
 }

@@ -40,7 +40,7 @@ int ulp_library_slot(const struct ulp_lib_desc *lib);
 void ulp_forget_slot(int slot, struct ulp_lib_desc *lib);
 void *ulp_pin_object(uint64_t address, int *gone);
 int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slot);
-int64_t ulp_library_record_offset(const struct ulp_lib_desc *lib);
+int64_t ulp_thread_record_offset(void);
 
 /* private.c: descriptors for functions the prepared library has none for,
  * and the data references of patch objects */
