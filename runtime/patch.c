@@ -1007,13 +1007,34 @@ static int list_applied(struct reply *reply, int listing, uint64_t lib)
 static int handle_request(const struct ulp_request *head, uint32_t size, char *message,
                           size_t message_size);
 
-/* Set while the pins of the previous request are kept for this one. */
+/* Set while the pins of the previous request are kept for this one, and
+ * since when (CLOCK_MONOTONIC, ns). */
 static int pins_kept;
+static int64_t pins_kept_since;
 
-/* The agent's idle tick: pins kept for a request that never came (its
- * trigger died), or left by one sent with every thread stopped, go now. */
+/* How long the agent's tick leaves pins kept for a COMMIT or REVERT that
+ * has not come yet: the trigger stops every thread in between, which can
+ * take a while on a loaded machine with many threads.  Longer, and its
+ * trigger is taken to be dead. */
+#define PINS_GRACE_NS (30 * 1000000000LL)
+
+static int64_t monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* The agent's idle tick: pins left by a request sent with every thread
+ * stopped go now, pins kept for a request that never came (its trigger
+ * died) once their grace is over.  The tick runs between two requests of
+ * one trigger too (the agent waits between them, and a trigger catches it
+ * in its wait, after the tick): pins released there would make the COMMIT
+ * take the loader's lock with every thread stopped. */
 ULP_HIDDEN void ulp_release_kept_pins(void)
 {
+    if (pins_kept && monotonic_ns() - pins_kept_since < PINS_GRACE_NS)
+        return;
     release_pins();
     pins_kept = 0;
 }
@@ -1031,13 +1052,24 @@ static int world_stopped(const struct ulp_request *head, uint32_t size)
 ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
                                   char *message, size_t message_size)
 {
-    if (!(pins_kept && world_stopped(head, size))) {
-        release_pins();
-        sweep(1);
+    int status;
+    if (world_stopped(head, size) && !pins_kept) {
+        /* no sweep now: a stopped thread may hold the loader's lock */
+        struct reply reply = {message, message_size};
+        status = answer(&reply, ULP_E_PINS_RELEASED,
+                        "the libraries were let go before this request came (more than "
+                        "%lld s after the one before); nothing changed, retry",
+                        PINS_GRACE_NS / 1000000000LL);
+    } else {
+        if (!world_stopped(head, size)) {
+            release_pins();
+            sweep(1);
+        }
+        status = handle_request(head, size, message, message_size);
     }
-    int status = handle_request(head, size, message, message_size);
     ulp_log_refusal(head, status, message);
     pins_kept = size >= sizeof *head && (head->flags & ULP_REQUEST_KEEP_PINS);
+    pins_kept_since = monotonic_ns();
     if (!pins_kept && !world_stopped(head, size))
         release_pins();
     return status;

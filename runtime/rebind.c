@@ -126,8 +126,8 @@ static uintptr_t *plt_slot(const struct plt *plt, size_t i)
 }
 
 /* Bind PLT's slots that lead to LIB's trampolines; nothing is written (no
- * page made writable) unless some slot does. */
-static void bind_slots(const struct plt *plt, struct ulp_lib_desc *lib,
+ * page made writable) unless some slot does.  Returns how many were bound. */
+static size_t bind_slots(const struct plt *plt, struct ulp_lib_desc *lib,
                        struct ulp_func_desc *const *replaced, void *const *replacements,
                        uint32_t n)
 {
@@ -141,16 +141,20 @@ static void bind_slots(const struct plt *plt, struct ulp_lib_desc *lib,
         }
     }
     if (first == plt->count || (read_only && set_relro(plt, PROT_READ | PROT_WRITE) != 0))
-        return;
+        return 0;
+    size_t bound = 0;
     for (size_t i = first; i < plt->count; i++) {
         uintptr_t *slot = plt_slot(plt, i);
         struct ulp_func_desc *fd = slot ? trampoline_function(lib, *slot) : NULL;
-        if (fd)
+        if (fd) {
             __atomic_store_n(slot, bound_target(fd, replaced, replacements, n),
                              __ATOMIC_RELAXED);
+            bound++;
+        }
     }
     if (read_only)
         set_relro(plt, PROT_READ);
+    return bound;
 }
 
 static int object_phdrs(struct dl_phdr_info *info, size_t size, void *data)
@@ -212,8 +216,8 @@ ULP_HIDDEN void ulp_unbind_patch_calls(const struct link_map *map, void *const *
  * slots are bound here. */
 static int bind_own_calls(struct dl_phdr_info *info, size_t size, void *data)
 {
+    size_t *bound = data;
     (void)size;
-    (void)data;
     const ElfW(Dyn) *dynamic = NULL;
     for (int i = 0; i < info->dlpi_phnum; i++)
         if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
@@ -221,13 +225,15 @@ static int bind_own_calls(struct dl_phdr_info *info, size_t size, void *data)
     struct ulp_lib_desc *lib = dynamic ? ulp_registered_library_of(info) : NULL;
     struct plt plt;
     if (lib && read_plt(info->dlpi_addr, dynamic, info->dlpi_phdr, info->dlpi_phnum, &plt) == 0)
-        bind_slots(&plt, lib, NULL, NULL, 0);
+        *bound += bind_slots(&plt, lib, NULL, NULL, 0);
     return 0;
 }
 
 /* The agent's tick: every registered library's own PLT calls to its exports
- * go to their entries. */
-ULP_HIDDEN void ulp_rebind_library_calls(void)
+ * go to their entries.  Returns how many slots were bound now. */
+ULP_HIDDEN size_t ulp_rebind_library_calls(void)
 {
-    dl_iterate_phdr(bind_own_calls, NULL);
+    size_t bound = 0;
+    dl_iterate_phdr(bind_own_calls, &bound);
+    return bound;
 }

@@ -75,6 +75,8 @@ enum ulp_status {
     ULP_E_UNLOADED = 17,        /* the patch's target library was unloaded */
     ULP_E_PRIVATE = 18,         /* a private function's entry is not one the runtime can route */
     ULP_E_REFERENCE = 19,       /* a data reference of the patch cannot be filled */
+    ULP_E_PINS_RELEASED = 20,   /* a COMMIT/REVERT with every thread stopped came after
+                                 * the agent let go of the pins kept for it: retry */
 };
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then

@@ -69,7 +69,7 @@ extern int32_t ulp_staged_fd;
 struct link_map;
 struct dl_phdr_info;
 struct ulp_lib_desc *ulp_registered_library_of(const struct dl_phdr_info *info);
-void ulp_rebind_library_calls(void);
+size_t ulp_rebind_library_calls(void);
 void ulp_unbind_patch_calls(const struct link_map *map, void *const *from,
                             struct ulp_func_desc *const *fds, uint32_t n);
 void ulp_rebind_patch_calls(const struct link_map *map, struct ulp_lib_desc *lib,

@@ -46,6 +46,12 @@ def _symbol_offset(path: str, version: tuple, symbol: str) -> int | None:
         return elf.dynamic_symbol_value(symbol)
 
 
+def _waiting(tracee: Tracee, header: MailboxHeader) -> bool:
+    """Is the stopped agent in its idle wait (the one ppoll it makes)?"""
+    regs = tracee.get_registers()
+    return regs.orig_rax == SYS_PPOLL and regs.rip == header.idle_address
+
+
 def runtime_symbol(process: Process, symbol: str) -> int | None:
     """The address of the runtime's exported ``symbol`` in ``process``, or None."""
     objects = process.mapped_objects()
@@ -125,8 +131,7 @@ class Agent:
                 tracee.detach()  # the process is being stopped: leave it to that
                 raise UlpError(f"process {self.process.pid} is being stopped (job control); "
                                "nothing done", ExitCode.RETRY)
-            regs = tracee.get_registers()
-            if regs.orig_rax == SYS_PPOLL and regs.rip == header.idle_address:
+            if _waiting(tracee, header):
                 self.tracee = tracee
                 tracee.save_registers()
                 return
@@ -223,8 +228,7 @@ class Agent:
                            len(payload).to_bytes(4, "little"))
         self._start_dispatch(header)
         self._wait_answer(header.serial)
-        self.tracee.interrupt()
-        self.tracee.wait_stop(self.deadline())
+        self._stop_in_wait(header)
         answer = self.header()
         raw = self.process.read(self.mailbox + agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX)
         message = raw.split(b"\0", 1)[0].decode(errors="replace")
@@ -271,6 +275,24 @@ class Agent:
         self.tracee.set_registers(regs)
         self.running_request = True
         self.tracee.resume()
+
+    def _stop_in_wait(self, header: MailboxHeader) -> None:
+        """Stop the agent once it waits again after answering.  Between two
+        waits it runs its tick, which may hold ld.so's lock or be halfway
+        through the library table: a request started there, and the
+        registers restored afterwards, would abandon the tick where it stood
+        (a deadlock or a crash later).  The tick is short; let it finish."""
+        deadline = self.deadline()
+        while True:
+            self.tracee.interrupt()
+            self.tracee.wait_stop(deadline)
+            if _waiting(self.tracee, header):
+                return
+            if time.monotonic() > deadline:
+                raise UlpError(f"the ulp agent of process {self.process.pid} did not come back "
+                               f"to its wait in {self.timeout:g}s", ExitCode.RETRY)
+            self.tracee.resume()
+            time.sleep(POLL_FIRST)
 
     def _wait_answer(self, old_serial: int) -> None:
         deadline = self.deadline()

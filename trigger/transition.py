@@ -67,6 +67,7 @@ STATUS_EXIT_CODES = {
     Status.UNLOADED: ExitCode.LIBRARY_NOT_LOADED,
     Status.PRIVATE: ExitCode.TARGET_MISMATCH,
     Status.REFERENCE: ExitCode.PATCH_OBJECT,
+    Status.PINS_RELEASED: ExitCode.RETRY,
 }
 
 @dataclass

@@ -80,6 +80,7 @@ class Status(enum.IntEnum):
     UNLOADED = 17
     PRIVATE = 18  # a private function's entry cannot be routed
     REFERENCE = 19  # a data reference cannot be filled
+    PINS_RELEASED = 20  # a commit with every thread stopped came too late: retry
 
 
 class RefKind(enum.IntEnum):
