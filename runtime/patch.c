@@ -906,6 +906,9 @@ static uint32_t gather(struct patch *parts[ULP_MAX_LIBS])
 static int publish(const struct parsed_request *req, struct patch *const *parts, uint32_t n,
                    int reverting, struct reply *reply)
 {
+    const char *why = ulp_coroutine_stacks_judgeable();
+    if (why)
+        return answer(reply, ULP_E_COROUTINES, "%s; nothing changed", why);
     uint64_t universe = stamp_and_publish(req, parts, n, reverting,
                                           reverting ? PATCH_REVERTED : PATCH_APPLIED);
     for (uint32_t k = 0; k < n; k++)
@@ -1016,7 +1019,7 @@ static int64_t pins_kept_since;
  * has not come yet: the trigger stops every thread in between, which can
  * take a while on a loaded machine with many threads.  Longer, and its
  * trigger is taken to be dead. */
-#define PINS_GRACE_NS (30 * 1000000000LL)
+#define PINS_GRACE_NS (5 * 1000000000LL)
 
 static int64_t monotonic_ns(void)
 {

@@ -224,6 +224,39 @@ ULP_HIDDEN int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slo
     return search.found && (search.state == slot + 1 || search.state == 0);
 }
 
+struct visit {
+    struct ulp_lib_desc *lib;
+    int slot;
+    void (*fn)(struct ulp_lib_desc *);
+    int done;
+};
+
+static int visit_registered(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct visit *visit = data;
+    (void)size;
+    if (!holds_descriptor(info, (uint64_t)(uintptr_t)visit->lib))
+        return 0;
+    if (memcmp(visit->lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
+        __atomic_load_n(&visit->lib->state, __ATOMIC_ACQUIRE) == visit->slot + 1) {
+        visit->fn(visit->lib);
+        visit->done = 1;
+    }
+    return 1;
+}
+
+/* Run FN on the library in SLOT, under the loader's lock (no dlclose can
+ * unmap it meanwhile), if the copy loaded there is the one registered in
+ * SLOT: a copy unloaded and another loaded at the same address, not
+ * registered yet or in another slot, is not touched.  1 if FN ran. */
+ULP_HIDDEN int ulp_with_library_in_slot(int slot, void (*fn)(struct ulp_lib_desc *))
+{
+    struct visit visit = {ulp_library_in_slot(slot), slot, fn, 0};
+    if (visit.lib)
+        dl_iterate_phdr(visit_registered, &visit);
+    return visit.done;
+}
+
 /* The library registered in a slot whose descriptor lies in the object
  * INFO describes, or NULL.  Called under dl_iterate_phdr (the object
  * stays loaded meanwhile). */

@@ -48,6 +48,15 @@ TRACKER_CODE ULP_HIDDEN void *ulp_version_in(const struct ulp_func_desc *fd, uin
     return v->target;
 }
 
+/* Does [SLOT + 8, HIGH) hold a word of prepared code? */
+TRACKER_CODE static int prepared_code_above(uintptr_t slot, uintptr_t high)
+{
+    for (uintptr_t p = slot + 8; p < high; p += 8)
+        if (ulp_is_prepared_code(*(volatile const uintptr_t *)p))
+            return 1;
+    return 0;
+}
+
 /* Does the stack above SLOT (the return address of an entry from outside)
  * hold a word of prepared code?  1 also when it cannot look: SLOT is not on
  * the stack the commit saw (an alternate signal stack, a coroutine's). */
@@ -76,14 +85,45 @@ TRACKER_CODE static int may_be_inside(struct ulp_thread_record *rec, uintptr_t s
     return 0;
 }
 
+/* An entry whose return address is at SLOT, on a pending coroutine stack
+ * (coroutine.c) ending at HIGH, pending in UNIVERSE, whose flag is
+ * PENDING: judged like a pending thread's, by the stack, whichever thread
+ * runs it now. */
+TRACKER_CODE static uint64_t universe_on_pending_stack(int *pending, uintptr_t high,
+                                                        uint64_t universe,
+                                                        const struct ulp_func_desc *fd,
+                                                        uintptr_t slot, uint64_t g)
+{
+    uintptr_t caller = *(const uintptr_t *)slot;
+    if (caller - fd->code_start < fd->code_size || ulp_is_prepared_code(caller) ||
+        (slot & 7) || prepared_code_above(slot, high))
+        return universe;
+    ulp_clear_coroutine_stack(pending);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return g;
+}
+
 /* The universe an entry whose return address is at SLOT runs in, for a
  * thread whose record is REC, when G is G. */
 TRACKER_CODE static uint64_t universe_of_entry(struct ulp_thread_record *rec, const struct ulp_func_desc *fd,
                                   uintptr_t slot, uint64_t g)
 {
+    if (__atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_RELAXED)) {
+        uintptr_t high;
+        uint64_t universe;
+        int *pending = ulp_pending_coroutine_stack(slot, &high, &universe);
+        if (pending)
+            return universe_on_pending_stack(pending, high, universe, fd, slot, g);
+    }
     if (!__atomic_load_n(&rec->pending, __ATOMIC_RELAXED))
         return g;
     uint64_t universe = rec->universe;
+    /* off the stacks the commit saw, on a coroutine's: nested in this
+     * thread's live activation, and the coroutine keeps that universe */
+    if (slot < rec->stack_low || slot >= rec->stack_high) {
+        ulp_mark_coroutine_stack(slot, universe);
+        return universe;
+    }
     uintptr_t caller = *(const uintptr_t *)slot;
     if (caller - fd->code_start < fd->code_size)
         return universe;        /* from the library itself: nested */

@@ -240,7 +240,7 @@ static void add_library_code(const struct ulp_lib_desc *lib)
 
 /* Start a transition of the libraries LIBS[0..NLIBS) (in table slots
  * SLOTS), with every thread but the agent stopped as THREADS[0..N)
- * describe.  The caller publishes the next G afterwards.  The code of every
+ * describe, after ulp_coroutine_stacks_judgeable() said yes.  The caller publishes the next G afterwards.  The code of every
  * library is known before any thread is judged: a thread inside one of
  * them stays pending in all, so a chain of calls through several keeps one
  * universe.  -1 if more threads are pending than the agent can remember
@@ -258,6 +258,7 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int 
         add_library_code(libs[k]);
     for (uint32_t k = 0; k < nlibs; k++)
         for_each_descriptor(libs[k], point_at_tracker);
+    ulp_mark_coroutine_stacks(g);
     /* one record per thread, for every library: judged once; remembered
      * per library, whose transition it holds open */
     for (uint32_t i = 0; i < n; i++) {
@@ -288,6 +289,8 @@ ULP_EXPORT void ulp_test_transition(const struct ulp_request_thread *threads, ui
         if ((libs[nlibs] = ulp_library_in_slot(slot)) != NULL)
             slots[nlibs++] = slot;
     }
+    if (ulp_coroutine_stacks_judgeable() != NULL)
+        return;
     ulp_begin_transition(libs, slots, nlibs, threads, n);
     __atomic_store_n(&ulp_global_universe, universe, __ATOMIC_RELEASE);
 }
@@ -311,6 +314,11 @@ static int still_pending(const struct pending_thread *p)
     return value != 0 && thread_alive(p->tid);
 }
 
+static void end_transition_of(struct ulp_lib_desc *lib)
+{
+    for_each_descriptor(lib, point_at_version);
+}
+
 /* The agent's tick: forget threads that left their universe or ended, and
  * end the transitions no thread is pending in any more. */
 ULP_HIDDEN void ulp_transition_tick(void)
@@ -325,11 +333,15 @@ ULP_HIDDEN void ulp_transition_tick(void)
         pending[kept++] = pending[i];
     }
     npending = kept;
+    /* a pending coroutine stack may be resumed by any thread, in any
+     * library: every transition stays open until none is left */
+    int coroutines = ulp_coroutine_tick(npending > 0) > 0;
     for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
-        struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
-        if (!in_transition[slot] || busy[slot] || !lib)
+        if (!in_transition[slot] || busy[slot] || coroutines)
             continue;
-        for_each_descriptor(lib, point_at_version);
+        /* a copy unloaded since (and maybe another mapped at its address,
+         * registered elsewhere or not yet) has no transition to end */
+        ulp_with_library_in_slot(slot, end_transition_of);
         in_transition[slot] = 0;
     }
     pthread_mutex_unlock(&transition_lock);

@@ -8,7 +8,9 @@ line the program prints (with LiveProcess's timeout), never on a sleep."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -604,7 +606,7 @@ def test_forked_child_is_patched_on_its_own(shapes) -> None:
 def coro(build_dir: Path) -> dict[str, Path]:
     root = build_dir / "coro"
     lib = prepared_library(root / "lib" / "libcoro.so", [C_DIR / "cm_coro_lib.c"])
-    app = cc(root / "app", [C_DIR / "cm_coro_app.c"], f"-L{root / 'lib'}", "-lcoro")
+    app = cc(root / "app", [C_DIR / "cm_coro_app.c"], f"-L{root / 'lib'}", "-lcoro", "-pthread")
     fix = patch(root, "fix_coro", lib, {"coro_tag": "coro_tag_v2"}, C_DIR / "cm_coro_fix.c")
     return {"root": root, "app": app, "fix": fix}
 
@@ -626,3 +628,34 @@ def test_coroutine_on_another_stack_keeps_the_live_activation_universe(coro) -> 
         assert app.next_line() == "coroutine waiting"
         app.send("go\n")
         assert app.next_line() == "run=22 coroutine=2"
+
+
+def in_transition(pid: int) -> bool:
+    listed = tool("ulp", "patches", "--json", "-p", str(pid))
+    assert listed.returncode == 0, listed.stderr
+    return any(lib["in_transition"] for lib in json.loads(listed.stdout)[0]["libraries"])
+
+
+@pytest.mark.parametrize("where", ["resume", "resume thread"])
+def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, where) -> None:
+    """A coroutine on a stack of its own enters L, and L's callback switches
+    back to main: its activation waits on a stack no thread runs on, which
+    the commit would not see on any thread.  Resumed after the patch, on
+    the same thread or on another (a coroutine may move), the rest of the
+    activation must run in the universe it began in: coro_run's second
+    coro_tag is 1, like its first (12 was the mix).  Its stack unmapped,
+    the transition ends."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "park") == "parked"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"                 # main runs the new universe
+        assert ask(app, where) == "resumed run=11"        # the parked activation: the old one
+        assert ask(app, "tag") == "tag=2"
+        assert ask(app, "unpark") == "unparked"
+        deadline = time.monotonic() + 30
+        while in_transition(app.pid):
+            assert time.monotonic() < deadline, "the transition did not end"
+            time.sleep(0.05)
+        assert ask(app, "park") == "parked"               # a new activation: the new universe
+        assert ask(app, where) == "resumed run=22"

@@ -36,7 +36,7 @@ TIMEOUT = 20
 def lc(build_dir: Path) -> Path:
     """app, lib/liblc.so (prepared), copy/liblc.so (the same file under
     another path), fix.ulp (lc_value returns 2), exec.ulp (its constructor
-    execs the program again)."""
+    execs the program again), slow.ulp (ld.so takes 300 ms to load it)."""
     root = build_dir / "lc"
     (root / "lib").mkdir(parents=True)
     (root / "copy").mkdir()
@@ -45,7 +45,8 @@ def lc(build_dir: Path) -> Path:
     shutil.copy(lib, root / "copy" / "liblc.so")
     cc(root / "app", [C_DIR / "lc_app.c"], "-I", str(RUNTIME.parent), "-ldl", "-lpthread")
     for name, source, pair in (("fix", "lc_fix.c", "lc_value:lc_value_v2"),
-                               ("exec", "lc_fix_exec.c", "lc_value:lc_value_v3")):
+                               ("exec", "lc_fix_exec.c", "lc_value:lc_value_v3"),
+                               ("slow", "lc_fix_slow.c", "lc_value:lc_value_v4")):
         shared_library(root / f"lib{name}.so", [C_DIR / source], patchable=False)
         (root / f"{name}.desc").write_text(f"lib{name}.so\n@lib/liblc.so\n{pair}\n")
         packed = tool("ulp-packer", root / f"{name}.desc", "-o", root / f"{name}.ulp")
@@ -201,6 +202,26 @@ def test_seventy_load_cycles_under_every_kind_of_patch_state(lc: Path) -> None:
 
 
 # --- item 12: the process must be able to end -------------------------------------------------
+
+
+def test_fork_while_the_agent_is_inside_the_loader(lc: Path) -> None:
+    """A thread forks again and again while the agent loads a patch that
+    takes ld.so 300 ms to relocate (inside dlopen, holding the loader's
+    lock); every child dlopens a library and must succeed: glibc's fork
+    does not wait for the loader's lock, it resets it in the child (the
+    children of a program whose own thread sits in dlopen fare the same;
+    measured with the loader's list marked as changing too, RT_ADD: 796
+    children, none failed)."""
+    with start(lc) as app:
+        assert ask(app, "open 0 " + str(lc / "lib" / "liblc.so")) == "opened"
+        assert ask(app, "call 0") == "value=1"
+        assert ask(app, "fork-loop " + str(lc / "copy" / "liblc.so")) == "forking"
+        apply(app, lc / "slow.ulp")
+        result = ask(app, "fork-result")
+        counts = dict(field.split("=") for field in result.split())
+        assert int(counts["forks"]) > 0, result
+        assert counts["bad"] == "0", result
+        assert ask(app, "call 0") == "value=4"
 
 
 def test_process_ends_when_its_last_thread_returns(lc: Path) -> None:

@@ -344,7 +344,7 @@ def test_a_library_unloaded_between_prepare_and_commit_applies_nothing(unloading
             agent.release()
             assert ask(app, "close 2") == "closed"
             # the last PREPARE kept the libraries pinned for a COMMIT that did
-            # not come: the agent lets them go at its next tick
+            # not come: the agent lets them go at its first tick 5 s after
             deadline = time.monotonic() + 20
             while "liblc2.so" in Path(f"/proc/{app.pid}/maps").read_text():
                 assert time.monotonic() < deadline, "liblc2.so stays mapped"

@@ -68,6 +68,7 @@ STATUS_EXIT_CODES = {
     Status.PRIVATE: ExitCode.TARGET_MISMATCH,
     Status.REFERENCE: ExitCode.PATCH_OBJECT,
     Status.PINS_RELEASED: ExitCode.RETRY,
+    Status.COROUTINES: ExitCode.RETRY,
 }
 
 @dataclass

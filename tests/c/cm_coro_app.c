@@ -4,10 +4,18 @@
  *   run  -> coro_run(): the coroutine prints "coroutine waiting", reads a
  *           line (the test patches meanwhile), calls coro_tag, switches back;
  *           then prints "run=<outer tags> coroutine=<its tag>"
- *   tag  -> "tag=<coro_tag()>" from main, an external entry */
+ *   tag  -> "tag=<coro_tag()>" from main, an external entry
+ *   park -> a coroutine on a stack of its own (mmap) calls coro_run, whose
+ *           callback switches back to main: the coroutine is suspended
+ *           inside the library, on no thread; prints "parked"
+ *   resume [thread] -> the parked coroutine goes on (on this thread, or on
+ *           a new one): coro_run returns; prints "resumed run=<tags>"
+ *   unpark -> unmaps the parked coroutine's stack; prints "unparked" */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 int coro_tag(void);
@@ -40,6 +48,50 @@ static void switch_to_coroutine(void)
     free(stack);
 }
 
+/* --- a coroutine parked inside the library ------------------------------- */
+
+static ucontext_t parked_context, parker_context;
+static void *parked_stack;
+static int parked_run;
+
+static void park_here(void)
+{
+    swapcontext(&parked_context, &parker_context);
+}
+
+static void parked_coroutine(void)
+{
+    parked_run = coro_run(park_here);
+}
+
+static void park(void)
+{
+    parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                        -1, 0);
+    getcontext(&parked_context);
+    parked_context.uc_stack.ss_sp = parked_stack;
+    parked_context.uc_stack.ss_size = STACK_SIZE;
+    parked_context.uc_link = &parker_context;
+    makecontext(&parked_context, parked_coroutine, 0);
+    swapcontext(&parker_context, &parked_context);
+    printf("parked\n");
+}
+
+/* Resume the parked coroutine from the calling thread until it returns. */
+static void *resume(void *unused)
+{
+    (void)unused;
+    swapcontext(&parker_context, &parked_context);
+    return NULL;
+}
+
+static void resume_on_another_thread(void)
+{
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, resume, NULL) == 0)
+        pthread_join(thread, NULL);
+}
+
 int main(void)
 {
     char line[16];
@@ -51,6 +103,17 @@ int main(void)
             printf("run=%d coroutine=%d\n", outer, coroutine_saw);
         } else if (strncmp(line, "tag", 3) == 0) {
             printf("tag=%d\n", coro_tag());
+        } else if (strncmp(line, "park", 4) == 0) {
+            park();
+        } else if (strncmp(line, "resume thread", 13) == 0) {
+            resume_on_another_thread();
+            printf("resumed run=%d\n", parked_run);
+        } else if (strncmp(line, "resume", 6) == 0) {
+            resume(NULL);
+            printf("resumed run=%d\n", parked_run);
+        } else if (strncmp(line, "unpark", 6) == 0) {
+            munmap(parked_stack, STACK_SIZE);
+            printf("unparked\n");
         }
     }
     return 0;

@@ -13,6 +13,11 @@
  *   exec-traced D   a thread execs this program ("execd") D microseconds
  *                   after it sees a trigger at work: the ulp agent traced,
  *                   or an answer of the agent (the mailbox serial moved)
+ *   fork-loop PATH  a thread forks until "fork-result": each child dlopens
+ *                   PATH and exits 0 if it could (killed by SIGALRM after
+ *                   5 s if the loader hangs)
+ *   fork-result     stops the loop: "forks=N bad=B" (B: children that did
+ *                   not exit 0)
  *   bench N         N rounds of 256 malloc(200) then 256 free: ns per pair
  *   handoff         (main thread) a new thread takes the command loop, the
  *                   main thread calls pthread_exit
@@ -68,6 +73,35 @@ static void fork_unshare(void)
     close(fds[0]);
     waitpid(child, NULL, 0);
     fputs(text, stdout);
+}
+
+static struct {
+    pthread_t thread;
+    char path[4000];
+    int stop;
+    int forks, bad;
+} fork_loop;
+
+static int fork_and_dlopen(const char *path)
+{
+    pid_t child = fork();
+    if (child == 0) {
+        alarm(5);
+        _exit(dlopen(path, RTLD_NOW | RTLD_LOCAL) ? 0 : 1);
+    }
+    int status = 0;
+    return child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+           WEXITSTATUS(status) == 0;
+}
+
+static void *fork_repeatedly(void *unused)
+{
+    (void)unused;
+    while (!__atomic_load_n(&fork_loop.stop, __ATOMIC_ACQUIRE)) {
+        fork_loop.bad += !fork_and_dlopen(fork_loop.path);
+        fork_loop.forks++;
+    }
+    return NULL;
 }
 
 static char *self_argv0;
@@ -190,6 +224,16 @@ static void *command_loop(void *unused)
                 printf("exec-traced failed\n");
             else
                 printf("armed\n");
+        } else if (sscanf(line, "fork-loop %3999s", fork_loop.path) == 1) {
+            fork_loop.stop = 0;
+            if (pthread_create(&fork_loop.thread, NULL, fork_repeatedly, NULL) != 0)
+                printf("fork-loop failed\n");
+            else
+                printf("forking\n");
+        } else if (strcmp(line, "fork-result") == 0) {
+            __atomic_store_n(&fork_loop.stop, 1, __ATOMIC_RELEASE);
+            pthread_join(fork_loop.thread, NULL);
+            printf("forks=%d bad=%d\n", fork_loop.forks, fork_loop.bad);
         } else if (strncmp(line, "bench ", 6) == 0) {
             bench(atol(line + 6));
         } else if (strcmp(line, "handoff") == 0) {

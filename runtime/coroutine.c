@@ -1,0 +1,287 @@
+/* Coroutine stacks: activations a commit cannot see on any thread.
+ *
+ * A commit judges each thread by the stacks it knows of: the one the thread
+ * stopped on and the thread's own (transition.c).  A coroutine that entered
+ * a library and then switched away (swapcontext) leaves its activation on a
+ * third stack, live but on no thread.  Resumed after the commit, by this
+ * thread or any other, it would make its nested calls in the new universe
+ * of a thread that was never pending: one activation, two versions.
+ *
+ * So the runtime learns every stack made with makecontext(3), the C
+ * library's one way to create one: the program's calls to makecontext come
+ * here first (this definition interposes on glibc's, as the preloaded
+ * runtime comes before it) and the stack is noted before glibc's runs.  A
+ * commit then searches every noted stack, whole, on no thread or on one:
+ * one holding a word of prepared code is *pending*, in the universe before
+ * the commit, like a thread.  The tracker judges an entry whose return
+ * address lies on a pending stack by that stack, whichever thread runs it
+ * (tracker.c).  A pending thread that enters a library from a noted stack
+ * that is not pending runs that activation in its own universe (nested in
+ * the thread's live one), and marks the stack pending in it: whoever
+ * resumes it later resumes it there.  A pending stack stops being pending
+ * at an entry from outside with no word of prepared code above it, or when
+ * the agent's tick finds no such word on it any more while no thread is
+ * pending (no thread could mark it again).
+ *
+ * Stacks made otherwise (hand-written stack switches, boost.context) are
+ * not seen: docs/consistency.md, "What is not covered".
+ *
+ * The table is changed under a mutex by makecontext only; a commit (every
+ * other thread stopped, maybe one inside makecontext holding the mutex)
+ * only tries the mutex and refuses to start (retry) if it is taken.  The
+ * tracker reads entries without a lock: each has a sequence number, odd
+ * while makecontext rewrites it. */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sys/uio.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "ulp_internal.h"
+
+
+struct coroutine_stack {
+    uint64_t seq;               /* odd while makecontext rewrites low/high */
+    uintptr_t low, high;        /* 0, 0: a free entry */
+    uint64_t universe;          /* while pending: the universe before the commit */
+    int pending;
+};
+
+static struct coroutine_stack stacks[ULP_MAX_COROUTINE_STACKS];
+static uint32_t nstacks;                /* entries in use are below this */
+static int overflowed;                  /* a stack could not be noted */
+static pthread_mutex_t stacks_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Code the tracker runs: with only the integer registers saved, and in
+ * the section a commit counts as prepared code. */
+#define TRACKER_CODE __attribute__((section("ulp_tracker_text"), target("general-regs-only")))
+
+/* How many entries are pending: the tracker looks them up only if some are. */
+ULP_HIDDEN uint32_t ulp_pending_coroutine_stacks;
+
+/* Pending from now on, in UNIVERSE; 1 if it was not (any thread). */
+TRACKER_CODE static int mark_pending(struct coroutine_stack *s, uint64_t universe)
+{
+    int expected = 0;
+    if (__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
+        return 0;
+    __atomic_store_n(&s->universe, universe, __ATOMIC_RELAXED);
+    if (!__atomic_compare_exchange_n(&s->pending, &expected, 1, 0, __ATOMIC_RELEASE,
+                                     __ATOMIC_RELAXED))
+        return 0;
+    __atomic_add_fetch(&ulp_pending_coroutine_stacks, 1, __ATOMIC_RELEASE);
+    return 1;
+}
+
+/* Pending no more (any thread). */
+TRACKER_CODE static void clear_pending(int *pending)
+{
+    int expected = 1;
+    if (__atomic_compare_exchange_n(pending, &expected, 0, 0, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED))
+        __atomic_sub_fetch(&ulp_pending_coroutine_stacks, 1, __ATOMIC_RELEASE);
+}
+
+/* --- makecontext ------------------------------------------------------------ */
+
+static void rewrite(struct coroutine_stack *s, uintptr_t low, uintptr_t high)
+{
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&s->low, low, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->high, high, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+}
+
+/* A stack that overlaps a noted one that is not pending replaces it (that
+ * memory is a new stack now); a pending one stays until it is judged. */
+static void note_stack(uintptr_t low, uintptr_t high)
+{
+    struct coroutine_stack *free_entry = NULL;
+    for (uint32_t i = 0; i < nstacks; i++) {
+        struct coroutine_stack *s = &stacks[i];
+        if (s->low == low && s->high == high)
+            return;
+        int overlaps = s->low < high && low < s->high;
+        if ((overlaps || s->high == 0) && !s->pending && !free_entry)
+            free_entry = s;
+        else if (overlaps && !s->pending)
+            rewrite(s, 0, 0);
+    }
+    if (!free_entry && nstacks < ULP_MAX_COROUTINE_STACKS)
+        free_entry = &stacks[nstacks];
+    if (!free_entry) {
+        __atomic_store_n(&overflowed, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    rewrite(free_entry, low, high);
+    if (free_entry == &stacks[nstacks])
+        __atomic_store_n(&nstacks, nstacks + 1, __ATOMIC_RELEASE);
+}
+
+typedef void (*makecontext_fn)(ucontext_t *, void (*)(void), int, ...);
+ULP_HIDDEN makecontext_fn ulp_glibc_makecontext;
+
+/* Called by makecontext (below) with the program's arguments. */
+ULP_HIDDEN __attribute__((used)) void ulp_note_context(const ucontext_t *context)
+{
+    if (!ulp_glibc_makecontext)
+        ulp_glibc_makecontext = (makecontext_fn)dlsym(RTLD_NEXT, "makecontext");
+    uintptr_t low = (uintptr_t)context->uc_stack.ss_sp;
+    uintptr_t high = low + context->uc_stack.ss_size;
+    if (low >= high)
+        return;
+    pthread_mutex_lock(&stacks_lock);
+    note_stack(low, high);
+    pthread_mutex_unlock(&stacks_lock);
+}
+
+/* makecontext is variadic: note the stack, then go on to glibc's with every
+ * argument register (and %al) and the stack as the caller left them. */
+__asm__(".text\n"
+        ".globl makecontext\n"
+        ".type makecontext, @function\n"
+        "makecontext:\n"
+        "    pushq %rax\n    pushq %rdi\n    pushq %rsi\n    pushq %rdx\n"
+        "    pushq %rcx\n    pushq %r8\n    pushq %r9\n"   /* 7 pushes: aligned for the call */
+        "    call ulp_note_context\n"
+        "    popq %r9\n    popq %r8\n    popq %rcx\n    popq %rdx\n"
+        "    popq %rsi\n    popq %rdi\n    popq %rax\n"
+        "    jmp *ulp_glibc_makecontext(%rip)\n"
+        ".size makecontext, .-makecontext\n");
+
+/* --- a commit ------------------------------------------------------------- */
+
+/* Copy [ADDRESS, ADDRESS + SIZE) of this process without trusting it is
+ * mapped (a noted stack may have been freed since). */
+static int read_memory(uintptr_t address, void *buffer, size_t size)
+{
+    struct iovec local = {buffer, size};
+    struct iovec remote = {(void *)address, size};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
+}
+
+/* Does [LOW, HIGH) hold a word of prepared code?  -1: not readable. */
+static int holds_prepared_code(uintptr_t low, uintptr_t high)
+{
+    static uintptr_t words[8192];     /* the agent's; 64 KiB at a time */
+    for (uintptr_t at = (low + 7) & ~(uintptr_t)7; at < high;) {
+        size_t n = (high - at) / 8 < 8192 ? (high - at) / 8 : 8192;
+        if (n == 0 || read_memory(at, words, n * 8) != 0)
+            return n == 0 ? 0 : -1;
+        for (size_t i = 0; i < n; i++)
+            if (ulp_is_prepared_code(words[i]))
+                return 1;
+        at += n * 8;
+    }
+    return 0;
+}
+
+/* Before a commit changes anything, with every other thread stopped: can
+ * its stacks be judged?  Takes the table's mutex until ulp_mark_coroutine_
+ * stacks(); NULL, or why not. */
+ULP_HIDDEN const char *ulp_coroutine_stacks_judgeable(void)
+{
+    if (pthread_mutex_trylock(&stacks_lock) != 0)
+        return "a thread stopped while noting a coroutine stack (makecontext): retry";
+    if (__atomic_load_n(&overflowed, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_unlock(&stacks_lock);
+        return "more coroutine stacks (makecontext) than the runtime can follow";
+    }
+    return NULL;
+}
+
+/* Mark every noted stack that holds a word of prepared code pending, in
+ * universe G (the one before the commit), and release the table.  A stack
+ * that cannot be read any more is forgotten: it was freed. */
+ULP_HIDDEN void ulp_mark_coroutine_stacks(uint64_t g)
+{
+    for (uint32_t i = 0; i < nstacks; i++) {
+        struct coroutine_stack *s = &stacks[i];
+        if (s->high == 0)
+            continue;
+        int found = holds_prepared_code(s->low, s->high);
+        if (found < 0) {
+            clear_pending(&s->pending);
+            rewrite(s, 0, 0);
+        } else if (found > 0) {
+            mark_pending(s, g);
+        }
+    }
+    pthread_mutex_unlock(&stacks_lock);
+}
+
+/* The agent's tick, when no thread is pending (none can mark a stack
+ * again): a pending stack with no word of prepared code left, or not
+ * readable any more (freed), is pending no more: no activation that began
+ * before the commit is live there (a live one keeps its return address
+ * where it is).  Returns how many stay pending. */
+ULP_HIDDEN uint32_t ulp_coroutine_tick(int threads_pending)
+{
+    if (threads_pending || pthread_mutex_trylock(&stacks_lock) != 0)
+        return __atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < nstacks && ulp_pending_coroutine_stacks; i++) {
+        struct coroutine_stack *s = &stacks[i];
+        if (!__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
+            continue;
+        int found = holds_prepared_code(s->low, s->high);
+        if (found <= 0)
+            clear_pending(&s->pending);
+        if (found < 0)
+            rewrite(s, 0, 0);
+    }
+    pthread_mutex_unlock(&stacks_lock);
+    return __atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_ACQUIRE);
+}
+
+/* --- the tracker's questions (on any thread, maybe in a signal handler) ---- */
+
+/* The noted stack that holds ADDRESS, or NULL (read without a lock: an
+ * entry being rewritten is skipped; the stack a thread runs on is not
+ * rewritten while it runs there). */
+TRACKER_CODE static struct coroutine_stack *stack_holding(uintptr_t address)
+{
+    uint32_t n = __atomic_load_n(&nstacks, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++) {
+        struct coroutine_stack *s = &stacks[i];
+        uint64_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+        uintptr_t low = __atomic_load_n(&s->low, __ATOMIC_RELAXED);
+        uintptr_t high = __atomic_load_n(&s->high, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (!(seq & 1) && __atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq &&
+            low <= address && address < high)
+            return s;
+    }
+    return NULL;
+}
+
+/* If ADDRESS lies on a pending stack: its pending flag, with the stack's
+ * end and universe in *HIGH and *UNIVERSE; else NULL. */
+TRACKER_CODE ULP_HIDDEN int *ulp_pending_coroutine_stack(uintptr_t address, uintptr_t *high,
+                                                        uint64_t *universe)
+{
+    struct coroutine_stack *s = stack_holding(address);
+    if (!s || !__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
+        return NULL;
+    *high = s->high;
+    *universe = __atomic_load_n(&s->universe, __ATOMIC_RELAXED);
+    return &s->pending;
+}
+
+/* A pending thread entered a library from ADDRESS, off the stacks the
+ * commit saw, in UNIVERSE: if that is a noted stack, it is pending in
+ * UNIVERSE from now on (its activation must stay there, whichever thread
+ * resumes it). */
+TRACKER_CODE ULP_HIDDEN void ulp_mark_coroutine_stack(uintptr_t address, uint64_t universe)
+{
+    struct coroutine_stack *s = stack_holding(address);
+    if (s)
+        mark_pending(s, universe);
+}
+
+/* An entry from outside with nothing of prepared code above it: the
+ * pending stack holds no live activation any more. */
+TRACKER_CODE ULP_HIDDEN void ulp_clear_coroutine_stack(int *pending)
+{
+    clear_pending(pending);
+}
