@@ -191,14 +191,28 @@ ULP_HIDDEN const char *ulp_coroutine_stacks_judgeable(void)
     return NULL;
 }
 
+/* Does [LOW, HIGH) overlap the own stack of one of THREADS[0..N)?  Such a
+ * "coroutine stack" (carved out of a thread's stack) is searched with the
+ * thread, whose record covers it. */
+static int on_a_thread_stack(uintptr_t low, uintptr_t high,
+                             const struct ulp_request_thread *threads, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (threads[i].stack_low < high && low < threads[i].stack_high)
+            return 1;
+    return 0;
+}
+
 /* Mark every noted stack that holds a word of prepared code pending, in
  * universe G (the one before the commit), and release the table.  A stack
- * that cannot be read any more is forgotten: it was freed. */
-ULP_HIDDEN void ulp_mark_coroutine_stacks(uint64_t g)
+ * that cannot be read any more is forgotten: it was freed.  THREADS[0..N):
+ * the stopped threads, as the commit has them. */
+ULP_HIDDEN void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_thread *threads,
+                                          uint32_t n)
 {
     for (uint32_t i = 0; i < nstacks; i++) {
         struct coroutine_stack *s = &stacks[i];
-        if (s->high == 0)
+        if (s->high == 0 || on_a_thread_stack(s->low, s->high, threads, n))
             continue;
         int found = holds_prepared_code(s->low, s->high);
         if (found < 0) {

@@ -258,7 +258,7 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int 
         add_library_code(libs[k]);
     for (uint32_t k = 0; k < nlibs; k++)
         for_each_descriptor(libs[k], point_at_tracker);
-    ulp_mark_coroutine_stacks(g);
+    ulp_mark_coroutine_stacks(g, threads, n);
     /* one record per thread, for every library: judged once; remembered
      * per library, whose transition it holds open */
     for (uint32_t i = 0; i < n; i++) {
