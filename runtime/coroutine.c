@@ -282,10 +282,16 @@ TRACKER_CODE ULP_HIDDEN int *ulp_pending_coroutine_stack(uintptr_t address, uint
     return &s->pending;
 }
 
-/* A pending thread entered a library from ADDRESS, off the stacks the
- * commit saw, in UNIVERSE: if that is a noted stack, it is pending in
- * UNIVERSE from now on (its activation must stay there, whichever thread
- * resumes it). */
+/* The end of the noted stack that holds ADDRESS, 0 if none does. */
+TRACKER_CODE ULP_HIDDEN uintptr_t ulp_coroutine_stack_end(uintptr_t address)
+{
+    struct coroutine_stack *s = stack_holding(address);
+    return s ? s->high : 0;
+}
+
+/* A pending thread began an activation at ADDRESS, on a noted stack, in
+ * UNIVERSE: the stack is pending in UNIVERSE from now on (the activation
+ * must stay there, whichever thread resumes it). */
 TRACKER_CODE ULP_HIDDEN void ulp_mark_coroutine_stack(uintptr_t address, uint64_t universe)
 {
     struct coroutine_stack *s = stack_holding(address);

@@ -103,6 +103,28 @@ TRACKER_CODE static uint64_t universe_on_pending_stack(int *pending, uintptr_t h
     return g;
 }
 
+/* A pending thread (in UNIVERSE) enters at SLOT, off the stacks the commit
+ * saw.  On an alternate signal stack: nested in the thread's live
+ * activation, its universe.  On a coroutine's noted stack (not pending: an
+ * entry on a pending one is judged by the stack): inside an activation
+ * that lives on that stack, that activation began after the commit, in G
+ * (begun in UNIVERSE, it would have marked the stack); else a new
+ * activation, nested in the thread's, in its universe, which the stack
+ * keeps from now on, whichever thread resumes it. */
+TRACKER_CODE static uint64_t universe_off_own_stack(uint64_t universe,
+                                                    const struct ulp_func_desc *fd,
+                                                    uintptr_t slot, uintptr_t caller, uint64_t g)
+{
+    uintptr_t high = ulp_coroutine_stack_end(slot);
+    if (!high)
+        return universe;
+    if (caller - fd->code_start < fd->code_size || ulp_is_prepared_code(caller) ||
+        (slot & 7) || prepared_code_above(slot, high))
+        return g;
+    ulp_mark_coroutine_stack(slot, universe);
+    return universe;
+}
+
 /* The universe an entry whose return address is at SLOT runs in, for a
  * thread whose record is REC, when G is G. */
 TRACKER_CODE static uint64_t universe_of_entry(struct ulp_thread_record *rec, const struct ulp_func_desc *fd,
@@ -118,13 +140,9 @@ TRACKER_CODE static uint64_t universe_of_entry(struct ulp_thread_record *rec, co
     if (!__atomic_load_n(&rec->pending, __ATOMIC_RELAXED))
         return g;
     uint64_t universe = rec->universe;
-    /* off the stacks the commit saw, on a coroutine's: nested in this
-     * thread's live activation, and the coroutine keeps that universe */
-    if (slot < rec->stack_low || slot >= rec->stack_high) {
-        ulp_mark_coroutine_stack(slot, universe);
-        return universe;
-    }
     uintptr_t caller = *(const uintptr_t *)slot;
+    if (slot < rec->stack_low || slot >= rec->stack_high)
+        return universe_off_own_stack(universe, fd, slot, caller, g);
     if (caller - fd->code_start < fd->code_size)
         return universe;        /* from the library itself: nested */
     /* from a patch object (a replacement runs inside an activation) or any

@@ -41,6 +41,7 @@ const char *ulp_coroutine_stacks_judgeable(void);
 void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_thread *threads, uint32_t n);
 uint32_t ulp_coroutine_tick(int threads_pending);
 int *ulp_pending_coroutine_stack(uintptr_t address, uintptr_t *high, uint64_t *universe);
+uintptr_t ulp_coroutine_stack_end(uintptr_t address);
 void ulp_mark_coroutine_stack(uintptr_t address, uint64_t universe);
 void ulp_clear_coroutine_stack(int *pending);
 

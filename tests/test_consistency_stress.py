@@ -4,7 +4,8 @@ Eight hot threads and a 1 kHz signal handler run activations of a library
 nonstop, each with a callback that re-enters it from outside, while three
 stacked patches of the same functions are applied and reverted 1000 times
 in random order (fixed seed).  Every activation checks that it saw one
-version; every operation must succeed.
+version; every operation must succeed.  And: coroutines suspended inside
+the library move between threads while a patch is applied and reverted.
 """
 
 from __future__ import annotations
@@ -58,3 +59,35 @@ def test_a_thousand_stacked_applies_and_reverts_never_mix_an_activation(stress: 
     # Every version ran, and the handlers did run activations.
     assert all(count > 0 for count in seen), found
     assert int(found["handlers"]) > 100, found
+
+
+COROUTINE_CYCLES = 40
+
+
+@pytest.fixture(scope="module")
+def coroutine_stress(build_dir: Path) -> Path:
+    root = build_dir / "coro_stress"
+    lib = prepared_library(root / "lib" / "libcoro.so", [C_DIR / "cm_coro_lib.c"])
+    cc(root / "app", [C_DIR / "cm_coro_stress.c"], f"-L{lib.parent}", "-lcoro", "-lpthread")
+    patch(root, "fix", lib, {"coro_tag": "coro_tag_v2"}, C_DIR / "cm_coro_fix.c")
+    return root
+
+
+def test_coroutines_moving_between_threads_never_mix_an_activation(coroutine_stress) -> None:
+    """16 coroutines (makecontext stacks) suspend inside the library in the
+    middle of each activation and are resumed by whichever of two threads
+    is free: at every commit most of them wait on no thread.  40 applies and
+    40 reverts; every activation saw one version."""
+    root = coroutine_stress
+    with LiveProcess([root / "app"], env={"LD_LIBRARY_PATH": str(root / "lib")}) as app:
+        assert app.next_line() == "ready"
+        for cycle in range(COROUTINE_CYCLES):
+            for reverting in (False, True):
+                code, _, err = trigger_here("--timeout", "30", "--retries", "20",
+                                            *(["--revert"] if reverting else []), app.pid,
+                                            root / "fix.ulp")
+                assert code == 0, (cycle, reverting, err)
+        found = counts(ask(app, "stats"))
+    assert found["mixed"] == "0", found
+    assert int(found["moved"]) > 0, found
+    assert all(int(count) > 0 for count in found["seen"].split(",")), found
