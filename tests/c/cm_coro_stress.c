@@ -6,17 +6,21 @@
  * callback, which suspends the coroutine (back to the worker that ran it),
  * then coro_tag again.  WORKERS threads take runnable coroutines from one
  * queue, so a coroutine suspended inside the library on one thread is
- * usually resumed by another.  Every activation checks that both of its
+ * usually resumed by another.  A 1 kHz timer signal interrupts whichever
+ * thread runs, often a coroutine inside the library, and its handler runs
+ * an activation of its own.  Every activation checks that both of its
  * coro_tag calls saw the same version.
  *
  * Prints "ready"; then "stats" answers
- * "activations=N mixed=M moved=K seen=a,b" (moved: resumptions on another
+ * "activations=N mixed=M moved=K handlers=H seen=a,b" (moved: resumptions on another
  * thread than the one the coroutine last ran on; seen: activations that saw
  * version 1, version 2). */
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <ucontext.h>
 
 int coro_run(void (*callback)(void));
@@ -42,6 +46,22 @@ static struct {
 
 static long activations, mixed, moved, seen[3];
 static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The handler's own counts: no lock in a signal handler. */
+static long handler_runs, handler_mixed;
+
+static void nothing(void)
+{
+}
+
+static void on_timer(int signal)
+{
+    (void)signal;
+    int tags = coro_run(nothing);
+    __atomic_add_fetch(&handler_runs, 1, __ATOMIC_RELAXED);
+    if (tags / 10 != tags % 10)
+        __atomic_add_fetch(&handler_mixed, 1, __ATOMIC_RELAXED);
+}
 
 static void suspend(void)
 {
@@ -131,12 +151,18 @@ int main(void)
     for (long w = 0; w < WORKERS; w++)
         if (pthread_create(&threads[w], NULL, worker, (void *)w) != 0)
             return 1;
+    struct sigaction action = {.sa_handler = on_timer, .sa_flags = SA_RESTART};
+    struct itimerval every_ms = {{0, 1000}, {0, 1000}};
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGALRM, &action, NULL) != 0 || setitimer(ITIMER_REAL, &every_ms, NULL) != 0)
+        return 1;
     printf("ready\n");
     while (fgets(line, sizeof line, stdin)) {
         if (strncmp(line, "stats", 5) == 0) {
             pthread_mutex_lock(&stats_lock);
-            printf("activations=%ld mixed=%ld moved=%ld seen=%ld,%ld\n", activations, mixed,
-                   moved, seen[1], seen[2]);
+            printf("activations=%ld mixed=%ld moved=%ld handlers=%ld seen=%ld,%ld\n",
+                   activations, mixed + __atomic_load_n(&handler_mixed, __ATOMIC_RELAXED), moved,
+                   __atomic_load_n(&handler_runs, __ATOMIC_RELAXED), seen[1], seen[2]);
             pthread_mutex_unlock(&stats_lock);
         }
     }
