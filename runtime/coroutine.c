@@ -93,19 +93,21 @@ static void rewrite(struct coroutine_stack *s, uintptr_t low, uintptr_t high)
     __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
 }
 
-/* A stack that overlaps a noted one that is not pending replaces it (that
- * memory is a new stack now); a pending one stays until it is judged. */
+/* A stack made on memory that a noted stack overlaps replaces that entry:
+ * the coroutine that ran there is gone (its stack is a new one now), so a
+ * pending entry is pending no more.  Tracker readers skip an entry while
+ * it is rewritten, and take its bounds from one consistent read. */
 static void note_stack(uintptr_t low, uintptr_t high)
 {
     struct coroutine_stack *free_entry = NULL;
     for (uint32_t i = 0; i < nstacks; i++) {
         struct coroutine_stack *s = &stacks[i];
-        if (s->low == low && s->high == high)
-            return;
         int overlaps = s->low < high && low < s->high;
-        if ((overlaps || s->high == 0) && !s->pending && !free_entry)
+        if (overlaps)
+            clear_pending(&s->pending);
+        if ((overlaps || s->high == 0) && !free_entry)
             free_entry = s;
-        else if (overlaps && !s->pending)
+        else if (overlaps)
             rewrite(s, 0, 0);
     }
     if (!free_entry && nstacks < ULP_MAX_COROUTINE_STACKS)
@@ -250,21 +252,22 @@ ULP_HIDDEN uint32_t ulp_coroutine_tick(int threads_pending)
 
 /* --- the tracker's questions (on any thread, maybe in a signal handler) ---- */
 
-/* The noted stack that holds ADDRESS, or NULL (read without a lock: an
- * entry being rewritten is skipped; the stack a thread runs on is not
- * rewritten while it runs there). */
-TRACKER_CODE static struct coroutine_stack *stack_holding(uintptr_t address)
+/* The noted stack that holds ADDRESS, or NULL, with its bounds in *HIGH
+ * as one consistent read (no lock: an entry being rewritten is skipped). */
+TRACKER_CODE static struct coroutine_stack *stack_holding(uintptr_t address, uintptr_t *high)
 {
     uint32_t n = __atomic_load_n(&nstacks, __ATOMIC_ACQUIRE);
     for (uint32_t i = 0; i < n; i++) {
         struct coroutine_stack *s = &stacks[i];
         uint64_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
         uintptr_t low = __atomic_load_n(&s->low, __ATOMIC_RELAXED);
-        uintptr_t high = __atomic_load_n(&s->high, __ATOMIC_RELAXED);
+        uintptr_t end = __atomic_load_n(&s->high, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (!(seq & 1) && __atomic_load_n(&s->seq, __ATOMIC_RELAXED) == seq &&
-            low <= address && address < high)
+            low <= address && address < end) {
+            *high = end;
             return s;
+        }
     }
     return NULL;
 }
@@ -274,10 +277,9 @@ TRACKER_CODE static struct coroutine_stack *stack_holding(uintptr_t address)
 TRACKER_CODE ULP_HIDDEN int *ulp_pending_coroutine_stack(uintptr_t address, uintptr_t *high,
                                                         uint64_t *universe)
 {
-    struct coroutine_stack *s = stack_holding(address);
+    struct coroutine_stack *s = stack_holding(address, high);
     if (!s || !__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
         return NULL;
-    *high = s->high;
     *universe = __atomic_load_n(&s->universe, __ATOMIC_RELAXED);
     return &s->pending;
 }
@@ -285,8 +287,8 @@ TRACKER_CODE ULP_HIDDEN int *ulp_pending_coroutine_stack(uintptr_t address, uint
 /* The end of the noted stack that holds ADDRESS, 0 if none does. */
 TRACKER_CODE ULP_HIDDEN uintptr_t ulp_coroutine_stack_end(uintptr_t address)
 {
-    struct coroutine_stack *s = stack_holding(address);
-    return s ? s->high : 0;
+    uintptr_t high = 0;
+    return stack_holding(address, &high) ? high : 0;
 }
 
 /* A pending thread began an activation at ADDRESS, on a noted stack, in
@@ -294,7 +296,8 @@ TRACKER_CODE ULP_HIDDEN uintptr_t ulp_coroutine_stack_end(uintptr_t address)
  * must stay there, whichever thread resumes it). */
 TRACKER_CODE ULP_HIDDEN void ulp_mark_coroutine_stack(uintptr_t address, uint64_t universe)
 {
-    struct coroutine_stack *s = stack_holding(address);
+    uintptr_t high;
+    struct coroutine_stack *s = stack_holding(address, &high);
     if (s)
         mark_pending(s, universe);
 }
