@@ -270,7 +270,7 @@ static void *agent_main(void *unused)
 
 /* The agent blocks every signal (it inherits the mask), so signals meant
  * for the application never run their handlers on it. */
-static void start_agent(void)
+ULP_HIDDEN void ulp_start_agent(void)
 {
     sigset_t all, saved;
     pthread_t thread;
@@ -295,15 +295,29 @@ static void start_agent(void)
  * and can be patched independently. */
 static void restart_agent_in_child(void)
 {
-    start_agent();
+    ulp_start_agent();
 }
 
-/* ULP_AGENT=off (or 0, no): no agent thread, ever. */
-static int agent_wanted(void)
+/* ULP_AGENT=demand: the child has no agent either, until a trigger starts
+ * one (demand.c). */
+static void no_agent_in_child(void)
+{
+    ulp_mailbox.agent_tid = 0;
+    ulp_mailbox.state = ULP_AGENT_DEMAND;
+}
+
+enum agent_mode { AGENT_AT_START, AGENT_OFF, AGENT_ON_DEMAND };
+
+/* ULP_AGENT=off (or 0, no): no agent thread, ever; demand: none until a
+ * trigger starts it; anything else, or unset: one from the start. */
+static enum agent_mode agent_mode(void)
 {
     const char *setting = getenv("ULP_AGENT");
-    return !setting || (strcmp(setting, "off") != 0 && strcmp(setting, "0") != 0 &&
-                        strcmp(setting, "no") != 0);
+    if (!setting)
+        return AGENT_AT_START;
+    if (strcmp(setting, "off") == 0 || strcmp(setting, "0") == 0 || strcmp(setting, "no") == 0)
+        return AGENT_OFF;
+    return strcmp(setting, "demand") == 0 ? AGENT_ON_DEMAND : AGENT_AT_START;
 }
 
 __attribute__((constructor)) static void ulp_runtime_init(void)
@@ -314,10 +328,21 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
     ulp_mailbox.idle_address = (uint64_t)(uintptr_t)ulp_agent_wait_return;
     ulp_mailbox.staged_fd = -1;
     measure_thread_layout();
+    enum agent_mode mode = agent_mode();
+    static const char *const told[] = {
+        [AGENT_AT_START] = "starting",
+        [AGENT_OFF] = "off (ULP_AGENT): the process cannot be patched",
+        [AGENT_ON_DEMAND] = "on demand (ULP_AGENT): started by the first trigger",
+    };
     ulp_log_message(ULP_LOG_RUNTIME, 0, "runtime loaded (ABI %d), agent %s", ULP_ABI_VERSION,
-                    agent_wanted() ? "starting" : "off (ULP_AGENT): the process cannot be patched");
-    if (!agent_wanted())
+                    told[mode]);
+    if (mode == AGENT_OFF)
         return;
-    start_agent();
+    if (mode == AGENT_ON_DEMAND) {
+        ulp_mailbox.state = ULP_AGENT_DEMAND;
+        pthread_atfork(NULL, NULL, no_agent_in_child);
+        return;
+    }
+    ulp_start_agent();
     pthread_atfork(NULL, NULL, restart_agent_in_child);
 }

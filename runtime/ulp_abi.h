@@ -22,6 +22,8 @@ enum ulp_agent_state {
     ULP_AGENT_BUSY = 2,
     ULP_AGENT_OFF = 3,          /* no agent: ULP_AGENT=off, or it could not start */
     ULP_AGENT_ENDED = 4,        /* it was the last thread and ended */
+    ULP_AGENT_DEMAND = 5,       /* none yet: ULP_AGENT=demand, the trigger starts it
+                                 * (runtime/demand.c) */
 };
 
 struct ulp_mailbox {

@@ -109,4 +109,6 @@ void ulp_log_patch(uint32_t kind, const uint8_t id[16], const char *label,
 void ulp_log_refusal(const struct ulp_request *req, int status, const char *reason);
 
 /* agent.c */
+extern struct ulp_mailbox ulp_mailbox;
+void ulp_start_agent(void);
 #endif

@@ -8,6 +8,7 @@ ptrace; every wait has a timeout.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -289,6 +290,62 @@ def test_ulp_agent_off_is_as_single_threaded_as_without_the_runtime(lc: Path) ->
 
 
 # --- item 14: execve while the trigger works ------------------------------------------------------
+
+
+def test_ulp_agent_demand_stays_single_threaded_until_a_trigger_starts_it(lc: Path) -> None:
+    """ULP_AGENT=demand: one thread, unshare and fork as without the runtime;
+    the first trigger starts the agent on the thread blocked in read() (its
+    read goes on: the next command is answered), the patch applies, and a
+    fork child is single-threaded again (no agent until a trigger of its
+    own)."""
+    with start(lc, env={"ULP_AGENT": "demand"}) as app:
+        assert ask(app, "open 0 " + str(lc / "lib" / "liblc.so")) == "opened"
+        assert observed(app) == ("threads=1", "unshare=ok child-threads=1")
+        apply(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=2"
+        assert ask(app, "threads") == "threads=2"
+        assert ask(app, "fork-unshare") == "unshare=ok child-threads=1"
+        revert(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=1"
+        log = json.loads(tool("ulp", "messages", "--json", str(app.pid)).stdout)
+        texts = [message["text"] for message in log["messages"]]
+        assert any("agent on demand" in text for text in texts), texts
+        assert sum(text.startswith("agent started") for text in texts) == 1, texts
+
+
+def test_ulp_agent_demand_with_no_thread_at_a_safe_point_is_refused(lc: Path) -> None:
+    """The only thread is busy (no system call): the agent cannot be started
+    safely; the trigger says so (RETRY) within its timeout and the process
+    runs on; once the thread waits in read() again, the apply goes through."""
+    with start(lc, env={"ULP_AGENT": "demand"}) as app:
+        assert ask(app, "open 0 " + str(lc / "lib" / "liblc.so")) == "opened"
+        assert ask(app, "spin 4000") == "spinning"
+        code, _, err = support.trigger_here("--timeout", "1", app.pid, lc / "fix.ulp")
+        assert code == ExitCode.RETRY and "ULP_AGENT=demand" in err, err
+        assert app.next_line(TIMEOUT) == "spun"
+        assert ask(app, "threads") == "threads=1"
+        apply(app, lc / "fix.ulp")
+        assert ask(app, "call 0") == "value=2"
+
+
+def test_ulp_agent_demand_start_survives_a_killed_trigger(lc: Path) -> None:
+    """The thread that starts the agent returns to its read() by itself: a
+    trigger killed at any moment of that leaves the process working, and a
+    later trigger applies."""
+    chooser = random.Random(5)
+    for attempt in range(8):
+        with start(lc, env={"ULP_AGENT": "demand"}) as app:
+            assert ask(app, "open 0 " + str(lc / "lib" / "liblc.so")) == "opened"
+            trigger = subprocess.Popen([str(support.BIN_DIR / "ulp-trigger"), str(app.pid),
+                                        str(lc / "fix.ulp")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(chooser.uniform(0, 0.08))
+            trigger.kill()
+            trigger.wait(timeout=TIMEOUT)
+            assert ask(app, "call 0") in ("value=1", "value=2"), attempt
+            code, err = trigger_here(app.pid, lc / "fix.ulp")
+            assert code in (0, ExitCode.ALREADY_APPLIED), (attempt, err)
+            assert ask(app, "call 0") == "value=2", attempt
 
 
 def test_execve_by_the_patch_being_loaded_is_process_exited(lc: Path) -> None:

@@ -108,6 +108,9 @@ class Agent:
                            ExitCode.NO_RUNTIME)
         if header.state == AgentState.ENDED:
             raise self._agent_gone()
+        if header.state == AgentState.DEMAND:
+            self._start_on_demand(deadline)
+            header = self._started(deadline)
         if header.state == AgentState.STARTING or header.agent_tid <= 0:
             header = self._started(deadline)
         if header.state != AgentState.IDLE:
@@ -139,6 +142,17 @@ class Agent:
             tracee.detach()
             time.sleep(0.001)
         raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
+
+    def _start_on_demand(self, deadline: float) -> None:
+        """ULP_AGENT=demand: no agent yet; a thread at a safe point starts it
+        (ulp.trigger.demand)."""
+        from ulp.trigger import demand
+
+        entry = runtime_symbol(self.process, "ulp_demand_start")
+        if entry is None:
+            raise UlpError(f"process {self.process.pid}: the ulp runtime has no "
+                           "ulp_demand_start", ExitCode.NO_RUNTIME)
+        demand.start_agent(self.process, entry, deadline)
 
     def _started(self, deadline: float) -> MailboxHeader:
         """The header once the agent has started: a process just launched runs

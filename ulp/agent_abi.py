@@ -47,6 +47,7 @@ class AgentState(enum.IntEnum):
     BUSY = 2
     OFF = 3  # no agent: ULP_AGENT=off, or it could not be started
     ENDED = 4  # it was the last thread of the process and ended
+    DEMAND = 5  # none yet (ULP_AGENT=demand): the trigger starts it (runtime/demand.c)
 
 
 class Op(enum.IntEnum):

@@ -19,6 +19,8 @@
  *   fork-result     stops the loop: "forks=N bad=B" (B: children that did
  *                   not exit 0)
  *   bench N         N rounds of 256 malloc(200) then 256 free: ns per pair
+ *   spin MS         "spinning", then busy for MS milliseconds with no system
+ *                   call, then "spun"
  *   handoff         (main thread) a new thread takes the command loop, the
  *                   main thread calls pthread_exit
  *   end             the command loop returns */
@@ -191,6 +193,18 @@ static void bench(long rounds)
     printf("bench ns=%.2f\n", ns / (rounds * 256.0));
 }
 
+static void spin(long ms)
+{
+    struct timespec start, now;
+    printf("spinning\n");
+    fflush(stdout);
+    clock_gettime(CLOCK_MONOTONIC, &start);     /* the vDSO: no system call */
+    do
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+    printf("spun\n");
+}
+
 static void *command_loop(void *unused)
 {
     char line[4096];
@@ -234,6 +248,8 @@ static void *command_loop(void *unused)
             __atomic_store_n(&fork_loop.stop, 1, __ATOMIC_RELEASE);
             pthread_join(fork_loop.thread, NULL);
             printf("forks=%d bad=%d\n", fork_loop.forks, fork_loop.bad);
+        } else if (strncmp(line, "spin ", 5) == 0) {
+            spin(atol(line + 5));
         } else if (strncmp(line, "bench ", 6) == 0) {
             bench(atol(line + 6));
         } else if (strcmp(line, "handoff") == 0) {
