@@ -25,7 +25,10 @@ from consistency_support import (
     patch,
     prepared_library,
     revert,
+    trigger,
 )
+
+from ulp.errors import ExitCode
 
 PHASE_TIMEOUT = 300.0
 
@@ -135,6 +138,23 @@ def test_the_tracker_makes_no_system_call_on_application_threads(step: Path) -> 
         apply(app.pid, step / "fix2.ulp")
         assert ask(app, "call") == "first=2 far=2 act=2222"
         revert(app.pid, step / "fix2.ulp")
+        assert ask(app, "call") == "first=1 far=1 act=11111"
+        assert app.alive()
+
+
+def test_an_agent_on_demand_is_not_started_under_seccomp(step: Path) -> None:
+    """ULP_AGENT=demand in a process under a seccomp filter: starting a thread
+    might be forbidden, or kill the process (this filter kills on calls
+    pthread_create makes): the trigger refuses with NO_RUNTIME and the
+    process runs on, unpatched."""
+    app_path = cc(step / "seccomp_app", [C_DIR / "cm_seccomp_app.c"], f"-L{step / 'lib'}",
+                  "-lcmstep")
+    with LiveProcess([app_path], env={"LD_LIBRARY_PATH": str(step / "lib"),
+                                      "ULP_AGENT": "demand"}) as app:
+        assert app.next_line() == "ready"
+        result = trigger(app.pid, step / "fix2.ulp")
+        assert result.returncode == ExitCode.NO_RUNTIME, result.stderr
+        assert "seccomp" in result.stderr
         assert ask(app, "call") == "first=1 far=1 act=11111"
         assert app.alive()
 

@@ -52,6 +52,10 @@ STOP_WAIT = 1.0  # for one thread to stop, or to be let go
 def start_agent(process: Process, entry: int, deadline: float) -> None:
     """Make a thread of ``process`` at a safe point start the agent; raise
     RETRY if none gets there before ``deadline``."""
+    if _under_seccomp(process):
+        raise UlpError(f"process {process.pid} runs the ulp runtime with ULP_AGENT=demand "
+                       "under a seccomp filter, which may forbid starting a thread (or kill "
+                       "the process for it): its agent is not started", ExitCode.NO_RUNTIME)
     while True:
         code = _code_ranges(process)
         for tid in process.threads():
@@ -63,6 +67,17 @@ def start_agent(process: Process, entry: int, deadline: float) -> None:
                            "poll, a sleep...) where the agent could be started; nothing done",
                            ExitCode.RETRY)
         time.sleep(ATTEMPT_PAUSE)
+
+
+def _under_seccomp(process: Process) -> bool:
+    try:
+        with open(f"/proc/{process.pid}/status") as stream:
+            for line in stream:
+                if line.startswith("Seccomp:"):
+                    return line.split()[1] != "0"
+    except OSError:
+        raise process.gone() from None
+    return False
 
 
 class _Code:
