@@ -24,7 +24,8 @@
  * pending (no thread could mark it again).
  *
  * Stacks made otherwise (hand-written stack switches, boost.context) are
- * not seen: docs/consistency.md, "What is not covered".
+ * seen only if the program notes them itself (ulp_note_stack, exported):
+ * docs/consistency.md, "What is not covered".
  *
  * The table is changed under a mutex by makecontext only; a commit (every
  * other thread stopped, maybe one inside makecontext holding the mutex)
@@ -121,6 +122,19 @@ static void note_stack(uintptr_t low, uintptr_t high)
         __atomic_store_n(&nstacks, nstacks + 1, __ATOMIC_RELEASE);
 }
 
+/* For programs that make coroutine stacks otherwise than with makecontext
+ * (their own stack switch, boost.context): [LOW, HIGH) is a stack a
+ * coroutine will run on; call it before the coroutine first runs. */
+ULP_EXPORT void ulp_note_stack(void *low, size_t size)
+{
+    uintptr_t start = (uintptr_t)low, end = start + size;
+    if (start >= end)
+        return;
+    pthread_mutex_lock(&stacks_lock);
+    note_stack(start, end);
+    pthread_mutex_unlock(&stacks_lock);
+}
+
 typedef void (*makecontext_fn)(ucontext_t *, void (*)(void), int, ...);
 ULP_HIDDEN makecontext_fn ulp_glibc_makecontext;
 
@@ -129,13 +143,7 @@ ULP_HIDDEN __attribute__((used)) void ulp_note_context(const ucontext_t *context
 {
     if (!ulp_glibc_makecontext)
         ulp_glibc_makecontext = (makecontext_fn)dlsym(RTLD_NEXT, "makecontext");
-    uintptr_t low = (uintptr_t)context->uc_stack.ss_sp;
-    uintptr_t high = low + context->uc_stack.ss_size;
-    if (low >= high)
-        return;
-    pthread_mutex_lock(&stacks_lock);
-    note_stack(low, high);
-    pthread_mutex_unlock(&stacks_lock);
+    ulp_note_stack(context->uc_stack.ss_sp, context->uc_stack.ss_size);
 }
 
 /* makecontext is variadic: note the stack, then go on to glibc's with every

@@ -636,8 +636,9 @@ def in_transition(pid: int) -> bool:
     return any(lib["in_transition"] for lib in json.loads(listed.stdout)[0]["libraries"])
 
 
+@pytest.mark.parametrize("how", ["park", "park own"])
 @pytest.mark.parametrize("where", ["resume", "resume thread"])
-def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, where) -> None:
+def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, where, how) -> None:
     """A coroutine on a stack of its own enters L, and L's callback switches
     back to main: its activation waits on a stack no thread runs on, which
     the commit would not see on any thread.  Resumed after the patch, on
@@ -647,7 +648,7 @@ def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, whe
     the transition ends."""
     with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
         assert app.next_line() == "ready"
-        assert ask(app, "park") == "parked"
+        assert ask(app, how) == "parked"
         apply(app.pid, coro["fix"])
         assert ask(app, "tag") == "tag=2"                 # main runs the new universe
         assert ask(app, where) == "resumed run=11"        # the parked activation: the old one
@@ -657,5 +658,5 @@ def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, whe
         while in_transition(app.pid):
             assert time.monotonic() < deadline, "the transition did not end"
             time.sleep(0.05)
-        assert ask(app, "park") == "parked"               # a new activation: the new universe
+        assert ask(app, how) == "parked"                  # a new activation: the new universe
         assert ask(app, where) == "resumed run=22"

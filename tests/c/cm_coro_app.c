@@ -8,9 +8,14 @@
  *   park -> a coroutine on a stack of its own (mmap) calls coro_run, whose
  *           callback switches back to main: the coroutine is suspended
  *           inside the library, on no thread; prints "parked"
+ *   park own -> the same with a stack made as a program with a stack
+ *           switch of its own would: glibc's makecontext called directly
+ *           (not the one the runtime puts first), the stack told to the
+ *           runtime with ulp_note_stack
  *   resume [thread] -> the parked coroutine goes on (on this thread, or on
  *           a new one): coro_run returns; prints "resumed run=<tags>"
  *   unpark -> unmaps the parked coroutine's stack; prints "unparked" */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,15 +69,29 @@ static void parked_coroutine(void)
     parked_run = coro_run(park_here);
 }
 
-static void park(void)
+typedef void (*make_context)(ucontext_t *, void (*)(void), int, ...);
+
+/* glibc's own makecontext, and the stack told to the runtime by hand. */
+static make_context own_stack_switch(void *stack, size_t size)
+{
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void (*note)(void *, size_t) = (void (*)(void *, size_t))dlsym(RTLD_DEFAULT,
+                                                                   "ulp_note_stack");
+    if (note)
+        note(stack, size);
+    return libc ? (make_context)dlsym(libc, "makecontext") : makecontext;
+}
+
+static void park(int own)
 {
     parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                         -1, 0);
+    make_context make = own ? own_stack_switch(parked_stack, STACK_SIZE) : makecontext;
     getcontext(&parked_context);
     parked_context.uc_stack.ss_sp = parked_stack;
     parked_context.uc_stack.ss_size = STACK_SIZE;
     parked_context.uc_link = &parker_context;
-    makecontext(&parked_context, parked_coroutine, 0);
+    make(&parked_context, parked_coroutine, 0);
     swapcontext(&parker_context, &parked_context);
     printf("parked\n");
 }
@@ -104,7 +123,7 @@ int main(void)
         } else if (strncmp(line, "tag", 3) == 0) {
             printf("tag=%d\n", coro_tag());
         } else if (strncmp(line, "park", 4) == 0) {
-            park();
+            park(strncmp(line, "park own", 8) == 0);
         } else if (strncmp(line, "resume thread", 13) == 0) {
             resume_on_another_thread();
             printf("resumed run=%d\n", parked_run);
