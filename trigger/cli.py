@@ -19,6 +19,7 @@ import os
 import re
 import shutil  # noqa: F401
 from collections import Counter
+from collections.abc import Callable
 
 from ulp.console import ArgumentParser, Console, add_output_options, count, run_command, seconds
 from ulp.errors import ExitCode, UlpError
@@ -155,8 +156,7 @@ def run(argv: list[str] | None) -> int:
         from ulp.trigger import revertall
 
         console = Console(PROG, quiet=args.quiet or args.json, verbose=args.verbose)
-        return _run_many(args, _revert_all_targets(args), console, True, lambda pid: (
-            revertall.run_one(pid, args.revert_all, args.timeout, args.retries)))
+        return _run_many(args, console, True, _revert_all_work(args, revertall))
     steps = patchset.load(args.patch, args.revert)
     block_sigchld()
     release_orphans()
@@ -164,8 +164,7 @@ def run(argv: list[str] | None) -> int:
     single = len(args.pids) == 1 and not args.names and len(steps) == 1
     if single:
         return _run_single(args, steps, console)
-    return _run_many(args, _targets(args, steps), console, args.revert or steps[0].reverting,
-                     lambda pid: batch.run_one(pid, steps, args.timeout, args.retries))
+    return _run_many(args, console, args.revert or steps[0].reverting, _apply_work(args, steps))
 
 
 def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Console) -> int:
@@ -196,32 +195,48 @@ def _named(args: argparse.Namespace) -> list[int] | None:
     return None
 
 
-def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
-    """The PIDs to work on: those named, else every candidate of the machine."""
+Work = tuple[list[int], Callable[[int], list[batch.Outcome]], UlpError | None]
+
+
+def _apply_work(args: argparse.Namespace, steps: list[batch.Step]) -> Work:
+    """The PIDs to look at, what to do with each (no outcome: not a
+    candidate) and the error if none was one.  Without PIDs or names, every
+    process of the machine is looked at, in the workers (ulp.trigger.select)."""
+    def apply(pid: int, maps: str | None = None) -> list[batch.Outcome]:
+        return batch.run_one(pid, steps, args.timeout, args.retries, maps)
+
     named = _named(args)
     if named is not None:
-        return named
+        return named, apply, None
     # a process with only some libraries of a patch of several is a candidate:
     # its outcome says which one it lacks (the patch is refused there, whole)
     identities = {target.identity for step in steps for target in step.metadata.targets}
-    found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
-    if not found:
-        libraries = ", ".join(sorted({target.path for step in steps
-                                      for target in step.metadata.targets}))
-        raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
-                       ExitCode.LIBRARY_NOT_LOADED)
-    return found
+
+    def candidate(pid: int) -> list[batch.Outcome]:
+        maps = select.read_maps(pid)
+        return apply(pid, maps) if maps and select.runs_targets(maps, identities) else []
+
+    libraries = ", ".join(sorted({target.path for step in steps
+                                  for target in step.metadata.targets}))
+    return select.all_pids(), candidate, UlpError(
+        f"no process runs the ulp runtime with {libraries} loaded", ExitCode.LIBRARY_NOT_LOADED)
 
 
-def _revert_all_targets(args: argparse.Namespace) -> list[int]:
+def _revert_all_work(args: argparse.Namespace, revertall) -> Work:
+    def revert(pid: int) -> list[batch.Outcome]:
+        return revertall.run_one(pid, args.revert_all, args.timeout, args.retries)
+
     named = _named(args)
     if named is not None:
-        return named
-    found = [pid for pid in select.all_pids() if select.runs_library(pid, args.revert_all)]
-    if not found:
-        raise UlpError(f"no process runs the ulp runtime with a prepared {args.revert_all} "
-                       "loaded", ExitCode.LIBRARY_NOT_LOADED)
-    return found
+        return named, revert, None
+
+    def candidate(pid: int) -> list[batch.Outcome]:
+        maps = select.read_maps(pid)
+        return revert(pid) if maps and select.runs_library(maps, args.revert_all) else []
+
+    return select.all_pids(), candidate, UlpError(
+        f"no process runs the ulp runtime with a prepared {args.revert_all} loaded",
+        ExitCode.LIBRARY_NOT_LOADED)
 
 
 def _process_of(pid: int) -> int:
@@ -232,8 +247,9 @@ def _process_of(pid: int) -> int:
         return pid  # gone or never there: its outcome says so
 
 
-def _run_many(args: argparse.Namespace, pids: list[int], console: Console, reverting: bool,
-              handle) -> int:
+def _run_many(args: argparse.Namespace, console: Console, reverting: bool, work: Work) -> int:
+    pids, handle, none_found = work
+
     def report(outcomes: list[batch.Outcome], done: int) -> None:
         for outcome in outcomes:
             if outcome.kind == "failed":
@@ -246,10 +262,13 @@ def _run_many(args: argparse.Namespace, pids: list[int], console: Console, rever
 
     outcomes = batch.run_all(pids, handle, args.jobs, report)
     console.progress(len(pids), len(pids))
+    if not outcomes and none_found is not None:
+        raise none_found
     if args.json:
         _print_json(args, outcomes)
     else:
-        _print_summary(console, outcomes, len(pids), reverting)
+        _print_summary(console, outcomes, len({outcome.pid for outcome in outcomes}),
+                       reverting)
     return batch.worst(outcome.code for outcome in outcomes)
 
 

@@ -43,7 +43,7 @@ from ulp.process import Process
 from ulp.trigger import private
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
-from ulp.trigger.elfscan import TargetLibrary, file_version, read_prepared
+from ulp.trigger.elfscan import TargetLibrary, mapped_version, read_prepared
 from ulp.trigger.threadtable import thread_table
 from ulp.trigger.tracee import Tracee
 
@@ -82,19 +82,20 @@ class LoadedTarget:
         return self.base + self.library.lib_desc_vaddr
 
 
-@functools.lru_cache(maxsize=256)
-def _prepared_library(path: str, key: tuple) -> TargetLibrary:
-    return read_prepared(path)
-
-
 def open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
     """The prepared library mapped at ``base``, read from the mapped file itself."""
-    source = process.object_file(path, base)
     try:
-        key = file_version(source)
+        source, version = mapped_version(process, path, base)
     except OSError:
         raise UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING) from None
-    return _prepared_library(source, key)
+    return read_prepared(source, version)
+
+
+@functools.lru_cache(maxsize=1024)
+def _realpath(path: str) -> str:
+    """os.path.realpath, once per path in a run: it only orders the
+    candidates of find_target, and costs a system call per path component."""
+    return os.path.realpath(path)
 
 
 def _loaded_desc(process: Process, target: LoadedTarget) -> layout.LibDesc | None:
@@ -116,11 +117,11 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     Two copies of the target (the same library loaded from two paths) are
     refused: patching one would leave calls into the other unpatched.
     """
-    objects = process.mapped_objects()
+    objects = process.mapped_objects(reuse=True)
     wanted = os.path.basename(metadata.target_path)
+    target_path = _realpath(metadata.target_path)
     candidates = sorted(objects, key=lambda path: (
-        os.path.realpath(path) != os.path.realpath(metadata.target_path),
-        os.path.basename(path) != wanted))
+        _realpath(path) != target_path, os.path.basename(path) != wanted))
     mismatch = unprepared = None
     fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:

@@ -27,12 +27,28 @@ DEAD_STATES = ("Z", "X", "x")
 DYING_GRACE = 0.2  # seconds a dying process takes at most to become a zombie
 
 
+def read_proc(path: str) -> bytes:
+    """The whole of a /proc file, read with three system calls.
+
+    Python's ``open()`` makes nine (it looks for a terminal and seeks), and
+    the trigger reads /proc files many times per process of a fleet
+    (docs/trigger.md, "Speed").  OSError if it cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
     """The fields of /proc/PID[/task/TID]/stat after the command name; None if gone."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(path) as stream:
-            return stream.read().rsplit(")", 1)[1].split()
+        return read_proc(path).rsplit(b")", 1)[1].decode().split()
     except (OSError, IndexError):
         return None
 
@@ -40,10 +56,8 @@ def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
 def thread_group(tid: int) -> int:
     """The process (thread group) of thread ``tid``; NO_PROCESS if there is none."""
     try:
-        with open(f"/proc/{tid}/status") as stream:
-            for line in stream:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
+        status = read_proc(f"/proc/{tid}/status")
+        return int(status.split(b"\nTgid:", 1)[1].split(None, 1)[0])
     except (OSError, ValueError, IndexError):
         pass
     raise UlpError(f"no process with PID {tid}", ExitCode.NO_PROCESS)
@@ -59,10 +73,13 @@ class Process:
     ``image_changed()`` and ``gone()`` say so (PROCESS_EXITED).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, maps: str | None = None) -> None:
+        """``maps``: /proc/PID/maps as the caller read it just before (the
+        first look at the mappings uses it instead of reading it again)."""
         self._mem_fd: int | None = None
         self._mem_error: UlpError | None = None
         self._objects: dict[str, Mapping] | None = None  # from the last read of maps
+        self._maps = maps
         # /proc/TID exists for every thread, though unlisted: a thread's ID
         # names its process (whose ID the messages then show)
         pid = thread_group(pid)
@@ -129,9 +146,12 @@ class Process:
         return [_parse_mapping(line) for line in self._maps_lines()]
 
     def _maps_lines(self) -> list[str]:
+        if self._maps:
+            lines, self._maps = self._maps.splitlines(), None
+            return lines
         try:
-            with open(f"/proc/{self.pid}/maps") as stream:
-                lines = stream.read().splitlines()
+            lines = read_proc(f"/proc/{self.pid}/maps").decode(errors="surrogateescape") \
+                .splitlines()
         except PermissionError:
             raise UlpError(f"cannot read the mappings of PID {self.pid}: permission denied",
                            ExitCode.PERMISSION) from None
@@ -150,9 +170,17 @@ class Process:
             raise self.gone()
         return tids
 
-    def mapped_objects(self) -> dict[str, int]:
-        """Every file mapped at offset 0, with its load address."""
-        return {path: mapping.start for path, mapping in self._object_mappings().items()}
+    def mapped_objects(self, reuse: bool = False) -> dict[str, int]:
+        """Every file mapped at offset 0, with its load address.
+
+        ``reuse``: as the last call read them, if there was one.  For the
+        checks made before anything changes (each is made again in memory
+        or by the runtime): an apply looks for the runtime and its targets
+        in one read of /proc/PID/maps.
+        """
+        objects = self._objects if reuse and self._objects is not None \
+            else self._object_mappings()
+        return {path: mapping.start for path, mapping in objects.items()}
 
     def _object_mappings(self) -> dict[str, Mapping]:
         """The first offset-0 mapping of every mapped file.
@@ -180,15 +208,21 @@ class Process:
         the path through /proc/PID/root: ``path`` as the process sees it, in
         its own mount namespace or chroot (a container).
         """
-        mapping = (self._objects or self._object_mappings()).get(path)
-        if mapping is not None and mapping.start == start:
-            candidate = f"/proc/{self.pid}/map_files/{mapping.start:x}-{mapping.end:x}"
-            if os.access(candidate, os.R_OK):
-                return candidate
+        candidate = self.map_files_path(path, start)
+        if candidate is not None and os.access(candidate, os.R_OK):
+            return candidate
         rooted = f"/proc/{self.pid}/root{path}"
         if path.startswith("/") and os.access(rooted, os.R_OK):
             return rooted
         return path
+
+    def map_files_path(self, path: str, start: int) -> str | None:
+        """/proc/PID/map_files/START-END of the object ``path`` mapped at
+        ``start`` (usable only with CAP_SYS_ADMIN), None if it is not mapped there."""
+        mapping = (self._objects or self._object_mappings()).get(path)
+        if mapping is None or mapping.start != start:
+            return None
+        return f"/proc/{self.pid}/map_files/{mapping.start:x}-{mapping.end:x}"
 
     def _mem(self) -> int:
         if self._mem_error is not None:
