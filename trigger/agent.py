@@ -56,7 +56,9 @@ def runtime_symbol(process: Process, symbol: str) -> int | None:
     """The address of the runtime's exported ``symbol`` in ``process``, or None."""
     objects = process.mapped_objects(reuse=True)
     # the runtime is usually named libulp.so: look there first
-    for path in sorted(objects, key=lambda p: "ulp" not in os.path.basename(p)):
+    for path in sorted(objects, key=lambda p: not os.path.basename(p).startswith("libulp")):
+        if path.startswith(agent_abi.STAGED_OBJECT_PATH):
+            continue
         try:
             source, version = mapped_version(process, path, objects[path])
             value = once_per_version(source, version, symbol, _symbol_reader(symbol))
@@ -270,7 +272,7 @@ class Agent:
             info = os.fstat(target)
             name = os.readlink(path)
             if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0 or info.st_size != 0 \
-                    or not name.startswith("/memfd:ulp-patch"):
+                    or not name.startswith(agent_abi.STAGED_OBJECT_PATH):
                 raise UlpError(f"process {self.process.pid}: descriptor {fd} is not the agent's "
                                "staging memfd", ExitCode.FAILURE)
             view = memoryview(data)
@@ -309,6 +311,9 @@ class Agent:
         deadline = self.deadline()
         interval = POLL_FIRST
         while True:
+            # no request is answered before the agent has had a moment
+            time.sleep(interval)
+            interval = min(interval * 2, POLL_MAX)
             if self._serial() != old_serial:
                 self.running_request = False
                 return
@@ -326,8 +331,6 @@ class Agent:
             if time.monotonic() > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
-            time.sleep(interval)
-            interval = min(interval * 2, POLL_MAX)
 
     def release(self) -> None:
         """Put the agent back exactly as it was and let it go; never raises.

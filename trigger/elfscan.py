@@ -229,7 +229,7 @@ def once_per_version(path: str, version: tuple, what: str, read):
                 raise
             known = (False, error, path)
         if len(_READ) >= READ_CACHE_MAX:
-            _READ.clear()
+            del _READ[next(iter(_READ))]  # the oldest
         _READ[key] = known
     ok, value, first = known
     if ok:

@@ -82,7 +82,7 @@ def mapped_files(maps: str) -> dict[tuple[int, int], str]:
             key = (int(major, 16) << 32 | int(minor, 16), int(fields[4]))
         except ValueError:
             continue
-        if key[1]:
+        if key[1] and not fields[5].startswith(agent_abi.STAGED_OBJECT_PATH):
             files.setdefault(key, fields[5])
     return files
 

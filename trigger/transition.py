@@ -35,7 +35,7 @@ import os
 from dataclasses import dataclass
 
 from ulp import layout
-from ulp.agent_abi import Op, Request, RequestThread, Status
+from ulp.agent_abi import STAGED_OBJECT_PATH, Op, Request, RequestThread, Status
 from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
 from ulp.patchfile import PatchFile
@@ -125,6 +125,8 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     mismatch = unprepared = None
     fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:
+        if path.startswith(STAGED_OBJECT_PATH):
+            continue
         try:
             library = open_prepared(process, path, objects[path])
         except UlpError as error:
