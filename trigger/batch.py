@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ulp.errors import ExitCode, UlpError, one_line
 from ulp.metadata import PatchMetadata
 from ulp.patchfile import PatchFile
-from ulp.process import DYING_GRACE, Process
+from ulp.process import DYING_GRACE, Mapping, Process
 from ulp.trigger import codewrite, transition
 
 #: exit codes from the least to the most severe: a run exits with the most
@@ -75,10 +75,10 @@ class Step:
 
 
 def run_one(pid: int, steps: list[Step], timeout: float, retries: int,
-            maps: str | None = None) -> list[Outcome]:
+            maps: dict[str, Mapping] | None = None) -> list[Outcome]:
     """Every step in ``pid``, in order; a step whose target the process does
     not have is left out when another step's target is there.  ``maps``:
-    /proc/PID/maps as the caller just read it (ulp.process.Process)."""
+    the files the process maps as the caller just read them (ulp.process.Process)."""
     outcomes = []
     for step in steps:
         outcomes.append(_attempt(pid, step, timeout, retries, maps))
@@ -87,7 +87,8 @@ def run_one(pid: int, steps: list[Step], timeout: float, retries: int,
     return relevant or outcomes[:1]
 
 
-def _attempt(pid: int, step: Step, timeout: float, retries: int, maps: str | None) -> Outcome:
+def _attempt(pid: int, step: Step, timeout: float, retries: int,
+             maps: dict[str, Mapping] | None) -> Outcome:
     def once() -> list[Outcome]:
         nonlocal maps
         process, maps = Process(pid, maps), None  # a retry reads them again

@@ -202,7 +202,7 @@ def _apply_work(args: argparse.Namespace, steps: list[batch.Step]) -> Work:
     """The PIDs to look at, what to do with each (no outcome: not a
     candidate) and the error if none was one.  Without PIDs or names, every
     process of the machine is looked at, in the workers (ulp.trigger.select)."""
-    def apply(pid: int, maps: str | None = None) -> list[batch.Outcome]:
+    def apply(pid: int, maps: dict | None = None) -> list[batch.Outcome]:
         return batch.run_one(pid, steps, args.timeout, args.retries, maps)
 
     named = _named(args)

@@ -202,7 +202,7 @@ class TargetLibrary:
 
 #: what was read from files, by file version (file_version) and what was
 #: read: a result, or the UlpError that said it is not there; bounded
-_READ: dict[tuple, tuple[bool, object, str]] = {}
+_READ: dict[tuple, object] = {}
 READ_CACHE_MAX = 1024
 #: errors that depend only on the file's content, and so are kept with it
 CONTENT_ERRORS = (ExitCode.NOT_PATCHABLE, ExitCode.BAD_INPUT)
@@ -217,27 +217,40 @@ def once_per_version(path: str, version: tuple, what: str, read):
     of the trigger's work (4,001 processes), and the files that are not
     what is looked for (libc, ld.so, the program) the costliest part of it.
     An error that depends on the content only (not prepared, malformed) is
-    kept too, and given again with the path of this call.
+    kept too, and raised again with the path of this call.
     """
+    found = kept_per_version(path, version, what, read)
+    if isinstance(found, UlpError):
+        raise for_path(found, path)
+    return found
+
+
+def for_path(error: UlpError, path: str) -> UlpError:
+    """A kept error (kept_per_version) as it reads for the file at ``path``."""
+    message, first = str(error), getattr(error, "first_path", path)
+    if message.startswith(first):
+        message = path + message[len(first):]
+    return UlpError(message, error.exit_code)
+
+
+def kept_per_version(path: str, version: tuple, what: str, read):
+    """The same as once_per_version, the error given back instead of raised
+    (a UlpError whose ``first_path`` is the path it was found with): cheaper
+    when only its code matters."""
     key = (version, what)
-    known = _READ.get(key)
-    if known is None:
+    found = _READ.get(key)
+    if found is None:
         try:
-            known = (True, read(path), path)
+            found = read(path)
         except UlpError as error:
             if error.exit_code not in CONTENT_ERRORS:
                 raise
-            known = (False, error, path)
+            error.first_path = path
+            found = error
         if len(_READ) >= READ_CACHE_MAX:
             del _READ[next(iter(_READ))]  # the oldest
-        _READ[key] = known
-    ok, value, first = known
-    if ok:
-        return value
-    message = str(value)
-    if message.startswith(first):
-        message = path + message[len(first):]
-    raise UlpError(message, value.exit_code)
+        _READ[key] = found
+    return found
 
 
 def read_prepared(path: str, version: tuple | None = None) -> TargetLibrary:
@@ -255,6 +268,14 @@ def read_prepared(path: str, version: tuple | None = None) -> TargetLibrary:
             return _read_prepared(path)  # says why it cannot be read
     library = once_per_version(path, version, "prepared", _read_prepared)
     return library if library.path == path else replace(library, path=path)
+
+
+def prepared_or_error(path: str, version: tuple) -> TargetLibrary | UlpError:
+    """read_prepared, its content error given back (see kept_per_version)."""
+    library = kept_per_version(path, version, "prepared", _read_prepared)
+    if isinstance(library, UlpError) or library.path == path:
+        return library
+    return replace(library, path=path)
 
 
 def mapped_version(process, path: str, start: int) -> tuple[str, tuple]:

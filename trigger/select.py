@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from ulp import agent_abi
 from ulp.errors import UlpError
-from ulp.process import read_proc
+from ulp.process import Mapping, object_mappings, read_proc
 from ulp.trigger.elfscan import ElfScan, read_prepared
 
 
@@ -61,29 +61,23 @@ def matching(pids: Iterable[int], patterns: list[str]) -> list[int]:
                    for pattern in patterns)]
 
 
-def read_maps(pid: int) -> str | None:
-    """/proc/PID/maps, None if it cannot be read."""
+def read_maps(pid: int) -> dict[str, Mapping] | None:
+    """The files ``pid`` maps (ulp.process.object_mappings of
+    /proc/PID/maps), None if it cannot be read."""
     try:
-        return read_proc(f"/proc/{pid}/maps").decode(errors="surrogateescape")
+        text = read_proc(f"/proc/{pid}/maps").decode(errors="surrogateescape")
     except OSError:
         return None
+    return object_mappings(text.splitlines())
 
 
-def mapped_files(maps: str) -> dict[tuple[int, int], str]:
-    """(device, inode) -> path of every file mapped at offset 0 in ``maps``
-    (the text of /proc/PID/maps)."""
-    files = {}
-    for line in maps.splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/"):
-            continue
-        major, _, minor = fields[3].partition(":")
-        try:
-            key = (int(major, 16) << 32 | int(minor, 16), int(fields[4]))
-        except ValueError:
-            continue
-        if key[1] and not fields[5].startswith(agent_abi.STAGED_OBJECT_PATH):
-            files.setdefault(key, fields[5])
+def mapped_files(objects: dict[str, Mapping]) -> dict[tuple[int, int], str]:
+    """(device, inode) -> path of every file in ``objects`` (read_maps)
+    but the staged patch objects."""
+    files: dict[tuple[int, int], str] = {}
+    for path, mapping in objects.items():
+        if not path.startswith(agent_abi.STAGED_OBJECT_PATH):
+            files.setdefault((mapping.device, mapping.inode), path)
     return files
 
 
@@ -104,9 +98,9 @@ def _identity(key: tuple[int, int], path: str) -> bytes | None:
         return None
 
 
-def runs_targets(maps: str, identities: set[bytes]) -> bool:
-    """Does the process whose /proc/PID/maps is ``maps`` map the ulp runtime
-    and a library with one of ``identities``?
+def runs_targets(maps: dict[str, Mapping], identities: set[bytes]) -> bool:
+    """Does the process whose files are ``maps`` (read_maps) map the ulp
+    runtime and a library with one of ``identities``?
 
     Files are named by the path in maps; one replaced on disk since it was
     mapped is judged by its new content here, and by what is mapped later.
@@ -133,9 +127,9 @@ def names_library(path: str, library: str) -> bool:
     return fnmatch.fnmatchcase(os.path.basename(path), library)
 
 
-def runs_library(maps: str, library: str) -> bool:
-    """Does the process whose /proc/PID/maps is ``maps`` map the ulp runtime
-    and a prepared library ``library`` names?"""
+def runs_library(maps: dict[str, Mapping], library: str) -> bool:
+    """Does the process whose files are ``maps`` (read_maps) map the ulp
+    runtime and a prepared library ``library`` names?"""
     files = mapped_files(maps)
     return (any(names_library(path, library) and _identity(key, path) is not None
                 for key, path in files.items())

@@ -43,7 +43,7 @@ from ulp.process import Process
 from ulp.trigger import private
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
-from ulp.trigger.elfscan import TargetLibrary, mapped_version, read_prepared
+from ulp.trigger.elfscan import TargetLibrary, for_path, mapped_version, prepared_or_error
 from ulp.trigger.threadtable import thread_table
 from ulp.trigger.tracee import Tracee
 
@@ -84,11 +84,20 @@ class LoadedTarget:
 
 def open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
     """The prepared library mapped at ``base``, read from the mapped file itself."""
+    found = _prepared_or_error(process, path, base)
+    if isinstance(found, UlpError):
+        raise for_path(found, path)
+    return found
+
+
+def _prepared_or_error(process: Process, path: str, base: int) -> TargetLibrary | UlpError:
+    """open_prepared, a content error (not prepared, malformed) given back
+    instead of raised (UlpError.first_path names another process's copy)."""
     try:
         source, version = mapped_version(process, path, base)
     except OSError:
-        raise UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING) from None
-    return read_prepared(source, version)
+        return UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING)
+    return prepared_or_error(source, version)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -127,10 +136,9 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     for path in candidates:
         if path.startswith(STAGED_OBJECT_PATH):
             continue
-        try:
-            library = open_prepared(process, path, objects[path])
-        except UlpError as error:
-            if error.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
+        library = _prepared_or_error(process, path, objects[path])
+        if isinstance(library, UlpError):
+            if library.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
                 unprepared = unprepared or path
             continue
         target = LoadedTarget(library, objects[path])

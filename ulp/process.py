@@ -20,6 +20,7 @@ class Mapping:
     offset: int
     inode: int
     path: str
+    device: int = 0  # st_dev of the file (os.makedev of the major:minor shown)
 
 
 #: /proc states of a task that will never run again
@@ -55,10 +56,18 @@ def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
 
 def thread_group(tid: int) -> int:
     """The process (thread group) of thread ``tid``; NO_PROCESS if there is none."""
+    return _group_and_state(tid)[0]
+
+
+def _group_and_state(tid: int) -> tuple[int, str]:
+    """The thread group of ``tid`` and the state letter of ``tid`` (as
+    /proc/TID/stat has it), from one read of /proc/TID/status."""
     try:
         status = read_proc(f"/proc/{tid}/status")
-        return int(status.split(b"\nTgid:", 1)[1].split(None, 1)[0])
-    except (OSError, ValueError, IndexError):
+        group = int(status.split(b"\nTgid:", 1)[1].split(None, 1)[0])
+        state = status.split(b"\nState:", 1)[1].split(None, 1)[0].decode()
+        return group, state
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
         pass
     raise UlpError(f"no process with PID {tid}", ExitCode.NO_PROCESS)
 
@@ -73,18 +82,19 @@ class Process:
     ``image_changed()`` and ``gone()`` say so (PROCESS_EXITED).
     """
 
-    def __init__(self, pid: int, maps: str | None = None) -> None:
-        """``maps``: /proc/PID/maps as the caller read it just before (the
-        first look at the mappings uses it instead of reading it again)."""
+    def __init__(self, pid: int, objects: dict[str, Mapping] | None = None) -> None:
+        """``objects``: object_mappings() of /proc/PID/maps as the caller read
+        it just before (``mapped_objects(reuse=True)`` starts from them)."""
         self._mem_fd: int | None = None
         self._mem_error: UlpError | None = None
-        self._objects: dict[str, Mapping] | None = None  # from the last read of maps
-        self._maps = maps
+        self._objects = objects  # from the last read of maps
         # /proc/TID exists for every thread, though unlisted: a thread's ID
         # names its process (whose ID the messages then show)
-        pid = thread_group(pid)
+        group, state = _group_and_state(pid)
+        if group != pid:
+            pid, state = group, self.state_of(group)
         self.pid = pid
-        if self.state() in DEAD_STATES and self._other_threads_live():
+        if state in DEAD_STATES and self._other_threads_live():
             # A process being killed loses its main thread first: its other
             # threads follow within moments.  One whose main thread called
             # pthread_exit keeps them: /proc/PID/maps and /proc/PID/mem
@@ -100,7 +110,11 @@ class Process:
 
     def state(self) -> str | None:
         """The state letter of /proc/PID/stat (R, S, D, T, t, Z...), None if gone."""
-        fields = stat_fields(self.pid)
+        return self.state_of(self.pid)
+
+    @staticmethod
+    def state_of(pid: int) -> str | None:
+        fields = stat_fields(pid)
         return fields[0] if fields else None
 
     def alive(self) -> bool:
@@ -146,9 +160,6 @@ class Process:
         return [_parse_mapping(line) for line in self._maps_lines()]
 
     def _maps_lines(self) -> list[str]:
-        if self._maps:
-            lines, self._maps = self._maps.splitlines(), None
-            return lines
         try:
             lines = read_proc(f"/proc/{self.pid}/maps").decode(errors="surrogateescape") \
                 .splitlines()
@@ -183,21 +194,8 @@ class Process:
         return {path: mapping.start for path, mapping in objects.items()}
 
     def _object_mappings(self) -> dict[str, Mapping]:
-        """The first offset-0 mapping of every mapped file.
-
-        Only those lines are parsed: a process with many threads or many
-        anonymous mappings has thousands of others.
-        """
-        objects: dict[str, Mapping] = {}
-        for line in self._maps_lines():
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/"):
-                continue
-            mapping = _parse_mapping(line)
-            if mapping.inode:
-                objects.setdefault(mapping.path, mapping)
-        self._objects = objects
-        return objects
+        self._objects = object_mappings(self._maps_lines())
+        return self._objects
 
     def object_file(self, path: str, start: int) -> str:
         """A path opening the very file mapped at ``start``.
@@ -291,8 +289,30 @@ def _stops_within(condition, seconds: float) -> bool:
     return True
 
 
+def object_mappings(lines: list[str]) -> dict[str, Mapping]:
+    """The first offset-0 mapping of every file mapped in ``lines`` (of
+    /proc/PID/maps), by path.
+
+    Only those lines are parsed: a process with many threads or many
+    anonymous mappings has thousands of others.
+    """
+    objects: dict[str, Mapping] = {}
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/") \
+                or fields[4] == "0" or fields[5] in objects:
+            continue
+        try:
+            objects[fields[5]] = _parse_mapping(line)
+        except ValueError:
+            continue
+    return objects
+
+
 def _parse_mapping(line: str) -> Mapping:
     fields = line.split(maxsplit=5)
     start, end = (int(part, 16) for part in fields[0].split("-"))
     path = fields[5] if len(fields) > 5 else ""
-    return Mapping(start, end, fields[1], int(fields[2], 16), int(fields[4]), path)
+    major, _, minor = fields[3].partition(":")
+    return Mapping(start, end, fields[1], int(fields[2], 16), int(fields[4]), path,
+                   os.makedev(int(major, 16), int(minor, 16)))
