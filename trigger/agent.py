@@ -30,10 +30,12 @@ from ulp.trigger.elfscan import ElfScan, mapped_version, once_per_version
 from ulp.trigger.priority import raise_priority, restore_priority
 from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
-#: the wait for an answer polls the mailbox, first often (most requests take
-#: well under a millisecond), then less and less: many triggers' worth of
-#: waits run at once in one process (ulp-trigger's worker threads)
-POLL_FIRST, POLL_MAX = 0.00005, 0.002
+#: the wait for an answer polls the mailbox: a first look after POLL_FIRST
+#: (most requests take tens of microseconds), then one every POLL_STEP for
+#: the first POLL_STEADY (a PREPARE takes a few hundred: a wait doubling
+#: from the start overshot it by as much, more than the trigger's own work
+#: per process), then less and less
+POLL_FIRST, POLL_STEP, POLL_STEADY, POLL_MAX = 0.00002, 0.00004, 0.001, 0.002
 SYS_PPOLL = 271
 IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
 
@@ -308,27 +310,30 @@ class Agent:
                               "little")
 
     def _wait_answer(self, old_serial: int) -> None:
-        deadline = self.deadline()
+        start = time.monotonic()
+        deadline = start + self.timeout
         interval = POLL_FIRST
         while True:
-            # no request is answered before the agent has had a moment
             time.sleep(interval)
-            interval = min(interval * 2, POLL_MAX)
             if self._serial() != old_serial:
                 self.running_request = False
                 return
+            now = time.monotonic()
+            if now - start < POLL_STEADY:
+                interval = POLL_STEP
+                continue
+            interval = min(interval * 2, POLL_MAX)
             try:
                 # an agent killed meanwhile (by an execve of another thread)
-                # must be reaped now: the kernel waits for it to finish the
-                # exec.  A process that exits or calls execve ends its agent
-                # that way too: looking at the process itself every time
-                # was a third of the wait's cost, so it is left to long waits
+                # must be reaped: the kernel waits for it to finish the exec.
+                # A process that exits or calls execve ends its agent that
+                # way too; looking at the process itself is left to long waits
                 self.tracee.poll_stop()
             except ThreadGone:
                 raise self._agent_gone() from None
             if interval >= POLL_MAX and not self.process.known():
                 raise self.process.gone()
-            if time.monotonic() > deadline:
+            if now > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
 
