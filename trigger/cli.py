@@ -70,14 +70,16 @@ outcome's code (docs/exit-codes.md gives the order).  See docs/trigger.md.
 
 
 def default_jobs() -> int:
-    """One worker per CPU this process may run on, at least 2.
+    """One worker process per CPU this process may run on, at least 2
+    (ulp.trigger.workers).
 
-    The workers run Python, one at a time (the GIL), with SCHED_FIFO
-    (priority.py): every hand-over of the GIL between real-time threads is a
-    context switch.  Measured on 2 cores, 1,001 idle processes: 16 workers
-    7.5 s (11 s of CPU, most of it in the kernel handing the GIL over), 8
-    workers 5.9 s, 4 workers 3.7 s, 2 workers 3.1 s, 1 worker 3.7 s; 201
-    processes: 0.6-0.9 s with 2 workers, 0.8-1.0 s with 16.
+    Each worker is a process of its own with SCHED_FIFO (priority.py); the
+    CPUs are shared with the targets' agents, which do the loading.
+    Measured on 2 cores, 2,001 idle processes: 2, 3 and 4 workers within the
+    noise of each other (2.6-2.9 s an apply), 8 workers more CPU for no
+    gain.  Worker threads before them: 1,001 processes took 7.5 s with 16
+    threads, 3.1 s with 2, every hand-over of the interpreter lock a
+    context switch.
     """
     return max(2, len(os.sched_getaffinity(0)))
 
@@ -101,8 +103,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--retries", type=count, default=0, metavar="N",
                         help="retry N times when a process is busy (exit code 15)")
     parser.add_argument("-j", "--jobs", type=count, default=None, metavar="N",
-                        help="processes handled at once (default: one per CPU this command "
-                             "may use, at least 2)")
+                        help="processes handled at once, each by a worker process of its own "
+                             "(default: one per CPU this command may use, at least 2)")
     add_output_options(parser, json=True)
     return parser
 
