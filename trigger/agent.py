@@ -106,7 +106,7 @@ class Agent:
     def attach(self) -> None:
         """Stop the agent in its idle loop; only one trigger can hold it."""
         deadline = self.deadline()
-        header = self._header  # read by __init__, just before
+        header = self.header()
         if header.state == AgentState.OFF:
             raise UlpError(f"process {self.process.pid} runs the ulp runtime without its agent "
                            "(started with ULP_AGENT=off): it cannot be patched",

@@ -141,14 +141,15 @@ class _Reaper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # held while it reaps, and to start or end it
-        self._held: dict[int, Tracee] | None = None
+        # the held threads of each stop under way (a program's threads may stop several)
+        self._held: dict[int, dict[int, Tracee]] = {}
         self._running = False
         self._last_use = 0.0
 
     @contextlib.contextmanager
     def watching(self, held: dict[int, Tracee]) -> Iterator[None]:
         with self._lock:
-            self._held = held
+            self._held[id(held)] = held
             self._last_use = time.monotonic()
             if not self._running:
                 # started inside scheduled_first, it inherits the real-time
@@ -161,16 +162,16 @@ class _Reaper:
             yield
         finally:
             with self._lock:  # not while it reaps: after this, the caller's alone
-                self._held = None
+                del self._held[id(held)]
                 self._last_use = time.monotonic()
 
     def _run(self) -> None:
         while True:
             time.sleep(self.PERIOD)
             with self._lock:
-                if self._held is not None:
-                    _reap_dead(self._held)
-                elif time.monotonic() - self._last_use > self.IDLE_END:
+                for held in self._held.values():
+                    _reap_dead(held)
+                if not self._held and time.monotonic() - self._last_use > self.IDLE_END:
                     self._running = False
                     return
 
