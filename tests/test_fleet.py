@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from consistency_support import C_DIR, LiveProcess, patch, prepared_library, tool
 
 from support import ROOT, RUNTIME, TIMEOUT, cc
@@ -99,3 +101,28 @@ def test_a_worker_that_dies_leaves_its_process_without_an_outcome() -> None:
     lost = workers.run(list(range(1, 41)), work, 3, answers.__setitem__)
     assert lost == {3}
     assert answers == {pid: [pid, "done"] for pid in range(1, 41) if pid != 3}
+
+
+def test_a_ctrl_c_tells_the_outcome_of_every_process_started_and_starts_no_other(
+        tmp_path: Path) -> None:
+    """ulp.trigger.workers on SIGINT (here sent by the work of PID 5 to the
+    parent): no PID is started after it, the one under way finishes (a
+    worker ignores SIGINT: an apply is never cut in the middle) and every
+    process started has its outcome told before the interrupt goes on."""
+    answers: dict[int, object] = {}
+
+    def work(pid: int) -> object:
+        (tmp_path / str(pid)).touch()  # started
+        if pid == 5:
+            os.kill(os.getppid(), signal.SIGINT)
+            time.sleep(0.2)  # still under way when the parent stops
+        else:
+            time.sleep(0.005)
+        return pid
+
+    with pytest.raises(KeyboardInterrupt):
+        workers.run(list(range(1, 201)), work, 3, answers.__setitem__)
+    started = {int(path.name) for path in tmp_path.iterdir()}
+    assert 5 in answers and set(answers) == started
+    assert len(started) < 200
+

@@ -18,11 +18,14 @@ back what ``work(pid)`` returns (marshal data) on a pipe of its own, as a
 length and the bytes.
 
 Stopping: a worker ignores SIGINT and finishes the process it is working on
-(an apply is never cut in the middle by a Ctrl-C); on any exception,
-KeyboardInterrupt included, the parent closes its end of the pipes, and each
-worker ends at its next write (EPIPE), then is waited for.  A worker whose
-parent dies ends the same way.  A worker that dies leaves its process
-without a result: ``run`` returns the PIDs no answer came for.
+(an apply is never cut in the middle by a Ctrl-C).  On a KeyboardInterrupt
+the parent takes back the PIDs no worker took yet (it keeps a read end of
+their pipe for that), takes the results of the processes under way, then
+raises it again; on any other exception, or a second Ctrl-C, it closes its
+end of the pipes, and each worker ends at its next write (EPIPE), then is
+waited for.  A worker whose parent dies ends the same way.  A worker that
+dies leaves its process without a result: ``run`` returns the PIDs no
+answer came for.
 """
 
 from __future__ import annotations
@@ -62,8 +65,13 @@ def run(pids: list[int], work: Callable[[int], object], jobs: int,
             os.close(write)
             pipes.results[read] = bytearray()
             workers.append(child)
-        pipes.close_todo_read()
-        _collect(pids, pipes, waiting, answer)
+        results = _Results(pids, pipes, waiting, answer)
+        try:
+            results.collect()
+        except KeyboardInterrupt:
+            results.stop()
+            results.collect()  # of the processes under way: their outcomes are told
+            raise
         finished = True
     finally:
         pipes.close_all_but(-1)
@@ -78,10 +86,6 @@ class _Pipes:
         self.todo_read = self.todo_write = -1
         self.results: dict[int, bytearray] = {}  # result pipe -> bytes not yet a whole record
 
-    def close_todo_read(self) -> None:
-        os.close(self.todo_read)
-        self.todo_read = -1
-
     def close_todo_write(self) -> None:
         os.close(self.todo_write)
         self.todo_write = -1
@@ -95,34 +99,58 @@ class _Pipes:
         self.results = {}
 
 
-def _collect(pids: list[int], pipes: _Pipes, waiting: set[int],
-             answer: Callable[[int, object], None]) -> None:
-    """Hand out the PIDs and take the results until every worker is done."""
-    pending = b"".join(pid.to_bytes(PID_SIZE, "little") for pid in pids)
-    os.set_blocking(pipes.todo_write, False)
-    open_results = dict(pipes.results)
-    while open_results:
-        writable = [pipes.todo_write] if pipes.todo_write >= 0 else []
-        ready, can_write, _ = select.select(list(open_results), writable, [])
-        if can_write:
-            try:
-                pending = pending[os.write(pipes.todo_write, pending[:CHUNK]):]
-            except BlockingIOError:
-                pass
-            except BrokenPipeError:
-                pending = b""  # no worker is left to take them
-            if not pending:
-                pipes.close_todo_write()  # the workers read to its end, then stop
-        for fd in ready:
-            data = os.read(fd, 65536)
-            if not data:
-                del open_results[fd]
-                continue
-            buffer = open_results[fd]
-            buffer += data
-            for pid, result in _records(buffer):
-                waiting.discard(pid)
-                answer(pid, result)
+class _Results:
+    """Handing out the PIDs and taking the results."""
+
+    def __init__(self, pids: list[int], pipes: _Pipes, waiting: set[int],
+                 answer: Callable[[int, object], None]) -> None:
+        self.pending = b"".join(pid.to_bytes(PID_SIZE, "little") for pid in pids)
+        self.pipes = pipes
+        self.waiting = waiting
+        self.answer = answer
+        self.open = dict(pipes.results)  # result pipes not at their end yet
+        os.set_blocking(pipes.todo_write, False)
+
+    def collect(self) -> None:
+        """Until every worker is done."""
+        pipes = self.pipes
+        while self.open:
+            writable = [pipes.todo_write] if pipes.todo_write >= 0 else []
+            ready, can_write, _ = select.select(list(self.open), writable, [])
+            if can_write:
+                try:
+                    self.pending = self.pending[os.write(pipes.todo_write,
+                                                         self.pending[:CHUNK]):]
+                except BlockingIOError:
+                    pass
+                if not self.pending:
+                    pipes.close_todo_write()  # the workers read to its end, then stop
+            for fd in ready:
+                self._read(fd)
+
+    def _read(self, fd: int) -> None:
+        data = os.read(fd, 65536)
+        if not data:
+            del self.open[fd]
+            return
+        buffer = self.open[fd]
+        buffer += data
+        for pid, result in _records(buffer):
+            self.waiting.discard(pid)
+            self.answer(pid, result)
+
+    def stop(self) -> None:
+        """No process is started any more: the PIDs not taken yet are taken
+        back (this process keeps the pipe's read end for that), and the
+        workers end once they are done with the one they work on."""
+        self.pending = b""
+        if self.pipes.todo_write >= 0:
+            # closed first: with no writer left, reading ends at the end of
+            # what is there (the read end is shared with the workers: it
+            # must stay blocking)
+            self.pipes.close_todo_write()
+        while os.read(self.pipes.todo_read, CHUNK):
+            pass
 
 
 def _records(buffer: bytearray):
