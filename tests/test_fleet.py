@@ -1,19 +1,28 @@
 """A short slice of `make bench-fleet`: one ulp-trigger call applies to every
 process of a fleet forked as libpulp's stress test forks it (bench/fleet.c),
 each with the agent the runtime restarts after fork, and one call reverts
-it everywhere.  Real processes; every wait has a timeout."""
+it everywhere; and what makes that fast (docs/trigger.md, "Speed"): the
+thread table asked of the kernel, the worker processes.  Real processes;
+every wait has a timeout."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
-from consistency_support import C_DIR, patch, prepared_library, tool
+import pytest
+from consistency_support import C_DIR, LiveProcess, patch, prepared_library, tool
 
 from support import ROOT, RUNTIME, TIMEOUT, cc
+from ulp import agent_abi
+from ulp.process import Process
+from ulp.trigger import threadtable, workers
+from ulp.trigger.tracee import Tracee
 
 CHILDREN = 30
 
@@ -29,8 +38,12 @@ def test_one_call_applies_to_a_forked_fleet_and_one_reverts_it(build_dir: Path) 
     try:
         assert proc.stdout.readline() == f"ready {CHILDREN}\n"
         applied = tool("ulp-trigger", "--json", fix, timeout=300)
-        reverted = tool("ulp-trigger", "--revert", fix, timeout=300)
         child = max(result["pid"] for result in json.loads(applied.stdout)["results"])
+        # the trigger never looks into the patch objects staged before: so named
+        staged = [line for line in Path(f"/proc/{child}/maps").read_text().splitlines()
+                  if line.split(maxsplit=5)[5:] and line.split(maxsplit=5)[5].startswith(
+                      agent_abi.STAGED_OBJECT_PATH)]
+        reverted = tool("ulp-trigger", "--revert", fix, timeout=300)
         log = json.loads(tool("ulp", "messages", "--json", child).stdout)
         child_threads = set(os.listdir(f"/proc/{child}/task"))
     finally:
@@ -51,3 +64,73 @@ def test_one_call_applies_to_a_forked_fleet_and_one_reverts_it(build_dir: Path) 
     assert started and all(started) and started[-1].group(1) in child_threads, log
     assert all(match.group(1) not in child_threads for match in started[:-1]), log
     assert code == 0  # every child ended normally
+    assert staged, "the applied patch object is not mapped under STAGED_OBJECT_PATH"
+
+
+def test_the_thread_table_asked_of_the_kernel_is_the_one_read_from_maps(build_dir: Path) -> None:
+    """PROCMAP_QUERY (one question per address) gives the COMMIT the same
+    stacks as the text of /proc/PID/maps: the main thread's [stack], the
+    agent's own stack found from its thread pointer, and the mapping each
+    stack pointer is in.  Both threads stopped with real ptrace."""
+    root = build_dir / "fleet-table"
+    lib = prepared_library(root / "lib" / "libe2e.so", [C_DIR / "e2e_lib.c"])
+    app = cc(root / "app", [C_DIR / "e2e_app.c"], f"-L{root / 'lib'}", "-le2e", "-ldl")
+    with LiveProcess([app], env={"LD_LIBRARY_PATH": str(lib.parent)}) as proc:
+        assert proc.next_line() == "ready"
+        process = Process(proc.pid)
+        tracees = [Tracee(tid) for tid in process.threads()]
+        try:
+            threads = []
+            for tracee in tracees:
+                tracee.stop(time.monotonic() + TIMEOUT)
+                threads.append((tracee.tid, tracee.get_registers()))
+            queried = threadtable._queried_table(process, threads)
+            read = threadtable._read_table(process, threads)
+        finally:
+            for tracee in tracees:
+                tracee.let_go(time.monotonic() + TIMEOUT)
+            process.close()
+    assert len(threads) == 2  # the program and the agent
+    assert [row[2:] for row in queried] == [row[2:] for row in read]
+    assert all(own and here for _, _, own, here in queried)
+
+
+def test_a_worker_that_dies_leaves_its_process_without_an_outcome() -> None:
+    """ulp.trigger.workers: every PID's result comes back from the forked
+    workers, whichever took it; a worker that dies (here at PID 3) costs only
+    the result it was working on, which run() reports, and the rest go on."""
+    answers: dict[int, object] = {}
+
+    def work(pid: int) -> object:
+        if pid == 3:
+            os._exit(9)
+        return [pid, "done"]
+
+    lost = workers.run(list(range(1, 41)), work, 3, answers.__setitem__)
+    assert lost == {3}
+    assert answers == {pid: [pid, "done"] for pid in range(1, 41) if pid != 3}
+
+
+def test_a_ctrl_c_tells_the_outcome_of_every_process_started_and_starts_no_other(
+        tmp_path: Path) -> None:
+    """ulp.trigger.workers on SIGINT (here sent by the work of PID 5 to the
+    parent): no PID is started after it, the one under way finishes (a
+    worker ignores SIGINT: an apply is never cut in the middle) and every
+    process started has its outcome told before the interrupt goes on."""
+    answers: dict[int, object] = {}
+
+    def work(pid: int) -> object:
+        (tmp_path / str(pid)).touch()  # started
+        if pid == 5:
+            os.kill(os.getppid(), signal.SIGINT)
+            time.sleep(0.2)  # still under way when the parent stops
+        else:
+            time.sleep(0.005)
+        return pid
+
+    with pytest.raises(KeyboardInterrupt):
+        workers.run(list(range(1, 201)), work, 3, answers.__setitem__)
+    started = {int(path.name) for path in tmp_path.iterdir()}
+    assert 5 in answers and set(answers) == started
+    assert len(started) < 200
+

@@ -18,7 +18,6 @@ finish (RETRY).
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 import time
@@ -27,39 +26,44 @@ from ulp import agent_abi
 from ulp.agent_abi import AgentState, MailboxHeader, Request
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process, stat_fields
-from ulp.trigger.elfscan import ElfScan, file_version
+from ulp.trigger.elfscan import ElfScan, mapped_version, once_per_version
 from ulp.trigger.priority import raise_priority, restore_priority
 from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 
-#: the wait for an answer polls the mailbox, first often (most requests take
-#: well under a millisecond), then less and less: many triggers' worth of
-#: waits run at once in one process (ulp-trigger's worker threads)
-POLL_FIRST, POLL_MAX = 0.00005, 0.002
+#: the wait for an answer polls the mailbox: a first look after POLL_FIRST
+#: (most requests take tens of microseconds), then one every POLL_STEP for
+#: the first POLL_STEADY (a PREPARE takes a few hundred: a wait doubling
+#: from the start overshot it by as much, more than the trigger's own work
+#: per process), then less and less
+POLL_FIRST, POLL_STEP, POLL_STEADY, POLL_MAX = 0.00002, 0.00004, 0.001, 0.002
 SYS_PPOLL = 271
 IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
 
 
-@functools.lru_cache(maxsize=256)
-def _symbol_offset(path: str, version: tuple, symbol: str) -> int | None:
-    """``symbol``'s offset in the object at ``path`` (cached per file version)."""
-    with ElfScan(path) as elf:
-        return elf.dynamic_symbol_value(symbol)
+def _symbol_reader(symbol: str):
+    def read(path: str) -> int | None:
+        with ElfScan(path) as elf:
+            return elf.dynamic_symbol_value(symbol)
+    return read
 
 
 def _waiting(tracee: Tracee, header: MailboxHeader) -> bool:
-    """Is the stopped agent in its idle wait (the one ppoll it makes)?"""
-    regs = tracee.get_registers()
+    """Is the stopped agent in its idle wait (the one ppoll it makes)?
+    Its registers are kept in ``tracee.registers_when_stopped``."""
+    regs = tracee.registers_when_stopped = tracee.get_registers()
     return regs.orig_rax == SYS_PPOLL and regs.rip == header.idle_address
 
 
 def runtime_symbol(process: Process, symbol: str) -> int | None:
     """The address of the runtime's exported ``symbol`` in ``process``, or None."""
-    objects = process.mapped_objects()
+    objects = process.mapped_objects(reuse=True)
     # the runtime is usually named libulp.so: look there first
-    for path in sorted(objects, key=lambda p: "ulp" not in os.path.basename(p)):
+    for path in sorted(objects, key=lambda p: not os.path.basename(p).startswith("libulp")):
+        if path.startswith(agent_abi.STAGED_OBJECT_PATH):
+            continue
         try:
-            source = process.object_file(path, objects[path])
-            value = _symbol_offset(source, file_version(source), symbol)
+            source, version = mapped_version(process, path, objects[path])
+            value = once_per_version(source, version, symbol, _symbol_reader(symbol))
         except (UlpError, OSError):
             continue
         if value is not None:
@@ -86,14 +90,15 @@ class Agent:
         self.tracee: Tracee | None = None
         self.running_request = False  # the agent was let run and has not answered
         self._saved_priority = None  # the agent's scheduling before attach() raised it
-        header = self.header()
+        self._header = header = self.header()  # as the last read of the mailbox left it
         if header.magic != agent_abi.MAILBOX_MAGIC or header.abi_version != agent_abi.ABI_VERSION:
             raise UlpError(f"process {process.pid} has an incompatible ulp runtime "
                            f"(ABI {header.abi_version})", ExitCode.NO_RUNTIME)
 
     def header(self) -> MailboxHeader:
-        return MailboxHeader.unpack(self.process.read(self.mailbox,
-                                                      agent_abi.MAILBOX_HEADER_SIZE))
+        self._header = MailboxHeader.unpack(self.process.read(self.mailbox,
+                                                              agent_abi.MAILBOX_HEADER_SIZE))
+        return self._header
 
     def deadline(self) -> float:
         return time.monotonic() + self.timeout
@@ -115,11 +120,12 @@ class Agent:
             header = self._started(deadline)
         if header.state != AgentState.IDLE:
             raise UlpError(f"the ulp agent of process {self.process.pid} is busy", ExitCode.RETRY)
+        # which also checks that the agent is a thread of this process:
+        # /proc/PID/task/TID names only the process's own threads
         self._wait_not_job_stopped(header.agent_tid, deadline)
         # raised before the stop: entering it needs the CPU as much as the work
-        # does (ulp.trigger.priority); checked to be this process's thread first
-        if os.path.exists(f"/proc/{self.process.pid}/task/{header.agent_tid}"):
-            self._saved_priority = raise_priority(header.agent_tid, reset_on_fork=True)
+        # does (ulp.trigger.priority)
+        self._saved_priority = raise_priority(header.agent_tid, reset_on_fork=True)
         try:
             self._take_idle_agent(header, deadline)
         except BaseException:
@@ -136,7 +142,8 @@ class Agent:
                                "nothing done", ExitCode.RETRY)
             if _waiting(tracee, header):
                 self.tracee = tracee
-                tracee.save_registers()
+                tracee.save_registers(tracee.registers_when_stopped)
+                self.header()  # as it is now that nothing else can change it
                 return
             # stopped between two pauses of its loop, or still running a request
             tracee.detach()
@@ -235,18 +242,34 @@ class Agent:
         """Run one request on the agent; return the runtime's status and message."""
         if self.tracee is None or not self.tracee.stopped:
             raise self._agent_gone()  # reaped meanwhile (an execve killed it)
-        header = self.header()
+        # the agent was stopped in its wait since the mailbox was last read:
+        # nothing has changed it meanwhile
+        header = self._header
+        self._start(request, header)
+        self.running_request = True
+        self.tracee.resume()
+        self._wait_answer(header.serial)
+        self._stop_in_wait(header)
+        # the header and the message after it, in one read
+        raw = self.process.read(self.mailbox, agent_abi.MESSAGE_OFFSET + agent_abi.MESSAGE_MAX)
+        self._header = answer = MailboxHeader.unpack(raw)
+        message = raw[agent_abi.MESSAGE_OFFSET:].split(b"\0", 1)[0].decode(errors="replace")
+        return answer.status, message
+
+    def _start(self, request: Request, header: MailboxHeader) -> None:
+        """Write ``request`` and point the stopped agent at the dispatcher."""
         payload = request.pack()
         self.process.write(self.mailbox + agent_abi.REQUEST_OFFSET, payload)
         self.process.write(self.mailbox + agent_abi.REQUEST_SIZE_OFFSET,
                            len(payload).to_bytes(4, "little"))
-        self._start_dispatch(header)
-        self._wait_answer(header.serial)
-        self._stop_in_wait(header)
-        answer = self.header()
-        raw = self.process.read(self.mailbox + agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX)
-        message = raw.split(b"\0", 1)[0].decode(errors="replace")
-        return answer.status, message
+        regs = self.tracee.registers_when_stopped or self.tracee.get_registers()
+        stack = header.call_stack_top - 8  # as if called: 16-byte aligned before the call
+        self.process.write(stack, bytes(8))
+        regs.rip = header.dispatch
+        regs.rsp = stack
+        regs.rbp = 0
+        regs.orig_rax = -1 & 0xFFFFFFFFFFFFFFFF  # not in a system call: no restart
+        self.tracee.set_registers(regs)
 
     def fill_staged(self, data: bytes) -> int:
         """After a STAGE request: fill the agent's empty memfd with ``data``
@@ -265,7 +288,7 @@ class Agent:
             info = os.fstat(target)
             name = os.readlink(path)
             if not stat.S_ISREG(info.st_mode) or info.st_nlink != 0 or info.st_size != 0 \
-                    or not name.startswith("/memfd:ulp-patch"):
+                    or not name.startswith(agent_abi.STAGED_OBJECT_PATH):
                 raise UlpError(f"process {self.process.pid}: descriptor {fd} is not the agent's "
                                "staging memfd", ExitCode.FAILURE)
             view = memoryview(data)
@@ -277,18 +300,6 @@ class Agent:
         finally:
             os.close(target)
         return fd
-
-    def _start_dispatch(self, header: MailboxHeader) -> None:
-        regs = self.tracee.get_registers()
-        stack = header.call_stack_top - 8  # as if called: 16-byte aligned before the call
-        self.process.write(stack, bytes(8))
-        regs.rip = header.dispatch
-        regs.rsp = stack
-        regs.rbp = 0
-        regs.orig_rax = -1 & 0xFFFFFFFFFFFFFFFF  # not in a system call: no restart
-        self.tracee.set_registers(regs)
-        self.running_request = True
-        self.tracee.resume()
 
     def _stop_in_wait(self, header: MailboxHeader) -> None:
         """Stop the agent once it waits again after answering.  Between two
@@ -308,26 +319,37 @@ class Agent:
             self.tracee.resume()
             time.sleep(POLL_FIRST)
 
+    def _serial(self) -> int:
+        return int.from_bytes(self.process.read(self.mailbox + agent_abi.SERIAL_OFFSET, 4),
+                              "little")
+
     def _wait_answer(self, old_serial: int) -> None:
-        deadline = self.deadline()
+        start = time.monotonic()
+        deadline = start + self.timeout
         interval = POLL_FIRST
         while True:
-            if self.header().serial != old_serial:
+            time.sleep(interval)
+            if self._serial() != old_serial:
                 self.running_request = False
                 return
-            if not self.process.known():
-                raise self.process.gone()
+            now = time.monotonic()
+            if now - start < POLL_STEADY:
+                interval = POLL_STEP
+                continue
+            interval = min(interval * 2, POLL_MAX)
             try:
                 # an agent killed meanwhile (by an execve of another thread)
-                # must be reaped now: the kernel waits for it to finish the exec
+                # must be reaped: the kernel waits for it to finish the exec.
+                # A process that exits or calls execve ends its agent that
+                # way too; looking at the process itself is left to long waits
                 self.tracee.poll_stop()
             except ThreadGone:
                 raise self._agent_gone() from None
-            if time.monotonic() > deadline:
+            if interval >= POLL_MAX and not self.process.known():
+                raise self.process.gone()
+            if now > deadline:
                 raise UlpError(f"the ulp agent of process {self.process.pid} did not answer in "
                                f"{self.timeout:g}s; it finishes on its own", ExitCode.RETRY)
-            time.sleep(interval)
-            interval = min(interval * 2, POLL_MAX)
 
     def release(self) -> None:
         """Put the agent back exactly as it was and let it go; never raises.

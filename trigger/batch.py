@@ -10,7 +10,6 @@ docs/exit-codes.md).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from ulp.errors import ExitCode, UlpError, one_line
 from ulp.metadata import PatchMetadata
 from ulp.patchfile import PatchFile
-from ulp.process import DYING_GRACE, Process
+from ulp.process import DYING_GRACE, Mapping, Process
 from ulp.trigger import codewrite, transition
 
 #: exit codes from the least to the most severe: a run exits with the most
@@ -75,16 +74,27 @@ class Step:
         return self.patch_file.metadata
 
 
-def run_one(pid: int, steps: list[Step], timeout: float, retries: int) -> list[Outcome]:
+def run_one(pid: int, steps: list[Step], timeout: float, retries: int,
+            maps: dict[str, Mapping] | None = None) -> list[Outcome]:
     """Every step in ``pid``, in order; a step whose target the process does
-    not have is left out when another step's target is there."""
-    outcomes = [_attempt(pid, step, timeout, retries) for step in steps]
+    not have is left out when another step's target is there.  ``maps``:
+    the files the process maps as the caller just read them (ulp.process.Process)."""
+    outcomes = []
+    for step in steps:
+        outcomes.append(_attempt(pid, step, timeout, retries, maps))
+        maps = None  # the process has changed since
     relevant = [o for o in outcomes if o.code != ExitCode.LIBRARY_NOT_LOADED]
     return relevant or outcomes[:1]
 
 
-def _attempt(pid: int, step: Step, timeout: float, retries: int) -> Outcome:
-    return retrying(lambda: [_once(pid, step, timeout)], retries,
+def _attempt(pid: int, step: Step, timeout: float, retries: int,
+             maps: dict[str, Mapping] | None) -> Outcome:
+    def once() -> list[Outcome]:
+        nonlocal maps
+        process, maps = Process(pid, maps), None  # a retry reads them again
+        return [_once(process, step, timeout)]
+
+    return retrying(once, retries,
                     lambda error: Outcome(pid, step.metadata.patch_id_hex, error.exit_code,
                                           one_line(str(error)), step.reverting))[0]
 
@@ -108,9 +118,8 @@ def _label(metadata: PatchMetadata) -> str:
     return f" ({metadata.label})" if metadata.label else ""
 
 
-def _once(pid: int, step: Step, timeout: float) -> Outcome:
+def _once(process: Process, step: Step, timeout: float) -> Outcome:
     metadata = step.metadata
-    process = Process(pid)
     pid = process.pid  # a thread's ID names its process
     try:
         if step.reverting:
@@ -151,37 +160,56 @@ def explained(error: UlpError | OSError, process: Process) -> UlpError:
 def run_all(pids: list[int], handle: Callable[[int], list[Outcome]], jobs: int,
             report: Callable[[list[Outcome], int], None]) -> list[Outcome]:
     """``handle(pid)`` (``run_one`` with its steps, or ``revertall.run_one``)
-    for every PID on ``jobs`` threads; ``report(outcomes, done)`` is called
-    on this thread as each process is finished."""
-    import queue  # not needed by a single process (ulp-trigger PID PATCH)
-
-    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for pid in pids:
-        todo.put(pid)
-    finished: queue.SimpleQueue[list[Outcome] | BaseException] = queue.SimpleQueue()
-
-    def work() -> None:
-        while True:
-            try:
-                pid = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                finished.put(handle(pid))
-            except BaseException as error:  # a bug: reported by the main thread
-                finished.put(error)
-
-    workers = [threading.Thread(target=work, name=f"ulp-trigger-{n}", daemon=True)
-               for n in range(max(1, min(jobs, len(pids))))]
-    for worker in workers:
-        worker.start()
+    for every PID, in ``jobs`` worker processes (ulp.trigger.workers) when
+    there are several; ``report(outcomes, done)`` is called in this process
+    as each process is finished."""
     outcomes: list[Outcome] = []
-    for done in range(1, len(pids) + 1):
-        result = finished.get()
-        if isinstance(result, BaseException):
-            raise result
+
+    def finished(result: list[Outcome]) -> None:
         outcomes.extend(result)
-        report(result, done)
-    for worker in workers:
-        worker.join()
+        report(result, len(done) + 1)
+        done.append(result)
+
+    done: list[list[Outcome]] = []
+    jobs = max(1, min(jobs, len(pids)))
+    if jobs == 1:
+        for pid in pids:
+            finished(handle(pid))
+        return outcomes
+    from ulp.trigger import workers  # not needed by a single process
+
+    def answer(pid: int, record) -> None:
+        kind, value = record
+        if kind == "bug":
+            raise RuntimeError(f"ulp-trigger worker, process {pid}: {value}")
+        finished([_outcome(item) for item in value])
+
+    lost = workers.run(pids, lambda pid: _work(handle, pid), jobs, answer)
+    for pid in sorted(lost):
+        finished([Outcome(pid, "", ExitCode.FAILURE,
+                          f"process {pid}: no outcome, the trigger's worker process ended "
+                          "unexpectedly (the process has the whole patch or none of it)")])
     return outcomes
+
+
+def _work(handle: Callable[[int], list[Outcome]], pid: int) -> tuple:
+    """``handle(pid)`` in a worker process, as marshal data; a bug (any
+    other exception) as its traceback, for the parent to raise."""
+    try:
+        return "ok", [_record(outcome) for outcome in handle(pid)]
+    except Exception:
+        import traceback
+
+        return "bug", traceback.format_exc()
+
+
+def _record(outcome: Outcome) -> tuple:
+    pause = outcome.pause
+    return (outcome.pid, outcome.patch, int(outcome.code), outcome.message, outcome.reverting,
+            None if pause is None else (pause.threads, pause.seconds))
+
+
+def _outcome(record: tuple) -> Outcome:
+    pid, patch, code, message, reverting, pause = record
+    return Outcome(pid, patch, ExitCode(code), message, reverting,
+                   None if pause is None else codewrite.Pause(*pause))

@@ -19,6 +19,7 @@ import os
 import re
 import shutil  # noqa: F401
 from collections import Counter
+from collections.abc import Callable
 
 from ulp.console import ArgumentParser, Console, add_output_options, count, run_command, seconds
 from ulp.errors import ExitCode, UlpError
@@ -69,14 +70,16 @@ outcome's code (docs/exit-codes.md gives the order).  See docs/trigger.md.
 
 
 def default_jobs() -> int:
-    """One worker per CPU this process may run on, at least 2.
+    """One worker process per CPU this process may run on, at least 2
+    (ulp.trigger.workers).
 
-    The workers run Python, one at a time (the GIL), with SCHED_FIFO
-    (priority.py): every hand-over of the GIL between real-time threads is a
-    context switch.  Measured on 2 cores, 1,001 idle processes: 16 workers
-    7.5 s (11 s of CPU, most of it in the kernel handing the GIL over), 8
-    workers 5.9 s, 4 workers 3.7 s, 2 workers 3.1 s, 1 worker 3.7 s; 201
-    processes: 0.6-0.9 s with 2 workers, 0.8-1.0 s with 16.
+    Each worker is a process of its own with SCHED_FIFO (priority.py); the
+    CPUs are shared with the targets' agents, which do the loading.
+    Measured on 2 cores, 2,001 idle processes: 2, 3 and 4 workers within the
+    noise of each other (2.6-2.9 s an apply), 8 workers more CPU for no
+    gain.  Worker threads before them: 1,001 processes took 7.5 s with 16
+    threads, 3.1 s with 2, every hand-over of the interpreter lock a
+    context switch.
     """
     return max(2, len(os.sched_getaffinity(0)))
 
@@ -100,8 +103,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--retries", type=count, default=0, metavar="N",
                         help="retry N times when a process is busy (exit code 15)")
     parser.add_argument("-j", "--jobs", type=count, default=None, metavar="N",
-                        help="processes handled at once (default: one per CPU this command "
-                             "may use, at least 2)")
+                        help="processes handled at once, each by a worker process of its own "
+                             "(default: one per CPU this command may use, at least 2)")
     add_output_options(parser, json=True)
     return parser
 
@@ -155,8 +158,7 @@ def run(argv: list[str] | None) -> int:
         from ulp.trigger import revertall
 
         console = Console(PROG, quiet=args.quiet or args.json, verbose=args.verbose)
-        return _run_many(args, _revert_all_targets(args), console, True, lambda pid: (
-            revertall.run_one(pid, args.revert_all, args.timeout, args.retries)))
+        return _run_many(args, console, True, _revert_all_work(args, revertall))
     steps = patchset.load(args.patch, args.revert)
     block_sigchld()
     release_orphans()
@@ -164,8 +166,7 @@ def run(argv: list[str] | None) -> int:
     single = len(args.pids) == 1 and not args.names and len(steps) == 1
     if single:
         return _run_single(args, steps, console)
-    return _run_many(args, _targets(args, steps), console, args.revert or steps[0].reverting,
-                     lambda pid: batch.run_one(pid, steps, args.timeout, args.retries))
+    return _run_many(args, console, args.revert or steps[0].reverting, _apply_work(args, steps))
 
 
 def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Console) -> int:
@@ -196,32 +197,48 @@ def _named(args: argparse.Namespace) -> list[int] | None:
     return None
 
 
-def _targets(args: argparse.Namespace, steps: list[batch.Step]) -> list[int]:
-    """The PIDs to work on: those named, else every candidate of the machine."""
+Work = tuple[list[int], Callable[[int], list[batch.Outcome]], UlpError | None]
+
+
+def _apply_work(args: argparse.Namespace, steps: list[batch.Step]) -> Work:
+    """The PIDs to look at, what to do with each (no outcome: not a
+    candidate) and the error if none was one.  Without PIDs or names, every
+    process of the machine is looked at, in the workers (ulp.trigger.select)."""
+    def apply(pid: int, maps: dict | None = None) -> list[batch.Outcome]:
+        return batch.run_one(pid, steps, args.timeout, args.retries, maps)
+
     named = _named(args)
     if named is not None:
-        return named
+        return named, apply, None
     # a process with only some libraries of a patch of several is a candidate:
     # its outcome says which one it lacks (the patch is refused there, whole)
     identities = {target.identity for step in steps for target in step.metadata.targets}
-    found = [pid for pid in select.all_pids() if select.runs_targets(pid, identities)]
-    if not found:
-        libraries = ", ".join(sorted({target.path for step in steps
-                                      for target in step.metadata.targets}))
-        raise UlpError(f"no process runs the ulp runtime with {libraries} loaded",
-                       ExitCode.LIBRARY_NOT_LOADED)
-    return found
+
+    def candidate(pid: int) -> list[batch.Outcome]:
+        maps = select.read_maps(pid)
+        return apply(pid, maps) if maps and select.runs_targets(maps, identities) else []
+
+    libraries = ", ".join(sorted({target.path for step in steps
+                                  for target in step.metadata.targets}))
+    return select.all_pids(), candidate, UlpError(
+        f"no process runs the ulp runtime with {libraries} loaded", ExitCode.LIBRARY_NOT_LOADED)
 
 
-def _revert_all_targets(args: argparse.Namespace) -> list[int]:
+def _revert_all_work(args: argparse.Namespace, revertall) -> Work:
+    def revert(pid: int) -> list[batch.Outcome]:
+        return revertall.run_one(pid, args.revert_all, args.timeout, args.retries)
+
     named = _named(args)
     if named is not None:
-        return named
-    found = [pid for pid in select.all_pids() if select.runs_library(pid, args.revert_all)]
-    if not found:
-        raise UlpError(f"no process runs the ulp runtime with a prepared {args.revert_all} "
-                       "loaded", ExitCode.LIBRARY_NOT_LOADED)
-    return found
+        return named, revert, None
+
+    def candidate(pid: int) -> list[batch.Outcome]:
+        maps = select.read_maps(pid)
+        return revert(pid) if maps and select.runs_library(maps, args.revert_all) else []
+
+    return select.all_pids(), candidate, UlpError(
+        f"no process runs the ulp runtime with a prepared {args.revert_all} loaded",
+        ExitCode.LIBRARY_NOT_LOADED)
 
 
 def _process_of(pid: int) -> int:
@@ -232,8 +249,9 @@ def _process_of(pid: int) -> int:
         return pid  # gone or never there: its outcome says so
 
 
-def _run_many(args: argparse.Namespace, pids: list[int], console: Console, reverting: bool,
-              handle) -> int:
+def _run_many(args: argparse.Namespace, console: Console, reverting: bool, work: Work) -> int:
+    pids, handle, none_found = work
+
     def report(outcomes: list[batch.Outcome], done: int) -> None:
         for outcome in outcomes:
             if outcome.kind == "failed":
@@ -246,10 +264,13 @@ def _run_many(args: argparse.Namespace, pids: list[int], console: Console, rever
 
     outcomes = batch.run_all(pids, handle, args.jobs, report)
     console.progress(len(pids), len(pids))
+    if not outcomes and none_found is not None:
+        raise none_found
     if args.json:
         _print_json(args, outcomes)
     else:
-        _print_summary(console, outcomes, len(pids), reverting)
+        _print_summary(console, outcomes, len({outcome.pid for outcome in outcomes}),
+                       reverting)
     return batch.worst(outcome.code for outcome in outcomes)
 
 

@@ -112,20 +112,15 @@ def all_threads_stopped(process: Process, held: dict[int, Tracee],
     """
     deadline = time.monotonic() + timeout
     stopped: dict[int, Tracee] = {}
-    # the reaper thread starts inside scheduled_first, so it inherits the
-    # real-time policy: at normal priority, busy application threads keep it
-    # off the CPU while it holds the interpreter lock the tracer needs (the
-    # 256-thread pause went from 7 ms to 0.6-1.5 s that way)
-    with scheduled_first(), _reaping(held), _stopping(process, held, deadline,
-                                                       stopped) as started:
+    with scheduled_first(), _reaper.watching(held), _stopping(process, held, deadline,
+                                                              stopped) as started:
         yield stopped
     if started:
         _pauses.last = Pause(len(stopped), time.monotonic() - started[0])
 
 
-@contextlib.contextmanager
-def _reaping(held: dict[int, Tracee]) -> Iterator[None]:
-    """Reap a held thread that dies while other threads are being seized.
+class _Reaper:
+    """Reaps a held thread that dies while other threads are being seized.
 
     An execve by another thread kills the held agent and then waits, holding
     the lock PTRACE_SEIZE needs, until the agent's tracer (this process)
@@ -133,32 +128,75 @@ def _reaping(held: dict[int, Tracee]) -> Iterator[None]:
     thread of this process reaps the dead (exit events only: stops stay for
     the main logic, which may run the held agent meanwhile), so the exec,
     and then the seize, go on.
+
+    One thread for the whole process, looking every PERIOD while a stop is
+    under way, not one per stop: starting and joining a thread for every
+    process of a fleet cost more than the rest of the stop (docs/trigger.md,
+    "Speed").  It ends after IDLE_END without work, so that a long-lived
+    program using this module keeps no thread polling.
     """
-    done = threading.Event()
 
-    def reap() -> None:
-        while not done.wait(0.001):
-            for tracee in list(held.values()):
-                if not tracee.seized:
-                    continue
-                try:
-                    # a tracer is told of its tracees' stops whatever the
-                    # flags say: only look (WNOWAIT), and reap an exit only
-                    info = os.waitid(os.P_PID, tracee.tid,
-                                     os.WEXITED | os.WNOHANG | os.WNOWAIT | WALL)
-                    if info is not None and info.si_code in _DEATHS:
-                        os.waitid(os.P_PID, tracee.tid, os.WEXITED | os.WNOHANG | WALL)
-                        tracee.seized = tracee.stopped = False
-                except ChildProcessError:
-                    tracee.seized = tracee.stopped = False
+    PERIOD = 0.002
+    IDLE_END = 1.0
 
-    reaper = threading.Thread(target=reap, name="ulp-reaper", daemon=True)
-    reaper.start()
-    try:
-        yield
-    finally:
-        done.set()
-        reaper.join()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held while it reaps, and to start or end it
+        # the held threads of each stop under way (a program's threads may stop several)
+        self._held: dict[int, dict[int, Tracee]] = {}
+        self._running = False
+        self._last_use = 0.0
+
+    @contextlib.contextmanager
+    def watching(self, held: dict[int, Tracee]) -> Iterator[None]:
+        with self._lock:
+            self._held[id(held)] = held
+            self._last_use = time.monotonic()
+            if not self._running:
+                # started inside scheduled_first, it inherits the real-time
+                # policy: at normal priority, busy application threads keep it
+                # off the CPU while it holds the interpreter lock the tracer
+                # needs (the 256-thread pause went from 7 ms to 0.6-1.5 s that way)
+                threading.Thread(target=self._run, name="ulp-reaper", daemon=True).start()
+                self._running = True
+        try:
+            yield
+        finally:
+            with self._lock:  # not while it reaps: after this, the caller's alone
+                del self._held[id(held)]
+                self._last_use = time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.PERIOD)
+            with self._lock:
+                for held in self._held.values():
+                    _reap_dead(held)
+                if not self._held and time.monotonic() - self._last_use > self.IDLE_END:
+                    self._running = False
+                    return
+
+    def forget(self) -> None:
+        """In a child after fork: the thread was not copied."""
+        self.__init__()
+
+
+_reaper = _Reaper()
+os.register_at_fork(after_in_child=_reaper.forget)
+
+
+def _reap_dead(held: dict[int, Tracee]) -> None:
+    for tracee in list(held.values()):
+        if not tracee.seized:
+            continue
+        try:
+            # a tracer is told of its tracees' stops whatever the
+            # flags say: only look (WNOWAIT), and reap an exit only
+            info = os.waitid(os.P_PID, tracee.tid, os.WEXITED | os.WNOHANG | os.WNOWAIT | WALL)
+            if info is not None and info.si_code in _DEATHS:
+                os.waitid(os.P_PID, tracee.tid, os.WEXITED | os.WNOHANG | WALL)
+                tracee.seized = tracee.stopped = False
+        except ChildProcessError:
+            tracee.seized = tracee.stopped = False
 
 
 @contextlib.contextmanager

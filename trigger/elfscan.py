@@ -200,31 +200,100 @@ class TargetLibrary:
         return self.desc.identity
 
 
-#: prepared libraries already read, by file version (file_version); bounded
-_PREPARED: dict[tuple, TargetLibrary] = {}
-PREPARED_CACHE_MAX = 256
+#: what was read from files, by file version (file_version) and what was
+#: read: a result, or the UlpError that said it is not there; bounded
+_READ: dict[tuple, object] = {}
+READ_CACHE_MAX = 1024
+#: errors that depend only on the file's content, and so are kept with it
+CONTENT_ERRORS = (ExitCode.NOT_PATCHABLE, ExitCode.BAD_INPUT)
 
 
-def read_prepared(path: str) -> TargetLibrary:
+def once_per_version(path: str, version: tuple, what: str, read):
+    """``read(path)``, or what it gave or raised for the same ``what`` on a
+    file of the same ``version``, whatever path named it then.
+
+    Every process of a fleet maps the same files, each under a path of its
+    own (/proc/PID/map_files/...): reading them again per process was most
+    of the trigger's work (4,001 processes), and the files that are not
+    what is looked for (libc, ld.so, the program) the costliest part of it.
+    An error that depends on the content only (not prepared, malformed) is
+    kept too, and raised again with the path of this call.
+    """
+    found = kept_per_version(path, version, what, read)
+    if isinstance(found, UlpError):
+        raise for_path(found, path)
+    return found
+
+
+def for_path(error: UlpError, path: str) -> UlpError:
+    """A kept error (kept_per_version) as it reads for the file at ``path``."""
+    message, first = str(error), getattr(error, "first_path", path)
+    if message.startswith(first):
+        message = path + message[len(first):]
+    return UlpError(message, error.exit_code)
+
+
+def kept_per_version(path: str, version: tuple, what: str, read):
+    """The same as once_per_version, the error given back instead of raised
+    (a UlpError whose ``first_path`` is the path it was found with): cheaper
+    when only its code matters."""
+    key = (version, what)
+    found = _READ.get(key)
+    if found is None:
+        try:
+            found = read(path)
+        except UlpError as error:
+            if error.exit_code not in CONTENT_ERRORS:
+                raise
+            error.first_path = path
+            found = error
+        if len(_READ) >= READ_CACHE_MAX:
+            del _READ[next(iter(_READ))]  # the oldest
+        _READ[key] = found
+    return found
+
+
+def read_prepared(path: str, version: tuple | None = None) -> TargetLibrary:
     """The prepared library at ``path``; NOT_PATCHABLE if it is not one.
 
     The same facts as ulp.prepared.PreparedLibrary (tests/test_operators.py
-    compares the two on the same file), read without pyelftools.  Read once
-    per version of the file: every process of a fleet maps the same library,
-    each under a path of its own (/proc/PID/map_files/...), and reading it
-    was a fifth of the trigger's work per process (4,001 processes).
+    compares the two on the same file), read without pyelftools, once per
+    version of the file (``once_per_version``; ``version``: the caller's
+    file_version(path), if it has it).
     """
-    try:
-        version = file_version(path)
-    except OSError:
-        return _read_prepared(path)  # says why it cannot be read
-    library = _PREPARED.get(version)
-    if library is None:
-        library = _read_prepared(path)
-        if len(_PREPARED) >= PREPARED_CACHE_MAX:
-            _PREPARED.clear()
-        _PREPARED[version] = library
+    if version is None:
+        try:
+            version = file_version(path)
+        except OSError:
+            return _read_prepared(path)  # says why it cannot be read
+    library = once_per_version(path, version, "prepared", _read_prepared)
     return library if library.path == path else replace(library, path=path)
+
+
+def prepared_or_error(path: str, version: tuple) -> TargetLibrary | UlpError:
+    """read_prepared, its content error given back (see kept_per_version)."""
+    library = kept_per_version(path, version, "prepared", _read_prepared)
+    if isinstance(library, UlpError) or library.path == path:
+        return library
+    return replace(library, path=path)
+
+
+def mapped_version(process, path: str, start: int) -> tuple[str, tuple]:
+    """A path that opens the object ``path`` mapped at ``start`` in
+    ``process`` (a ulp.process.Process), and that file's version; OSError
+    if it cannot be looked at.
+
+    /proc/PID/map_files (root) is tried first with one stat; the full
+    choice of Process.object_file (which checks access) only without it.
+    """
+    direct = process.map_files_path(path, start)
+    if direct is not None:
+        try:
+            return direct, file_version(direct)
+        except OSError:
+            pass
+    source = process.object_file(path, start)
+    return source, file_version(source)
 
 
 def _read_prepared(path: str) -> TargetLibrary:

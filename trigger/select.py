@@ -7,6 +7,8 @@ candidates are every process that maps the ulp runtime and one of the
 patches' target libraries (or, for ``--revert-all LIB``, a prepared library
 LIB names): found by reading /proc/PID/maps only, each mapped
 file looked at once per (device, inode) however many processes map it.
+With many processes the workers do it (ulp.trigger.workers), each for the
+processes it works on, and an apply starts from the maps read here.
 What this finds is only a candidate: the apply checks everything again in
 the process's memory.
 """
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 
 from ulp import agent_abi
 from ulp.errors import UlpError
+from ulp.process import Mapping, object_mappings, read_proc
 from ulp.trigger.elfscan import ElfScan, read_prepared
 
 
@@ -58,25 +61,23 @@ def matching(pids: Iterable[int], patterns: list[str]) -> list[int]:
                    for pattern in patterns)]
 
 
-def mapped_files(pid: int) -> dict[tuple[int, int], str]:
-    """(device, inode) -> path of every file ``pid`` maps at offset 0; {} if unreadable."""
+def read_maps(pid: int) -> dict[str, Mapping] | None:
+    """The files ``pid`` maps (ulp.process.object_mappings of
+    /proc/PID/maps), None if it cannot be read."""
     try:
-        with open(f"/proc/{pid}/maps") as stream:
-            lines = stream.read().splitlines()
+        text = read_proc(f"/proc/{pid}/maps").decode(errors="surrogateescape")
     except OSError:
-        return {}
-    files = {}
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/"):
-            continue
-        major, _, minor = fields[3].partition(":")
-        try:
-            key = (int(major, 16) << 32 | int(minor, 16), int(fields[4]))
-        except ValueError:
-            continue
-        if key[1]:
-            files.setdefault(key, fields[5])
+        return None
+    return object_mappings(text.splitlines())
+
+
+def mapped_files(objects: dict[str, Mapping]) -> dict[tuple[int, int], str]:
+    """(device, inode) -> path of every file in ``objects`` (read_maps)
+    but the staged patch objects."""
+    files: dict[tuple[int, int], str] = {}
+    for path, mapping in objects.items():
+        if not path.startswith(agent_abi.STAGED_OBJECT_PATH):
+            files.setdefault((mapping.device, mapping.inode), path)
     return files
 
 
@@ -97,13 +98,14 @@ def _identity(key: tuple[int, int], path: str) -> bytes | None:
         return None
 
 
-def runs_targets(pid: int, identities: set[bytes]) -> bool:
-    """Does ``pid`` map the ulp runtime and a library with one of ``identities``?
+def runs_targets(maps: dict[str, Mapping], identities: set[bytes]) -> bool:
+    """Does the process whose files are ``maps`` (read_maps) map the ulp
+    runtime and a library with one of ``identities``?
 
     Files are named by the path in maps; one replaced on disk since it was
     mapped is judged by its new content here, and by what is mapped later.
     """
-    files = mapped_files(pid)
+    files = mapped_files(maps)
     has_runtime = has_target = False
     for key, path in files.items():
         # the runtime is usually named libulp.so: no need to open libc for it
@@ -125,9 +127,10 @@ def names_library(path: str, library: str) -> bool:
     return fnmatch.fnmatchcase(os.path.basename(path), library)
 
 
-def runs_library(pid: int, library: str) -> bool:
-    """Does ``pid`` map the ulp runtime and a prepared library ``library`` names?"""
-    files = mapped_files(pid)
+def runs_library(maps: dict[str, Mapping], library: str) -> bool:
+    """Does the process whose files are ``maps`` (read_maps) map the ulp
+    runtime and a prepared library ``library`` names?"""
+    files = mapped_files(maps)
     return (any(names_library(path, library) and _identity(key, path) is not None
                 for key, path in files.items())
             and any(_is_runtime(key, path) for key, path in files.items()))
@@ -135,4 +138,6 @@ def runs_library(pid: int, library: str) -> bool:
 
 def runs_runtime(pid: int) -> bool:
     """Does ``pid`` map the ulp runtime (judged from /proc/PID/maps)?"""
-    return any(_is_runtime(key, path) for key, path in mapped_files(pid).items())
+    maps = read_maps(pid)
+    return maps is not None and any(_is_runtime(key, path)
+                                    for key, path in mapped_files(maps).items())

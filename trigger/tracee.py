@@ -192,9 +192,10 @@ class Tracee:
         self.wait_stop(deadline)
 
     # -- registers -------------------------------------------------------------
-    def save_registers(self) -> None:
-        """Keep every register, FP/SSE/AVX included, to put back on release."""
-        self._regs = self.get_registers()
+    def save_registers(self, regs: UserRegs | None = None) -> None:
+        """Keep every register, FP/SSE/AVX included, to put back on release
+        (``regs``: the general registers, if just read)."""
+        self._regs = UserRegs.from_buffer_copy(regs) if regs is not None else self.get_registers()
         self._xstate = self._get_xstate()
 
     def restore_registers(self) -> None:

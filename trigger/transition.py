@@ -35,7 +35,7 @@ import os
 from dataclasses import dataclass
 
 from ulp import layout
-from ulp.agent_abi import Op, Request, RequestThread, Status
+from ulp.agent_abi import STAGED_OBJECT_PATH, Op, Request, RequestThread, Status
 from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
 from ulp.patchfile import PatchFile
@@ -43,7 +43,7 @@ from ulp.process import Process
 from ulp.trigger import private
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
-from ulp.trigger.elfscan import TargetLibrary, file_version, read_prepared
+from ulp.trigger.elfscan import TargetLibrary, for_path, mapped_version, prepared_or_error
 from ulp.trigger.threadtable import thread_table
 from ulp.trigger.tracee import Tracee
 
@@ -83,19 +83,29 @@ class LoadedTarget:
         return self.base + self.library.lib_desc_vaddr
 
 
-@functools.lru_cache(maxsize=256)
-def _prepared_library(path: str, key: tuple) -> TargetLibrary:
-    return read_prepared(path)
-
-
 def open_prepared(process: Process, path: str, base: int) -> TargetLibrary:
     """The prepared library mapped at ``base``, read from the mapped file itself."""
-    source = process.object_file(path, base)
+    found = _prepared_or_error(process, path, base)
+    if isinstance(found, UlpError):
+        raise for_path(found, path)
+    return found
+
+
+def _prepared_or_error(process: Process, path: str, base: int) -> TargetLibrary | UlpError:
+    """open_prepared, a content error (not prepared, malformed) given back
+    instead of raised (UlpError.first_path names another process's copy)."""
     try:
-        key = file_version(source)
+        source, version = mapped_version(process, path, base)
     except OSError:
-        raise UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING) from None
-    return _prepared_library(source, key)
+        return UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING)
+    return prepared_or_error(source, version)
+
+
+@functools.lru_cache(maxsize=1024)
+def _realpath(path: str) -> str:
+    """os.path.realpath, once per path in a run: it only orders the
+    candidates of find_target, and costs a system call per path component."""
+    return os.path.realpath(path)
 
 
 def _loaded_desc(process: Process, target: LoadedTarget) -> layout.LibDesc | None:
@@ -117,18 +127,19 @@ def find_target(process: Process, metadata: PatchMetadata) -> LoadedTarget:
     Two copies of the target (the same library loaded from two paths) are
     refused: patching one would leave calls into the other unpatched.
     """
-    objects = process.mapped_objects()
+    objects = process.mapped_objects(reuse=True)
     wanted = os.path.basename(metadata.target_path)
+    target_path = _realpath(metadata.target_path)
     candidates = sorted(objects, key=lambda path: (
-        os.path.realpath(path) != os.path.realpath(metadata.target_path),
-        os.path.basename(path) != wanted))
+        _realpath(path) != target_path, os.path.basename(path) != wanted))
     mismatch = unprepared = None
     fitting: list[tuple[str, LoadedTarget]] = []
     for path in candidates:
-        try:
-            library = open_prepared(process, path, objects[path])
-        except UlpError as error:
-            if error.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
+        if path.startswith(STAGED_OBJECT_PATH):
+            continue
+        library = _prepared_or_error(process, path, objects[path])
+        if isinstance(library, UlpError):
+            if library.exit_code == ExitCode.NOT_PATCHABLE and os.path.basename(path) == wanted:
                 unprepared = unprepared or path
             continue
         target = LoadedTarget(library, objects[path])

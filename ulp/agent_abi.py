@@ -11,6 +11,10 @@ import struct
 from dataclasses import dataclass
 
 MAILBOX_SYMBOL = "ulp_mailbox"
+#: how /proc/PID/maps names a patch object the agent staged and loaded (a
+#: memfd, runtime/patch.c): one per apply and process, never a patch's
+#: target nor the runtime, so the trigger does not look into them
+STAGED_OBJECT_PATH = "/memfd:ulp-patch"
 MAILBOX_MAGIC = b"ULPMBOX\x00"
 ABI_VERSION = 6
 MESSAGE_MAX = 512

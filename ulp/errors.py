@@ -48,6 +48,8 @@ def one_line(text: str) -> str:
     any character: an error stays one line, and no escape sequence reaches
     the terminal.
     """
+    if text.isprintable():  # nearly always: one call, not one per character
+        return text
     return "".join(char if char.isprintable() else char.encode("unicode_escape").decode()
                    for char in text)
 

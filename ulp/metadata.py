@@ -143,13 +143,19 @@ class PatchMetadata:
 
     def parts(self) -> tuple[PatchMetadata, ...]:
         """One view per target library, in order: the patch as if it had
-        only that target, with this patch's id (not a patch of its own)."""
-        return tuple(replace(self, target_path=target.path, target_identity=target.identity,
-                             target_build_id=target.build_id,
-                             layout_version=target.layout_version, units=target.units,
-                             private_units=target.private_units,
-                             references=target.references, more_targets=())
-                     for target in self.targets)
+        only that target, with this patch's id (not a patch of its own).
+        Made once: the trigger asks for them in every process of a fleet."""
+        parts = self.__dict__.get("_parts")
+        if parts is None:
+            parts = tuple(replace(self, target_path=target.path,
+                                  target_identity=target.identity,
+                                  target_build_id=target.build_id,
+                                  layout_version=target.layout_version, units=target.units,
+                                  private_units=target.private_units,
+                                  references=target.references, more_targets=())
+                          for target in self.targets)
+            object.__setattr__(self, "_parts", parts)  # frozen: a cache, not a field
+        return parts
 
     @property
     def replaced_names(self) -> list[str]:

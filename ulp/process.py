@@ -20,6 +20,7 @@ class Mapping:
     offset: int
     inode: int
     path: str
+    device: int = 0  # st_dev of the file (os.makedev of the major:minor shown)
 
 
 #: /proc states of a task that will never run again
@@ -27,24 +28,46 @@ DEAD_STATES = ("Z", "X", "x")
 DYING_GRACE = 0.2  # seconds a dying process takes at most to become a zombie
 
 
+def read_proc(path: str) -> bytes:
+    """The whole of a /proc file, read with three system calls.
+
+    Python's ``open()`` makes nine (it looks for a terminal and seeks), and
+    the trigger reads /proc files many times per process of a fleet
+    (docs/trigger.md, "Speed").  OSError if it cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
     """The fields of /proc/PID[/task/TID]/stat after the command name; None if gone."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(path) as stream:
-            return stream.read().rsplit(")", 1)[1].split()
+        return read_proc(path).rsplit(b")", 1)[1].decode().split()
     except (OSError, IndexError):
         return None
 
 
 def thread_group(tid: int) -> int:
     """The process (thread group) of thread ``tid``; NO_PROCESS if there is none."""
+    return _group_and_state(tid)[0]
+
+
+def _group_and_state(tid: int) -> tuple[int, str]:
+    """The thread group of ``tid`` and the state letter of ``tid`` (as
+    /proc/TID/stat has it), from one read of /proc/TID/status."""
     try:
-        with open(f"/proc/{tid}/status") as stream:
-            for line in stream:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
+        status = read_proc(f"/proc/{tid}/status")
+        group = int(status.split(b"\nTgid:", 1)[1].split(None, 1)[0])
+        state = status.split(b"\nState:", 1)[1].split(None, 1)[0].decode()
+        return group, state
+    except (OSError, ValueError, IndexError, UnicodeDecodeError):
         pass
     raise UlpError(f"no process with PID {tid}", ExitCode.NO_PROCESS)
 
@@ -59,15 +82,19 @@ class Process:
     ``image_changed()`` and ``gone()`` say so (PROCESS_EXITED).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, objects: dict[str, Mapping] | None = None) -> None:
+        """``objects``: object_mappings() of /proc/PID/maps as the caller read
+        it just before (``mapped_objects(reuse=True)`` starts from them)."""
         self._mem_fd: int | None = None
         self._mem_error: UlpError | None = None
-        self._objects: dict[str, Mapping] | None = None  # from the last read of maps
+        self._objects = objects  # from the last read of maps
         # /proc/TID exists for every thread, though unlisted: a thread's ID
         # names its process (whose ID the messages then show)
-        pid = thread_group(pid)
+        group, state = _group_and_state(pid)
+        if group != pid:
+            pid, state = group, self.state_of(group)
         self.pid = pid
-        if self.state() in DEAD_STATES and self._other_threads_live():
+        if state in DEAD_STATES and self._other_threads_live():
             # A process being killed loses its main thread first: its other
             # threads follow within moments.  One whose main thread called
             # pthread_exit keeps them: /proc/PID/maps and /proc/PID/mem
@@ -83,7 +110,11 @@ class Process:
 
     def state(self) -> str | None:
         """The state letter of /proc/PID/stat (R, S, D, T, t, Z...), None if gone."""
-        fields = stat_fields(self.pid)
+        return self.state_of(self.pid)
+
+    @staticmethod
+    def state_of(pid: int) -> str | None:
+        fields = stat_fields(pid)
         return fields[0] if fields else None
 
     def alive(self) -> bool:
@@ -130,8 +161,8 @@ class Process:
 
     def _maps_lines(self) -> list[str]:
         try:
-            with open(f"/proc/{self.pid}/maps") as stream:
-                lines = stream.read().splitlines()
+            lines = read_proc(f"/proc/{self.pid}/maps").decode(errors="surrogateescape") \
+                .splitlines()
         except PermissionError:
             raise UlpError(f"cannot read the mappings of PID {self.pid}: permission denied",
                            ExitCode.PERMISSION) from None
@@ -150,26 +181,21 @@ class Process:
             raise self.gone()
         return tids
 
-    def mapped_objects(self) -> dict[str, int]:
-        """Every file mapped at offset 0, with its load address."""
-        return {path: mapping.start for path, mapping in self._object_mappings().items()}
+    def mapped_objects(self, reuse: bool = False) -> dict[str, int]:
+        """Every file mapped at offset 0, with its load address.
+
+        ``reuse``: as the last call read them, if there was one.  For the
+        checks made before anything changes (each is made again in memory
+        or by the runtime): an apply looks for the runtime and its targets
+        in one read of /proc/PID/maps.
+        """
+        objects = self._objects if reuse and self._objects is not None \
+            else self._object_mappings()
+        return {path: mapping.start for path, mapping in objects.items()}
 
     def _object_mappings(self) -> dict[str, Mapping]:
-        """The first offset-0 mapping of every mapped file.
-
-        Only those lines are parsed: a process with many threads or many
-        anonymous mappings has thousands of others.
-        """
-        objects: dict[str, Mapping] = {}
-        for line in self._maps_lines():
-            fields = line.split(maxsplit=5)
-            if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/"):
-                continue
-            mapping = _parse_mapping(line)
-            if mapping.inode:
-                objects.setdefault(mapping.path, mapping)
-        self._objects = objects
-        return objects
+        self._objects = object_mappings(self._maps_lines())
+        return self._objects
 
     def object_file(self, path: str, start: int) -> str:
         """A path opening the very file mapped at ``start``.
@@ -180,15 +206,21 @@ class Process:
         the path through /proc/PID/root: ``path`` as the process sees it, in
         its own mount namespace or chroot (a container).
         """
-        mapping = (self._objects or self._object_mappings()).get(path)
-        if mapping is not None and mapping.start == start:
-            candidate = f"/proc/{self.pid}/map_files/{mapping.start:x}-{mapping.end:x}"
-            if os.access(candidate, os.R_OK):
-                return candidate
+        candidate = self.map_files_path(path, start)
+        if candidate is not None and os.access(candidate, os.R_OK):
+            return candidate
         rooted = f"/proc/{self.pid}/root{path}"
         if path.startswith("/") and os.access(rooted, os.R_OK):
             return rooted
         return path
+
+    def map_files_path(self, path: str, start: int) -> str | None:
+        """/proc/PID/map_files/START-END of the object ``path`` mapped at
+        ``start`` (usable only with CAP_SYS_ADMIN), None if it is not mapped there."""
+        mapping = (self._objects or self._object_mappings()).get(path)
+        if mapping is None or mapping.start != start:
+            return None
+        return f"/proc/{self.pid}/map_files/{mapping.start:x}-{mapping.end:x}"
 
     def _mem(self) -> int:
         if self._mem_error is not None:
@@ -257,8 +289,30 @@ def _stops_within(condition, seconds: float) -> bool:
     return True
 
 
+def object_mappings(lines: list[str]) -> dict[str, Mapping]:
+    """The first offset-0 mapping of every file mapped in ``lines`` (of
+    /proc/PID/maps), by path.
+
+    Only those lines are parsed: a process with many threads or many
+    anonymous mappings has thousands of others.
+    """
+    objects: dict[str, Mapping] = {}
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[2].strip("0") or not fields[5].startswith("/") \
+                or fields[4] == "0" or fields[5] in objects:
+            continue
+        try:
+            objects[fields[5]] = _parse_mapping(line)
+        except ValueError:
+            continue
+    return objects
+
+
 def _parse_mapping(line: str) -> Mapping:
     fields = line.split(maxsplit=5)
     start, end = (int(part, 16) for part in fields[0].split("-"))
     path = fields[5] if len(fields) > 5 else ""
-    return Mapping(start, end, fields[1], int(fields[2], 16), int(fields[4]), path)
+    major, _, minor = fields[3].partition(":")
+    return Mapping(start, end, fields[1], int(fields[2], 16), int(fields[4]), path,
+                   os.makedev(int(major, 16), int(minor, 16)))
