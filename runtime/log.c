@@ -43,7 +43,7 @@
  * happen on application threads at a function entry where no system call
  * may be made (a seccomp filter may forbid it), are noticed and logged by
  * the agent instead (ulp_log_libraries, at every tick and request): their
- * time is when the agent saw them, at most one idle tick (250 ms) late.
+ * time is when the agent saw them, at most one idle tick (about a second) late.
  *
  * HOW A READER KNOWS A RECORD IS WHOLE
  * seq only grows, and a writer makes it odd before touching anything else
