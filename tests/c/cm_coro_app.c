@@ -41,14 +41,23 @@ static void coroutine(void)
     swapcontext(&coroutine_context, &main_context);
 }
 
+typedef void (*make_context)(ucontext_t *, void (*)(void), int, ...);
+
+/* CONTEXT runs FN on STACK when switched to, then LINK. */
+static void make_coroutine(make_context make, ucontext_t *context, void *stack,
+                           ucontext_t *link, void (*fn)(void))
+{
+    getcontext(context);
+    context->uc_stack.ss_sp = stack;
+    context->uc_stack.ss_size = STACK_SIZE;
+    context->uc_link = link;
+    make(context, fn, 0);
+}
+
 static void switch_to_coroutine(void)
 {
     char *stack = malloc(STACK_SIZE);
-    getcontext(&coroutine_context);
-    coroutine_context.uc_stack.ss_sp = stack;
-    coroutine_context.uc_stack.ss_size = STACK_SIZE;
-    coroutine_context.uc_link = &main_context;
-    makecontext(&coroutine_context, coroutine, 0);
+    make_coroutine(makecontext, &coroutine_context, stack, &main_context, coroutine);
     swapcontext(&main_context, &coroutine_context);
     free(stack);
 }
@@ -69,8 +78,6 @@ static void parked_coroutine(void)
     parked_run = coro_run(park_here);
 }
 
-typedef void (*make_context)(ucontext_t *, void (*)(void), int, ...);
-
 /* glibc's own makecontext, and the stack told to the runtime by hand. */
 static make_context own_stack_switch(void *stack, size_t size)
 {
@@ -87,11 +94,7 @@ static void park(int own)
     parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                         -1, 0);
     make_context make = own ? own_stack_switch(parked_stack, STACK_SIZE) : makecontext;
-    getcontext(&parked_context);
-    parked_context.uc_stack.ss_sp = parked_stack;
-    parked_context.uc_stack.ss_size = STACK_SIZE;
-    parked_context.uc_link = &parker_context;
-    make(&parked_context, parked_coroutine, 0);
+    make_coroutine(make, &parked_context, parked_stack, &parker_context, parked_coroutine);
     swapcontext(&parker_context, &parked_context);
     printf("parked\n");
 }
