@@ -249,6 +249,28 @@ static int alone(void)
 /* Called by the idle loop after each wait: forget unloaded libraries, bind
  * registered libraries' calls to themselves past their trampolines
  * (rebind.c), and tell whether the agent should end. */
+/* Once idle (its wait at the longest), the agent runs at the lowest
+ * priority there is: its ticks take only CPU nothing else wants (4,000 idle
+ * agents at normal priority took most of a 2-core machine from a trigger
+ * working on them).  While it finds work (a library just registered, lazy
+ * PLT slots resolved, the wake of a request) it runs at normal priority, so
+ * that a busy machine does not hold back the binding of a library's own
+ * calls.  A policy that is neither of the two is a trigger's, which raised
+ * the agent while it holds it and puts the old one back
+ * (trigger/priority.py): left alone. */
+static void follow_priority(int idle)
+{
+    static int at_idle_priority;
+    struct sched_param none = {.sched_priority = 0};
+    if (idle == at_idle_priority)
+        return;
+    int policy = sched_getscheduler(0);
+    if (policy != SCHED_OTHER && policy != SCHED_IDLE)
+        return;
+    if (sched_setscheduler(0, idle ? SCHED_IDLE : SCHED_OTHER, &none) == 0)
+        at_idle_priority = idle;
+}
+
 /* dl_iterate_phdr's counts of objects the loader added and removed: the
  * same as at the last look, no library was unloaded since. */
 static int read_loader_counts(struct dl_phdr_info *info, size_t size, void *data)
@@ -281,24 +303,14 @@ ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
         ulp_forget_unloaded();
     ulp_transition_tick();
     next_wait(ulp_rebind_library_calls() > 0);
+    follow_priority(ulp_agent_wait_ns == LONGEST_WAIT_NS);
     ulp_log_libraries();
     return alone();
-}
-
-/* The agent idles at the lowest priority there is: its ticks take only
- * CPU nothing else wants (4,000 idle agents at normal priority took most
- * of a 2-core machine from a trigger working on them).  A trigger raises it
- * while it holds the agent, and puts this back (trigger/priority.py). */
-static void idle_at_lowest_priority(void)
-{
-    struct sched_param none = {.sched_priority = 0};
-    pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
 }
 
 static void *agent_main(void *unused)
 {
     (void)unused;
-    idle_at_lowest_priority();
     ulp_mailbox.agent_tid = (int32_t)syscall(SYS_gettid);
     __atomic_store_n(&ulp_mailbox.state, ULP_AGENT_IDLE, __ATOMIC_RELEASE);
     ulp_log_message(ULP_LOG_AGENT, 0, "agent started (thread %d)", ulp_mailbox.agent_tid);
