@@ -59,7 +59,8 @@ def start_agent(process: Process, entry: int, deadline: float) -> None:
     while True:
         code = _code_ranges(process)
         for tid in process.threads():
-            if _start_on(process, tid, code, entry):
+            if _blocked_in_a_waiting_call(process.pid, tid) and \
+                    _start_on(process, tid, code, entry):
                 return
         if time.monotonic() > deadline:
             raise UlpError(f"process {process.pid} runs the ulp runtime with ULP_AGENT=demand, "
@@ -67,6 +68,20 @@ def start_agent(process: Process, entry: int, deadline: float) -> None:
                            "poll, a sleep...) where the agent could be started; nothing done",
                            ExitCode.RETRY)
         time.sleep(ATTEMPT_PAUSE)
+
+
+def _blocked_in_a_waiting_call(pid: int, tid: int) -> bool:
+    """Does /proc say the thread is blocked in one of BLOCKING_CALLS?  Read
+    without stopping it: a busy thread is never stopped for nothing."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall") as stream:
+            fields = stream.read().split()
+    except OSError:
+        return False
+    try:
+        return bool(fields) and int(fields[0]) in BLOCKING_CALLS
+    except ValueError:
+        return False  # "running"
 
 
 def _under_seccomp(process: Process) -> bool:
