@@ -6,8 +6,8 @@
  * thread that starts it holds none of the C library's or the loader's
  * state.  The trigger finds such a thread: one stopped inside a blocking
  * system call that the C library's own wrapper made (read, poll, a sleep,
- * a wait...), with no word of the loader's code and no signal frame on
- * its stack (trigger/demand.py).  It writes the registers the thread must
+ * a wait...), none of which the allocator, the stack cache or the TLS
+ * setup makes, with no signal frame on its stack (trigger/demand.py).  It writes the registers the thread must
  * resume with (struct demand_resume; the system call made again, as the
  * kernel restarts one after a signal) on the thread's own stack below the
  * red zone, points the thread at ulp_demand_start with %rsp there, and
