@@ -246,9 +246,6 @@ static int alone(void)
     return others == 0;
 }
 
-/* Called by the idle loop after each wait: forget unloaded libraries, bind
- * registered libraries' calls to themselves past their trampolines
- * (rebind.c), and tell whether the agent should end. */
 /* Once idle (its wait at the longest), the agent runs at the lowest
  * priority there is: its ticks take only CPU nothing else wants (4,000 idle
  * agents at normal priority took most of a 2-core machine from a trigger
@@ -283,19 +280,21 @@ static int read_loader_counts(struct dl_phdr_info *info, size_t size, void *data
     return 1;
 }
 
+/* Unknown counts (an old loader) read as 0, 0: changed every time. */
 static int loader_changed(void)
 {
-    static unsigned long long last[2];
-    static int looked;
+    static unsigned long long last[2] = {~0ULL, ~0ULL};
     unsigned long long now[2] = {0, 0};
     dl_iterate_phdr(read_loader_counts, now);
-    int changed = !looked || now[0] != last[0] || now[1] != last[1] || (!now[0] && !now[1]);
+    int changed = now[0] != last[0] || now[1] != last[1] || (!now[0] && !now[1]);
     last[0] = now[0];
     last[1] = now[1];
-    looked = 1;
     return changed;
 }
 
+/* Called by the idle loop after each wait: forget unloaded libraries, bind
+ * registered libraries' calls to themselves past their trampolines
+ * (rebind.c), and tell whether the agent should end. */
 ULP_HIDDEN __attribute__((used)) int ulp_agent_tick(void)
 {
     ulp_release_kept_pins();
@@ -341,13 +340,6 @@ ULP_HIDDEN void ulp_start_agent(void)
         ulp_mailbox.state = ULP_AGENT_OFF;
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
-}
-
-/* fork() keeps only the calling thread: the child gets an agent of its own
- * and can be patched independently. */
-static void restart_agent_in_child(void)
-{
-    ulp_start_agent();
 }
 
 /* ULP_AGENT=demand: the child has no agent either, until a trigger starts
@@ -396,5 +388,7 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
         return;
     }
     ulp_start_agent();
-    pthread_atfork(NULL, NULL, restart_agent_in_child);
+    /* fork() keeps only the calling thread: the child gets an agent of its
+     * own and can be patched independently */
+    pthread_atfork(NULL, NULL, ulp_start_agent);
 }

@@ -34,21 +34,19 @@
  * while makecontext rewrites it. */
 #include <dlfcn.h>
 #include <pthread.h>
-#include <sys/uio.h>
 #include <ucontext.h>
-#include <unistd.h>
 
 #include "ulp_internal.h"
 
 
-struct coroutine_stack {
+struct ulp_coroutine_stack {
     uint64_t seq;               /* odd while makecontext rewrites low/high */
     uintptr_t low, high;        /* 0, 0: a free entry */
     uint64_t universe;          /* while pending: the universe before the commit */
     int pending;
 };
 
-static struct coroutine_stack stacks[ULP_MAX_COROUTINE_STACKS];
+static struct ulp_coroutine_stack stacks[ULP_MAX_COROUTINE_STACKS];
 static uint32_t nstacks;                /* entries in use are below this */
 static int overflowed;                  /* a stack could not be noted */
 static pthread_mutex_t stacks_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -60,32 +58,32 @@ static pthread_mutex_t stacks_lock = PTHREAD_MUTEX_INITIALIZER;
 /* How many entries are pending: the tracker looks them up only if some are. */
 ULP_HIDDEN uint32_t ulp_pending_coroutine_stacks;
 
-/* Pending from now on, in UNIVERSE; 1 if it was not (any thread). */
-TRACKER_CODE static int mark_pending(struct coroutine_stack *s, uint64_t universe)
+/* Pending from now on, in UNIVERSE (any thread). */
+TRACKER_CODE ULP_HIDDEN void ulp_mark_coroutine_stack(struct ulp_coroutine_stack *s,
+                                                      uint64_t universe)
 {
     int expected = 0;
     if (__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
-        return 0;
+        return;
     __atomic_store_n(&s->universe, universe, __ATOMIC_RELAXED);
-    if (!__atomic_compare_exchange_n(&s->pending, &expected, 1, 0, __ATOMIC_RELEASE,
-                                     __ATOMIC_RELAXED))
-        return 0;
-    __atomic_add_fetch(&ulp_pending_coroutine_stacks, 1, __ATOMIC_RELEASE);
-    return 1;
+    if (__atomic_compare_exchange_n(&s->pending, &expected, 1, 0, __ATOMIC_RELEASE,
+                                    __ATOMIC_RELAXED))
+        __atomic_add_fetch(&ulp_pending_coroutine_stacks, 1, __ATOMIC_RELEASE);
 }
 
-/* Pending no more (any thread). */
-TRACKER_CODE static void clear_pending(int *pending)
+/* Pending no more (any thread): the stack holds no live activation that
+ * began before the commit. */
+TRACKER_CODE ULP_HIDDEN void ulp_clear_coroutine_stack(struct ulp_coroutine_stack *s)
 {
     int expected = 1;
-    if (__atomic_compare_exchange_n(pending, &expected, 0, 0, __ATOMIC_RELEASE,
+    if (__atomic_compare_exchange_n(&s->pending, &expected, 0, 0, __ATOMIC_RELEASE,
                                     __ATOMIC_RELAXED))
         __atomic_sub_fetch(&ulp_pending_coroutine_stacks, 1, __ATOMIC_RELEASE);
 }
 
 /* --- makecontext ------------------------------------------------------------ */
 
-static void rewrite(struct coroutine_stack *s, uintptr_t low, uintptr_t high)
+static void rewrite(struct ulp_coroutine_stack *s, uintptr_t low, uintptr_t high)
 {
     __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -100,12 +98,12 @@ static void rewrite(struct coroutine_stack *s, uintptr_t low, uintptr_t high)
  * it is rewritten, and take its bounds from one consistent read. */
 static void note_stack(uintptr_t low, uintptr_t high)
 {
-    struct coroutine_stack *free_entry = NULL;
+    struct ulp_coroutine_stack *free_entry = NULL;
     for (uint32_t i = 0; i < nstacks; i++) {
-        struct coroutine_stack *s = &stacks[i];
+        struct ulp_coroutine_stack *s = &stacks[i];
         int overlaps = s->low < high && low < s->high;
         if (overlaps)
-            clear_pending(&s->pending);
+            ulp_clear_coroutine_stack(s);
         if ((overlaps || s->high == 0) && !free_entry)
             free_entry = s;
         else if (overlaps)
@@ -162,22 +160,13 @@ __asm__(".text\n"
 
 /* --- a commit ------------------------------------------------------------- */
 
-/* Copy [ADDRESS, ADDRESS + SIZE) of this process without trusting it is
- * mapped (a noted stack may have been freed since). */
-static int read_memory(uintptr_t address, void *buffer, size_t size)
-{
-    struct iovec local = {buffer, size};
-    struct iovec remote = {(void *)address, size};
-    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
-}
-
 /* Does [LOW, HIGH) hold a word of prepared code?  -1: not readable. */
 static int holds_prepared_code(uintptr_t low, uintptr_t high)
 {
     static uintptr_t words[8192];     /* the agent's; 64 KiB at a time */
     for (uintptr_t at = (low + 7) & ~(uintptr_t)7; at < high;) {
         size_t n = (high - at) / 8 < 8192 ? (high - at) / 8 : 8192;
-        if (n == 0 || read_memory(at, words, n * 8) != 0)
+        if (n == 0 || ulp_read_memory(at, words, n * 8) != 0)
             return n == 0 ? 0 : -1;
         for (size_t i = 0; i < n; i++)
             if (ulp_is_prepared_code(words[i]))
@@ -221,15 +210,15 @@ ULP_HIDDEN void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_t
                                           uint32_t n)
 {
     for (uint32_t i = 0; i < nstacks; i++) {
-        struct coroutine_stack *s = &stacks[i];
+        struct ulp_coroutine_stack *s = &stacks[i];
         if (s->high == 0 || on_a_thread_stack(s->low, s->high, threads, n))
             continue;
         int found = holds_prepared_code(s->low, s->high);
         if (found < 0) {
-            clear_pending(&s->pending);
+            ulp_clear_coroutine_stack(s);
             rewrite(s, 0, 0);
         } else if (found > 0) {
-            mark_pending(s, g);
+            ulp_mark_coroutine_stack(s, g);
         }
     }
     pthread_mutex_unlock(&stacks_lock);
@@ -245,12 +234,12 @@ ULP_HIDDEN uint32_t ulp_coroutine_tick(int threads_pending)
     if (threads_pending || pthread_mutex_trylock(&stacks_lock) != 0)
         return __atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_ACQUIRE);
     for (uint32_t i = 0; i < nstacks && ulp_pending_coroutine_stacks; i++) {
-        struct coroutine_stack *s = &stacks[i];
+        struct ulp_coroutine_stack *s = &stacks[i];
         if (!__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
             continue;
         int found = holds_prepared_code(s->low, s->high);
         if (found <= 0)
-            clear_pending(&s->pending);
+            ulp_clear_coroutine_stack(s);
         if (found < 0)
             rewrite(s, 0, 0);
     }
@@ -260,13 +249,14 @@ ULP_HIDDEN uint32_t ulp_coroutine_tick(int threads_pending)
 
 /* --- the tracker's questions (on any thread, maybe in a signal handler) ---- */
 
-/* The noted stack that holds ADDRESS, or NULL, with its bounds in *HIGH
- * as one consistent read (no lock: an entry being rewritten is skipped). */
-TRACKER_CODE static struct coroutine_stack *stack_holding(uintptr_t address, uintptr_t *high)
+/* The noted stack that holds ADDRESS, or NULL, with its end in *HIGH as
+ * one consistent read (no lock: an entry being rewritten is skipped). */
+TRACKER_CODE ULP_HIDDEN struct ulp_coroutine_stack *ulp_coroutine_stack_of(uintptr_t address,
+                                                                           uintptr_t *high)
 {
     uint32_t n = __atomic_load_n(&nstacks, __ATOMIC_ACQUIRE);
     for (uint32_t i = 0; i < n; i++) {
-        struct coroutine_stack *s = &stacks[i];
+        struct ulp_coroutine_stack *s = &stacks[i];
         uint64_t seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
         uintptr_t low = __atomic_load_n(&s->low, __ATOMIC_RELAXED);
         uintptr_t end = __atomic_load_n(&s->high, __ATOMIC_RELAXED);
@@ -280,39 +270,12 @@ TRACKER_CODE static struct coroutine_stack *stack_holding(uintptr_t address, uin
     return NULL;
 }
 
-/* If ADDRESS lies on a pending stack: its pending flag, with the stack's
- * end and universe in *HIGH and *UNIVERSE; else NULL. */
-TRACKER_CODE ULP_HIDDEN int *ulp_pending_coroutine_stack(uintptr_t address, uintptr_t *high,
+/* Is S pending?  Its universe in *UNIVERSE if so. */
+TRACKER_CODE ULP_HIDDEN int ulp_coroutine_stack_pending(struct ulp_coroutine_stack *s,
                                                         uint64_t *universe)
 {
-    struct coroutine_stack *s = stack_holding(address, high);
-    if (!s || !__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
-        return NULL;
+    if (!__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
+        return 0;
     *universe = __atomic_load_n(&s->universe, __ATOMIC_RELAXED);
-    return &s->pending;
-}
-
-/* The end of the noted stack that holds ADDRESS, 0 if none does. */
-TRACKER_CODE ULP_HIDDEN uintptr_t ulp_coroutine_stack_end(uintptr_t address)
-{
-    uintptr_t high = 0;
-    return stack_holding(address, &high) ? high : 0;
-}
-
-/* A pending thread began an activation at ADDRESS, on a noted stack, in
- * UNIVERSE: the stack is pending in UNIVERSE from now on (the activation
- * must stay there, whichever thread resumes it). */
-TRACKER_CODE ULP_HIDDEN void ulp_mark_coroutine_stack(uintptr_t address, uint64_t universe)
-{
-    uintptr_t high;
-    struct coroutine_stack *s = stack_holding(address, &high);
-    if (s)
-        mark_pending(s, universe);
-}
-
-/* An entry from outside with nothing of prepared code above it: the
- * pending stack holds no live activation any more. */
-TRACKER_CODE ULP_HIDDEN void ulp_clear_coroutine_stack(int *pending)
-{
-    clear_pending(pending);
+    return 1;
 }

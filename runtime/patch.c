@@ -1055,8 +1055,8 @@ static int world_stopped(const struct ulp_request *head, uint32_t size)
 ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
                                   char *message, size_t message_size)
 {
-    int status;
-    if (world_stopped(head, size) && !pins_kept) {
+    int status, stopped = world_stopped(head, size);
+    if (stopped && !pins_kept) {
         /* no sweep now: a stopped thread may hold the loader's lock */
         struct reply reply = {message, message_size};
         status = answer(&reply, ULP_E_PINS_RELEASED,
@@ -1064,7 +1064,7 @@ ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
                         "%lld s after the one before); nothing changed, retry",
                         PINS_GRACE_NS / 1000000000LL);
     } else {
-        if (!world_stopped(head, size)) {
+        if (!stopped) {
             release_pins();
             sweep(1);
         }
@@ -1073,7 +1073,7 @@ ULP_HIDDEN int ulp_handle_request(const struct ulp_request *head, uint32_t size,
     ulp_log_refusal(head, status, message);
     pins_kept = size >= sizeof *head && (head->flags & ULP_REQUEST_KEEP_PINS);
     pins_kept_since = monotonic_ns();
-    if (!pins_kept && !world_stopped(head, size))
+    if (!pins_kept && !stopped)
         release_pins();
     return status;
 }

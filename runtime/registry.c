@@ -224,37 +224,41 @@ ULP_HIDDEN int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slo
     return search.found && (search.state == slot + 1 || search.state == 0);
 }
 
+/* Is LIB, registered in SLOT, a descriptor of the object INFO describes
+ * (and not of another copy loaded since at its address)? */
+static int registered_in_object(const struct dl_phdr_info *info, const struct ulp_lib_desc *lib,
+                                int slot)
+{
+    return holds_descriptor(info, (uint64_t)(uintptr_t)lib) &&
+           memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
+           __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == slot + 1;
+}
+
 struct visit {
     struct ulp_lib_desc *lib;
     int slot;
     void (*fn)(struct ulp_lib_desc *);
-    int done;
 };
 
 static int visit_registered(struct dl_phdr_info *info, size_t size, void *data)
 {
     struct visit *visit = data;
     (void)size;
-    if (!holds_descriptor(info, (uint64_t)(uintptr_t)visit->lib))
+    if (!registered_in_object(info, visit->lib, visit->slot))
         return 0;
-    if (memcmp(visit->lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
-        __atomic_load_n(&visit->lib->state, __ATOMIC_ACQUIRE) == visit->slot + 1) {
-        visit->fn(visit->lib);
-        visit->done = 1;
-    }
+    visit->fn(visit->lib);
     return 1;
 }
 
 /* Run FN on the library in SLOT, under the loader's lock (no dlclose can
  * unmap it meanwhile), if the copy loaded there is the one registered in
  * SLOT: a copy unloaded and another loaded at the same address, not
- * registered yet or in another slot, is not touched.  1 if FN ran. */
-ULP_HIDDEN int ulp_with_library_in_slot(int slot, void (*fn)(struct ulp_lib_desc *))
+ * registered yet or in another slot, is not touched. */
+ULP_HIDDEN void ulp_with_library_in_slot(int slot, void (*fn)(struct ulp_lib_desc *))
 {
-    struct visit visit = {ulp_library_in_slot(slot), slot, fn, 0};
+    struct visit visit = {ulp_library_in_slot(slot), slot, fn};
     if (visit.lib)
         dl_iterate_phdr(visit_registered, &visit);
-    return visit.done;
 }
 
 /* The library registered in a slot whose descriptor lies in the object
@@ -264,9 +268,7 @@ ULP_HIDDEN struct ulp_lib_desc *ulp_registered_library_of(const struct dl_phdr_i
 {
     for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
         struct ulp_lib_desc *lib = ulp_library_in_slot(slot);
-        if (lib && holds_descriptor(info, (uint64_t)(uintptr_t)lib) &&
-            memcmp(lib->magic, ULP_LIB_MAGIC, 8) == 0 &&
-            __atomic_load_n(&lib->state, __ATOMIC_ACQUIRE) == slot + 1)
+        if (lib && registered_in_object(info, lib, slot))
             return lib;
     }
     return NULL;

@@ -57,13 +57,13 @@ TRACKER_CODE static int prepared_code_above(uintptr_t slot, uintptr_t high)
     return 0;
 }
 
-/* Does the stack above SLOT (the return address of an entry from outside)
- * hold a word of prepared code?  1 also when it cannot look: SLOT is not on
- * the stack the commit saw (an alternate signal stack, a coroutine's). */
+/* Does the stack above SLOT (the return address of an entry from outside,
+ * on the stack the commit saw) hold a word of prepared code?  1 also when
+ * it cannot look (a misaligned SLOT). */
 TRACKER_CODE static int may_be_inside(struct ulp_thread_record *rec, uintptr_t slot)
 {
-    uintptr_t low = rec->stack_low, high = rec->stack_high;
-    if (slot < low || slot >= high || (slot & 7))
+    uintptr_t high = rec->stack_high;
+    if (slot & 7)
         return 1;
     uintptr_t hint = rec->hint_slot;
     if (hint > slot && hint < high && !(hint & 7)
@@ -85,20 +85,27 @@ TRACKER_CODE static int may_be_inside(struct ulp_thread_record *rec, uintptr_t s
     return 0;
 }
 
-/* An entry whose return address is at SLOT, on a pending coroutine stack
- * (coroutine.c) ending at HIGH, pending in UNIVERSE, whose flag is
- * PENDING: judged like a pending thread's, by the stack, whichever thread
- * runs it now. */
-TRACKER_CODE static uint64_t universe_on_pending_stack(int *pending, uintptr_t high,
-                                                        uint64_t universe,
+/* Is the entry at SLOT, called from CALLER, inside an activation that
+ * lives on the coroutine stack ending at HIGH: called from prepared code,
+ * or with a word of it above (or SLOT misaligned: it cannot look)? */
+TRACKER_CODE static int inside_activation_on(const struct ulp_func_desc *fd, uintptr_t slot,
+                                             uintptr_t caller, uintptr_t high)
+{
+    return caller - fd->code_start < fd->code_size || ulp_is_prepared_code(caller) ||
+           (slot & 7) || prepared_code_above(slot, high);
+}
+
+/* An entry at SLOT on the pending coroutine stack S (coroutine.c) ending
+ * at HIGH, pending in UNIVERSE: judged like a pending thread's, by the
+ * stack, whichever thread runs it now. */
+TRACKER_CODE static uint64_t universe_on_pending_stack(struct ulp_coroutine_stack *s,
+                                                        uintptr_t high, uint64_t universe,
                                                         const struct ulp_func_desc *fd,
                                                         uintptr_t slot, uint64_t g)
 {
-    uintptr_t caller = *(const uintptr_t *)slot;
-    if (caller - fd->code_start < fd->code_size || ulp_is_prepared_code(caller) ||
-        (slot & 7) || prepared_code_above(slot, high))
+    if (inside_activation_on(fd, slot, *(const uintptr_t *)slot, high))
         return universe;
-    ulp_clear_coroutine_stack(pending);
+    ulp_clear_coroutine_stack(s);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     return g;
 }
@@ -115,13 +122,13 @@ TRACKER_CODE static uint64_t universe_off_own_stack(uint64_t universe,
                                                     const struct ulp_func_desc *fd,
                                                     uintptr_t slot, uintptr_t caller, uint64_t g)
 {
-    uintptr_t high = ulp_coroutine_stack_end(slot);
-    if (!high)
+    uintptr_t high;
+    struct ulp_coroutine_stack *s = ulp_coroutine_stack_of(slot, &high);
+    if (!s)
         return universe;
-    if (caller - fd->code_start < fd->code_size || ulp_is_prepared_code(caller) ||
-        (slot & 7) || prepared_code_above(slot, high))
+    if (inside_activation_on(fd, slot, caller, high))
         return g;
-    ulp_mark_coroutine_stack(slot, universe);
+    ulp_mark_coroutine_stack(s, universe);
     return universe;
 }
 
@@ -132,10 +139,10 @@ TRACKER_CODE static uint64_t universe_of_entry(struct ulp_thread_record *rec, co
 {
     if (__atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_RELAXED)) {
         uintptr_t high;
-        uint64_t universe;
-        int *pending = ulp_pending_coroutine_stack(slot, &high, &universe);
-        if (pending)
-            return universe_on_pending_stack(pending, high, universe, fd, slot, g);
+        uint64_t on_stack;
+        struct ulp_coroutine_stack *s = ulp_coroutine_stack_of(slot, &high);
+        if (s && ulp_coroutine_stack_pending(s, &on_stack))
+            return universe_on_pending_stack(s, high, on_stack, fd, slot, g);
     }
     if (!__atomic_load_n(&rec->pending, __ATOMIC_RELAXED))
         return g;

@@ -240,10 +240,10 @@ static void add_library_code(const struct ulp_lib_desc *lib)
 
 /* Start a transition of the libraries LIBS[0..NLIBS) (in table slots
  * SLOTS), with every thread but the agent stopped as THREADS[0..N)
- * describe, after ulp_coroutine_stacks_judgeable() said yes.  The caller publishes the next G afterwards.  The code of every
- * library is known before any thread is judged: a thread inside one of
- * them stays pending in all, so a chain of calls through several keeps one
- * universe.  -1 if more threads are pending than the agent can remember
+ * describe, after ulp_coroutine_stacks_judgeable() said yes.  The caller
+ * publishes the next G afterwards.  The code of every library is known
+ * before any thread is judged: a thread inside one of them stays pending
+ * in all, so a chain of calls through several keeps one universe.  -1 if more threads are pending than the agent can remember
  * (the transition is then started, but the agent cannot end it: calls go
  * through the tracker until a later transition of the library ends). */
 ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots,
@@ -302,14 +302,22 @@ static int thread_alive(pid_t tid)
     return syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
 }
 
+/* Copy [ADDRESS, ADDRESS + SIZE) of this process into BUFFER without
+ * trusting that it is mapped (a thread's stack, a coroutine's, may have
+ * been unmapped since); 0, or -1 if it could not be read whole. */
+ULP_HIDDEN int ulp_read_memory(uintptr_t address, void *buffer, size_t size)
+{
+    struct iovec local = {buffer, size};
+    struct iovec remote = {(void *)address, size};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
+}
+
 /* Read a pending flag without trusting that the thread's memory is still
  * there: a thread that ended may have had its stack unmapped. */
 static int still_pending(const struct pending_thread *p)
 {
     uint64_t value = 0;
-    struct iovec local = {&value, sizeof value};
-    struct iovec remote = {&p->record->pending, sizeof value};
-    if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof value)
+    if (ulp_read_memory((uintptr_t)&p->record->pending, &value, sizeof value) != 0)
         return thread_alive(p->tid);
     return value != 0 && thread_alive(p->tid);
 }

@@ -33,6 +33,7 @@ int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uin
 void ulp_transition_tick(void);
 void ulp_transition_forget(int slot);
 int ulp_in_transition(int slot);
+int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
 
 /* coroutine.c: stacks made with makecontext */
 #define ULP_MAX_COROUTINE_STACKS 4096
@@ -40,10 +41,11 @@ extern uint32_t ulp_pending_coroutine_stacks;
 const char *ulp_coroutine_stacks_judgeable(void);
 void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_thread *threads, uint32_t n);
 uint32_t ulp_coroutine_tick(int threads_pending);
-int *ulp_pending_coroutine_stack(uintptr_t address, uintptr_t *high, uint64_t *universe);
-uintptr_t ulp_coroutine_stack_end(uintptr_t address);
-void ulp_mark_coroutine_stack(uintptr_t address, uint64_t universe);
-void ulp_clear_coroutine_stack(int *pending);
+struct ulp_coroutine_stack;
+struct ulp_coroutine_stack *ulp_coroutine_stack_of(uintptr_t address, uintptr_t *high);
+int ulp_coroutine_stack_pending(struct ulp_coroutine_stack *s, uint64_t *universe);
+void ulp_mark_coroutine_stack(struct ulp_coroutine_stack *s, uint64_t universe);
+void ulp_clear_coroutine_stack(struct ulp_coroutine_stack *s);
 
 /* registry.c: the library table (agent side) */
 struct ulp_lib_desc *ulp_library_in_slot(int slot);
@@ -51,7 +53,7 @@ int ulp_library_slot(const struct ulp_lib_desc *lib);
 void ulp_forget_slot(int slot, struct ulp_lib_desc *lib);
 void *ulp_pin_object(uint64_t address, int *gone);
 int ulp_library_registered_in(const struct ulp_lib_desc *lib, int slot);
-int ulp_with_library_in_slot(int slot, void (*fn)(struct ulp_lib_desc *));
+void ulp_with_library_in_slot(int slot, void (*fn)(struct ulp_lib_desc *));
 int64_t ulp_thread_record_offset(void);
 
 /* private.c: descriptors for functions the prepared library has none for,
