@@ -24,7 +24,7 @@ import struct
 import time
 
 from ulp.errors import ExitCode, UlpError
-from ulp.process import Process, _parse_mapping
+from ulp.process import Mapping, Process
 from ulp.trigger.tracee import ThreadGone, Tracee
 
 #: system calls that block waiting for the outside world, made with no lock
@@ -96,23 +96,18 @@ def _under_seccomp(process: Process) -> bool:
 
 
 class _Code:
-    """Where the C library's code lies, and its signal return (a signal
-    frame's return address)."""
+    """The process's mappings (read once per attempt), where the C library's
+    code lies, and its signal return (a signal frame's return address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mappings: list[Mapping]) -> None:
+        self.mappings = mappings
         self.libc: list[tuple[int, int]] = []
         self.restore_rt: set[int] = set()
 
 
 def _code_ranges(process: Process) -> _Code:
-    code = _Code()
-    try:
-        with open(f"/proc/{process.pid}/maps") as stream:
-            lines = stream.read().splitlines()
-    except OSError:
-        raise process.gone() from None
-    for line in lines:
-        mapping = _parse_mapping(line)
+    code = _Code(process.mappings())
+    for mapping in code.mappings:
         name = os.path.basename(mapping.path)
         if "x" in mapping.perms and (name.startswith("libc.so") or name.startswith("libc-")):
             code.libc.append((mapping.start, mapping.end))
@@ -188,24 +183,11 @@ def _stack_holds(process: Process, rsp: int, code: _Code) -> bool:
     """Does the stack from ``rsp`` up to the end of its mapping hold a
     signal frame's return address (maybe a stale one: then this thread is
     passed over, no harm)?"""
-    end = _mapping_end(process, rsp)
+    end = next((m.end for m in code.mappings if m.start <= rsp < m.end), None)
     if end is None:
         return True
     data = process.read(rsp & ~7, end - (rsp & ~7))
-    for (word,) in struct.iter_unpack("<Q", data):
-        if word in code.restore_rt:
-            return True
-    return False
-
-
-def _mapping_end(process: Process, address: int) -> int | None:
-    with open(f"/proc/{process.pid}/maps") as stream:
-        for line in stream:
-            span = line.split(" ", 1)[0]
-            start, end = (int(part, 16) for part in span.split("-"))
-            if start <= address < end:
-                return end
-    return None
+    return any(word in code.restore_rt for (word,) in struct.iter_unpack("<Q", data))
 
 
 def _resume_state(regs) -> bytes:
