@@ -20,6 +20,18 @@ def prepared_library(out: Path, sources: list[Path | str], *flags: str) -> Path:
     return lib
 
 
+def patched_program(root: Path, name: str, lib_source: Path, app_source: Path,
+                    replacements: dict[str, str], fix_source: Path, *app_flags: str,
+                    fix_name: str = "fix", app_name: str = "app") -> dict[str, Path]:
+    """ROOT/lib/libNAME.so built from LIB_SOURCE and prepared, the program
+    APP_NAME from APP_SOURCE linked to it, and the patch FIX_NAME.ulp of
+    it: {"root", "lib", "app", "fix"}."""
+    lib = prepared_library(root / "lib" / f"lib{name}.so", [lib_source])
+    app = cc(root / app_name, [app_source], f"-L{lib.parent}", f"-l{name}", *app_flags)
+    fix = patch(root, fix_name, lib, replacements, fix_source)
+    return {"root": root, "lib": lib, "app": app, "fix": fix}
+
+
 def cxx(out: Path, sources: list[Path | str], *flags: str) -> Path:
     """Compile C++ with g++; fail with g++'s message if it fails."""
     return cc(out, sources, *flags, compiler="g++")

@@ -22,6 +22,7 @@ from consistency_support import (
     cc,
     cxx,
     patch,
+    patched_program,
     prepared_library,
     revert,
     tool,
@@ -604,11 +605,9 @@ def test_forked_child_is_patched_on_its_own(shapes) -> None:
 
 @pytest.fixture(scope="module")
 def coro(build_dir: Path) -> dict[str, Path]:
-    root = build_dir / "coro"
-    lib = prepared_library(root / "lib" / "libcoro.so", [C_DIR / "cm_coro_lib.c"])
-    app = cc(root / "app", [C_DIR / "cm_coro_app.c"], f"-L{root / 'lib'}", "-lcoro", "-pthread")
-    fix = patch(root, "fix_coro", lib, {"coro_tag": "coro_tag_v2"}, C_DIR / "cm_coro_fix.c")
-    return {"root": root, "app": app, "fix": fix}
+    return patched_program(build_dir / "coro", "coro", C_DIR / "cm_coro_lib.c",
+                           C_DIR / "cm_coro_app.c", {"coro_tag": "coro_tag_v2"},
+                           C_DIR / "cm_coro_fix.c", "-pthread", fix_name="fix_coro")
 
 
 def test_coroutine_on_another_stack_keeps_the_live_activation_universe(coro) -> None:

@@ -14,7 +14,16 @@ import random
 from pathlib import Path
 
 import pytest
-from consistency_support import C_DIR, LiveProcess, ask, cc, counts, patch, prepared_library
+from consistency_support import (
+    C_DIR,
+    LiveProcess,
+    ask,
+    cc,
+    counts,
+    patch,
+    patched_program,
+    prepared_library,
+)
 
 from support import trigger_here
 
@@ -66,11 +75,9 @@ COROUTINE_CYCLES = 40
 
 @pytest.fixture(scope="module")
 def coroutine_stress(build_dir: Path) -> Path:
-    root = build_dir / "coro_stress"
-    lib = prepared_library(root / "lib" / "libcoro.so", [C_DIR / "cm_coro_lib.c"])
-    cc(root / "app", [C_DIR / "cm_coro_stress.c"], f"-L{lib.parent}", "-lcoro", "-lpthread")
-    patch(root, "fix", lib, {"coro_tag": "coro_tag_v2"}, C_DIR / "cm_coro_fix.c")
-    return root
+    return patched_program(build_dir / "coro_stress", "coro", C_DIR / "cm_coro_lib.c",
+                           C_DIR / "cm_coro_stress.c", {"coro_tag": "coro_tag_v2"},
+                           C_DIR / "cm_coro_fix.c", "-lpthread")["root"]
 
 
 def test_coroutines_moving_between_threads_never_mix_an_activation(coroutine_stress) -> None:

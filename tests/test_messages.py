@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from consistency_support import C_DIR, LiveProcess, apply, patch, prepared_library, revert, tool
+from consistency_support import C_DIR, LiveProcess, apply, patched_program, revert, tool
 
 from support import ROOT, cc
 from ulp import messages
@@ -74,11 +74,9 @@ def test_python_and_c_agree_on_the_log_layout(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def e2e(build_dir: Path) -> dict[str, Path]:
-    root = build_dir / "messages"
-    lib = prepared_library(root / "lib" / "libe2e.so", [C_DIR / "e2e_lib.c"])
-    app = cc(root / "app", [C_DIR / "e2e_app.c"], f"-L{root / 'lib'}", "-le2e", "-ldl")
-    fix = patch(root, "fix", lib, {"lib_value": "lib_value_v2"}, C_DIR / "e2e_fix.c")
-    return {"root": root, "lib": lib, "app": app, "fix": fix}
+    return patched_program(build_dir / "messages", "e2e", C_DIR / "e2e_lib.c",
+                           C_DIR / "e2e_app.c", {"lib_value": "lib_value_v2"},
+                           C_DIR / "e2e_fix.c", "-ldl")
 
 
 def start(e2e: dict[str, Path], **env: str) -> LiveProcess:

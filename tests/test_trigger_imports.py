@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from consistency_support import C_DIR, LiveProcess, patch, prepared_library
+from consistency_support import C_DIR, LiveProcess, patched_program
 
-from support import BIN_DIR, cc
+from support import BIN_DIR
 
 #: never needed to apply or revert in one process
 NOT_ON_THE_PATH = {
@@ -25,11 +25,9 @@ NOT_ON_THE_PATH = {
 
 @pytest.fixture(scope="module")
 def e2e(build_dir: Path) -> dict[str, Path]:
-    root = build_dir / "trigger-imports"
-    lib = prepared_library(root / "lib" / "libe2e.so", [C_DIR / "e2e_lib.c"])
-    app = cc(root / "app", [C_DIR / "e2e_app.c"], f"-L{root / 'lib'}", "-le2e", "-ldl")
-    fix = patch(root, "fix", lib, {"lib_value": "lib_value_v2"}, C_DIR / "e2e_fix.c")
-    return {"root": root, "app": app, "fix": fix}
+    return patched_program(build_dir / "trigger-imports", "e2e", C_DIR / "e2e_lib.c",
+                           C_DIR / "e2e_app.c", {"lib_value": "lib_value_v2"},
+                           C_DIR / "e2e_fix.c", "-ldl")
 
 
 def imported(*args: str | Path) -> set[str]:
