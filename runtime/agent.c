@@ -372,6 +372,7 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
     ulp_mailbox.idle_address = (uint64_t)(uintptr_t)ulp_agent_wait_return;
     ulp_mailbox.staged_fd = -1;
     measure_thread_layout();
+    ulp_foreign_init();
     enum agent_mode mode = agent_mode();
     static const char *const told[] = {
         [AGENT_AT_START] = "starting",

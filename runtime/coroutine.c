@@ -190,6 +190,12 @@ ULP_HIDDEN const char *ulp_coroutine_stacks_judgeable(void)
     return NULL;
 }
 
+/* The commit will not start after all: release the table. */
+ULP_HIDDEN void ulp_coroutine_stacks_unjudged(void)
+{
+    pthread_mutex_unlock(&stacks_lock);
+}
+
 /* Does [LOW, HIGH) overlap the own stack of one of THREADS[0..N)?  Such a
  * "coroutine stack" (carved out of a thread's stack) is searched with the
  * thread, whose record covers it. */

@@ -906,9 +906,21 @@ static uint32_t gather(struct patch *parts[ULP_MAX_LIBS])
 static int publish(const struct parsed_request *req, struct patch *const *parts, uint32_t n,
                    int reverting, struct reply *reply)
 {
+    static char unnoted[320];
     const char *why = ulp_coroutine_stacks_judgeable();
     if (why)
         return answer(reply, ULP_E_COROUTINES, "%s; nothing changed", why);
+    struct ulp_lib_desc *libs[ULP_MAX_LIBS] = {0};
+    for (uint32_t k = 0; k < n; k++)
+        libs[k] = parts[k]->lib;
+    ulp_know_code_of(libs, n);
+    if (!(req->head->flags & ULP_REQUEST_TRUST_STACKS))
+        why = ulp_unnoted_stack_activation(req->threads, req->head->nthreads, unnoted,
+                                           sizeof unnoted);
+    if (why) {
+        ulp_coroutine_stacks_unjudged();
+        return answer(reply, ULP_E_COROUTINES, "%s; nothing changed", why);
+    }
     uint64_t universe = stamp_and_publish(req, parts, n, reverting,
                                           reverting ? PATCH_REVERTED : PATCH_APPLIED);
     for (uint32_t k = 0; k < n; k++)

@@ -74,6 +74,85 @@ ULP_HIDDEN int ulp_is_prepared_code(uintptr_t word)
     return 0;
 }
 
+/* The bounds of every range of prepared code: no word outside is one. */
+ULP_HIDDEN void ulp_prepared_code_bounds(uintptr_t *low, uintptr_t *high)
+{
+    *low = __atomic_load_n(&code_bounds.low, __ATOMIC_ACQUIRE);
+    *high = __atomic_load_n(&code_bounds.high, __ATOMIC_ACQUIRE);
+}
+
+/* Call FN(LOW, HIGH, ARG) for every range of prepared code; -1 if only
+ * their bounds are known (more ranges than the table holds). */
+ULP_HIDDEN int ulp_for_each_code_range(void (*fn)(uintptr_t, uintptr_t, void *), void *arg)
+{
+    if (__atomic_load_n(&code_ranges_overflowed, __ATOMIC_ACQUIRE))
+        return -1;
+    uint32_t n = __atomic_load_n(&ncode_ranges, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++)
+        fn(code_ranges[i].low, code_ranges[i].high, arg);
+    return 0;
+}
+
+/* The length of an indirect call (ff /2) from its ModRM byte on, SIB
+ * byte SIB (if it has one) and displacement included. */
+static size_t indirect_call_length(uint8_t modrm, uint8_t sib)
+{
+    uint8_t mod = modrm >> 6, rm = modrm & 7;
+    if (mod == 3)
+        return 2;
+    if (mod == 1)
+        return rm == 4 ? 4 : 3;
+    if (mod == 2)
+        return rm == 4 ? 7 : 6;
+    if (rm == 5)
+        return 6;                               /* %rip + disp32 */
+    if (rm == 4)
+        return (sib & 7) == 5 ? 7 : 3;          /* SIB, maybe with disp32 */
+    return 2;
+}
+
+/* Do the BEFORE bytes that end at a return address (B[7 - BEFORE..7))
+ * end with a call instruction: e8 rel32, or ff /2 in any of its forms,
+ * exactly as long as the bytes up to the return address? */
+static int ends_with_call(const uint8_t b[7], size_t before)
+{
+    if (before >= 5 && b[2] == 0xe8)
+        return 1;
+    for (size_t length = 2; length <= 7 && length <= before; length++) {
+        const uint8_t *call = b + 7 - length;
+        if (call[0] == 0xff && (call[1] & 0x38) == 0x10 &&
+            indirect_call_length(call[1], length > 2 ? call[2] : 0) == length)
+            return 1;
+    }
+    return 0;
+}
+
+/* Is WORD an address just past a call instruction in prepared code: what a
+ * suspended activation leaves where it waits (foreign.c)?  A function
+ * pointer to the start of a function is not (padding precedes it).  1 also
+ * when the code before WORD cannot be read or only the bounds are known. */
+ULP_HIDDEN int ulp_is_return_into_prepared_code(uintptr_t word)
+{
+    if (!ulp_is_prepared_code(word))
+        return 0;
+    if (__atomic_load_n(&code_ranges_overflowed, __ATOMIC_ACQUIRE))
+        return 1;
+    uint32_t n = __atomic_load_n(&ncode_ranges, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct code_range *r = &code_ranges[i];
+        if (word - r->low >= r->high - r->low)
+            continue;
+        size_t before = word - r->low < 7 ? word - r->low : 7;
+        uint8_t b[7] = {0};
+        if (before < 2)
+            return 0;   /* no call fits before it in this code */
+        if (ulp_read_memory(word - before, b + 7 - before, before) != 0)
+            return 1;
+        return ends_with_call(b, before);
+    }
+    return 1;
+}
+
 static void add_code_range(uintptr_t low, uintptr_t high, uintptr_t trampolines_low,
                            uintptr_t trampolines_high)
 {
@@ -238,6 +317,15 @@ static void add_library_code(const struct ulp_lib_desc *lib)
     add_code_range(trampolines, trampolines_end, trampolines, trampolines_end);
 }
 
+/* Count the code of LIBS[0..NLIBS) and the tracker's as prepared code
+ * (again: nothing is added twice). */
+ULP_HIDDEN void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlibs)
+{
+    add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
+    for (uint32_t k = 0; k < nlibs; k++)
+        add_library_code(libs[k]);
+}
+
 /* Start a transition of the libraries LIBS[0..NLIBS) (in table slots
  * SLOTS), with every thread but the agent stopped as THREADS[0..N)
  * describe, after ulp_coroutine_stacks_judgeable() said yes.  The caller
@@ -253,9 +341,7 @@ ULP_HIDDEN int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int 
     uint64_t g = __atomic_load_n(&ulp_global_universe, __ATOMIC_ACQUIRE);
     int status = 0;
     pthread_mutex_lock(&transition_lock);
-    add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
-    for (uint32_t k = 0; k < nlibs; k++)
-        add_library_code(libs[k]);
+    ulp_know_code_of(libs, nlibs);
     for (uint32_t k = 0; k < nlibs; k++)
         for_each_descriptor(libs[k], point_at_tracker);
     ulp_mark_coroutine_stacks(g, threads, n);

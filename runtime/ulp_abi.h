@@ -104,13 +104,14 @@ struct ulp_request {
     uint16_t part;              /* PREPARE: which target library of the patch (ABI 5) */
     uint16_t nparts;            /* PREPARE: how many it has; 0 or 1: one */
     uint32_t nthreads;          /* COMMIT, REVERT: the stopped threads (ABI 6) */
-    uint32_t flags;             /* ULP_REQUEST_KEEP_PINS (ABI 6) */
+    uint32_t flags;             /* ULP_REQUEST_KEEP_PINS (ABI 6), _TRUST_STACKS */
 };
 
 /* Keep the libraries this request pinned loaded until the next request is
  * answered: a COMMIT or REVERT sent while every thread is stopped then
  * needs no lock of the loader, which a stopped thread may hold. */
 #define ULP_REQUEST_KEEP_PINS 1
+#define ULP_REQUEST_TRUST_STACKS 2   /* no search for activations on unnoted stacks (foreign.c) */
 
 struct ulp_request_unit {
     uint32_t index;             /* function index in the target library */

@@ -34,11 +34,21 @@ void ulp_transition_tick(void);
 void ulp_transition_forget(int slot);
 int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
+void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlibs);
+void ulp_prepared_code_bounds(uintptr_t *low, uintptr_t *high);
+int ulp_is_return_into_prepared_code(uintptr_t word);
+int ulp_for_each_code_range(void (*fn)(uintptr_t, uintptr_t, void *), void *arg);
+
+/* foreign.c: activations on stacks the runtime was not told of */
+void ulp_foreign_init(void);
+const char *ulp_unnoted_stack_activation(const struct ulp_request_thread *threads, uint32_t n,
+                                         char *message, size_t size);
 
 /* coroutine.c: stacks made with makecontext */
 #define ULP_MAX_COROUTINE_STACKS 4096
 extern uint32_t ulp_pending_coroutine_stacks;
 const char *ulp_coroutine_stacks_judgeable(void);
+void ulp_coroutine_stacks_unjudged(void);
 void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_thread *threads, uint32_t n);
 uint32_t ulp_coroutine_tick(int threads_pending);
 struct ulp_coroutine_stack;

@@ -629,6 +629,55 @@ def test_coroutine_on_another_stack_keeps_the_live_activation_universe(coro) -> 
         assert app.next_line() == "run=22 coroutine=2"
 
 
+
+@pytest.mark.parametrize("how", ["park unnoted", "park unnoted heap"])
+def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how) -> None:
+    """The parked coroutine of the test below, on a stack made without the
+    runtime's makecontext and not noted (an mmap of its own, or a block of
+    malloc's heap): no thread runs on it and nothing says it is a stack.
+    The commit finds the return address the activation left there and
+    changes nothing (15, RETRY, saying where), so the activation resumes in
+    the universe it began in (12 was the mix).  Once it has ended, the
+    same apply goes through."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, how) == "parked"
+        refused = trigger(app.pid, coro["fix"])
+        assert refused.returncode == 15, (refused.returncode, refused.stderr)
+        assert "a stack the runtime was not told of" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert ask(app, "tag") == "tag=1"                 # nothing changed
+        assert ask(app, "resume") == "resumed run=11"
+        assert ask(app, "unpark") == "unparked"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"
+        assert ask(app, how) == "parked"                  # began in the new universe
+        assert ask(app, "resume") == "resumed run=22"
+
+
+
+def test_a_search_that_would_take_too_long_is_refused_and_can_be_waived(coro) -> None:
+    """ULP_FOREIGN_STACKS=1 (MiB): the process has more memory to search
+    than that, so the commit is refused (15) with a message that names the
+    limit and the way out; with --trust-stacks the operator vouches for the
+    program's stacks and the search is skipped: the same apply goes
+    through, and so does a revert."""
+    env = {"LD_LIBRARY_PATH": str(coro["root"] / "lib"), "ULP_FOREIGN_STACKS": "1"}
+    with LiveProcess([coro["app"], "2"], env=env) as app:
+        assert app.next_line() == "ready"
+        refused = trigger(app.pid, coro["fix"])
+        assert refused.returncode == 15, (refused.returncode, refused.stderr)
+        assert "more than 1 MiB of memory to search" in refused.stderr
+        assert "--trust-stacks" in refused.stderr
+        assert ask(app, "tag") == "tag=1"
+        done = trigger("--trust-stacks", app.pid, coro["fix"])
+        assert done.returncode == 0, done.stderr
+        assert ask(app, "tag") == "tag=2"
+        done = trigger("--trust-stacks", "--revert", app.pid, coro["fix"])
+        assert done.returncode == 0, done.stderr
+        assert ask(app, "tag") == "tag=1"
+
+
 def in_transition(pid: int) -> bool:
     listed = tool("ulp", "patches", "--json", "-p", str(pid))
     assert listed.returncode == 0, listed.stderr

@@ -470,6 +470,7 @@ int main(void)
     VALUE(sizeof(struct ulp_request_thread));
     VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
     VALUE(ULP_REQUEST_KEEP_PINS);
+    VALUE(ULP_REQUEST_TRUST_STACKS);
     printf("magic %s\n", ULP_MAILBOX_MAGIC);
 @VALUES@
     return 0;
@@ -553,6 +554,7 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
     assert fields["ulp_request_private.desc"][0] == agent_abi.REQUEST_PRIVATE_DESC_OFFSET
     assert int(values["ULP_ABI_VERSION"]) == agent_abi.ABI_VERSION
     assert int(values["ULP_REQUEST_KEEP_PINS"]) == agent_abi.REQUEST_KEEP_PINS
+    assert int(values["ULP_REQUEST_TRUST_STACKS"]) == agent_abi.REQUEST_TRUST_STACKS
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
     assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
     assert values["magic"].encode() + b"\0" == agent_abi.MAILBOX_MAGIC

@@ -102,6 +102,11 @@ def build_parser() -> ArgumentParser:
                         help="bound for every wait on a process (default: 10)")
     parser.add_argument("--retries", type=count, default=0, metavar="N",
                         help="retry N times when a process is busy (exit code 15)")
+    parser.add_argument("--trust-stacks", action="store_true",
+                        help="do not search the target's memory for calls waiting on stacks "
+                             "the runtime was not told of (coroutines): for a program that "
+                             "runs library code only on its threads' stacks, makecontext's "
+                             "and noted ones, whose memory is too large to search")
     parser.add_argument("-j", "--jobs", type=count, default=None, metavar="N",
                         help="processes handled at once, each by a worker process of its own "
                              "(default: one per CPU this command may use, at least 2)")
@@ -152,6 +157,10 @@ def _pid(text: str) -> int:
 
 def run(argv: list[str] | None) -> int:
     args = parse_arguments(argv)
+    if args.trust_stacks:
+        from ulp.trigger import transition
+
+        transition.trust_stacks = True
     if args.revert_all is not None:
         block_sigchld()
         release_orphans()

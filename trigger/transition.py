@@ -47,6 +47,12 @@ from ulp.trigger.elfscan import TargetLibrary, for_path, mapped_version, prepare
 from ulp.trigger.threadtable import thread_table
 from ulp.trigger.tracee import Tracee
 
+#: ``ulp-trigger --trust-stacks``: the operator vouches that the target runs
+#: library code only on its threads' stacks, makecontext's and the ones it
+#: notes, and the runtime need not search its memory for activations
+#: waiting elsewhere (runtime/foreign.c).  Set once, before any work.
+trust_stacks = False
+
 STATUS_EXIT_CODES = {
     Status.BAD_REQUEST: ExitCode.FAILURE,
     Status.NOT_ULP_LIBRARY: ExitCode.TARGET_MISMATCH,
@@ -352,8 +358,9 @@ def _committing(agent: Agent, metadata: PatchMetadata, op: Op):
     """COMMIT or REVERT, sent while every other thread is stopped: the
     runtime starts the transition from where each thread stopped."""
     def send(stopped: dict[int, Tracee]) -> tuple[int, str]:
-        threads = tuple(thread_table(agent.process, stopped))
-        return agent.call(_request(op, metadata, threads=threads))
+        request = _request(op, metadata, threads=tuple(thread_table(agent.process, stopped)))
+        request.trust_stacks = trust_stacks
+        return agent.call(request)
     return send
 
 

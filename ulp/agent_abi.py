@@ -32,6 +32,8 @@ assert MAILBOX_HEADER_SIZE == 80
 
 REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIIHHII"
 REQUEST_KEEP_PINS = 1  # request flags: keep the libraries pinned for the next request
+#: COMMIT, REVERT: no search for activations on stacks nobody noted (runtime/foreign.c)
+REQUEST_TRUST_STACKS = 2
 REQUEST_UNIT_FORMAT = "<II"
 REQUEST_PRIVATE_FORMAT = "<qIIQQ"  # entry_delta, name, flags, desc (written by the runtime), size
 REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
@@ -158,6 +160,7 @@ class Request:
     nparts: int = 1  # PREPARE: how many the patch has
     threads: tuple[RequestThread, ...] = ()  # COMMIT, REVERT: every stopped thread (ABI 6)
     keep_pins: bool = False  # the next request (sent with every thread stopped) uses them
+    trust_stacks: bool = False  # COMMIT, REVERT: the operator vouches no stack goes unnoted
 
     def privates_offset(self) -> int:
         """Where the private units start in the packed request (the runtime
@@ -187,7 +190,8 @@ class Request:
                              self.so_sha256, so_path, self.so_fd, self.so_size,
                              len(self.privates), len(self.refs), label, self.part,
                              self.nparts, len(self.threads),
-                             REQUEST_KEEP_PINS if self.keep_pins else 0)
+                             (REQUEST_KEEP_PINS if self.keep_pins else 0)
+                             | (REQUEST_TRUST_STACKS if self.trust_stacks else 0))
         threads = b"".join(thread.pack() for thread in self.threads)
         data = (header + b"".join(self.requires) + units + privates + refs + threads
                 + bytes(strings))

@@ -12,10 +12,16 @@
  *           switch of its own would: glibc's makecontext called directly
  *           (not the one the runtime puts first), the stack told to the
  *           runtime with ulp_note_stack
+ *   park unnoted [heap] -> the same stack switch, the stack told to no one
+ *           (mmap, or from malloc's heap): the runtime cannot know it is a
+ *           stack
  *   resume [thread] -> the parked coroutine goes on (on this thread, or on
  *           a new one): coro_run returns; prints "resumed run=<tags>"
- *   unpark -> unmaps the parked coroutine's stack; prints "unparked" */
+ *   unpark -> frees the parked coroutine's stack and clears its saved
+ *           context; prints "unparked"
+ * argv[1], if given: MiB of heap to fill (memory a commit searches). */
 #include <dlfcn.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,22 +84,33 @@ static void parked_coroutine(void)
     parked_run = coro_run(park_here);
 }
 
-/* glibc's own makecontext, and the stack told to the runtime by hand. */
-static make_context own_stack_switch(void *stack, size_t size)
+/* glibc's own makecontext (not the one the runtime puts first), and the
+ * stack told to the runtime by hand if NOTE. */
+static make_context own_stack_switch(void *stack, size_t size, int note)
 {
     void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    void (*note)(void *, size_t) = (void (*)(void *, size_t))dlsym(RTLD_DEFAULT,
-                                                                   "ulp_note_stack");
-    if (note)
-        note(stack, size);
+    void (*note_stack)(void *, size_t) = (void (*)(void *, size_t))dlsym(RTLD_DEFAULT,
+                                                                         "ulp_note_stack");
+    if (note && note_stack)
+        note_stack(stack, size);
     return libc ? (make_context)dlsym(libc, "makecontext") : makecontext;
 }
 
-static void park(int own)
+static int parked_on_heap;
+
+static void park(const char *how)
 {
-    parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                        -1, 0);
-    make_context make = own ? own_stack_switch(parked_stack, STACK_SIZE) : makecontext;
+    make_context make = makecontext;
+    parked_on_heap = strcmp(how, "park unnoted heap") == 0;
+    if (parked_on_heap) {
+        mallopt(M_MMAP_THRESHOLD, 4 * STACK_SIZE);     /* from the heap, not a mapping */
+        parked_stack = malloc(STACK_SIZE);
+    } else {
+        parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    }
+    if (strcmp(how, "park") != 0)
+        make = own_stack_switch(parked_stack, STACK_SIZE, strcmp(how, "park own") == 0);
     make_coroutine(make, &parked_context, parked_stack, &parker_context, parked_coroutine);
     swapcontext(&parker_context, &parked_context);
     printf("parked\n");
@@ -114,9 +131,14 @@ static void resume_on_another_thread(void)
         pthread_join(thread, NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    char line[16];
+    char line[32];
+    /* argv[1]: MiB of heap to fill, memory a commit has to search */
+    size_t fill = argc > 1 ? strtoul(argv[1], NULL, 10) << 20 : 0;
+    char *filled = fill ? malloc(fill) : NULL;
+    if (filled)
+        memset(filled, 0x5a, fill);
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready\n");
     while (fgets(line, sizeof line, stdin)) {
@@ -126,7 +148,8 @@ int main(void)
         } else if (strncmp(line, "tag", 3) == 0) {
             printf("tag=%d\n", coro_tag());
         } else if (strncmp(line, "park", 4) == 0) {
-            park(strncmp(line, "park own", 8) == 0);
+            line[strcspn(line, "\n")] = 0;
+            park(line);
         } else if (strncmp(line, "resume thread", 13) == 0) {
             resume_on_another_thread();
             printf("resumed run=%d\n", parked_run);
@@ -134,7 +157,13 @@ int main(void)
             resume(NULL);
             printf("resumed run=%d\n", parked_run);
         } else if (strncmp(line, "unpark", 6) == 0) {
-            munmap(parked_stack, STACK_SIZE);
+            if (parked_on_heap) {
+                explicit_bzero(parked_stack, STACK_SIZE);   /* as a reuse would */
+                free(parked_stack);
+            } else {
+                munmap(parked_stack, STACK_SIZE);
+            }
+            memset(&parked_context, 0, sizeof parked_context);  /* a coroutine object freed */
             printf("unparked\n");
         }
     }

@@ -1,0 +1,437 @@
+/* Unnoted stacks: activations suspended where the runtime was told of no
+ * stack.
+ *
+ * A commit judges the threads by their stacks (transition.c) and the
+ * coroutine stacks it knows of by theirs (coroutine.c).  A program that
+ * switches stacks by its own means (boost.context's make_fcontext, a
+ * hand-written switch, a language runtime) and does not note them
+ * (ulp_note_stack) can leave an activation of a library suspended on a
+ * stack the commit sees on no thread: resumed after the commit, it would
+ * make its nested calls in the new universe.
+ *
+ * Such an activation leaves at least one return address into prepared code
+ * where it waits: it called out of the library (a callback, the switch
+ * itself), and its frame keeps the address the call returns to.  So a
+ * commit searches every other writable mapping of the process, while every
+ * thread is stopped, for a word that is a return address into prepared
+ * code: an address just past a call instruction of a library, a patch
+ * object or the tracker.  Found, the commit changes nothing and answers
+ * COROUTINES (exit 15, RETRY), naming where: the activation cannot be put
+ * in a universe, so the commit waits for it to end.  A delay, never a mix.
+ *
+ * Not searched: the threads' own stacks and the noted coroutine stacks
+ * (judged by their rules), glibc's thread stacks (live or kept for reuse:
+ * recognised by the thread control block glibc puts at their top, whose
+ * first and third words point at itself), the main thread's [stack], the
+ * runtime's own data, device mappings, and pages never touched (the kernel
+ * says which pages are present or swapped out: PAGEMAP_SCAN, or
+ * /proc/self/pagemap before Linux 6.7).
+ *
+ * A return address left behind by a frame that is gone (a freed coroutine
+ * stack, an alternate signal stack whose handler called a library, a
+ * profiler's saved backtrace) looks the same: the commit is refused until
+ * it is overwritten.  ULP_FOREIGN_STACKS=none (read at start) turns the
+ * search off, for a program that runs library code on no stack but its
+ * threads', makecontext's and noted ones.  Cost: about the time to read
+ * the process's resident writable memory, with every thread stopped
+ * (docs/consistency.md has the measurement). */
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "ulp_internal.h"
+
+/* PAGEMAP_SCAN (linux/fs.h, Linux 6.7), not in older headers. */
+struct ulp_page_region {
+    uint64_t start, end, categories;
+};
+struct ulp_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define ULP_PAGEMAP_SCAN _IOWR('f', 16, struct ulp_pm_scan_arg)
+#define ULP_PAGE_IS_PRESENT (1 << 3)
+#define ULP_PAGE_IS_SWAPPED (1 << 4)
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAPPED (1ULL << 62)
+
+#define PAGE 4096UL
+#define CHUNK_WORDS 8192                /* 64 KiB read at a time */
+#define REGION_SHIFT 21                 /* the filter's granule: 2 MiB */
+#define REGION_SLOTS 1024               /* of the filter's hash set, a power of 2 */
+
+static int search_off;                  /* ULP_FOREIGN_STACKS=none */
+static uint64_t search_limit = 256ULL << 20;    /* bytes: ULP_FOREIGN_STACKS=<MiB> */
+static uintptr_t own_data_low, own_data_high;   /* the runtime's writable segments */
+
+/* Everything a search needs, kept out of the agent's small stack. */
+static struct {
+    const struct ulp_request_thread *threads;
+    uint32_t nthreads;
+    uintptr_t code_low, code_high;      /* bounds of every prepared code range */
+    /* The 2 MiB regions that hold prepared code, as a hash set (0: free;
+     * a region number + 1): most words within the bounds (pointers to the
+     * heap, to other libraries) leave after one probe.  Not usable (only
+     * the bounds known, too much code): every word within them is tested. */
+    uint64_t regions_with_code[REGION_SLOTS];
+    int filter_usable;
+    int in_place;                       /* the mapping searched: anonymous, pages known present */
+    int pagemap;                        /* /proc/self/pagemap, -1 if not open */
+    int pagemap_scan;                   /* 0 once the ioctl said it cannot */
+    uint64_t searched;                  /* bytes so far */
+    int over_limit;                     /* stopped: more than search_limit to search */
+    uintptr_t words[CHUNK_WORDS];
+    uint64_t entries[CHUNK_WORDS];
+    struct ulp_page_region regions[256];
+    char maps[65536];
+    uintptr_t found_at, found_word;
+    char found_in[96];
+} s;
+
+static int runtime_segments(struct dl_phdr_info *info, size_t size, void *unused)
+{
+    (void)size, (void)unused;
+    uintptr_t here = (uintptr_t)&search_off;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t low = info->dlpi_addr + ph->p_vaddr, high = low + ph->p_memsz;
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && low <= here && here < high) {
+            own_data_low = low & ~(PAGE - 1);
+            own_data_high = (high + PAGE - 1) & ~(PAGE - 1);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* At start (not while threads are stopped: dl_iterate_phdr takes the
+ * loader's lock). */
+ULP_HIDDEN void ulp_foreign_init(void)
+{
+    const char *setting = getenv("ULP_FOREIGN_STACKS");
+    char *end;
+    if (setting && strcmp(setting, "none") == 0) {
+        search_off = 1;
+    } else if (setting && *setting) {
+        unsigned long mib = strtoul(setting, &end, 10);
+        if (*end == '\0' && mib > 0 && mib < (1UL << 40))
+            search_limit = (uint64_t)mib << 20;
+        else
+            ulp_log_message(ULP_LOG_RUNTIME, 0, "ULP_FOREIGN_STACKS=%s ignored: none, or a "
+                            "size in MiB", setting);
+    }
+    dl_iterate_phdr(runtime_segments, NULL);
+}
+
+/* --- what is not searched ------------------------------------------------------ */
+
+static int is_own_stack(uintptr_t low, uintptr_t high)
+{
+    for (uint32_t i = 0; i < s.nthreads; i++)
+        if (s.threads[i].stack_low == low && s.threads[i].stack_high == high)
+            return 1;
+    return 0;
+}
+
+static int on_known_stack(uintptr_t address)
+{
+    uintptr_t high;
+    for (uint32_t i = 0; i < s.nthreads; i++)
+        if (s.threads[i].stack_low <= address && address < s.threads[i].stack_high)
+            return 1;
+    return ulp_coroutine_stack_of(address, &high) != NULL;
+}
+
+/* Is the return address at ADDRESS part of a saved context (a ucontext_t,
+ * a coroutine library's register block) of a stack the commit judges: a
+ * stack pointer into a thread's own stack or a noted coroutine stack next
+ * to it?  The activation it resumes lives on that stack, which is searched
+ * whole. */
+static int saved_context_of_known_stack(uintptr_t address)
+{
+    enum { AROUND = 16 };
+    uintptr_t around[2 * AROUND + 1];
+    if (ulp_read_memory(address - AROUND * 8, around, sizeof around) != 0)
+        return 0;
+    for (int i = 0; i < 2 * AROUND + 1; i++)
+        if (i != AROUND && on_known_stack(around[i]))
+            return 1;
+    return 0;
+}
+
+/* Is ADDRESS on a thread's own stack or a noted coroutine stack, in a
+ * saved context of one, or in the runtime's data (its buffers hold copies
+ * of what it searched)? */
+static int judged_elsewhere(uintptr_t address)
+{
+    if (own_data_low <= address && address < own_data_high)
+        return 1;
+    return on_known_stack(address) || saved_context_of_known_stack(address);
+}
+
+/* A stack glibc made for a thread (pthread_create; live, or kept for
+ * reuse after the thread ended) has the thread's control block near its
+ * top: a word that holds its own address (tcb), and the third word after
+ * it the same (self). */
+static int is_glibc_thread_stack(uintptr_t low, uintptr_t high)
+{
+    enum { TOP = 16384 };
+    if (high - low < TOP)
+        return 0;
+    uintptr_t at = high - TOP;
+    for (size_t done = 0; done < TOP; done += sizeof s.words) {
+        size_t n = TOP - done < sizeof s.words ? TOP - done : sizeof s.words;
+        if (ulp_read_memory(at + done, s.words, n) != 0)
+            return 0;
+        for (size_t i = 0; i + 2 < n / 8; i++) {
+            uintptr_t address = at + done + i * 8;
+            if (s.words[i] == address && s.words[i + 2] == address)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* --- the search ------------------------------------------------------------------ */
+
+static uint64_t *region_slot(uint64_t region)
+{
+    size_t i = (size_t)((region * 0x9e3779b97f4a7c15ULL) >> 54) & (REGION_SLOTS - 1);
+    while (s.regions_with_code[i] != 0 && s.regions_with_code[i] != region + 1)
+        i = (i + 1) & (REGION_SLOTS - 1);
+    return &s.regions_with_code[i];
+}
+
+static void add_regions(uintptr_t low, uintptr_t high, void *count)
+{
+    size_t *n = count;
+    for (uint64_t r = low >> REGION_SHIFT; r <= (high - 1) >> REGION_SHIFT; r++) {
+        if (*n >= REGION_SLOTS / 2) {
+            s.filter_usable = 0;
+            return;
+        }
+        uint64_t *slot = region_slot(r);
+        if (*slot == 0) {
+            *slot = r + 1;
+            ++*n;
+        }
+    }
+}
+
+static void build_filter(void)
+{
+    size_t count = 0;
+    memset(s.regions_with_code, 0, sizeof s.regions_with_code);
+    s.filter_usable = 1;
+    if (ulp_for_each_code_range(add_regions, &count) != 0)
+        s.filter_usable = 0;
+}
+
+/* May WORD be an address of prepared code?  (No: certainly not.) */
+static inline int may_be_code(uintptr_t word)
+{
+    if (word - s.code_low >= s.code_high - s.code_low)
+        return 0;
+    return !s.filter_usable || *region_slot(word >> REGION_SHIFT) != 0;
+}
+
+/* Search the N words at WORDS, a copy of (or the memory itself) at AT. */
+static int search_words(const uintptr_t *words, size_t n, uintptr_t at)
+{
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t word = words[i];
+        if (may_be_code(word) && ulp_is_return_into_prepared_code(word) &&
+            !judged_elsewhere(at + i * 8)) {
+            s.found_at = at + i * 8;
+            s.found_word = word;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Search [LOW, HIGH): 1 and s.found_* if a return address into prepared
+ * code lies there, outside what is judged elsewhere.  Anonymous memory
+ * the kernel says is present (or swapped out) is read in place: every
+ * other thread is stopped, nothing unmaps it, and reading it cannot fault
+ * past recovery; anything else is copied with a read that fails softly
+ * (a file shrunk under its mapping would raise SIGBUS). */
+static int search_present(uintptr_t low, uintptr_t high)
+{
+    if ((s.searched += high - low) > search_limit) {
+        s.over_limit = 1;
+        return 1;
+    }
+    if (s.in_place)
+        return search_words((const uintptr_t *)low, (high - low) / 8, low);
+    for (uintptr_t at = low; at < high;) {
+        size_t n = (high - at) / 8 < CHUNK_WORDS ? (high - at) / 8 : CHUNK_WORDS;
+        if (ulp_read_memory(at, s.words, n * 8) != 0) {
+            at += PAGE;             /* gone meanwhile, or not readable: nothing there */
+            continue;
+        }
+        if (search_words(s.words, n, at))
+            return 1;
+        at += n * 8;
+    }
+    return 0;
+}
+
+/* The present (or swapped out) pages of [LOW, HIGH), from the kernel's
+ * page-table walk: 1 if one holds a return address into prepared code. */
+static int search_scanned(uintptr_t low, uintptr_t high)
+{
+    struct ulp_pm_scan_arg arg;
+    for (uintptr_t at = low; at < high;) {
+        memset(&arg, 0, sizeof arg);
+        arg.size = sizeof arg;
+        arg.start = at;
+        arg.end = high;
+        arg.vec = (uintptr_t)s.regions;
+        arg.vec_len = sizeof s.regions / sizeof s.regions[0];
+        arg.category_anyof_mask = ULP_PAGE_IS_PRESENT | ULP_PAGE_IS_SWAPPED;
+        arg.return_mask = ULP_PAGE_IS_PRESENT | ULP_PAGE_IS_SWAPPED;
+        long found = ioctl(s.pagemap, ULP_PAGEMAP_SCAN, &arg);
+        if (found < 0)
+            return -1;
+        for (long i = 0; i < found; i++)
+            if (search_present(s.regions[i].start, s.regions[i].end))
+                return 1;
+        if (arg.walk_end <= at)
+            break;
+        at = arg.walk_end;
+    }
+    return 0;
+}
+
+/* The same from /proc/self/pagemap, an entry per page. */
+static int search_paged(uintptr_t low, uintptr_t high)
+{
+    for (uintptr_t at = low; at < high;) {
+        size_t pages = (high - at) / PAGE < CHUNK_WORDS ? (high - at) / PAGE : CHUNK_WORDS;
+        ssize_t got = pread(s.pagemap, s.entries, pages * 8, (off_t)(at / PAGE * 8));
+        if (got <= 0) {
+            s.in_place = 0;
+            return search_present(at, high);   /* cannot tell: search all, softly */
+        }
+        pages = (size_t)got / 8;
+        for (size_t i = 0; i < pages; i++)
+            if ((s.entries[i] & (PM_PRESENT | PM_SWAPPED)) &&
+                search_present(at + i * PAGE, at + (i + 1) * PAGE))
+                return 1;
+        at += pages * PAGE;
+    }
+    return 0;
+}
+
+static int search_mapping(uintptr_t low, uintptr_t high, int anonymous)
+{
+    s.in_place = 0;
+    if (s.pagemap < 0)
+        return search_present(low, high);
+    s.in_place = anonymous;
+    if (s.pagemap_scan) {
+        int found = search_scanned(low, high);
+        if (found >= 0)
+            return found;
+        s.pagemap_scan = 0;     /* an older kernel: page by page from now on */
+    }
+    return search_paged(low, high);
+}
+
+/* One line of /proc/self/maps: is its mapping one to search, and does it
+ * hold a return address into prepared code? */
+static int search_line(char *line)
+{
+    char perms[8] = "", path[80] = "";
+    unsigned long low, high, offset, inode;
+    if (sscanf(line, "%lx-%lx %7s %lx %*s %lu %79s", &low, &high, perms, &offset, &inode,
+               path) < 5)
+        return 0;
+    if (perms[0] != 'r' || perms[1] != 'w')
+        return 0;
+    if ((strncmp(path, "/dev/", 5) == 0 && strcmp(path, "/dev/zero") != 0) ||
+        strcmp(path, "[stack]") == 0 || strncmp(path, "[v", 2) == 0)
+        return 0;   /* a device's memory; the main thread's own; the kernel's */
+    if (is_own_stack(low, high) || is_glibc_thread_stack(low, high))
+        return 0;
+    if (!search_mapping(low, high, inode == 0) || s.over_limit)
+        return !!s.over_limit;
+    snprintf(s.found_in, sizeof s.found_in, "%s%s0x%lx-0x%lx", path, path[0] ? " " : "",
+             low, high);
+    return 1;
+}
+
+/* Search every mapping /proc/self/maps lists, a buffer of lines at a time. */
+static int search_maps(int maps)
+{
+    size_t kept = 0;
+    for (;;) {
+        ssize_t got = read(maps, s.maps + kept, sizeof s.maps - 1 - kept);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return 0;
+        size_t end = kept + (size_t)got;
+        s.maps[end] = '\0';
+        char *line = s.maps, *newline;
+        while ((newline = strchr(line, '\n')) != NULL) {
+            *newline = '\0';
+            if (search_line(line))
+                return 1;
+            line = newline + 1;
+        }
+        kept = end - (size_t)(line - s.maps);
+        memmove(s.maps, line, kept);
+    }
+}
+
+/* With every thread but the agent stopped, as THREADS[0..N) describe, the
+ * code of the commit's libraries known and the coroutine table held
+ * (ulp_coroutine_stacks_judgeable): NULL if no activation waits on memory
+ * the commit cannot judge, else why not, in MESSAGE. */
+ULP_HIDDEN const char *ulp_unnoted_stack_activation(const struct ulp_request_thread *threads,
+                                                    uint32_t n, char *message, size_t size)
+{
+    if (search_off)
+        return NULL;
+    s.over_limit = 0;
+    s.threads = threads;
+    s.nthreads = n;
+    ulp_prepared_code_bounds(&s.code_low, &s.code_high);
+    if (s.code_low >= s.code_high)
+        return NULL;
+    build_filter();
+    int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (maps < 0) {
+        snprintf(message, size, "cannot read /proc/self/maps to look for activations on "
+                 "stacks not noted (%s)", strerror(errno));
+        return message;
+    }
+    s.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    s.pagemap_scan = 1;
+    s.searched = 0;
+    int found = search_maps(maps);
+    close(maps);
+    if (s.pagemap >= 0)
+        close(s.pagemap);
+    if (!found)
+        return NULL;
+    if (s.over_limit) {
+        snprintf(message, size, "more than %lu MiB of memory to search for activations on "
+                 "stacks nobody noted (ULP_FOREIGN_STACKS); if the program runs library code "
+                 "only on its threads', makecontext's and noted stacks, trigger with "
+                 "--trust-stacks", (unsigned long)(search_limit >> 20));
+        return message;
+    }
+    snprintf(message, size, "an activation waits on a stack the runtime was not told of: "
+             "return address 0x%lx at 0x%lx in %s (a coroutine switched without makecontext? "
+             "note its stacks with ulp_note_stack, or retry once it has left the library)",
+             (unsigned long)s.found_word, (unsigned long)s.found_at, s.found_in);
+    return message;
+}
