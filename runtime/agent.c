@@ -88,6 +88,22 @@ ULP_HIDDEN struct {
     long nanoseconds;
 } ulp_agent_timeout;
 
+/* The wait right after a COMMIT or REVERT sent with every other thread
+ * stopped: the trigger stops the agent there and puts it back into the
+ * wait it interrupted.  Long, because the agent must not tick before the
+ * trigger has it again: the other threads are still stopped, maybe one
+ * holding the loader's lock, which the tick takes (a trigger slowed down by
+ * a loaded machine found the agent stuck in its tick, and reported RETRY
+ * for a revert that was done).  Only a trigger that died or gave up in
+ * between leaves the agent asleep this long, once.  After other requests
+ * the agent waits as usual. */
+#define COLLECT_WAIT_SECONDS 10
+ULP_HIDDEN struct {
+    long seconds;
+    long nanoseconds;
+} ulp_agent_collect_timeout;
+ULP_HIDDEN long ulp_agent_collect_seconds;     /* 0: the request ran with the world running */
+
 ULP_HIDDEN uint8_t ulp_agent_xsave[4096] __attribute__((aligned(64)));
 ULP_HIDDEN int ulp_agent_ending;
 
@@ -114,10 +130,11 @@ __asm__(".text\n"
         "    movq $0, ulp_agent_timeout(%rip)\n"
         "    movq ulp_agent_wait_ns(%rip), %rcx\n"  /* clobbered by syscall anyway */
         "    movq %rcx, ulp_agent_timeout+8(%rip)\n"
+        "    leaq ulp_agent_timeout(%rip), %rdx\n"
+        "ulp_agent_ppoll:\n"                      /* the timeout in %rdx */
         "    movl $" "271" ", %eax\n"               /* SYS_ppoll */
         "    xorl %edi, %edi\n"
         "    xorl %esi, %esi\n"
-        "    leaq ulp_agent_timeout(%rip), %rdx\n"
         "    xorl %r10d, %r10d\n"
         "    xorl %r8d, %r8d\n"
         "    syscall\n"
@@ -150,7 +167,18 @@ __asm__(".text\n"
         ".type ulp_agent_resume, @function\n"
         "ulp_agent_resume:\n"
         "    movq ulp_agent_home(%rip), %rsp\n"
-        "    jmp ulp_agent_wait\n"
+        /* the wait the trigger puts the agent back into reads its timeout
+         * from ulp_agent_timeout: the next tick comes soon after it */
+        "    movq $0, ulp_agent_timeout(%rip)\n"
+        "    movq ulp_agent_wait_ns(%rip), %rcx\n"
+        "    movq %rcx, ulp_agent_timeout+8(%rip)\n"
+        "    movq ulp_agent_collect_seconds(%rip), %rcx\n"
+        "    testq %rcx, %rcx\n"
+        "    je ulp_agent_wait\n"
+        "    movq %rcx, ulp_agent_collect_timeout(%rip)\n"
+        "    movq $0, ulp_agent_collect_timeout+8(%rip)\n"
+        "    leaq ulp_agent_collect_timeout(%rip), %rdx\n"
+        "    jmp ulp_agent_ppoll\n"
         ".size ulp_agent_resume, .-ulp_agent_resume\n");
 
 _Static_assert(SYS_ppoll == 271, "ulp_agent_idle uses ppoll");
@@ -164,8 +192,11 @@ ULP_HIDDEN __attribute__((noreturn, used)) void ulp_agent_dispatch(void)
     struct ulp_mailbox *box = &ulp_mailbox;
     __atomic_store_n(&box->state, ULP_AGENT_BUSY, __ATOMIC_RELEASE);
     uint32_t size = box->request_size <= ULP_REQUEST_MAX ? box->request_size : 0;
-    box->status = ulp_handle_request((const struct ulp_request *)box->request, size,
-                                     box->message, sizeof box->message);
+    const struct ulp_request *req = (const struct ulp_request *)box->request;
+    int world_stopped = size >= sizeof *req && req->nthreads > 0 &&
+                        (req->op == ULP_OP_COMMIT || req->op == ULP_OP_REVERT);
+    box->status = ulp_handle_request(req, size, box->message, sizeof box->message);
+    ulp_agent_collect_seconds = world_stopped ? COLLECT_WAIT_SECONDS : 0;
     box->staged_fd = ulp_staged_fd;
     next_wait(1);
     __atomic_store_n(&box->state, ULP_AGENT_IDLE, __ATOMIC_RELEASE);

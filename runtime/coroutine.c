@@ -24,8 +24,9 @@
  * pending (no thread could mark it again).
  *
  * Stacks made otherwise (hand-written stack switches, boost.context) are
- * seen only if the program notes them itself (ulp_note_stack, exported):
- * docs/consistency.md, "What is not covered".
+ * judged like these if the program notes them itself (ulp_note_stack,
+ * exported); a commit refuses while an activation waits on one it was not
+ * told of (foreign.c).
  *
  * The table is changed under a mutex by makecontext only; a commit (every
  * other thread stopped, maybe one inside makecontext holding the mutex)

@@ -35,6 +35,7 @@
  * threads', makecontext's and noted ones.  Cost: about the time to read
  * the process's resident writable memory, with every thread stopped
  * (docs/consistency.md has the measurement). */
+#include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
@@ -66,6 +67,7 @@ struct ulp_pm_scan_arg {
 #define REGION_SLOTS 1024               /* of the filter's hash set, a power of 2 */
 
 static int search_off;                  /* ULP_FOREIGN_STACKS=none */
+static int protection_keys;             /* the kernel enabled them: reads in place may fault */
 static uint64_t search_limit = 256ULL << 20;    /* bytes: ULP_FOREIGN_STACKS=<MiB> */
 static uintptr_t own_data_low, own_data_high;   /* the runtime's writable segments */
 
@@ -126,6 +128,8 @@ ULP_HIDDEN void ulp_foreign_init(void)
                             "size in MiB", setting);
     }
     dl_iterate_phdr(runtime_segments, NULL);
+    unsigned eax, ebx, ecx, edx;
+    protection_keys = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 4));
 }
 
 /* --- what is not searched ------------------------------------------------------ */
@@ -260,7 +264,8 @@ static int search_words(const uintptr_t *words, size_t n, uintptr_t at)
  * the kernel says is present (or swapped out) is read in place: every
  * other thread is stopped, nothing unmaps it, and reading it cannot fault
  * past recovery; anything else is copied with a read that fails softly
- * (a file shrunk under its mapping would raise SIGBUS). */
+ * (a file shrunk under its mapping would raise SIGBUS; a protection key
+ * the agent thread lacks, SIGSEGV: with protection keys, everything is). */
 static int search_present(uintptr_t low, uintptr_t high)
 {
     if ((s.searched += high - low) > search_limit) {
@@ -334,7 +339,7 @@ static int search_mapping(uintptr_t low, uintptr_t high, int anonymous)
     s.in_place = 0;
     if (s.pagemap < 0)
         return search_present(low, high);
-    s.in_place = anonymous;
+    s.in_place = anonymous && !protection_keys;     /* a page's key may deny the agent */
     if (s.pagemap_scan) {
         int found = search_scanned(low, high);
         if (found >= 0)
