@@ -630,11 +630,12 @@ def test_coroutine_on_another_stack_keeps_the_live_activation_universe(coro) -> 
 
 
 
-@pytest.mark.parametrize("how", ["park unnoted", "park unnoted heap"])
+@pytest.mark.parametrize("how", ["park unnoted", "park unnoted heap", "park unnoted static"])
 def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how) -> None:
     """The parked coroutine of the test below, on a stack made without the
-    runtime's makecontext and not noted (an mmap of its own, or a block of
-    malloc's heap): no thread runs on it and nothing says it is a stack.
+    runtime's makecontext and not noted (an mmap of its own, a block of
+    malloc's heap, an array of the program's): no thread runs on it and
+    nothing says it is a stack.
     The commit finds the return address the activation left there and
     changes nothing (15, RETRY, saying where), so the activation resumes in
     the universe it began in (12 was the mix).  Once it has ended, the

@@ -12,9 +12,9 @@
  *           switch of its own would: glibc's makecontext called directly
  *           (not the one the runtime puts first), the stack told to the
  *           runtime with ulp_note_stack
- *   park unnoted [heap] -> the same stack switch, the stack told to no one
- *           (mmap, or from malloc's heap): the runtime cannot know it is a
- *           stack
+ *   park unnoted [heap|static] -> the same stack switch, the stack told to
+ *           no one (mmap, from malloc's heap, or an array of the program's
+ *           own): the runtime cannot know it is a stack
  *   resume [thread] -> the parked coroutine goes on (on this thread, or on
  *           a new one): coro_run returns; prints "resumed run=<tags>"
  *   unpark -> frees the parked coroutine's stack and clears its saved
@@ -96,13 +96,17 @@ static make_context own_stack_switch(void *stack, size_t size, int note)
     return libc ? (make_context)dlsym(libc, "makecontext") : makecontext;
 }
 
-static int parked_on_heap;
+static int parked_on_heap, parked_static;
+static char static_stack[STACK_SIZE] __attribute__((aligned(16)));
 
 static void park(const char *how)
 {
     make_context make = makecontext;
     parked_on_heap = strcmp(how, "park unnoted heap") == 0;
-    if (parked_on_heap) {
+    parked_static = strcmp(how, "park unnoted static") == 0;
+    if (parked_static) {
+        parked_stack = static_stack;
+    } else if (parked_on_heap) {
         mallopt(M_MMAP_THRESHOLD, 4 * STACK_SIZE);     /* from the heap, not a mapping */
         parked_stack = malloc(STACK_SIZE);
     } else {
@@ -157,7 +161,9 @@ int main(int argc, char **argv)
             resume(NULL);
             printf("resumed run=%d\n", parked_run);
         } else if (strncmp(line, "unpark", 6) == 0) {
-            if (parked_on_heap) {
+            if (parked_static) {
+                explicit_bzero(parked_stack, STACK_SIZE);
+            } else if (parked_on_heap) {
                 explicit_bzero(parked_stack, STACK_SIZE);   /* as a reuse would */
                 free(parked_stack);
             } else {
