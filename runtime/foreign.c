@@ -11,11 +11,13 @@
  *
  * Such an activation leaves at least one return address into prepared code
  * where it waits: it called out of the library (a callback, the switch
- * itself), and its frame keeps the address the call returns to.  So a
- * commit searches every other writable mapping of the process, while every
- * thread is stopped, for a word that is a return address into prepared
- * code: an address just past a call instruction of a library, a patch
- * object or the tracker.  Found, the commit changes nothing and answers
+ * itself), and its frame keeps the address the call returns to; or, if a
+ * signal interrupted it and the handler switched away, the interrupted
+ * %rip in the signal frame.  So a commit searches every other writable
+ * mapping of the process, while every thread is stopped, for a word that
+ * is a return address into prepared code (an address just past a call
+ * instruction of a library, a patch object or the tracker) or a signal
+ * frame's %rip there.  Found, the commit changes nothing and answers
  * COROUTINES (exit 15, RETRY), naming where: the activation cannot be put
  * in a universe, so the commit waits for it to end.  A delay, never a mix.
  *
@@ -244,12 +246,33 @@ static inline int may_be_code(uintptr_t word)
     return !s.filter_usable || *region_slot(word >> REGION_SHIFT) != 0;
 }
 
+/* The kernel's signal frame on x86-64 (struct rt_sigframe): the address
+ * the handler returns to (glibc's __restore_rt: mov $15, %rax; syscall),
+ * then the ucontext, whose %rip (the interrupted instruction) lies this far
+ * from the frame's start. */
+#define SIGFRAME_RIP_OFFSET 176
+static const uint8_t restore_rt[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
+
+/* Is the word at ADDRESS the interrupted %rip of a signal frame?  An
+ * activation whose outermost frame a signal interrupted, and whose handler
+ * switched stacks, leaves no return address: that %rip is its word. */
+static int interrupted_rip(uintptr_t address)
+{
+    uintptr_t returns_to;
+    uint8_t code[sizeof restore_rt];
+    return address >= SIGFRAME_RIP_OFFSET &&
+           ulp_read_memory(address - SIGFRAME_RIP_OFFSET, &returns_to, sizeof returns_to) == 0 &&
+           ulp_read_memory(returns_to, code, sizeof code) == 0 &&
+           memcmp(code, restore_rt, sizeof code) == 0;
+}
+
 /* Search the N words at WORDS, a copy of (or the memory itself) at AT. */
 static int search_words(const uintptr_t *words, size_t n, uintptr_t at)
 {
     for (size_t i = 0; i < n; i++) {
         uintptr_t word = words[i];
-        if (may_be_code(word) && ulp_is_return_into_prepared_code(word) &&
+        if (may_be_code(word) &&
+            (ulp_is_return_into_prepared_code(word) || interrupted_rip(at + i * 8)) &&
             !judged_elsewhere(at + i * 8)) {
             s.found_at = at + i * 8;
             s.found_word = word;

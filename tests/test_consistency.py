@@ -657,6 +657,28 @@ def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how
 
 
 
+
+def test_a_coroutine_parked_by_a_signal_handler_holds_the_commit_back(coro) -> None:
+    """On an unnoted stack a coroutine spins in coro_spin, the outermost
+    frame of its activation, with no call made yet; a timer signal's handler
+    switches back to main from inside the loop.  The activation's only word
+    is the interrupted %rip in the signal frame, not a return address: the
+    commit must find it all the same and wait (15).  Resumed, coro_spin's
+    call runs in the universe the activation began in (1; 2 was the mix)."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        # the library registered from main's stack: the coroutine's stack
+        # holds no word of the runtime's first-call code, only the frame
+        assert ask(app, "tag") == "tag=1"
+        assert ask(app, "park unnoted signal") == "parked"
+        refused = trigger(app.pid, coro["fix"])
+        assert refused.returncode == 15, (refused.returncode, refused.stderr)
+        assert "a stack the runtime was not told of" in refused.stderr
+        assert ask(app, "resume spin") == "resumed spin=1"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"
+
+
 def test_a_search_that_would_take_too_long_is_refused_and_can_be_waived(coro) -> None:
     """ULP_FOREIGN_STACKS=1 (MiB): the process has more memory to search
     than that, so the commit is refused (15) with a message that names the

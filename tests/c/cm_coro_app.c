@@ -15,6 +15,11 @@
  *   park unnoted [heap|static] -> the same stack switch, the stack told to
  *           no one (mmap, from malloc's heap, or an array of the program's
  *           own): the runtime cannot know it is a stack
+ *   park unnoted signal -> on such a stack the coroutine spins in
+ *           coro_spin, the outermost frame of its activation, until a timer
+ *           signal's handler switches back to main from inside the loop
+ *   resume spin -> lets the spinning coroutine go on: coro_spin returns
+ *           coro_tag(); prints "resumed spin=<tag>"
  *   resume [thread] -> the parked coroutine goes on (on this thread, or on
  *           a new one): coro_run returns; prints "resumed run=<tags>"
  *   unpark -> frees the parked coroutine's stack and clears its saved
@@ -25,12 +30,15 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
 int coro_tag(void);
 int coro_run(void (*callback)(void));
+int coro_spin(volatile int *spinning, volatile int *go);
 
 #define STACK_SIZE (256 * 1024)
 
@@ -96,6 +104,31 @@ static make_context own_stack_switch(void *stack, size_t size, int note)
     return libc ? (make_context)dlsym(libc, "makecontext") : makecontext;
 }
 
+/* --- a coroutine parked by a signal handler, inside coro_spin's loop ------- */
+
+static volatile int spinning, spin_go, spin_tag;
+
+static void spinning_coroutine(void)
+{
+    spin_tag = coro_spin(&spinning, &spin_go);
+}
+
+static void arm_timer(void)
+{
+    struct itimerval once = {.it_value = {.tv_usec = 2000}};
+    setitimer(ITIMER_REAL, &once, NULL);
+}
+
+static void park_from_handler(int signal_number)
+{
+    (void)signal_number;
+    if (!spinning) {
+        arm_timer();        /* not in the loop yet: later */
+        return;
+    }
+    swapcontext(&parked_context, &parker_context);
+}
+
 static int parked_on_heap, parked_static;
 static char static_stack[STACK_SIZE] __attribute__((aligned(16)));
 
@@ -115,7 +148,14 @@ static void park(const char *how)
     }
     if (strcmp(how, "park") != 0)
         make = own_stack_switch(parked_stack, STACK_SIZE, strcmp(how, "park own") == 0);
-    make_coroutine(make, &parked_context, parked_stack, &parker_context, parked_coroutine);
+    int by_signal = strcmp(how, "park unnoted signal") == 0;
+    if (by_signal) {
+        struct sigaction action = {.sa_handler = park_from_handler};
+        sigaction(SIGALRM, &action, NULL);
+        arm_timer();
+    }
+    make_coroutine(make, &parked_context, parked_stack, &parker_context,
+                   by_signal ? spinning_coroutine : parked_coroutine);
     swapcontext(&parker_context, &parked_context);
     printf("parked\n");
 }
@@ -154,6 +194,10 @@ int main(int argc, char **argv)
         } else if (strncmp(line, "park", 4) == 0) {
             line[strcspn(line, "\n")] = 0;
             park(line);
+        } else if (strncmp(line, "resume spin", 11) == 0) {
+            spin_go = 1;
+            resume(NULL);
+            printf("resumed spin=%d\n", spin_tag);
         } else if (strncmp(line, "resume thread", 13) == 0) {
             resume_on_another_thread();
             printf("resumed run=%d\n", parked_run);

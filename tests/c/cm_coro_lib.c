@@ -13,3 +13,13 @@ int coro_run(void (*callback)(void))
     int after = coro_tag();
     return 10 * before + after;
 }
+
+/* Says it spins (*SPINNING), spins until *GO, then returns the tag: a call
+ * the activation makes only after whatever interrupted the loop. */
+int coro_spin(volatile int *spinning, volatile int *go)
+{
+    *spinning = 1;
+    while (!*go)
+        ;
+    return coro_tag();
+}
