@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +68,20 @@ struct ulp_pm_scan_arg {
 #define CHUNK_WORDS 8192                /* 64 KiB read at a time */
 #define REGION_SHIFT 21                 /* the filter's granule: 2 MiB */
 #define REGION_SLOTS 1024               /* of the filter's hash set, a power of 2 */
+#define MAX_SEARCHED_RANGES 256         /* as many as transition.c keeps */
+
+/* The kernel's signal frame on x86-64 (struct rt_sigframe): the address
+ * the handler returns to (glibc's __restore_rt: mov $15, %rax; syscall),
+ * then the ucontext, whose %rip (the interrupted instruction) lies this far
+ * from the frame's start. */
+#define SIGFRAME_RIP_WORDS 22
+static const uint8_t restore_rt[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
 
 static int search_off;                  /* ULP_FOREIGN_STACKS=none */
 static int protection_keys;             /* the kernel enabled them: reads in place may fault */
 static uint64_t search_limit = 256ULL << 20;    /* bytes: ULP_FOREIGN_STACKS=<MiB> */
 static uintptr_t own_data_low, own_data_high;   /* the runtime's writable segments */
+static uintptr_t restore_rt_at;         /* glibc's __restore_rt, found when the agent started */
 
 /* Everything a search needs, kept out of the agent's small stack. */
 static struct {
@@ -84,6 +94,14 @@ static struct {
      * the bounds known, too much code): every word within them is tested. */
     uint64_t regions_with_code[REGION_SLOTS];
     int filter_usable;
+    /* The ranges of prepared code, and whether each could be read when the
+     * search began (every other thread stopped: then throughout).  A range
+     * stays in transition.c's table after its object is unloaded. */
+    struct {
+        uintptr_t low, high;
+        int readable;
+    } code[MAX_SEARCHED_RANGES];
+    uint32_t ncode;
     int in_place;                       /* the mapping searched: anonymous, pages known present */
     int pagemap;                        /* /proc/self/pagemap, -1 if not open */
     int pagemap_scan;                   /* 0 once the ioctl said it cannot */
@@ -113,8 +131,23 @@ static int runtime_segments(struct dl_phdr_info *info, size_t size, void *unused
     return 0;
 }
 
+/* glibc's __restore_rt, if it is where glibc puts it: next to sigaction
+ * (a few dozen bytes after it in glibc 2.36), and only once there.  Else 0:
+ * a signal frame is then told by the code its return address points at. */
+static void find_restore_rt(void)
+{
+    static uint8_t near[8192];
+    uintptr_t from = (uintptr_t)&sigaction - sizeof near / 2;
+    if (ulp_read_memory(from, near, sizeof near) != 0)
+        return;
+    const uint8_t *found = memmem(near, sizeof near, restore_rt, sizeof restore_rt);
+    if (found && !memmem(found + 1, sizeof near - (size_t)(found + 1 - near), restore_rt,
+                         sizeof restore_rt))
+        restore_rt_at = from + (uintptr_t)(found - near);
+}
+
 /* At start (not while threads are stopped: dl_iterate_phdr takes the
- * loader's lock). */
+ * loader's lock).  A fork child keeps what its parent found. */
 ULP_HIDDEN void ulp_foreign_init(void)
 {
     const char *setting = getenv("ULP_FOREIGN_STACKS");
@@ -130,6 +163,7 @@ ULP_HIDDEN void ulp_foreign_init(void)
                             "size in MiB", setting);
     }
     dl_iterate_phdr(runtime_segments, NULL);
+    find_restore_rt();
     unsigned eax, ebx, ecx, edx;
     protection_keys = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 4));
 }
@@ -216,6 +250,14 @@ static uint64_t *region_slot(uint64_t region)
 static void add_regions(uintptr_t low, uintptr_t high, void *count)
 {
     size_t *n = count;
+    uint8_t byte;
+    if (s.ncode < MAX_SEARCHED_RANGES) {
+        s.code[s.ncode].low = low;
+        s.code[s.ncode].high = high;
+        s.code[s.ncode].readable = ulp_read_memory(low, &byte, 1) == 0 &&
+                                   ulp_read_memory(high - 1, &byte, 1) == 0;
+        s.ncode++;
+    }
     for (uint64_t r = low >> REGION_SHIFT; r <= (high - 1) >> REGION_SHIFT; r++) {
         if (*n >= REGION_SLOTS / 2) {
             s.filter_usable = 0;
@@ -234,6 +276,7 @@ static void build_filter(void)
     size_t count = 0;
     memset(s.regions_with_code, 0, sizeof s.regions_with_code);
     s.filter_usable = 1;
+    s.ncode = 0;
     if (ulp_for_each_code_range(add_regions, &count) != 0)
         s.filter_usable = 0;
 }
@@ -246,24 +289,84 @@ static inline int may_be_code(uintptr_t word)
     return !s.filter_usable || *region_slot(word >> REGION_SHIFT) != 0;
 }
 
-/* The kernel's signal frame on x86-64 (struct rt_sigframe): the address
- * the handler returns to (glibc's __restore_rt: mov $15, %rax; syscall),
- * then the ucontext, whose %rip (the interrupted instruction) lies this far
- * from the frame's start. */
-#define SIGFRAME_RIP_OFFSET 176
-static const uint8_t restore_rt[] = {0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05};
+/* The length of an indirect call (ff /2) from its ModRM byte on, SIB
+ * byte SIB (if it has one) and displacement included. */
+static size_t indirect_call_length(uint8_t modrm, uint8_t sib)
+{
+    uint8_t mod = modrm >> 6, rm = modrm & 7;
+    if (mod == 3)
+        return 2;
+    if (mod == 1)
+        return rm == 4 ? 4 : 3;
+    if (mod == 2)
+        return rm == 4 ? 7 : 6;
+    if (rm == 5)
+        return 6;                               /* %rip + disp32 */
+    if (rm == 4)
+        return (sib & 7) == 5 ? 7 : 3;          /* SIB, maybe with disp32 */
+    return 2;
+}
 
-/* Is the word at ADDRESS the interrupted %rip of a signal frame?  An
+/* Do the BEFORE bytes that end at a return address (B[7 - BEFORE..7))
+ * end with a call instruction: e8 rel32, or ff /2 in any of its forms,
+ * exactly as long as the bytes up to the return address? */
+static int ends_with_call(const uint8_t b[7], size_t before)
+{
+    if (before >= 5 && b[2] == 0xe8)
+        return 1;
+    for (size_t length = 2; length <= 7 && length <= before; length++) {
+        const uint8_t *call = b + 7 - length;
+        if (call[0] == 0xff && (call[1] & 0x38) == 0x10 &&
+            indirect_call_length(call[1], length > 2 ? call[2] : 0) == length)
+            return 1;
+    }
+    return 0;
+}
+
+/* Is WORD, an address of prepared code, just past a call instruction: the
+ * return address a suspended activation leaves?  A function pointer to the
+ * start of a function is not (padding precedes it).  1 also when the code
+ * before WORD cannot be read or only the bounds are known. */
+static int is_return_address(uintptr_t word)
+{
+    for (uint32_t i = 0; i < s.ncode; i++) {
+        if (word - s.code[i].low >= s.code[i].high - s.code[i].low)
+            continue;
+        size_t before = word - s.code[i].low < 7 ? word - s.code[i].low : 7;
+        uint8_t b[7] = {0};
+        if (before < 2)
+            return 0;   /* no call fits before it in this code */
+        if (s.code[i].readable)
+            memcpy(b + 7 - before, (const void *)(word - before), before);
+        else if (ulp_read_memory(word - before, b + 7 - before, before) != 0)
+            return 1;
+        return ends_with_call(b, before);
+    }
+    return 1;
+}
+
+/* Is RETURNS_TO glibc's __restore_rt (or code that looks the same)? */
+static int is_restore_rt(uintptr_t returns_to)
+{
+    uint8_t code[sizeof restore_rt];
+    if (restore_rt_at)
+        return returns_to == restore_rt_at;
+    return ulp_read_memory(returns_to, code, sizeof code) == 0 &&
+           memcmp(code, restore_rt, sizeof code) == 0;
+}
+
+/* Is WORDS[I] (at AT + 8 I) the interrupted %rip of a signal frame?  An
  * activation whose outermost frame a signal interrupted, and whose handler
  * switched stacks, leaves no return address: that %rip is its word. */
-static int interrupted_rip(uintptr_t address)
+static int interrupted_rip(const uintptr_t *words, size_t i, uintptr_t at)
 {
     uintptr_t returns_to;
-    uint8_t code[sizeof restore_rt];
-    return address >= SIGFRAME_RIP_OFFSET &&
-           ulp_read_memory(address - SIGFRAME_RIP_OFFSET, &returns_to, sizeof returns_to) == 0 &&
-           ulp_read_memory(returns_to, code, sizeof code) == 0 &&
-           memcmp(code, restore_rt, sizeof code) == 0;
+    if (i >= SIGFRAME_RIP_WORDS)
+        returns_to = words[i - SIGFRAME_RIP_WORDS];
+    else if (at + i * 8 < SIGFRAME_RIP_WORDS * 8 ||
+             ulp_read_memory(at + (i - SIGFRAME_RIP_WORDS) * 8, &returns_to, 8) != 0)
+        return 0;
+    return is_restore_rt(returns_to);
 }
 
 /* Search the N words at WORDS, a copy of (or the memory itself) at AT. */
@@ -271,8 +374,8 @@ static int search_words(const uintptr_t *words, size_t n, uintptr_t at)
 {
     for (size_t i = 0; i < n; i++) {
         uintptr_t word = words[i];
-        if (may_be_code(word) &&
-            (ulp_is_return_into_prepared_code(word) || interrupted_rip(at + i * 8)) &&
+        if (may_be_code(word) && ulp_is_prepared_code(word) &&
+            (is_return_address(word) || interrupted_rip(words, i, at)) &&
             !judged_elsewhere(at + i * 8)) {
             s.found_at = at + i * 8;
             s.found_word = word;
@@ -372,8 +475,25 @@ static int search_mapping(uintptr_t low, uintptr_t high, int anonymous)
     return search_paged(low, high);
 }
 
-/* One line of /proc/self/maps: is its mapping one to search, and does it
- * hold a return address into prepared code? */
+/* The mapping [LOW, HIGH) (anonymous if INODE is 0; PATH its name, maybe
+ * empty), readable and writable: is it one to search, and does it hold a
+ * word an activation leaves? */
+static int search_writable(uintptr_t low, uintptr_t high, uint64_t inode, const char *path)
+{
+    if ((strncmp(path, "/dev/", 5) == 0 && strncmp(path, "/dev/zero", 9) != 0) ||
+        strcmp(path, "[stack]") == 0 || strncmp(path, "[v", 2) == 0)
+        return 0;   /* a device's memory; the main thread's own; the kernel's */
+    if (is_own_stack(low, high) || (own_data_low <= low && high <= own_data_high) ||
+        is_glibc_thread_stack(low, high))
+        return 0;   /* judged with its thread; the runtime's own; a thread's */
+    if (!search_mapping(low, high, inode == 0) || s.over_limit)
+        return !!s.over_limit;
+    snprintf(s.found_in, sizeof s.found_in, "%s%s0x%lx-0x%lx", path, path[0] ? " " : "",
+             (unsigned long)low, (unsigned long)high);
+    return 1;
+}
+
+/* One line of /proc/self/maps. */
 static int search_line(char *line)
 {
     char perms[8] = "", path[80] = "";
@@ -383,16 +503,54 @@ static int search_line(char *line)
         return 0;
     if (perms[0] != 'r' || perms[1] != 'w')
         return 0;
-    if ((strncmp(path, "/dev/", 5) == 0 && strcmp(path, "/dev/zero") != 0) ||
-        strcmp(path, "[stack]") == 0 || strncmp(path, "[v", 2) == 0)
-        return 0;   /* a device's memory; the main thread's own; the kernel's */
-    if (is_own_stack(low, high) || is_glibc_thread_stack(low, high))
-        return 0;
-    if (!search_mapping(low, high, inode == 0) || s.over_limit)
-        return !!s.over_limit;
-    snprintf(s.found_in, sizeof s.found_in, "%s%s0x%lx-0x%lx", path, path[0] ? " " : "",
-             low, high);
-    return 1;
+    return search_writable(low, high, inode, path);
+}
+
+/* ioctl(/proc/self/maps, PROCMAP_QUERY) (linux/fs.h, Linux 6.11): the
+ * next readable and writable mapping at or after an address, without the
+ * text of every mapping (which took most of a small process's search). */
+struct ulp_procmap_query {
+    uint64_t size, query_flags, query_addr;
+    uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+    uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+    uint64_t vma_name_addr, build_id_addr;
+};
+#define ULP_PROCMAP_QUERY _IOWR('f', 17, struct ulp_procmap_query)
+#define ULP_QUERY_READABLE 0x01
+#define ULP_QUERY_WRITABLE 0x02
+#define ULP_QUERY_COVERING_OR_NEXT 0x10
+
+/* Search every readable and writable mapping the kernel names one query at
+ * a time: 1 found, 0 not, -1 if it cannot be asked (an older kernel; the
+ * mappings before are searched again from the text). */
+static int search_queried(int maps)
+{
+    struct ulp_procmap_query q;
+    char name[80];
+    for (uint64_t at = 0;;) {
+        memset(&q, 0, sizeof q);
+        q.size = sizeof q;
+        q.query_flags = ULP_QUERY_COVERING_OR_NEXT | ULP_QUERY_READABLE | ULP_QUERY_WRITABLE;
+        q.query_addr = at;
+        q.vma_name_size = sizeof name;
+        q.vma_name_addr = (uintptr_t)name;
+        if (ioctl(maps, ULP_PROCMAP_QUERY, &q) != 0) {
+            if (errno == ENOENT)
+                return 0;                   /* no mapping after AT */
+            if (errno != ENAMETOOLONG)
+                return -1;                  /* cannot ask: the text, from the start */
+            q.vma_name_size = 0;            /* a long file name: not one looked at */
+            q.vma_name_addr = 0;
+            if (ioctl(maps, ULP_PROCMAP_QUERY, &q) != 0)
+                return -1;
+            name[0] = '\0';
+        } else if (q.vma_name_size == 0) {
+            name[0] = '\0';
+        }
+        if (search_writable(q.vma_start, q.vma_end, q.inode, name))
+            return 1;
+        at = q.vma_end;
+    }
 }
 
 /* Search every mapping /proc/self/maps lists, a buffer of lines at a time. */
@@ -444,7 +602,9 @@ ULP_HIDDEN const char *ulp_unnoted_stack_activation(const struct ulp_request_thr
     s.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     s.pagemap_scan = 1;
     s.searched = 0;
-    int found = search_maps(maps);
+    int found = search_queried(maps);
+    if (found < 0)
+        found = search_maps(maps);
     close(maps);
     if (s.pagemap >= 0)
         close(s.pagemap);

@@ -93,66 +93,6 @@ ULP_HIDDEN int ulp_for_each_code_range(void (*fn)(uintptr_t, uintptr_t, void *),
     return 0;
 }
 
-/* The length of an indirect call (ff /2) from its ModRM byte on, SIB
- * byte SIB (if it has one) and displacement included. */
-static size_t indirect_call_length(uint8_t modrm, uint8_t sib)
-{
-    uint8_t mod = modrm >> 6, rm = modrm & 7;
-    if (mod == 3)
-        return 2;
-    if (mod == 1)
-        return rm == 4 ? 4 : 3;
-    if (mod == 2)
-        return rm == 4 ? 7 : 6;
-    if (rm == 5)
-        return 6;                               /* %rip + disp32 */
-    if (rm == 4)
-        return (sib & 7) == 5 ? 7 : 3;          /* SIB, maybe with disp32 */
-    return 2;
-}
-
-/* Do the BEFORE bytes that end at a return address (B[7 - BEFORE..7))
- * end with a call instruction: e8 rel32, or ff /2 in any of its forms,
- * exactly as long as the bytes up to the return address? */
-static int ends_with_call(const uint8_t b[7], size_t before)
-{
-    if (before >= 5 && b[2] == 0xe8)
-        return 1;
-    for (size_t length = 2; length <= 7 && length <= before; length++) {
-        const uint8_t *call = b + 7 - length;
-        if (call[0] == 0xff && (call[1] & 0x38) == 0x10 &&
-            indirect_call_length(call[1], length > 2 ? call[2] : 0) == length)
-            return 1;
-    }
-    return 0;
-}
-
-/* Is WORD an address just past a call instruction in prepared code: what a
- * suspended activation leaves where it waits (foreign.c)?  A function
- * pointer to the start of a function is not (padding precedes it).  1 also
- * when the code before WORD cannot be read or only the bounds are known. */
-ULP_HIDDEN int ulp_is_return_into_prepared_code(uintptr_t word)
-{
-    if (!ulp_is_prepared_code(word))
-        return 0;
-    if (__atomic_load_n(&code_ranges_overflowed, __ATOMIC_ACQUIRE))
-        return 1;
-    uint32_t n = __atomic_load_n(&ncode_ranges, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < n; i++) {
-        const struct code_range *r = &code_ranges[i];
-        if (word - r->low >= r->high - r->low)
-            continue;
-        size_t before = word - r->low < 7 ? word - r->low : 7;
-        uint8_t b[7] = {0};
-        if (before < 2)
-            return 0;   /* no call fits before it in this code */
-        if (ulp_read_memory(word - before, b + 7 - before, before) != 0)
-            return 1;
-        return ends_with_call(b, before);
-    }
-    return 1;
-}
-
 static void add_code_range(uintptr_t low, uintptr_t high, uintptr_t trampolines_low,
                            uintptr_t trampolines_high)
 {

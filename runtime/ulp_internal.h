@@ -36,7 +36,6 @@ int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
 void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlibs);
 void ulp_prepared_code_bounds(uintptr_t *low, uintptr_t *high);
-int ulp_is_return_into_prepared_code(uintptr_t word);
 int ulp_for_each_code_range(void (*fn)(uintptr_t, uintptr_t, void *), void *arg);
 
 /* foreign.c: activations on stacks the runtime was not told of */
