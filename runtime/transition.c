@@ -328,10 +328,11 @@ static void end_transition_of(struct ulp_lib_desc *lib)
 }
 
 /* The agent's tick: forget threads that left their universe or ended, and
- * end the transitions no thread is pending in any more. */
-ULP_HIDDEN void ulp_transition_tick(void)
+ * end the transitions no thread is pending in any more.  Returns how many
+ * are still under way. */
+ULP_HIDDEN int ulp_transition_tick(void)
 {
-    int busy[ULP_MAX_LIBS] = {0};
+    int busy[ULP_MAX_LIBS] = {0}, open = 0;
     size_t kept = 0;
     pthread_mutex_lock(&transition_lock);
     for (size_t i = 0; i < npending; i++) {
@@ -345,14 +346,19 @@ ULP_HIDDEN void ulp_transition_tick(void)
      * library: every transition stays open until none is left */
     int coroutines = ulp_coroutine_tick(npending > 0) > 0;
     for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
-        if (!in_transition[slot] || busy[slot] || coroutines)
+        if (!in_transition[slot])
             continue;
+        if (busy[slot] || coroutines) {
+            open++;
+            continue;
+        }
         /* a copy unloaded since (and maybe another mapped at its address,
          * registered elsewhere or not yet) has no transition to end */
         ulp_with_library_in_slot(slot, end_transition_of);
         in_transition[slot] = 0;
     }
     pthread_mutex_unlock(&transition_lock);
+    return open;
 }
 
 /* The library in SLOT is gone: nothing of it is pending any more. */

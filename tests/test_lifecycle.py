@@ -191,6 +191,8 @@ def test_seventy_load_cycles_under_every_kind_of_patch_state(lc: Path) -> None:
                 prepare_only(app, patch)
                 assert ask(app, "call 0") == "value=1", cycle
             assert ask(app, "close 0") == "closed", cycle
+            if kind in (1, 2):  # unmapped once the agent lets go of the commit's pins
+                support.wait_unmapped(app.pid, "liblc.so")
         code, err = trigger_here("--revert", app.pid, patch)
         assert code == ExitCode.NOT_APPLIED and "unloaded" in err, err
         assert ask(app, f"open 0 {path}") == "opened"

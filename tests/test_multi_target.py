@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from consistency_support import C_DIR, LiveProcess, ask, cc, counts, prepared_library, trigger
 
-from support import RUNTIME, shared_library, tool
+from support import RUNTIME, shared_library, tool, wait_unmapped
 from ulp import metadata as md
 from ulp.agent_abi import Op, Status
 from ulp.errors import ExitCode
@@ -305,15 +305,6 @@ def start_unloading(root: Path) -> LiveProcess:
     for number in (1, 2):
         assert ask(app, f"open {number} {root / 'lib' / f'liblc{number}.so'}") == "opened"
     return app
-
-
-def wait_unmapped(pid: int, name: str) -> None:
-    """Until ``name`` is no longer mapped in ``pid`` (the agent lets go of
-    the libraries it pinned at a tick), at most 20 s."""
-    deadline = time.monotonic() + 20
-    while name in Path(f"/proc/{pid}/maps").read_text():
-        assert time.monotonic() < deadline, f"{name} stays mapped"
-        time.sleep(0.01)
 
 
 def test_a_library_unloaded_after_the_apply_leaves_the_other_to_revert(unloading) -> None:
