@@ -373,6 +373,7 @@ ULP_HIDDEN void ulp_start_agent(void)
 
     ulp_mailbox.state = ULP_AGENT_STARTING;
     ulp_mailbox.agent_tid = 0;
+    ulp_transition_unlock_for_new_agent();
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &saved);
     pthread_attr_init(&attr);

@@ -31,6 +31,7 @@ void ulp_add_code_of(const void *address);
 int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uint32_t nlibs,
                          const struct ulp_request_thread *threads, uint32_t n);
 int ulp_transition_tick(void);
+void ulp_transition_unlock_for_new_agent(void);
 void ulp_transition_forget(int slot);
 int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
