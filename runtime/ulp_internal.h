@@ -102,6 +102,7 @@ void ulp_sha256_init(struct ulp_sha256 *h);
 void ulp_sha256_update(struct ulp_sha256 *h, const void *data, size_t n);
 void ulp_sha256_final(struct ulp_sha256 *h, uint8_t digest[32]);
 int ulp_sha256_fd(int fd, uint8_t digest[32]);
+extern int ulp_sha256_sha_ni;
 
 /* log.c: the message log `ulp messages` reads (ulp_log.h) */
 void ulp_log_message(uint32_t kind, uint64_t address, const char *text_format, ...)
