@@ -114,23 +114,32 @@ static struct {
     int pipe;
 } idle_child = {0, -1};
 
+/* The child says it runs before its PID is printed: until fork() has
+ * returned in it, its fork handlers (the runtime's starts its agent) may
+ * not have run, and its mailbox is still the parent's copy. */
 static void fork_idle_child(void)
 {
-    int fds[2];
-    if (pipe(fds) != 0) {
+    int fds[2], started[2];
+    char byte;
+    if (pipe(fds) != 0 || pipe(started) != 0) {
         printf("fork-child failed\n");
         return;
     }
     pid_t child = fork();
     if (child == 0) {
-        char byte;
         close(fds[1]);
+        close(started[0]);
+        if (write(started[1], "s", 1) != 1)
+            _exit(1);
         while (read(fds[0], &byte, 1) > 0)
             ;
         _exit(0);
     }
     close(fds[0]);
-    if (child < 0) {
+    close(started[1]);
+    int ok = child > 0 && read(started[0], &byte, 1) == 1;
+    close(started[0]);
+    if (!ok) {
         close(fds[1]);
         printf("fork-child failed\n");
         return;
