@@ -1,8 +1,13 @@
 /* SHA-256 (FIPS 180-4): of a sealed patch object on the very descriptor that
  * will be loaded, and of the fields a patch id is derived from. */
+#include <cpuid.h>
 #include <errno.h>
+#include <immintrin.h>
 #include <string.h>
 #include <unistd.h>
+#if __has_include(<sys/platform/x86.h>)
+#include <sys/platform/x86.h>
+#endif
 
 #include "ulp_internal.h"
 
@@ -23,9 +28,12 @@ static const uint32_t K[64] = {
 
 static uint32_t ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
-static void compress(struct sha256 *h, const uint8_t *p)
+/* The portable compression of one 64-byte block: eight variables renamed
+ * by the round (shifting an array of them each round made it 115 us for a
+ * 15 KB patch object, 8 % of all the CPU of an apply to 4,000 processes). */
+static void compress_portable(uint32_t state[8], const uint8_t *p)
 {
-    uint32_t w[64], s[8];
+    uint32_t w[64];
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
                (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
@@ -34,34 +42,116 @@ static void compress(struct sha256 *h, const uint8_t *p)
         uint32_t s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
         w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
-    memcpy(s, h->state, sizeof s);
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = s[7] + (ror(s[4], 6) ^ ror(s[4], 11) ^ ror(s[4], 25)) +
-                      ((s[4] & s[5]) ^ (~s[4] & s[6])) + K[i] + w[i];
-        uint32_t t2 = (ror(s[0], 2) ^ ror(s[0], 13) ^ ror(s[0], 22)) +
-                      ((s[0] & s[1]) ^ (s[0] & s[2]) ^ (s[1] & s[2]));
-        memmove(s + 1, s, 7 * sizeof s[0]);
-        s[4] += t1;
-        s[0] = t1 + t2;
+        uint32_t t1 = h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K[i] +
+                      w[i];
+        uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
     }
-    for (int i = 0; i < 8; i++)
-        h->state[i] += s[i];
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+    state[4] += e;
+    state[5] += f;
+    state[6] += g;
+    state[7] += h;
+}
+
+/* The same with the SHA extensions of x86 (SHA-NI: about ten times
+ * faster), the state kept as the instructions want it: ABEF and CDGH. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void compress_sha_ni(uint32_t state[8],
+                                                                        const uint8_t *p)
+{
+    const __m128i byteswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i dcba = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state[0]), 0xB1);
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state[4]), 0x1B);
+    __m128i abef = _mm_alignr_epi8(dcba, efgh, 8);
+    __m128i cdgh = _mm_blend_epi16(efgh, dcba, 0xF0);
+    __m128i abef_before = abef, cdgh_before = cdgh, msg[4];
+    for (int i = 0; i < 4; i++)
+        msg[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), byteswap);
+    /* four rounds a step; W[4i..4i+3] is msg[i % 4], and the step makes the
+     * words twelve rounds ahead of it (FIPS 180-4's schedule) in its place */
+    for (int i = 0; i < 16; i++) {
+        __m128i wk = _mm_add_epi32(msg[i & 3], _mm_loadu_si128((const __m128i *)&K[4 * i]));
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));
+        if (i < 12) {
+            __m128i next = _mm_sha256msg1_epu32(msg[i & 3], msg[(i + 1) & 3]);
+            next = _mm_add_epi32(next, _mm_alignr_epi8(msg[(i + 3) & 3], msg[(i + 2) & 3], 4));
+            msg[i & 3] = _mm_sha256msg2_epu32(next, msg[(i + 3) & 3]);
+        }
+    }
+    abef = _mm_add_epi32(abef, abef_before);
+    cdgh = _mm_add_epi32(cdgh, cdgh_before);
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+    __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128((__m128i *)&state[0], _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128((__m128i *)&state[4], _mm_alignr_epi8(dchg, feba, 8));
+}
+
+/* 1 if this CPU has the SHA extensions (and the SSE4.1 and SSSE3 they come
+ * with), 0 if not, -1 until looked at; a test sets 0 to check the portable
+ * code (tests/c/sha256_check.c). */
+ULP_HIDDEN int ulp_sha256_sha_ni = -1;
+
+/* From what glibc found at the start of the process (<sys/platform/x86.h>,
+ * glibc 2.33): a CPUID instruction of our own traps to the hypervisor in a
+ * virtual machine, and three of them cost twice the hash itself in each of
+ * 4,000 processes patched at once. */
+static int has_sha_ni(void)
+{
+#if __has_include(<sys/platform/x86.h>)
+    return CPU_FEATURE_ACTIVE(SHA) && CPU_FEATURE_ACTIVE(SSE4_1) && CPU_FEATURE_ACTIVE(SSSE3);
+#else
+    unsigned int a, b, c, d;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0 || !(b & bit_SHA))
+        return 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_1) && (c & bit_SSSE3);
+#endif
+}
+
+static void compress(struct sha256 *h, const uint8_t *p)
+{
+    int sha_ni = __atomic_load_n(&ulp_sha256_sha_ni, __ATOMIC_RELAXED);
+    if (sha_ni < 0) {
+        sha_ni = has_sha_ni();
+        __atomic_store_n(&ulp_sha256_sha_ni, sha_ni, __ATOMIC_RELAXED);
+    }
+    if (sha_ni)
+        compress_sha_ni(h->state, p);
+    else
+        compress_portable(h->state, p);
 }
 
 static void update(struct sha256 *h, const uint8_t *data, size_t n)
 {
     h->length += n;
-    while (n > 0) {
+    if (h->used > 0) {
         size_t take = 64 - h->used < n ? 64 - h->used : n;
         memcpy(h->block + h->used, data, take);
         h->used += take;
         data += take;
         n -= take;
-        if (h->used == 64) {
-            compress(h, h->block);
-            h->used = 0;
-        }
+        if (h->used < 64)
+            return;
+        compress(h, h->block);
+        h->used = 0;
     }
+    for (; n >= 64; data += 64, n -= 64)
+        compress(h, data);      /* whole blocks straight from the caller's buffer */
+    memcpy(h->block, data, n);
+    h->used = n;
 }
 
 static void finish(struct sha256 *h, uint8_t digest[32])

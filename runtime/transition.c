@@ -160,6 +160,16 @@ struct pending_thread {
 
 /* The agent's, and a test's (ulp_test_transition) on another thread. */
 static pthread_mutex_t transition_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Before an agent starts: none runs, so nothing holds the lock, but a fork
+ * child inherits it locked if its parent's agent held it at the fork
+ * (its first tick then waited forever: seen once in 2,001 children forked
+ * while the parent's agent ticked at SCHED_IDLE on a loaded machine).
+ * Application threads never take it. */
+ULP_HIDDEN void ulp_transition_unlock_for_new_agent(void)
+{
+    pthread_mutex_init(&transition_lock, NULL);
+}
 /* No allocation: a commit runs while the application's threads are
  * stopped, maybe one of them inside malloc holding its lock. */
 #define MAX_PENDING 4096
@@ -354,10 +364,11 @@ static void end_transition_of(struct ulp_lib_desc *lib)
 }
 
 /* The agent's tick: forget threads that left their universe or ended, and
- * end the transitions no thread is pending in any more. */
-ULP_HIDDEN void ulp_transition_tick(void)
+ * end the transitions no thread is pending in any more.  Returns how many
+ * are still under way. */
+ULP_HIDDEN int ulp_transition_tick(void)
 {
-    int busy[ULP_MAX_LIBS] = {0};
+    int busy[ULP_MAX_LIBS] = {0}, open = 0;
     size_t kept = 0;
     pthread_mutex_lock(&transition_lock);
     for (size_t i = 0; i < npending; i++) {
@@ -371,14 +382,19 @@ ULP_HIDDEN void ulp_transition_tick(void)
      * library: every transition stays open until none is left */
     int coroutines = ulp_coroutine_tick(npending > 0) > 0;
     for (int slot = 0; slot < ULP_MAX_LIBS; slot++) {
-        if (!in_transition[slot] || busy[slot] || coroutines)
+        if (!in_transition[slot])
             continue;
+        if (busy[slot] || coroutines) {
+            open++;
+            continue;
+        }
         /* a copy unloaded since (and maybe another mapped at its address,
          * registered elsewhere or not yet) has no transition to end */
         ulp_with_library_in_slot(slot, end_transition_of);
         in_transition[slot] = 0;
     }
     pthread_mutex_unlock(&transition_lock);
+    return open;
 }
 
 /* The library in SLOT is gone: nothing of it is pending any more. */

@@ -30,7 +30,8 @@ void ulp_add_code_range(uintptr_t low, uintptr_t high);
 void ulp_add_code_of(const void *address);
 int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uint32_t nlibs,
                          const struct ulp_request_thread *threads, uint32_t n);
-void ulp_transition_tick(void);
+int ulp_transition_tick(void);
+void ulp_transition_unlock_for_new_agent(void);
 void ulp_transition_forget(int slot);
 int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
@@ -110,6 +111,7 @@ void ulp_sha256_init(struct ulp_sha256 *h);
 void ulp_sha256_update(struct ulp_sha256 *h, const void *data, size_t n);
 void ulp_sha256_final(struct ulp_sha256 *h, uint8_t digest[32]);
 int ulp_sha256_fd(int fd, uint8_t digest[32]);
+extern int ulp_sha256_sha_ni;
 
 /* log.c: the message log `ulp messages` reads (ulp_log.h) */
 void ulp_log_message(uint32_t kind, uint64_t address, const char *text_format, ...)

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,17 @@ def trigger_here(*args: str | Path | int) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main([str(arg) for arg in args])
     return code, out.getvalue(), err.getvalue()
+
+
+def wait_unmapped(pid: int, name: str) -> None:
+    """Until no file named ``name`` is mapped in ``pid`` any more, at most
+    20 s: a library the program dlcloses while the agent has it pinned
+    (for a COMMIT or REVERT, until the agent's first tick after it) is
+    unmapped when the agent lets go."""
+    deadline = time.monotonic() + 20
+    while f"/{name}\n" in Path(f"/proc/{pid}/maps").read_text():
+        assert time.monotonic() < deadline, f"{name} stays mapped in process {pid}"
+        time.sleep(0.01)
 
 
 def thread_states(pid: int) -> str:

@@ -191,6 +191,8 @@ def test_seventy_load_cycles_under_every_kind_of_patch_state(lc: Path) -> None:
                 prepare_only(app, patch)
                 assert ask(app, "call 0") == "value=1", cycle
             assert ask(app, "close 0") == "closed", cycle
+            if kind in (1, 2):  # unmapped once the agent lets go of the commit's pins
+                support.wait_unmapped(app.pid, "liblc.so")
         code, err = trigger_here("--revert", app.pid, patch)
         assert code == ExitCode.NOT_APPLIED and "unloaded" in err, err
         assert ask(app, f"open 0 {path}") == "opened"
@@ -200,6 +202,48 @@ def test_seventy_load_cycles_under_every_kind_of_patch_state(lc: Path) -> None:
         revert(app, patch)
         assert ask(app, "call 0") == "value=1"
         assert app.alive()
+
+
+def runtime_address(pid: int, symbol: str) -> int:
+    """Where the runtime's (static) ``symbol`` is in process ``pid``: its
+    value in libulp.so's symbol table plus the load address."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(RUNTIME, "rb") as stream:
+        [found] = ELFFile(stream).get_section_by_name(".symtab").get_symbol_by_name(symbol)
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 6 and fields[5] == str(RUNTIME) and int(fields[2], 16) == 0:
+            return int(fields[0].split("-")[0], 16) + found["st_value"]
+    raise AssertionError(f"{RUNTIME} is not mapped in process {pid}")
+
+
+def test_a_fork_child_gets_an_agent_although_the_parents_held_its_lock(lc: Path) -> None:
+    """The parent's agent holds the runtime's transition lock (its ticks
+    take it) at the moment another thread forks: the child inherits it
+    locked, with no thread to unlock it.  Made here by holding the agent in
+    its idle wait and marking the lock taken in its memory during the fork:
+    the child's own agent must not wait for it forever, and the child is
+    patched."""
+    with start(lc) as app:
+        assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+        process = Process(app.pid)
+        agent = Agent(process, TIMEOUT)
+        agent.attach()  # in its idle wait: it holds nothing
+        lock = runtime_address(app.pid, "transition_lock")
+        try:
+            process.write(lock, (1).to_bytes(4, "little"))  # as a tick under way leaves it
+            answer = ask(app, "fork-child")
+        finally:
+            process.write(lock, bytes(4))
+            agent.release()
+            process.close()
+        assert answer.startswith("child="), answer
+        try:
+            code, err = trigger_here(int(answer.split("=")[1]), lc / "fix.ulp")
+            assert code == 0, err
+        finally:
+            assert ask(app, "child-end") == "child-ended 1"
 
 
 # --- item 12: the process must be able to end -------------------------------------------------

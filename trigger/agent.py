@@ -34,10 +34,40 @@ from ulp.trigger.tracee import ThreadGone, Tracee, thread_is_exiting
 #: (most requests take tens of microseconds), then one every POLL_STEP for
 #: the first POLL_STEADY (a PREPARE takes a few hundred: a wait doubling
 #: from the start overshot it by as much, more than the trigger's own work
-#: per process), then less and less
+#: per process), then less and less.  Working on many processes, the first
+#: look comes when the same kind of request was answered in the ones before
+#: (``_AnswerTimes``): every look that comes too early is a wake-up, and a
+#: first PREPARE took five of them.
 POLL_FIRST, POLL_STEP, POLL_STEADY, POLL_MAX = 0.00002, 0.00004, 0.001, 0.002
 SYS_PPOLL = 271
 IDLE_ATTEMPTS = 20  # times the agent is stopped looking for it idle before giving up
+
+
+class _AnswerTimes:
+    """When to look first for the answer to each kind of request, from the
+    answers to it so far in this run.  A look that finds the answer there
+    brings the next one 10 % earlier; one that comes too early brings it to
+    where the answer was seen, at most twice as late as before: a request
+    the load held up for once (the agent preempted) moves it little.  An
+    average of the times seen would only grow: a look that finds the answer
+    says only that it came before."""
+
+    SOONER = 0.9
+    LATER = 2.0
+
+    def __init__(self) -> None:
+        self.look: dict[int, float] = {}
+
+    def first_look(self, op: int) -> float:
+        return self.look.get(op, POLL_FIRST)
+
+    def answered(self, op: int, at_first_look: bool, seen: float) -> None:
+        look = self.first_look(op)
+        look = look * self.SOONER if at_first_look else min(seen, look * self.LATER)
+        self.look[op] = min(max(POLL_FIRST, look), POLL_STEADY)
+
+
+_answer_times = _AnswerTimes()
 
 
 def _symbol_reader(symbol: str):
@@ -89,6 +119,7 @@ class Agent:
         self.mailbox = find_mailbox(process)
         self.tracee: Tracee | None = None
         self.running_request = False  # the agent was let run and has not answered
+        self._return_slot_written = False  # the dispatcher's return address, since attach()
         self._saved_priority = None  # the agent's scheduling before attach() raised it
         self._header = header = self.header()  # as the last read of the mailbox left it
         if header.magic != agent_abi.MAILBOX_MAGIC or header.abi_version != agent_abi.ABI_VERSION:
@@ -248,10 +279,8 @@ class Agent:
         self._start(request, header)
         self.running_request = True
         self.tracee.resume()
-        self._wait_answer(header.serial)
+        raw = self._wait_answer(header.serial, request.op)
         self._stop_in_wait(header)
-        # the header and the message after it, in one read
-        raw = self.process.read(self.mailbox, agent_abi.MESSAGE_OFFSET + agent_abi.MESSAGE_MAX)
         self._header = answer = MailboxHeader.unpack(raw)
         message = raw[agent_abi.MESSAGE_OFFSET:].split(b"\0", 1)[0].decode(errors="replace")
         return answer.status, message
@@ -264,7 +293,11 @@ class Agent:
                            len(payload).to_bytes(4, "little"))
         regs = self.tracee.registers_when_stopped or self.tracee.get_registers()
         stack = header.call_stack_top - 8  # as if called: 16-byte aligned before the call
-        self.process.write(stack, bytes(8))
+        if not self._return_slot_written:
+            # a return address of 0 ends a backtrace; the dispatcher never
+            # returns, so nothing writes there again while this trigger holds it
+            self.process.write(stack, bytes(8))
+            self._return_slot_written = True
         regs.rip = header.dispatch
         regs.rsp = stack
         regs.rbp = 0
@@ -275,7 +308,7 @@ class Agent:
         """After a STAGE request: fill the agent's empty memfd with ``data``
         through /proc/PID/fd/N; return N.  The agent seals and hashes it in
         PREPARE; until then nothing in the process uses it."""
-        fd = self.header().staged_fd
+        fd = self._header.staged_fd  # as STAGE answered (the agent is held since)
         path = f"/proc/{self.process.pid}/fd/{fd}"
         try:
             # O_NONBLOCK and the checks below: whatever N turned out to be,
@@ -319,19 +352,32 @@ class Agent:
             self.tracee.resume()
             time.sleep(POLL_FIRST)
 
-    def _serial(self) -> int:
-        return int.from_bytes(self.process.read(self.mailbox + agent_abi.SERIAL_OFFSET, 4),
-                              "little")
+    def _answer(self) -> tuple[int, bytes]:
+        """The mailbox's serial, and its header and message as they are.
 
-    def _wait_answer(self, old_serial: int) -> None:
+        One read, in address order: the serial (in the header) is read
+        before the message after it, and the agent writes its message and
+        status before it moves the serial, so a moved serial comes with the
+        whole answer (x86 keeps stores in order, and loads)."""
+        raw = self.process.read(self.mailbox, agent_abi.MESSAGE_OFFSET + agent_abi.MESSAGE_MAX)
+        serial = int.from_bytes(raw[agent_abi.SERIAL_OFFSET:agent_abi.SERIAL_OFFSET + 4],
+                                "little")
+        return serial, raw
+
+    def _wait_answer(self, old_serial: int, op: int) -> bytes:
+        """The mailbox's header and message once the agent has answered."""
         start = time.monotonic()
         deadline = start + self.timeout
-        interval = POLL_FIRST
+        interval = _answer_times.first_look(op)
+        looks = 0
         while True:
             time.sleep(interval)
-            if self._serial() != old_serial:
+            serial, raw = self._answer()
+            looks += 1
+            if serial != old_serial:
                 self.running_request = False
-                return
+                _answer_times.answered(op, looks == 1, time.monotonic() - start)
+                return raw
             now = time.monotonic()
             if now - start < POLL_STEADY:
                 interval = POLL_STEP

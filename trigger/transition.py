@@ -14,7 +14,13 @@ it, checks size and hash on the sealed bytes, recomputes the patch id from
 the request and loads the memfd.  No file the patch was packed from is
 opened, here or in the process.
 If this trigger dies before step 3, the next request drops the prepared
-patch: the process is never half-patched.  Revert is one agent request.
+patch: the process is never half-patched.  Revert is one agent request,
+after a LIST that pins the libraries for it.
+The libraries kept pinned for the COMMIT or REVERT (which runs with every
+thread stopped, so it cannot take the loader's lock to let them go) are
+let go by the agent itself at its first tick after it, about 1 ms after
+the trigger lets it go: no request of their own (a library the program
+dlcloses meanwhile is unmapped then, on the agent).
 
 A patch of several target libraries (record version 4) is found and checked
 in every library before anything changes (one missing refuses it whole),
@@ -278,7 +284,6 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
         except UlpError:
             _abort(agent, metadata)
             raise
-        _unpin(agent)
         check_status(status, message, process)
         return message
     finally:
@@ -340,20 +345,6 @@ def _abort(agent: Agent, metadata: PatchMetadata) -> None:
         pass
 
 
-def _unpin(agent: Agent) -> None:
-    """With the threads running again: a request that lets go of the
-    libraries pinned for the COMMIT or REVERT (that one, run while every
-    thread was stopped, could not: dlclose takes the loader's lock), so
-    that a library the program unloads now is unmapped now.  Best effort:
-    the agent's tick lets them go too."""
-    if agent.tracee is None or not agent.tracee.stopped:
-        return
-    try:
-        agent.call(Request(Op.LIST))
-    except UlpError:
-        pass
-
-
 def _committing(agent: Agent, metadata: PatchMetadata, op: Op):
     """COMMIT or REVERT, sent while every other thread is stopped: the
     runtime starts the transition from where each thread stopped."""
@@ -374,7 +365,6 @@ def revert(process: Process, metadata: PatchMetadata, timeout: float) -> str:
         check_status(status, message, process)
         status, message = write_code(process, [], {agent.tracee.tid: agent.tracee}, timeout,
                                      then=_committing(agent, metadata, Op.REVERT))
-        _unpin(agent)
         check_status(status, message, process)
         return message
     finally:

@@ -18,6 +18,9 @@
  *                   5 s if the loader hangs)
  *   fork-result     stops the loop: "forks=N bad=B" (B: children that did
  *                   not exit 0)
+ *   fork-child      "child=PID": a child that waits for "child-end" (the end
+ *                   of a pipe) doing nothing else, with an agent of its own
+ *   child-end       "child-ended 1" once that child exited 0 ("... 0" else)
  *   bench N         N rounds of 256 malloc(200) then 256 free: ns per pair
  *   spin MS         "spinning", then busy for MS milliseconds with no system
  *                   call, then "spun"
@@ -104,6 +107,56 @@ static void *fork_repeatedly(void *unused)
         fork_loop.forks++;
     }
     return NULL;
+}
+
+static struct {
+    pid_t pid;
+    int pipe;
+} idle_child = {0, -1};
+
+/* The child says it runs before its PID is printed: until fork() has
+ * returned in it, its fork handlers (the runtime's starts its agent) may
+ * not have run, and its mailbox is still the parent's copy. */
+static void fork_idle_child(void)
+{
+    int fds[2], started[2];
+    char byte;
+    if (pipe(fds) != 0 || pipe(started) != 0) {
+        printf("fork-child failed\n");
+        return;
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        close(fds[1]);
+        close(started[0]);
+        if (write(started[1], "s", 1) != 1)
+            _exit(1);
+        while (read(fds[0], &byte, 1) > 0)
+            ;
+        _exit(0);
+    }
+    close(fds[0]);
+    close(started[1]);
+    int ok = child > 0 && read(started[0], &byte, 1) == 1;
+    close(started[0]);
+    if (!ok) {
+        close(fds[1]);
+        printf("fork-child failed\n");
+        return;
+    }
+    idle_child.pid = child;
+    idle_child.pipe = fds[1];
+    printf("child=%d\n", child);
+}
+
+static void end_idle_child(void)
+{
+    int status = 0;
+    close(idle_child.pipe);
+    idle_child.pipe = -1;
+    int ended = waitpid(idle_child.pid, &status, 0) == idle_child.pid && WIFEXITED(status) &&
+                WEXITSTATUS(status) == 0;
+    printf("child-ended %d\n", ended);
 }
 
 static char *self_argv0;
@@ -227,6 +280,10 @@ static void *command_loop(void *unused)
             printf("threads=%d\n", count_threads());
         } else if (strcmp(line, "fork-unshare") == 0) {
             fork_unshare();
+        } else if (strcmp(line, "fork-child") == 0) {
+            fork_idle_child();
+        } else if (strcmp(line, "child-end") == 0 && idle_child.pipe >= 0) {
+            end_idle_child();
         } else if (sscanf(line, "exec-traced %ld", &exec_delay_us) == 1) {
             pthread_t thread;
             agent_tid = find_agent();
