@@ -38,6 +38,9 @@
  * the process's resident writable memory, with every thread stopped
  * (docs/consistency.md has the measurement). */
 #include <cpuid.h>
+#if __has_include(<sys/platform/x86.h>)
+#include <sys/platform/x86.h>
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
@@ -146,6 +149,19 @@ static void find_restore_rt(void)
         restore_rt_at = from + (uintptr_t)(found - near);
 }
 
+/* Did the kernel enable protection keys?  From what glibc found at start,
+ * as sha256.c does: a CPUID of our own traps to a virtual machine's
+ * hypervisor. */
+static int protection_keys_enabled(void)
+{
+#if __has_include(<sys/platform/x86.h>)
+    return CPU_FEATURE_ACTIVE(OSPKE);
+#else
+    unsigned int a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & bit_OSPKE);
+#endif
+}
+
 /* At start (not while threads are stopped: dl_iterate_phdr takes the
  * loader's lock).  A fork child keeps what its parent found. */
 ULP_HIDDEN void ulp_foreign_init(void)
@@ -164,8 +180,7 @@ ULP_HIDDEN void ulp_foreign_init(void)
     }
     dl_iterate_phdr(runtime_segments, NULL);
     find_restore_rt();
-    unsigned eax, ebx, ecx, edx;
-    protection_keys = __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 4));
+    protection_keys = protection_keys_enabled();
 }
 
 /* --- what is not searched ------------------------------------------------------ */
