@@ -229,26 +229,41 @@ static int judged_elsewhere(uintptr_t address)
     return on_known_stack(address) || saved_context_of_known_stack(address);
 }
 
+/* Are the pages of [LOW, HIGH) all present, as far as the kernel's
+ * page-table walk tells (no: cannot tell)? */
+static int all_present(uintptr_t low, uintptr_t high)
+{
+    struct ulp_pm_scan_arg arg = {
+        .size = sizeof arg, .start = low, .end = high, .vec = (uintptr_t)s.regions,
+        .vec_len = 1, .category_anyof_mask = ULP_PAGE_IS_PRESENT,
+        .return_mask = ULP_PAGE_IS_PRESENT,
+    };
+    return s.pagemap >= 0 && s.pagemap_scan && ioctl(s.pagemap, ULP_PAGEMAP_SCAN, &arg) == 1 &&
+           s.regions[0].start == low && s.regions[0].end == high;
+}
+
 /* A stack glibc made for a thread (pthread_create; live, or kept for
  * reuse after the thread ended) has the thread's control block near its
  * top: a word that holds its own address (tcb), and the third word after
  * it the same (self). */
-static int is_glibc_thread_stack(uintptr_t low, uintptr_t high)
+static int is_glibc_thread_stack(uintptr_t low, uintptr_t high, int anonymous)
 {
     enum { TOP = 16384 };
     if (high - low < TOP)
         return 0;
     uintptr_t at = high - TOP;
-    for (size_t done = 0; done < TOP; done += sizeof s.words) {
-        size_t n = TOP - done < sizeof s.words ? TOP - done : sizeof s.words;
-        if (ulp_read_memory(at + done, s.words, n) != 0)
+    const uintptr_t *words = (const uintptr_t *)at;
+    /* in place only where the kernel says the pages are there: reading a
+     * page that is not might wait for a userfaultfd handler, a thread
+     * stopped like every other */
+    if (!anonymous || protection_keys || !all_present(at, high)) {
+        if (ulp_read_memory(at, s.words, TOP) != 0)
             return 0;
-        for (size_t i = 0; i + 2 < n / 8; i++) {
-            uintptr_t address = at + done + i * 8;
-            if (s.words[i] == address && s.words[i + 2] == address)
-                return 1;
-        }
+        words = s.words;
     }
+    for (size_t i = 0; i + 2 < TOP / 8; i++)
+        if (words[i] == at + i * 8 && words[i + 2] == at + i * 8)
+            return 1;
     return 0;
 }
 
@@ -499,7 +514,7 @@ static int search_writable(uintptr_t low, uintptr_t high, uint64_t inode, const 
         strcmp(path, "[stack]") == 0 || strncmp(path, "[v", 2) == 0)
         return 0;   /* a device's memory; the main thread's own; the kernel's */
     if (is_own_stack(low, high) || (own_data_low <= low && high <= own_data_high) ||
-        is_glibc_thread_stack(low, high))
+        is_glibc_thread_stack(low, high, inode == 0))
         return 0;   /* judged with its thread; the runtime's own; a thread's */
     if (!search_mapping(low, high, inode == 0) || s.over_limit)
         return !!s.over_limit;
