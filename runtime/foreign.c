@@ -550,35 +550,40 @@ struct ulp_procmap_query {
 #define ULP_QUERY_WRITABLE 0x02
 #define ULP_QUERY_COVERING_OR_NEXT 0x10
 
+/* The name of the mapping at LOW, into the message's "where". */
+static void name_found_in(int maps, uint64_t low)
+{
+    struct ulp_procmap_query q;
+    char name[80] = "";
+    memset(&q, 0, sizeof q);
+    q.size = sizeof q;
+    q.query_addr = low;
+    q.vma_name_size = sizeof name;
+    q.vma_name_addr = (uintptr_t)name;
+    if (ioctl(maps, ULP_PROCMAP_QUERY, &q) != 0 || q.vma_name_size == 0)
+        return;
+    snprintf(s.found_in, sizeof s.found_in, "%s 0x%lx-0x%lx", name, (unsigned long)q.vma_start,
+             (unsigned long)q.vma_end);
+}
+
 /* Search every readable and writable mapping the kernel names one query at
  * a time: 1 found, 0 not, -1 if it cannot be asked (an older kernel; the
  * mappings before are searched again from the text). */
 static int search_queried(int maps)
 {
     struct ulp_procmap_query q;
-    char name[80];
     for (uint64_t at = 0;;) {
+        /* no name asked (it costs the kernel a path walk each): only a
+         * device's memory is left alone by name, and it is read with a
+         * copy that fails softly; the main thread's [stack] is its own */
         memset(&q, 0, sizeof q);
         q.size = sizeof q;
         q.query_flags = ULP_QUERY_COVERING_OR_NEXT | ULP_QUERY_READABLE | ULP_QUERY_WRITABLE;
         q.query_addr = at;
-        q.vma_name_size = sizeof name;
-        q.vma_name_addr = (uintptr_t)name;
-        if (ioctl(maps, ULP_PROCMAP_QUERY, &q) != 0) {
-            if (errno == ENOENT)
-                return 0;                   /* no mapping after AT */
-            if (errno != ENAMETOOLONG)
-                return -1;                  /* cannot ask: the text, from the start */
-            q.vma_name_size = 0;            /* a long file name: not one looked at */
-            q.vma_name_addr = 0;
-            if (ioctl(maps, ULP_PROCMAP_QUERY, &q) != 0)
-                return -1;
-            name[0] = '\0';
-        } else if (q.vma_name_size == 0) {
-            name[0] = '\0';
-        }
-        if (search_writable(q.vma_start, q.vma_end, q.inode, name))
-            return 1;
+        if (ioctl(maps, ULP_PROCMAP_QUERY, &q) != 0)
+            return errno == ENOENT ? 0 : -1;    /* none after AT; or cannot ask: the text */
+        if (search_writable(q.vma_start, q.vma_end, q.inode, ""))
+            return name_found_in(maps, q.vma_start), 1;
         at = q.vma_end;
     }
 }
