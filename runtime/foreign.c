@@ -72,6 +72,9 @@ struct ulp_pm_scan_arg {
 #define REGION_SHIFT 21                 /* the filter's granule: 2 MiB */
 #define REGION_SLOTS 1024               /* of the filter's hash set, a power of 2 */
 #define MAX_SEARCHED_RANGES 256         /* as many as transition.c keeps */
+#define OWN_STACK_SLOTS 16384           /* more than twice the threads a request holds */
+_Static_assert(OWN_STACK_SLOTS / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
+               "every thread of a request has a slot");
 
 /* The kernel's signal frame on x86-64 (struct rt_sigframe): the address
  * the handler returns to (glibc's __restore_rt: mov $15, %rax; syscall),
@@ -90,6 +93,7 @@ static uintptr_t restore_rt_at;         /* glibc's __restore_rt, found when the 
 static struct {
     const struct ulp_request_thread *threads;
     uint32_t nthreads;
+    uint32_t own_stacks[OWN_STACK_SLOTS];
     uintptr_t code_low, code_high;      /* bounds of every prepared code range */
     /* The 2 MiB regions that hold prepared code, as a hash set (0: free;
      * a region number + 1): most words within the bounds (pointers to the
@@ -185,12 +189,29 @@ ULP_HIDDEN void ulp_foreign_init(void)
 
 /* --- what is not searched ------------------------------------------------------ */
 
+/* The threads' own stacks by their start, as a hash set (0: free; else a
+ * thread's index + 1): a process of many threads has as many stacks, each
+ * a mapping the search asks about. */
+static uint32_t *own_stack_slot(uintptr_t low)
+{
+    size_t i = (size_t)((low * 0x9e3779b97f4a7c15ULL) >> 50) & (OWN_STACK_SLOTS - 1);
+    while (s.own_stacks[i] != 0 && s.threads[s.own_stacks[i] - 1].stack_low != low)
+        i = (i + 1) & (OWN_STACK_SLOTS - 1);
+    return &s.own_stacks[i];
+}
+
+static void index_own_stacks(void)
+{
+    memset(s.own_stacks, 0, sizeof s.own_stacks);
+    for (uint32_t i = 0; i < s.nthreads && i < OWN_STACK_SLOTS / 2; i++)
+        if (s.threads[i].stack_high)
+            *own_stack_slot(s.threads[i].stack_low) = i + 1;
+}
+
 static int is_own_stack(uintptr_t low, uintptr_t high)
 {
-    for (uint32_t i = 0; i < s.nthreads; i++)
-        if (s.threads[i].stack_low == low && s.threads[i].stack_high == high)
-            return 1;
-    return 0;
+    uint32_t at = *own_stack_slot(low);
+    return at != 0 && s.threads[at - 1].stack_high == high;
 }
 
 static int on_known_stack(uintptr_t address)
@@ -624,6 +645,7 @@ ULP_HIDDEN const char *ulp_unnoted_stack_activation(const struct ulp_request_thr
     s.over_limit = 0;
     s.threads = threads;
     s.nthreads = n;
+    index_own_stacks();
     ulp_prepared_code_bounds(&s.code_low, &s.code_high);
     if (s.code_low >= s.code_high)
         return NULL;
