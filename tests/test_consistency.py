@@ -630,8 +630,10 @@ def test_coroutine_on_another_stack_keeps_the_live_activation_universe(coro) -> 
 
 
 
+@pytest.mark.parametrize("kernel", ["", "old kernel"])
 @pytest.mark.parametrize("how", ["park unnoted", "park unnoted heap", "park unnoted static"])
-def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how) -> None:
+def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how,
+                                                                       kernel) -> None:
     """The parked coroutine of the test below, on a stack made without the
     runtime's makecontext and not noted (an mmap of its own, a block of
     malloc's heap, an array of the program's): no thread runs on it and
@@ -639,9 +641,13 @@ def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how
     The commit finds the return address the activation left there and
     changes nothing (15, RETRY, saying where), so the activation resumes in
     the universe it began in (12 was the mix).  Once it has ended, the
-    same apply goes through."""
+    same apply goes through.  "old kernel": the kernel's page-table walk
+    and mapping queries refused (a seccomp filter), the search reads the
+    text of /proc/self/maps and /proc/self/pagemap instead."""
     with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
         assert app.next_line() == "ready"
+        if kernel:
+            assert ask(app, kernel) == kernel
         assert ask(app, how) == "parked"
         refused = trigger(app.pid, coro["fix"])
         assert refused.returncode == 15, (refused.returncode, refused.stderr)

@@ -24,8 +24,18 @@
  *           a new one): coro_run returns; prints "resumed run=<tags>"
  *   unpark -> frees the parked coroutine's stack and clears its saved
  *           context; prints "unparked"
+ *   old kernel -> from now on, in every thread, the two ioctls a kernel
+ *           before 6.7 / 6.11 lacks (PAGEMAP_SCAN, PROCMAP_QUERY) fail with
+ *           ENOTTY (a seccomp filter); prints "old kernel"
  * argv[1], if given: MiB of heap to fill (memory a commit searches). */
 #include <dlfcn.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -102,6 +112,29 @@ static make_context own_stack_switch(void *stack, size_t size, int note)
     if (note && note_stack)
         note_stack(stack, size);
     return libc ? (make_context)dlsym(libc, "makecontext") : makecontext;
+}
+
+/* --- as on a kernel without PAGEMAP_SCAN and PROCMAP_QUERY ------------------ */
+
+static int pretend_old_kernel(void)
+{
+    enum { REQUEST = offsetof(struct seccomp_data, args[1]) };
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, REQUEST),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xc0606610, 1, 0),     /* PAGEMAP_SCAN */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xc0686611, 0, 1),     /* PROCMAP_QUERY */
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOTTY),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog program = {sizeof code / sizeof code[0], code};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    /* TSYNC: the ulp agent, started by the runtime's constructor, too */
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC,
+                        &program);
 }
 
 /* --- a coroutine parked by a signal handler, inside coro_spin's loop ------- */
@@ -194,6 +227,8 @@ int main(int argc, char **argv)
         } else if (strncmp(line, "park", 4) == 0) {
             line[strcspn(line, "\n")] = 0;
             park(line);
+        } else if (strncmp(line, "old kernel", 10) == 0) {
+            printf(pretend_old_kernel() == 0 ? "old kernel\n" : "seccomp failed\n");
         } else if (strncmp(line, "resume spin", 11) == 0) {
             spin_go = 1;
             resume(NULL);
