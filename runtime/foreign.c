@@ -94,6 +94,7 @@ static struct {
     const struct ulp_request_thread *threads;
     uint32_t nthreads;
     uint32_t own_stacks[OWN_STACK_SLOTS];
+    uint32_t own_stack_mask;            /* the slots in use: twice the threads, a power of 2 */
     uintptr_t code_low, code_high;      /* bounds of every prepared code range */
     /* The 2 MiB regions that hold prepared code, as a hash set (0: free;
      * a region number + 1): most words within the bounds (pointers to the
@@ -114,7 +115,7 @@ static struct {
     int pagemap_scan;                   /* 0 once the ioctl said it cannot */
     uint64_t searched;                  /* bytes so far */
     int over_limit;                     /* stopped: more than search_limit to search */
-    uintptr_t words[CHUNK_WORDS];
+    uintptr_t words[SIGFRAME_RIP_WORDS + CHUNK_WORDS];
     uint64_t entries[CHUNK_WORDS];
     struct ulp_page_region regions[256];
     char maps[65536];
@@ -194,15 +195,22 @@ ULP_HIDDEN void ulp_foreign_init(void)
  * a mapping the search asks about. */
 static uint32_t *own_stack_slot(uintptr_t low)
 {
-    size_t i = (size_t)((low * 0x9e3779b97f4a7c15ULL) >> 50) & (OWN_STACK_SLOTS - 1);
+    size_t i = (size_t)((low * 0x9e3779b97f4a7c15ULL) >> 50) & s.own_stack_mask;
     while (s.own_stacks[i] != 0 && s.threads[s.own_stacks[i] - 1].stack_low != low)
-        i = (i + 1) & (OWN_STACK_SLOTS - 1);
+        i = (i + 1) & s.own_stack_mask;
     return &s.own_stacks[i];
 }
 
+/* As many slots as twice the threads, not the whole table: a process is
+ * searched at its first commit, and every page of the table touched then
+ * is a page fault (most processes of a fleet have a few threads). */
 static void index_own_stacks(void)
 {
-    memset(s.own_stacks, 0, sizeof s.own_stacks);
+    uint32_t slots = 16;
+    while (slots < 2 * s.nthreads && slots < OWN_STACK_SLOTS)
+        slots *= 2;
+    s.own_stack_mask = slots - 1;
+    memset(s.own_stacks, 0, slots * sizeof s.own_stacks[0]);
     for (uint32_t i = 0; i < s.nthreads && i < OWN_STACK_SLOTS / 2; i++)
         if (s.threads[i].stack_high)
             *own_stack_slot(s.threads[i].stack_low) = i + 1;
@@ -301,12 +309,9 @@ static uint64_t *region_slot(uint64_t region)
 static void add_regions(uintptr_t low, uintptr_t high, void *count)
 {
     size_t *n = count;
-    uint8_t byte;
     if (s.ncode < MAX_SEARCHED_RANGES) {
         s.code[s.ncode].low = low;
         s.code[s.ncode].high = high;
-        s.code[s.ncode].readable = ulp_read_memory(low, &byte, 1) == 0 &&
-                                   ulp_read_memory(high - 1, &byte, 1) == 0;
         s.ncode++;
     }
     for (uint64_t r = low >> REGION_SHIFT; r <= (high - 1) >> REGION_SHIFT; r++) {
@@ -322,6 +327,30 @@ static void add_regions(uintptr_t low, uintptr_t high, void *count)
     }
 }
 
+/* Which code ranges can be read (their first and last byte): one read of
+ * them all, which stops at the first that cannot be; a system call per
+ * range was a tenth of a small process's search. */
+static void find_readable_code(void)
+{
+    static struct iovec local[2 * MAX_SEARCHED_RANGES], remote[2 * MAX_SEARCHED_RANGES];
+    static uint8_t bytes[2 * MAX_SEARCHED_RANGES];
+    for (uint32_t i = 0; i < s.ncode; i++) {
+        s.code[i].readable = 1;
+        remote[2 * i] = (struct iovec){(void *)s.code[i].low, 1};
+        remote[2 * i + 1] = (struct iovec){(void *)(s.code[i].high - 1), 1};
+    }
+    for (uint32_t i = 0; i < 2 * s.ncode; i++)
+        local[i] = (struct iovec){&bytes[i], 1};
+    for (uint32_t from = 0; from < 2 * s.ncode;) {
+        ssize_t got = ulp_read_memory_vector(local + from, remote + from, 2 * s.ncode - from);
+        uint32_t failed = from + (got > 0 ? (uint32_t)got : 0);
+        if (failed >= 2 * s.ncode)
+            break;
+        s.code[failed / 2].readable = 0;
+        from = failed + 1;
+    }
+}
+
 static void build_filter(void)
 {
     size_t count = 0;
@@ -330,6 +359,7 @@ static void build_filter(void)
     s.ncode = 0;
     if (ulp_for_each_code_range(add_regions, &count) != 0)
         s.filter_usable = 0;
+    find_readable_code();
 }
 
 /* May WORD be an address of prepared code?  (No: certainly not.) */
@@ -406,27 +436,26 @@ static int is_restore_rt(uintptr_t returns_to)
            memcmp(code, restore_rt, sizeof code) == 0;
 }
 
-/* Is WORDS[I] (at AT + 8 I) the interrupted %rip of a signal frame?  An
- * activation whose outermost frame a signal interrupted, and whose handler
- * switched stacks, leaves no return address: that %rip is its word. */
-static int interrupted_rip(const uintptr_t *words, size_t i, uintptr_t at)
+/* Is WORDS[I] the interrupted %rip of a signal frame?  An activation whose
+ * outermost frame a signal interrupted, and whose handler switched stacks,
+ * leaves no return address: that %rip is its word.  LEAD words before
+ * WORDS[0] can be read too: the kernel wrote the frame whole, so it lies
+ * in one run of present (or swapped out) pages, and no more is needed. */
+static int interrupted_rip(const uintptr_t *words, size_t i, size_t lead)
 {
-    uintptr_t returns_to;
-    if (i >= SIGFRAME_RIP_WORDS)
-        returns_to = words[i - SIGFRAME_RIP_WORDS];
-    else if (at + i * 8 < SIGFRAME_RIP_WORDS * 8 ||
-             ulp_read_memory(at + (i - SIGFRAME_RIP_WORDS) * 8, &returns_to, 8) != 0)
-        return 0;
-    return is_restore_rt(returns_to);
+    if (i + lead < SIGFRAME_RIP_WORDS)
+        return 0;   /* the frame would begin before the run of pages */
+    return is_restore_rt(words[(ptrdiff_t)i - SIGFRAME_RIP_WORDS]);
 }
 
-/* Search the N words at WORDS, a copy of (or the memory itself) at AT. */
-static int search_words(const uintptr_t *words, size_t n, uintptr_t at)
+/* Search the N words at WORDS, a copy of (or the memory itself) at AT,
+ * LEAD words before WORDS[0] readable as well. */
+static int search_words(const uintptr_t *words, size_t n, uintptr_t at, size_t lead)
 {
     for (size_t i = 0; i < n; i++) {
         uintptr_t word = words[i];
         if (may_be_code(word) && ulp_is_prepared_code(word) &&
-            (is_return_address(word) || interrupted_rip(words, i, at)) &&
+            (is_return_address(word) || interrupted_rip(words, i, lead)) &&
             !judged_elsewhere(at + i * 8)) {
             s.found_at = at + i * 8;
             s.found_word = word;
@@ -436,28 +465,32 @@ static int search_words(const uintptr_t *words, size_t n, uintptr_t at)
     return 0;
 }
 
-/* Search [LOW, HIGH): 1 and s.found_* if a return address into prepared
- * code lies there, outside what is judged elsewhere.  Anonymous memory
+/* Search [LOW, HIGH), part of the run of present pages that begins at
+ * RUN: 1 and s.found_* if a return address into prepared code lies there,
+ * outside what is judged elsewhere.  Anonymous memory
  * the kernel says is present (or swapped out) is read in place: every
  * other thread is stopped, nothing unmaps it, and reading it cannot fault
  * past recovery; anything else is copied with a read that fails softly
  * (a file shrunk under its mapping would raise SIGBUS; a protection key
  * the agent thread lacks, SIGSEGV: with protection keys, everything is). */
-static int search_present(uintptr_t low, uintptr_t high)
+static int search_present(uintptr_t run, uintptr_t low, uintptr_t high)
 {
     if ((s.searched += high - low) > search_limit) {
         s.over_limit = 1;
         return 1;
     }
     if (s.in_place)
-        return search_words((const uintptr_t *)low, (high - low) / 8, low);
+        return search_words((const uintptr_t *)low, (high - low) / 8, low, (low - run) / 8);
     for (uintptr_t at = low; at < high;) {
         size_t n = (high - at) / 8 < CHUNK_WORDS ? (high - at) / 8 : CHUNK_WORDS;
-        if (ulp_read_memory(at, s.words, n * 8) != 0) {
+        /* with the words a signal frame would need before AT, if in the run */
+        size_t lead = (at - run) / 8 < SIGFRAME_RIP_WORDS ? (at - run) / 8 : SIGFRAME_RIP_WORDS;
+        if (ulp_read_memory(at - lead * 8, s.words, (lead + n) * 8) != 0) {
             at += PAGE;             /* gone meanwhile, or not readable: nothing there */
+            run = at;
             continue;
         }
-        if (search_words(s.words, n, at))
+        if (search_words(s.words + lead, n, at, lead))
             return 1;
         at += n * 8;
     }
@@ -469,6 +502,7 @@ static int search_present(uintptr_t low, uintptr_t high)
 static int search_scanned(uintptr_t low, uintptr_t high)
 {
     struct ulp_pm_scan_arg arg;
+    uintptr_t run = low, run_end = 0;   /* pages the kernel lists apart may adjoin */
     for (uintptr_t at = low; at < high;) {
         memset(&arg, 0, sizeof arg);
         arg.size = sizeof arg;
@@ -481,9 +515,13 @@ static int search_scanned(uintptr_t low, uintptr_t high)
         long found = ioctl(s.pagemap, ULP_PAGEMAP_SCAN, &arg);
         if (found < 0)
             return -1;
-        for (long i = 0; i < found; i++)
-            if (search_present(s.regions[i].start, s.regions[i].end))
+        for (long i = 0; i < found; i++) {
+            if (s.regions[i].start != run_end)
+                run = s.regions[i].start;
+            run_end = s.regions[i].end;
+            if (search_present(run, s.regions[i].start, s.regions[i].end))
                 return 1;
+        }
         if (arg.walk_end <= at)
             break;
         at = arg.walk_end;
@@ -491,31 +529,42 @@ static int search_scanned(uintptr_t low, uintptr_t high)
     return 0;
 }
 
-/* The same from /proc/self/pagemap, an entry per page. */
+/* The same from /proc/self/pagemap, an entry per page, each run of
+ * present pages searched whole. */
 static int search_paged(uintptr_t low, uintptr_t high)
 {
+    uintptr_t run = 0, run_end = 0;
     for (uintptr_t at = low; at < high;) {
         size_t pages = (high - at) / PAGE < CHUNK_WORDS ? (high - at) / PAGE : CHUNK_WORDS;
         ssize_t got = pread(s.pagemap, s.entries, pages * 8, (off_t)(at / PAGE * 8));
         if (got <= 0) {
-            s.in_place = 0;
-            return search_present(at, high);   /* cannot tell: search all, softly */
+            s.in_place = 0;     /* cannot tell: search all, softly */
+            return (run_end > run && search_present(run, run, run_end)) ||
+                   search_present(at, at, high);
         }
         pages = (size_t)got / 8;
-        for (size_t i = 0; i < pages; i++)
-            if ((s.entries[i] & (PM_PRESENT | PM_SWAPPED)) &&
-                search_present(at + i * PAGE, at + (i + 1) * PAGE))
-                return 1;
+        for (size_t i = 0; i < pages; i++) {
+            uintptr_t page = at + i * PAGE;
+            if (s.entries[i] & (PM_PRESENT | PM_SWAPPED)) {
+                if (page != run_end)
+                    run = page;
+                run_end = page + PAGE;
+            } else if (run_end > run) {
+                if (search_present(run, run, run_end))
+                    return 1;
+                run = run_end;
+            }
+        }
         at += pages * PAGE;
     }
-    return 0;
+    return run_end > run && search_present(run, run, run_end);
 }
 
 static int search_mapping(uintptr_t low, uintptr_t high, int anonymous)
 {
     s.in_place = 0;
     if (s.pagemap < 0)
-        return search_present(low, high);
+        return search_present(low, low, high);
     s.in_place = anonymous && !protection_keys;     /* a page's key may deny the agent */
     if (s.pagemap_scan) {
         int found = search_scanned(low, high);

@@ -348,6 +348,14 @@ ULP_HIDDEN int ulp_read_memory(uintptr_t address, void *buffer, size_t size)
     return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)size ? 0 : -1;
 }
 
+/* Read N pieces of the process's own memory at once: the bytes read, which
+ * end where the first piece that cannot be read begins (-1: the first). */
+ULP_HIDDEN ssize_t ulp_read_memory_vector(const struct iovec *local, const struct iovec *remote,
+                                         size_t n)
+{
+    return process_vm_readv(getpid(), local, n, remote, n, 0);
+}
+
 /* Read a pending flag without trusting that the thread's memory is still
  * there: a thread that ended may have had its stack unmapped. */
 static int still_pending(const struct pending_thread *p)

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "ulp_abi.h"
 #include "ulp_layout.h"
@@ -35,6 +36,7 @@ void ulp_transition_unlock_for_new_agent(void);
 void ulp_transition_forget(int slot);
 int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
+ssize_t ulp_read_memory_vector(const struct iovec *local, const struct iovec *remote, size_t n);
 void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlibs);
 void ulp_prepared_code_bounds(uintptr_t *low, uintptr_t *high);
 int ulp_for_each_code_range(void (*fn)(uintptr_t, uintptr_t, void *), void *arg);
