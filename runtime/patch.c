@@ -137,6 +137,8 @@ struct parsed_request {
     const struct ulp_request_ref *refs;
     const struct ulp_request_thread *threads;
     const char *strings;
+    const uint8_t *tail;                    /* what follows the strings */
+    uint64_t tail_size;
 };
 
 struct reply {
@@ -197,6 +199,8 @@ static int parse_request(const struct ulp_request *head, uint32_t size,
     req->threads = (const struct ulp_request_thread *)cursor;
     cursor += head->nthreads * sizeof(struct ulp_request_thread);
     req->strings = (const char *)cursor;
+    req->tail = cursor + head->strings_size;
+    req->tail_size = size - need;
     return 0;
 }
 
@@ -309,12 +313,15 @@ static int find_target(const struct parsed_request *req, struct ulp_lib_desc **o
 
 /* The patch object travels as bytes: STAGE creates an empty memfd, the
  * trigger fills it through /proc/PID/fd/N, PREPARE seals it, hashes the
- * sealed bytes and loads them.  Sealed bytes can no longer change, so what
- * was hashed is what is mapped; no path the patch names is ever opened here,
- * so no FIFO or device can block the agent and the file need not be visible
- * in this process's mount namespace.  At most one descriptor is staged: a
- * trigger that dies between STAGE and PREPARE leaves one, which the next
- * request closes. */
+ * sealed bytes and loads them.  Or, one request fewer per process (a
+ * fleet's trigger makes thousands), the trigger appends the bytes to the
+ * PREPARE request (ULP_SO_INLINE) and PREPARE copies them into a memfd of
+ * its own.  Sealed bytes can no longer change, so what was hashed is what
+ * is mapped; no path the patch names is ever opened here, so no FIFO or
+ * device can block the agent and the file need not be visible in this
+ * process's mount namespace.  At most one descriptor is staged: a trigger
+ * that dies between STAGE and PREPARE leaves one, which the next request
+ * closes. */
 ULP_HIDDEN int32_t ulp_staged_fd = -1;
 
 #ifndef MFD_EXEC
@@ -329,20 +336,54 @@ static void drop_staged(void)
     ulp_staged_fd = -1;
 }
 
-static int stage(struct reply *reply)
+static int new_memfd(void)
 {
-    drop_staged();
     /* MFD_EXEC: the object is mapped executable.  Kernels before 6.3 do
      * not know the flag (EINVAL), and vm.memfd_noexec=2 refuses it (EACCES):
      * then without it (ld.so maps the object; nothing executes the file) */
     int fd = memfd_create("ulp-patch", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
     if (fd < 0 && (errno == EINVAL || errno == EACCES))
         fd = memfd_create("ulp-patch", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    return fd;
+}
+
+static int stage(struct reply *reply)
+{
+    drop_staged();
+    int fd = new_memfd();
     if (fd < 0)
         return answer(reply, ULP_E_STAGE, "cannot create a memfd for the patch object: %s",
                       strerror(errno));
     ulp_staged_fd = fd;
     return answer(reply, ULP_OK, "staged on descriptor %d", fd);
+}
+
+/* ULP_SO_INLINE: a memfd holding the request's last so_size bytes, as if
+ * staged and filled; -1 (errno set) if it cannot be made. */
+static int stage_inline(const struct parsed_request *req)
+{
+    uint64_t size = req->head->so_size;
+    if (size == 0 || size > req->tail_size) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = new_memfd();
+    if (fd < 0)
+        return -1;
+    const uint8_t *bytes = req->tail + (req->tail_size - size);
+    for (uint64_t done = 0; done < size;) {
+        ssize_t wrote = write(fd, bytes + done, size - done);
+        if (wrote < 0 && errno == EINTR)
+            continue;
+        if (wrote <= 0) {
+            int err = wrote < 0 ? errno : ENOSPC;
+            close(fd);
+            errno = err;
+            return -1;
+        }
+        done += (uint64_t)wrote;
+    }
+    return fd;
 }
 
 /* A string as the packer hashes it: u16 length, then the bytes. */
@@ -524,11 +565,19 @@ static int load_patch_object(const struct parsed_request *req, struct patch *p,
 
     if (!path)
         return answer(reply, ULP_E_BAD_REQUEST, "malformed patch object path");
-    if (ulp_staged_fd < 0 || req->head->so_fd != ulp_staged_fd)
-        return answer(reply, ULP_E_STAGE, "no staged patch object on descriptor %d",
-                      req->head->so_fd);
-    int fd = ulp_staged_fd;
-    ulp_staged_fd = -1;     /* ours now: closed on every failure below */
+    int fd;
+    if (req->head->so_fd == ULP_SO_INLINE) {
+        drop_staged();
+        if ((fd = stage_inline(req)) < 0)
+            return answer(reply, ULP_E_STAGE, "cannot copy the patch object into a memfd: %s",
+                          strerror(errno));
+    } else {
+        if (ulp_staged_fd < 0 || req->head->so_fd != ulp_staged_fd)
+            return answer(reply, ULP_E_STAGE, "no staged patch object on descriptor %d",
+                          req->head->so_fd);
+        fd = ulp_staged_fd;
+        ulp_staged_fd = -1;     /* ours now: closed on every failure below */
+    }
     if (seal(fd) != 0 || fcntl(fd, F_GET_SEALS) != ULP_SEALS) {
         err = errno;
         close(fd);

@@ -38,7 +38,8 @@ struct ulp_mailbox {
     uint64_t call_stack_top;    /* the stack that call runs on */
     uint64_t universe_address;  /* where the global universe lives */
     int32_t staged_fd;          /* STAGE: the descriptor the trigger fills */
-    uint32_t reserved0;
+    uint32_t features;          /* ULP_FEATURE_*: what this runtime understands
+                                 * beyond its ABI version (0 in older ones) */
     uint64_t idle_address;      /* %rip of the agent waiting in its idle ppoll */
     uint64_t reserved[1];
     char message[ULP_MESSAGE_MAX];
@@ -85,7 +86,8 @@ enum ulp_status {
 /* The request: this header, then ndeps patch ids (16 bytes each), then
  * nunits struct ulp_request_unit, then nprivate struct ulp_request_private,
  * then nrefs struct ulp_request_ref, then nthreads struct
- * ulp_request_thread, then strings_size bytes of strings. */
+ * ulp_request_thread, then strings_size bytes of strings, then (PREPARE
+ * with ULP_SO_INLINE) the patch object's so_size bytes. */
 struct ulp_request {
     uint32_t op;
     uint32_t nunits;
@@ -96,7 +98,8 @@ struct ulp_request {
     uint8_t identity[32];
     uint8_t so_sha256[32];
     uint32_t so_path;           /* offset into the strings: the name shown in the link map */
-    int32_t so_fd;              /* PREPARE: the descriptor STAGE returned, filled */
+    int32_t so_fd;              /* PREPARE: the descriptor STAGE returned, filled;
+                                 * or ULP_SO_INLINE */
     uint64_t so_size;           /* PREPARE: size of the patch object */
     uint32_t nprivate;          /* functions without a descriptor in the target (ABI 3) */
     uint32_t nrefs;             /* data references the runtime fills (ABI 3) */
@@ -106,6 +109,12 @@ struct ulp_request {
     uint32_t nthreads;          /* COMMIT, REVERT: the stopped threads (ABI 6) */
     uint32_t flags;             /* ULP_REQUEST_KEEP_PINS (ABI 6), _TRUST_STACKS */
 };
+
+/* PREPARE's so_fd: the patch object is the request's last so_size bytes,
+ * after the strings (no STAGE request before), if the mailbox announces
+ * ULP_FEATURE_INLINE_OBJECT. */
+#define ULP_SO_INLINE (-2)
+#define ULP_FEATURE_INLINE_OBJECT 1
 
 /* Keep the libraries this request pinned loaded until the next request is
  * answered: a COMMIT or REVERT sent while every thread is stopped then

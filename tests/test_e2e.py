@@ -59,6 +59,29 @@ def test_apply_then_revert_in_a_running_process(e2e: Path) -> None:
         assert app.alive()
 
 
+def test_a_patch_object_larger_than_the_mailbox_travels_through_a_staged_memfd(
+        e2e: Path, tmp_path: Path) -> None:
+    """The PREPARE request carries a small patch object itself; one larger
+    than the agent's mailbox (256 KiB) is staged in a memfd first (STAGE),
+    and applies and reverts the same."""
+    ballast = tmp_path / "ballast.c"
+    ballast.write_text("__attribute__((used)) const unsigned char ulp_test_ballast[400000] = "
+                       "{1, 2, 3};\n")
+    shared_library(tmp_path / "libe2e_fix.so", [C_DIR / "e2e_fix.c", ballast], patchable=False)
+    assert (tmp_path / "libe2e_fix.so").stat().st_size > 300_000
+    (tmp_path / "fix.desc").write_text(f"libe2e_fix.so\n@{e2e / 'lib' / 'libe2e.so'}\n"
+                                       "lib_value:lib_value_v2\n")
+    packed = tool("ulp-packer", tmp_path / "fix.desc", "-o", tmp_path / "big.ulp")
+    assert packed.returncode == 0, packed.stderr
+    with start(e2e) as app:
+        applied = trigger(app.pid, tmp_path / "big.ulp")
+        assert applied.returncode == 0, applied.stderr
+        assert results(app) == PATCHED
+        reverted = trigger("--revert", app.pid, tmp_path / "big.ulp")
+        assert reverted.returncode == 0, reverted.stderr
+        assert results(app) == ORIGINAL
+
+
 def test_reverse_patch_file_reverts_and_patch_applies_again(e2e: Path) -> None:
     with start(e2e) as app:
         assert trigger(app.pid, e2e / "fix.ulp").returncode == 0

@@ -337,11 +337,8 @@ def test_a_library_unloaded_between_prepare_and_commit_applies_nothing(unloading
         try:
             targets = transition.find_targets(process, metadata, "both.ulp")
             agent.attach()
-            status, message = agent.call(transition._request(Op.STAGE, metadata))
-            assert status == Status.OK, message
-            staged = agent.fill_staged(patch_file.patch_object)
-            transition._prepare_parts(agent, metadata.parts(), targets, staged,
-                                      len(patch_file.patch_object))
+            transition._prepare_parts(agent, metadata.parts(), targets,
+                                      patch_file.patch_object)
             agent.release()
             assert ask(app, "close 2") == "closed"
             # the last PREPARE kept the libraries pinned for a COMMIT that did

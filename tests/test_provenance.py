@@ -370,9 +370,11 @@ def test_runtime_checks_id_staging_and_descriptor_itself(pv: Path, tmp_path: Pat
     """Requests a buggy or hostile trigger could send, straight to the agent:
     an id that does not match the request, a descriptor that is not the
     staged memfd (here the process's stdin), a path naming a FIFO (never
-    opened), bytes that do not match the hash, a memfd staged and never
-    prepared.  Each refused (the FIFO path is accepted: it only names the
-    object), the agent answers on, and no descriptor is left behind."""
+    opened), bytes that do not match the hash, staged or carried in the
+    request (SO_INLINE), a request claiming more bytes than it carries, a
+    memfd staged and never prepared.  Each refused (the FIFO path is
+    accepted: it only names the object), the agent answers on, and no
+    descriptor is left behind."""
     md = patchfile.read_patch(str(pv / "p1.ulp"))
     good = (pv / "libfix1.so").read_bytes()
     fifo = tmp_path / "fifo"
@@ -412,6 +414,21 @@ def test_runtime_checks_id_staging_and_descriptor_itself(pv: Path, tmp_path: Pat
                 assert status == Status.PATCH_HASH, message
                 status, message = prepare(so_fd=stage(good[:-1]))
                 assert status == Status.PATCH_HASH and "bytes" in message, message
+                inline = agent_abi.SO_INLINE
+                status, message = prepare(so_fd=inline, inline_object=bad)
+                assert status == Status.PATCH_HASH, message
+                status, message = prepare(so_fd=inline, so_size=len(good) - 1,
+                                          inline_object=good[:-1])
+                assert status == Status.PATCH_HASH, message
+                status, message = prepare(so_fd=inline, so_size=len(good) + 100,
+                                          inline_object=good)
+                assert status == Status.STAGE and "cannot copy" in message, message
+                status, message = prepare(so_fd=inline, so_size=0)
+                assert status == Status.STAGE and "cannot copy" in message, message
+                stage(good)  # dropped by the next PREPARE, which carries its object
+                status, message = prepare(so_fd=inline, inline_object=good)
+                assert status == Status.OK, message
+                assert agent.call(Request(Op.ABORT, patch_id=md.patch_id))[0] == Status.OK
                 stage(good)  # and left staged, as by a trigger that dies here
             finally:
                 agent.release()
@@ -446,7 +463,7 @@ int main(void)
     FIELD(ulp_mailbox, agent_tid); FIELD(ulp_mailbox, serial); FIELD(ulp_mailbox, status);
     FIELD(ulp_mailbox, request_size); FIELD(ulp_mailbox, dispatch);
     FIELD(ulp_mailbox, call_stack_top); FIELD(ulp_mailbox, universe_address);
-    FIELD(ulp_mailbox, staged_fd); FIELD(ulp_mailbox, reserved0);
+    FIELD(ulp_mailbox, staged_fd); FIELD(ulp_mailbox, features);
     FIELD(ulp_mailbox, idle_address); ARRAY(ulp_mailbox, reserved);
     ARRAY(ulp_mailbox, message); ARRAY(ulp_mailbox, request);
     FIELD(ulp_request, op); FIELD(ulp_request, nunits); FIELD(ulp_request, ndeps);
@@ -470,7 +487,7 @@ int main(void)
     VALUE(sizeof(struct ulp_request_thread));
     VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
     VALUE(ULP_REQUEST_KEEP_PINS);
-    VALUE(ULP_REQUEST_TRUST_STACKS);
+    VALUE(ULP_REQUEST_TRUST_STACKS); VALUE(ULP_SO_INLINE); VALUE(ULP_FEATURE_INLINE_OBJECT);
     printf("magic %s\n", ULP_MAILBOX_MAGIC);
 @VALUES@
     return 0;
@@ -479,7 +496,7 @@ int main(void)
 
 MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "status",
                   "request_size", "dispatch", "call_stack_top", "universe_address", "staged_fd",
-                  "reserved0", "idle_address", "reserved"]
+                  "features", "idle_address", "reserved"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
                   "so_sha256", "so_path", "so_fd", "so_size", "nprivate", "nrefs", "label",
                   "part", "nparts", "nthreads", "flags"]
@@ -555,6 +572,8 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
     assert int(values["ULP_ABI_VERSION"]) == agent_abi.ABI_VERSION
     assert int(values["ULP_REQUEST_KEEP_PINS"]) == agent_abi.REQUEST_KEEP_PINS
     assert int(values["ULP_REQUEST_TRUST_STACKS"]) == agent_abi.REQUEST_TRUST_STACKS
+    assert int(values["ULP_SO_INLINE"]) == agent_abi.SO_INLINE
+    assert int(values["ULP_FEATURE_INLINE_OBJECT"]) == agent_abi.FEATURE_INLINE_OBJECT
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
     assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
     assert values["magic"].encode() + b"\0" == agent_abi.MAILBOX_MAGIC

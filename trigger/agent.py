@@ -131,6 +131,11 @@ class Agent:
                                                               agent_abi.MAILBOX_HEADER_SIZE))
         return self._header
 
+    @property
+    def features(self) -> int:
+        """What the runtime takes beyond its ABI version (agent_abi.FEATURE_*)."""
+        return self._header.features
+
     def deadline(self) -> float:
         return time.monotonic() + self.timeout
 

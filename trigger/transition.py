@@ -7,12 +7,14 @@ Apply is three steps, the agent held by this trigger throughout:
    function into a short jump to its tracker stub (harmless by itself: the
    tracker picks the original body until a patch is visible);
 3. the agent commits: it stamps the versions and publishes G+1.
-Step 1 itself is two requests: STAGE makes the agent create an empty memfd,
-which the trigger fills with the patch .so's bytes (carried by the patch
-file, hash-checked when it was read) through /proc/PID/fd/N; PREPARE seals
-it, checks size and hash on the sealed bytes, recomputes the patch id from
-the request and loads the memfd.  No file the patch was packed from is
-opened, here or in the process.
+In step 1 the PREPARE request carries the patch .so's bytes (carried by the
+patch file, hash-checked when it was read) after its strings; the agent
+copies them into a memfd of its own and seals it.  A patch object too large
+for the mailbox (or a runtime that does not announce FEATURE_INLINE_OBJECT)
+takes a request more: STAGE makes the agent create an empty memfd, which the
+trigger fills through /proc/PID/fd/N.  PREPARE then checks size and hash on
+the sealed bytes, recomputes the patch id from the request and loads the
+memfd.  No file the patch was packed from is opened, here or in the process.
 If this trigger dies before step 3, the next request drops the prepared
 patch: the process is never half-patched.  Revert is one agent request,
 after a LIST that pins the libraries for it.
@@ -25,7 +27,7 @@ dlcloses meanwhile is unmapped then, on the agent).
 A patch of several target libraries (record version 4) is found and checked
 in every library before anything changes (one missing refuses it whole),
 then prepared with one PREPARE per library, part by part (the first loads
-the staged object, the others share it); its entry jumps are written in one
+the patch object, the others share it); its entry jumps are written in one
 stop, and one COMMIT, like one REVERT, covers every library with a single
 G := G+1 (docs/trigger.md, "Several libraries").
 
@@ -40,7 +42,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-from ulp import layout
+from ulp import agent_abi, layout
 from ulp.agent_abi import STAGED_OBJECT_PATH, Op, Request, RequestThread, Status
 from ulp.errors import ExitCode, UlpError
 from ulp.metadata import PatchMetadata
@@ -263,18 +265,10 @@ def apply(process: Process, patch_file: PatchFile, timeout: float,
     agent = Agent(process, timeout)
     agent.attach()
     try:
-        status, message = agent.call(_request(Op.STAGE, metadata))
-        check_status(status, message, process)
         try:
-            staged = agent.fill_staged(so_bytes)
+            private_writes, avoid = _prepare_parts(agent, parts, targets, so_bytes)
         except UlpError:
-            _abort(agent, metadata)  # closes the staged memfd now
-            raise
-        try:
-            private_writes, avoid = _prepare_parts(agent, parts, targets, staged,
-                                                   len(so_bytes))
-        except UlpError:
-            _abort(agent, metadata)
+            _abort(agent, metadata)  # closes a staged memfd now
             raise
         try:
             # checked again: only now does this trigger hold the agent
@@ -311,16 +305,17 @@ def find_targets(process: Process, metadata: PatchMetadata,
 
 
 def _prepare_parts(agent: Agent, parts: tuple[PatchMetadata, ...], targets: list[LoadedTarget],
-                   staged: int, so_size: int) -> tuple[list[CodeWrite], dict[int, str]]:
-    """One PREPARE per target library, the first with the staged object; the
+                   so_bytes: bytes) -> tuple[list[CodeWrite], dict[int, str]]:
+    """One PREPARE per target library, the first with the patch object; the
     code each part's private functions need (its descriptors are read back
     from the mailbox before the next request overwrites them)."""
     process = agent.process
     code: list[CodeWrite] = []
     avoid: dict[int, str] = {}
     for number, (part, target) in enumerate(zip(parts, targets, strict=True)):
-        prepare = _request(Op.PREPARE, part, target, staged if number == 0 else -1, so_size,
-                           number, len(parts))
+        prepare = _request(Op.PREPARE, part, target, -1, len(so_bytes), number, len(parts))
+        if number == 0:
+            _give_object(agent, prepare, so_bytes)
         # the last keeps every library pinned for the COMMIT, which runs with
         # every thread stopped and must not wait for the loader's lock
         prepare.keep_pins = number == len(parts) - 1
@@ -332,6 +327,20 @@ def _prepare_parts(agent: Agent, parts: tuple[PatchMetadata, ...], targets: list
         code += part_code
         avoid |= part_avoid
     return code, avoid
+
+
+def _give_object(agent: Agent, prepare: Request, so_bytes: bytes) -> None:
+    """Make the first PREPARE carry the patch object: appended to it where
+    the runtime takes that and it fits in the mailbox (one request and a
+    file write fewer per process), else staged in a memfd the agent makes
+    (STAGE) and this process fills."""
+    if agent.features & agent_abi.FEATURE_INLINE_OBJECT and \
+            len(prepare.pack()) + len(so_bytes) <= agent_abi.REQUEST_MAX:
+        prepare.so_fd, prepare.inline_object = agent_abi.SO_INLINE, so_bytes
+        return
+    status, message = agent.call(Request(Op.STAGE))
+    check_status(status, message, agent.process)
+    prepare.so_fd = agent.fill_staged(so_bytes)
 
 
 def _abort(agent: Agent, metadata: PatchMetadata) -> None:

@@ -31,6 +31,10 @@ STAGED_FD_OFFSET = 56
 assert MAILBOX_HEADER_SIZE == 80
 
 REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIIHHII"
+#: PREPARE's so_fd when the patch object follows the request's strings, which
+#: a runtime announcing FEATURE_INLINE_OBJECT in its mailbox takes
+SO_INLINE = -2
+FEATURE_INLINE_OBJECT = 1
 REQUEST_KEEP_PINS = 1  # request flags: keep the libraries pinned for the next request
 #: COMMIT, REVERT: no search for activations on stacks nobody noted (runtime/foreign.c)
 REQUEST_TRUST_STACKS = 2
@@ -111,7 +115,7 @@ class MailboxHeader:
     call_stack_top: int
     universe_address: int
     staged_fd: int
-    reserved0: int
+    features: int  # FEATURE_*: what the runtime takes beyond its ABI version
     idle_address: int
 
     @classmethod
@@ -147,7 +151,7 @@ class Request:
     identity: bytes = bytes(32)
     so_sha256: bytes = bytes(32)
     so_path: str = ""  # the name the link map shows for the patch object
-    so_fd: int = -1  # PREPARE: the descriptor STAGE returned, filled
+    so_fd: int = -1  # PREPARE: the descriptor STAGE returned, filled; or SO_INLINE
     so_size: int = 0
     requires: tuple[bytes, ...] = ()
     units: tuple[tuple[int, str], ...] = ()  # (function index, replacement name)
@@ -161,6 +165,7 @@ class Request:
     threads: tuple[RequestThread, ...] = ()  # COMMIT, REVERT: every stopped thread (ABI 6)
     keep_pins: bool = False  # the next request (sent with every thread stopped) uses them
     trust_stacks: bool = False  # COMMIT, REVERT: the operator vouches no stack goes unnoted
+    inline_object: bytes = b""  # PREPARE with SO_INLINE: the patch object's bytes
 
     def privates_offset(self) -> int:
         """Where the private units start in the packed request (the runtime
@@ -194,7 +199,7 @@ class Request:
                              | (REQUEST_TRUST_STACKS if self.trust_stacks else 0))
         threads = b"".join(thread.pack() for thread in self.threads)
         data = (header + b"".join(self.requires) + units + privates + refs + threads
-                + bytes(strings))
+                + bytes(strings) + self.inline_object)
         if len(data) > REQUEST_MAX:
             raise ValueError("request too large for the runtime's mailbox")
         return data
