@@ -61,6 +61,8 @@ struct patch {
     uint8_t (*requires)[16];
     char label[ULP_LABEL_MAX];      /* for STATUS: the patch's labels, maybe cut */
     uint64_t applied_at;            /* the universe its commit published (LIST) */
+    uint64_t applied_ns;            /* and when (CLOCK_REALTIME) */
+    char object[ULP_APPLIED_TEXT];  /* its patch object's path when packed, maybe cut */
     struct patch *next;
 };
 
@@ -78,12 +80,37 @@ static void release_pins(void)
         dlclose(pins.handles[--pins.n]);
 }
 
+/* Write the applied patches into the table readers outside the process
+ * see (applied.c), newest applied first, as the list keeps them. */
+static void publish_applied(void)
+{
+    ulp_applied_begin();
+    for (struct patch *p = patches; p; p = p->next) {
+        if (p->state != PATCH_APPLIED)
+            continue;
+        struct ulp_applied_patch entry = {
+            .lib_desc = (uint64_t)(uintptr_t)p->lib, .universe = p->applied_at,
+            .time_ns = p->applied_ns, .part = p->part, .nparts = p->nparts,
+        };
+        memcpy(entry.id, p->id, sizeof entry.id);
+        snprintf(entry.label, sizeof entry.label, "%s", p->label);
+        snprintf(entry.object, sizeof entry.object, "%s", p->object);
+        ulp_applied_add(&entry);
+    }
+    ulp_applied_end();
+}
+
 /* Mark the patches of the library in SLOT unloaded, and free the slot. */
 static void forget_library(int slot, struct ulp_lib_desc *lib)
 {
+    int had_applied = 0;
     for (struct patch *p = patches; p; p = p->next)
-        if (p->slot == slot && p->state != PATCH_DISCARDED)
+        if (p->slot == slot && p->state != PATCH_DISCARDED) {
+            had_applied |= p->state == PATCH_APPLIED;
             p->state = PATCH_UNLOADED;
+        }
+    if (had_applied)
+        publish_applied();
     ulp_forget_private(lib);
     ulp_transition_forget(slot);
     ulp_forget_slot(slot, lib);
@@ -692,6 +719,8 @@ static struct patch *new_patch(const struct parsed_request *req, struct ulp_lib_
             if ((unsigned char)*c < 0x20 || *c == 0x7f)
                 *c = '?';       /* STATUS is one line per patch */
     }
+    const char *object = string_at(req, head->so_path);
+    snprintf(p->object, sizeof p->object, "%s", object ? object : "");
     return p;
 }
 
@@ -972,9 +1001,13 @@ static int publish(const struct parsed_request *req, struct patch *const *parts,
     }
     uint64_t universe = stamp_and_publish(req, parts, n, reverting,
                                           reverting ? PATCH_REVERTED : PATCH_APPLIED);
-    for (uint32_t k = 0; k < n; k++)
+    uint64_t now = ulp_applied_now();
+    for (uint32_t k = 0; k < n; k++) {
+        parts[k]->applied_ns = now;
         ulp_log_patch(reverting ? ULP_LOG_REVERTED : ULP_LOG_APPLIED, parts[k]->id,
                       parts[k]->label, parts[k]->lib, universe);
+    }
+    publish_applied();
     const char *done = reverting ? "reverted" : "applied";
     if (n > 1)
         return answer(reply, ULP_OK, "%s in universe %lu %s %u libraries", done,

@@ -41,9 +41,37 @@ struct ulp_mailbox {
     uint32_t features;          /* ULP_FEATURE_*: what this runtime understands
                                  * beyond its ABI version (0 in older ones) */
     uint64_t idle_address;      /* %rip of the agent waiting in its idle ppoll */
-    uint64_t reserved[1];
+    uint64_t applied_table;     /* struct ulp_applied_table (0 in older runtimes) */
     char message[ULP_MESSAGE_MAX];
     uint8_t request[ULP_REQUEST_MAX];
+};
+
+/* The applied patches, for readers outside the process (`ulp patches`,
+ * `ulp check`: through /proc/PID/mem, the agent not asked).  Only the agent
+ * writes it: GENERATION is odd while it does, so a reader reads again when
+ * it sees it odd or changed by the end of its read (runtime/applied.c). */
+#define ULP_APPLIED_MAGIC "ULPAPPL"
+#define ULP_APPLIED_MAX 64
+#define ULP_APPLIED_TEXT 96
+
+struct ulp_applied_patch {
+    uint8_t id[16];
+    uint64_t lib_desc;          /* the target library's descriptor */
+    uint64_t universe;          /* the universe its commit published */
+    uint64_t time_ns;           /* when (CLOCK_REALTIME) */
+    uint16_t part, nparts;      /* which target library of the patch, of how many */
+    uint32_t reserved;
+    char label[ULP_APPLIED_TEXT];       /* its labels, maybe cut */
+    char object[ULP_APPLIED_TEXT];      /* its patch object's path when packed, maybe cut */
+};
+
+struct ulp_applied_table {
+    char magic[8];
+    uint32_t generation;
+    uint32_t count;             /* entries in use, newest applied first */
+    uint32_t more;              /* applied patches beyond ULP_APPLIED_MAX, not listed */
+    uint32_t reserved;
+    struct ulp_applied_patch entries[ULP_APPLIED_MAX];
 };
 
 enum ulp_op {
@@ -166,6 +194,7 @@ struct ulp_request_thread {
 };
 
 _Static_assert(sizeof(struct ulp_request_thread) == 56, "request layout");
+_Static_assert(sizeof(struct ulp_applied_patch) == 240, "applied table layout");
 _Static_assert(sizeof(struct ulp_request) == 144, "request layout");
 _Static_assert(sizeof(struct ulp_request_private) == 32, "request layout");
 _Static_assert(sizeof(struct ulp_request_ref) == 16, "request layout");

@@ -37,6 +37,13 @@ void ulp_transition_forget(int slot);
 int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
 ssize_t ulp_read_memory_vector(const struct iovec *local, const struct iovec *remote, size_t n);
+
+/* applied.c */
+uint64_t ulp_applied_table_address(void);
+uint64_t ulp_applied_now(void);
+void ulp_applied_begin(void);
+void ulp_applied_add(const struct ulp_applied_patch *entry);
+void ulp_applied_end(void);
 void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlibs);
 void ulp_prepared_code_bounds(uintptr_t *low, uintptr_t *high);
 int ulp_for_each_code_range(void (*fn)(uintptr_t, uintptr_t, void *), void *arg);

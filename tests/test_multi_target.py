@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,11 @@ def test_status_and_check_show_the_patch_of_two_libraries(built) -> None:
             shown.stdout
         check = tool("ulp", "check", "-v", str(app.pid), built["both"])
         assert "4 of 4 already jump to the tracker" in check.stdout, check.stdout
+        assert f"patch {patch_id} is applied (universe {universe}," in check.stdout
+        listed = snapshot(app.pid)["patches"]
+        assert [(p["patch_id"], p["library"].rsplit("/", 1)[-1], p["part"], p["nparts"],
+                 p["universe"]) for p in sorted(listed, key=lambda p: p["part"])] == [
+            (patch_id, "libmta.so", 0, 2, universe), (patch_id, "libmtb.so", 1, 2, universe)]
 
 
 def test_a_missing_target_refuses_the_whole_patch_and_leaves_the_process_untouched(
@@ -315,10 +321,18 @@ def test_a_library_unloaded_after_the_apply_leaves_the_other_to_revert(unloading
         # unmapped at the agent's first tick after the commit (which kept it
         # pinned), about 1 ms after the trigger let the agent go
         wait_unmapped(app.pid, "liblc2.so")
+        # the runtime forgets the unloaded library's part at the same tick
+        deadline = time.monotonic() + 30
+        while len(snapshot(app.pid)["patches"]) != 1:
+            assert time.monotonic() < deadline, snapshot(app.pid)["patches"]
+            time.sleep(0.01)
+        [left] = snapshot(app.pid)["patches"]
+        assert left["library"].endswith("liblc1.so") and left["nparts"] == 2
         result = trigger("--revert", app.pid, unloading / "both.ulp")
         assert result.returncode == 0, result.stderr
         assert ask(app, "call 1") == "value=1"
         assert json.loads(tool("ulp", "status", "--json", str(app.pid)).stdout)["applied"] == []
+        assert snapshot(app.pid)["patches"] == []
         assert ask(app, f"open 2 {unloading / 'lib' / 'liblc2.so'}") == "opened"
         result = trigger(app.pid, unloading / "both.ulp")      # both again
         assert result.returncode == 0, result.stderr

@@ -333,7 +333,7 @@ def test_ulp_dump_and_check(op: Path) -> None:
     assert f"patch id:         {value['patch_id']}" in tool("ulp", "dump", op / "value.ulp").stdout
     with start(op) as app, start(op, preload=False) as without_runtime:
         ok = tool("ulp", "check", app.pid, op / "value.ulp")
-        assert ok.returncode == 0 and "can be applied" in ok.stdout
+        assert ok.returncode == 0 and "is not applied, and can be" in ok.stdout
         refused = tool("ulp", "check", "--json", without_runtime.pid, op / "value.ulp")
         assert refused.returncode == 8
         assert json.loads(refused.stdout)["checks"]["target"].startswith("loaded at")

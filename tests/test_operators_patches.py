@@ -97,6 +97,46 @@ def test_it_reads_a_process_whose_agent_a_debugger_holds(cm) -> None:
         assert ask(app, "tag") == "main tag=1"
 
 
+def test_applied_patches_are_listed_and_checked_while_a_debugger_holds_the_agent(cm) -> None:
+    """The runtime's table of applied patches (runtime/applied.c): `ulp
+    patches` shows each with its id, label, library, universe, time and
+    patch object, and `ulp check` says whether it is applied, neither
+    asking the agent (here stopped by another tracer)."""
+    labelled = cm["root"] / "labelled.desc"
+    labelled.write_text((cm["root"] / "fix_tag.desc").read_text() + "!fix for the tag\n")
+    packed = tool("ulp-packer", labelled, "-o", cm["root"] / "labelled.ulp")
+    assert packed.returncode == 0, packed.stderr
+    fix = cm["root"] / "labelled.ulp"
+    patch_id = json.loads(tool("ulp", "dump", "--json", fix).stdout)["patch_id"]
+    with start(cm) as app:
+        assert patches("-p", app.pid)[0]["patches"] == []
+        before = time.time_ns()
+        apply(app.pid, fix)
+        after = time.time_ns()
+        holder = Tracee(thread_named(app.pid, "ulp-agent"))
+        holder.stop(time.monotonic() + 30)
+        try:
+            [view] = patches("-p", app.pid)
+            text = tool("ulp", "patches", "-p", app.pid).stdout
+            check = tool("ulp", "check", app.pid, fix)
+        finally:
+            holder.detach()
+        [shown] = view["patches"]
+        assert shown["patch_id"] == patch_id and shown["label"] == "fix for the tag"
+        assert shown["library"] == str(cm["lib"]) and shown["universe"] == 2
+        assert before <= shown["time_ns"] <= after
+        assert shown["object_path"] == str(cm["root"] / "fix_tag.so")
+        assert (shown["part"], shown["nparts"]) == (0, 1)
+        assert f"patch {patch_id} fix for the tag: libcm.so, applied at 2" in text, text
+        assert check.returncode == 0 and f"patch {patch_id} is applied (universe 2" in \
+            check.stdout, check.stdout
+        reverted = tool("ulp-trigger", "--revert", app.pid, fix)
+        assert reverted.returncode == 0, reverted.stderr
+        assert patches("-p", app.pid)[0]["patches"] == []
+        check = tool("ulp", "check", app.pid, fix)
+        assert check.returncode == 0 and "is not applied, and can be" in check.stdout
+
+
 def test_without_a_process_it_lists_every_process_with_the_runtime(cm) -> None:
     with start(cm) as first, start(cm) as second:
         pids = {view["pid"] for view in patches()}

@@ -464,7 +464,18 @@ int main(void)
     FIELD(ulp_mailbox, request_size); FIELD(ulp_mailbox, dispatch);
     FIELD(ulp_mailbox, call_stack_top); FIELD(ulp_mailbox, universe_address);
     FIELD(ulp_mailbox, staged_fd); FIELD(ulp_mailbox, features);
-    FIELD(ulp_mailbox, idle_address); ARRAY(ulp_mailbox, reserved);
+    FIELD(ulp_mailbox, idle_address); FIELD(ulp_mailbox, applied_table);
+    ARRAY(ulp_applied_table, magic); FIELD(ulp_applied_table, generation);
+    FIELD(ulp_applied_table, count); FIELD(ulp_applied_table, more);
+    FIELD(ulp_applied_table, reserved);
+    ARRAY(ulp_applied_patch, id); FIELD(ulp_applied_patch, lib_desc);
+    FIELD(ulp_applied_patch, universe); FIELD(ulp_applied_patch, time_ns);
+    FIELD(ulp_applied_patch, part); FIELD(ulp_applied_patch, nparts);
+    FIELD(ulp_applied_patch, reserved); ARRAY(ulp_applied_patch, label);
+    ARRAY(ulp_applied_patch, object);
+    VALUE(sizeof(struct ulp_applied_patch)); VALUE(ULP_APPLIED_MAX);
+    VALUE(offsetof(struct ulp_applied_table, entries));
+    printf("applied_magic %s\n", ULP_APPLIED_MAGIC);
     ARRAY(ulp_mailbox, message); ARRAY(ulp_mailbox, request);
     FIELD(ulp_request, op); FIELD(ulp_request, nunits); FIELD(ulp_request, ndeps);
     FIELD(ulp_request, strings_size); ARRAY(ulp_request, patch_id); FIELD(ulp_request, lib_desc);
@@ -496,7 +507,10 @@ int main(void)
 
 MAILBOX_FIELDS = ["magic", "abi_version", "state", "agent_tid", "serial", "status",
                   "request_size", "dispatch", "call_stack_top", "universe_address", "staged_fd",
-                  "features", "idle_address", "reserved"]
+                  "features", "idle_address", "applied_table"]
+APPLIED_TABLE_FIELDS = ["magic", "generation", "count", "more", "reserved"]
+APPLIED_PATCH_FIELDS = ["id", "lib_desc", "universe", "time_ns", "part", "nparts", "reserved",
+                        "label", "object"]
 REQUEST_FIELDS = ["op", "nunits", "ndeps", "strings_size", "patch_id", "lib_desc", "identity",
                   "so_sha256", "so_path", "so_fd", "so_size", "nprivate", "nrefs", "label",
                   "part", "nparts", "nthreads", "flags"]
@@ -548,6 +562,10 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
                  layout_of(agent_abi.REQUEST_REF_FORMAT, ["kind", "name", "delta"]).items()}
     expected |= {f"ulp_request_thread.{name}": value for name, value in
                  layout_of(agent_abi.REQUEST_THREAD_FORMAT, THREAD_FIELDS).items()}
+    expected |= {f"ulp_applied_table.{name}": value for name, value in
+                 layout_of(agent_abi.APPLIED_TABLE_FORMAT, APPLIED_TABLE_FIELDS).items()}
+    expected |= {f"ulp_applied_patch.{name}": value for name, value in
+                 layout_of(agent_abi.APPLIED_PATCH_FORMAT, APPLIED_PATCH_FIELDS).items()}
     expected["ulp_mailbox.message"] = (agent_abi.MESSAGE_OFFSET, agent_abi.MESSAGE_MAX, 0)
     expected["ulp_mailbox.request"] = (agent_abi.REQUEST_OFFSET, agent_abi.REQUEST_MAX, 0)
     assert set(expected) == set(fields)
@@ -577,6 +595,12 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
     assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
     assert values["magic"].encode() + b"\0" == agent_abi.MAILBOX_MAGIC
+    assert values["applied_magic"].encode() + b"\0" == agent_abi.APPLIED_MAGIC
+    assert int(values["sizeof(struct ulp_applied_patch)"]) == struct.calcsize(
+        agent_abi.APPLIED_PATCH_FORMAT)
+    assert int(values["offsetof(struct ulp_applied_table, entries)"]) == struct.calcsize(
+        agent_abi.APPLIED_TABLE_FORMAT)
+    assert int(values["ULP_APPLIED_MAX"]) == agent_abi.APPLIED_MAX
     for op in Op:
         assert int(values[f"ULP_OP_{op.name}"]) == op
     for status in Status:

@@ -23,9 +23,12 @@ the process really held, not necessarily all at the same instant.
   old code there: that is what an operator looks for when a thread never
   leaves a library.
 
-Applied patches are shown as the changes of their functions (universe
-applied at, reverted at); the patch ids live in the runtime's private list,
-which only the agent reports (``ulp status``).
+- the applied patches (id, label, library, universe and time of the
+  commit, the patch object's path when packed): the table the agent keeps
+  for readers outside the process (``ulp_mailbox.applied_table``,
+  runtime/applied.c), read again while its generation says the agent was
+  rewriting it.  A runtime without the table shows the changes of the
+  functions only.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ulp import layout
-from ulp.agent_abi import MAILBOX_HEADER_SIZE, MAILBOX_SYMBOL, MailboxHeader
+from ulp import agent_abi, layout
+from ulp.agent_abi import MAILBOX_HEADER_SIZE, MAILBOX_SYMBOL, AppliedPatch, MailboxHeader
 from ulp.errors import ExitCode, UlpError
 from ulp.process import Process
 from ulp.trigger.agent import runtime_symbol
@@ -51,6 +54,7 @@ THREAD_LAYOUT_MAGIC = b"ULPTHRD\0"
 THREAD_LAYOUT_VERSION = 1
 SYS_GET_ROBUST_LIST = 274
 MAX_VERSIONS = 4096  # a version list longer than this is read as damaged
+APPLIED_READS = 100  # reads of the applied table before it is given up as always changing
 
 
 @dataclass
@@ -64,6 +68,7 @@ class LibraryView:
     path: str
     identity: str
     registered: bool  # entered at least once since it was loaded: it has thread records
+    desc: int = 0  # the address of its library descriptor
     functions: list[FunctionChanges] = field(default_factory=list)
     tls_offset: int = 0
     #: a transition is under way: its calls go through the tracker until no
@@ -95,12 +100,28 @@ class ThreadView:
 
 
 @dataclass
+class PatchView:
+    """An applied patch, in one of its target libraries."""
+
+    patch_id: str
+    label: str
+    library: str  # its path, or the descriptor's address if no mapped library has it
+    universe: int  # the universe its commit published
+    time_ns: int  # when (CLOCK_REALTIME)
+    object_path: str  # the patch object's path when it was packed
+    part: int
+    nparts: int
+
+
+@dataclass
 class ProcessView:
     pid: int
     name: str
     global_universe: int
     libraries: list[LibraryView]
     threads: list[ThreadView]
+    #: None: the runtime keeps no table of them (only the functions' changes show)
+    patches: list[PatchView] | None = None
 
 
 def read_process(pid: int) -> ProcessView:
@@ -118,8 +139,8 @@ def _read(process: Process) -> ProcessView:
             raise process.gone()
         raise UlpError(f"process {process.pid} does not have the ulp runtime loaded",
                        ExitCode.NO_RUNTIME)
-    universe_address = MailboxHeader.unpack(
-        process.read(mailbox, MAILBOX_HEADER_SIZE)).universe_address
+    header = MailboxHeader.unpack(process.read(mailbox, MAILBOX_HEADER_SIZE))
+    universe_address = header.universe_address
     global_universe = _word(process, universe_address) if universe_address else 0
     tracker = (runtime_symbol(process, TRACKER_START_SYMBOL),
                runtime_symbol(process, TRACKER_STOP_SYMBOL))
@@ -127,7 +148,33 @@ def _read(process: Process) -> ProcessView:
     offset = _robust_head_offset(process)
     threads = [_thread(process, tid, libraries, offset, global_universe)
                for tid in process.threads()]
-    return ProcessView(process.pid, _comm(process.pid), global_universe, libraries, threads)
+    patches = None
+    if header.applied_table:
+        paths = {library.desc: library.path for library in libraries}
+        patches = [PatchView(entry.patch_id.hex(), entry.label,
+                             paths.get(entry.lib_desc, f"{entry.lib_desc:#x}"), entry.universe,
+                             entry.time_ns, entry.object_path, entry.part, entry.nparts)
+                   for entry in applied_patches(process, header.applied_table)]
+    return ProcessView(process.pid, _comm(process.pid), global_universe, libraries, threads,
+                       patches)
+
+
+def applied_patches(process: Process, table: int) -> list[AppliedPatch]:
+    """The runtime's table of applied patches at ``table``, newest first,
+    read whole between two writes of the agent (its sequence lock)."""
+    size = struct.calcsize(agent_abi.APPLIED_TABLE_FORMAT)
+    entry = struct.calcsize(agent_abi.APPLIED_PATCH_FORMAT)
+    for _ in range(APPLIED_READS):
+        data = process.read(table, size + agent_abi.APPLIED_MAX * entry)
+        magic, generation, count, _more, _ = struct.unpack_from(agent_abi.APPLIED_TABLE_FORMAT,
+                                                                data)
+        if magic != agent_abi.APPLIED_MAGIC or count > agent_abi.APPLIED_MAX:
+            raise UlpError(f"process {process.pid}: the runtime's table of applied patches is "
+                           "damaged", ExitCode.FAILURE)
+        if generation % 2 == 0 and _word(process, table + 8) & 0xFFFF_FFFF == generation:
+            return [AppliedPatch.unpack(data, size + index * entry) for index in range(count)]
+    raise UlpError(f"process {process.pid}: its table of applied patches changed at every "
+                   f"read ({APPLIED_READS} reads)", ExitCode.RETRY)
 
 
 def _word(process: Process, address: int) -> int:
@@ -156,7 +203,7 @@ def _libraries(process: Process, tracker: tuple[int | None, int | None]):
             desc = layout.LibDesc.unpack(process.read(address, layout.LIB_DESC_SIZE))
         except (ValueError, UlpError):
             continue
-        view = LibraryView(path, desc.identity.hex(), registered=False)
+        view = LibraryView(path, desc.identity.hex(), registered=False, desc=address)
         table = process.read(address + desc.funcs_delta, desc.nfuncs * layout.FUNC_DESC_SIZE)
         for index, function in enumerate(library.functions[:desc.nfuncs]):
             fd_address = address + desc.funcs_delta + index * layout.FUNC_DESC_SIZE

@@ -21,7 +21,7 @@ MESSAGE_MAX = 512
 REQUEST_MAX = 256 * 1024
 
 # struct ulp_mailbox up to the message
-MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQiIQ8x"
+MAILBOX_HEADER_FORMAT = "<8sIIiIiIQQQiIQQ"
 MAILBOX_HEADER_SIZE = struct.calcsize(MAILBOX_HEADER_FORMAT)
 MESSAGE_OFFSET = MAILBOX_HEADER_SIZE
 REQUEST_OFFSET = MESSAGE_OFFSET + MESSAGE_MAX
@@ -49,6 +49,38 @@ assert struct.calcsize(REQUEST_HEADER_FORMAT) == 144
 assert struct.calcsize(REQUEST_PRIVATE_FORMAT) == 32
 assert struct.calcsize(REQUEST_REF_FORMAT) == 16
 assert struct.calcsize(REQUEST_THREAD_FORMAT) == 56
+
+
+#: struct ulp_applied_table: the applied patches, read from outside the
+#: process under its sequence lock (runtime/applied.c)
+APPLIED_MAGIC = b"ULPAPPL\x00"
+APPLIED_MAX = 64
+APPLIED_TABLE_FORMAT = "<8sIIII"  # magic, generation, count, more, reserved
+APPLIED_PATCH_FORMAT = "<16sQQQHHI96s96s"
+assert struct.calcsize(APPLIED_TABLE_FORMAT) == 24
+assert struct.calcsize(APPLIED_PATCH_FORMAT) == 240
+
+
+@dataclass(frozen=True)
+class AppliedPatch:
+    """One entry of struct ulp_applied_table."""
+
+    patch_id: bytes
+    lib_desc: int
+    universe: int  # the universe its commit published
+    time_ns: int  # when, CLOCK_REALTIME
+    part: int
+    nparts: int
+    label: str
+    object_path: str  # the patch object's path when it was packed
+
+    @classmethod
+    def unpack(cls, data: bytes, offset: int = 0) -> AppliedPatch:
+        (patch_id, lib_desc, universe, time_ns, part, nparts, _, label,
+         object_path) = struct.unpack_from(APPLIED_PATCH_FORMAT, data, offset)
+        return cls(patch_id, lib_desc, universe, time_ns, part, nparts,
+                   label.split(b"\0", 1)[0].decode(errors="replace"),
+                   object_path.split(b"\0", 1)[0].decode(errors="replace"))
 
 
 class AgentState(enum.IntEnum):
@@ -117,6 +149,7 @@ class MailboxHeader:
     staged_fd: int
     features: int  # FEATURE_*: what the runtime takes beyond its ABI version
     idle_address: int
+    applied_table: int  # struct ulp_applied_table (0: a runtime without one)
 
     @classmethod
     def unpack(cls, data: bytes) -> MailboxHeader:

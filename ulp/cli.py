@@ -107,6 +107,12 @@ def _show_process(console: Console, view) -> None:
             for function in library.functions) or "not patched"
         moving = " (in transition: threads still pending)" if library.in_transition else ""
         console.say(f"  {library.path}: {changes}{moving}")
+    for patch in view.patches or []:
+        label = f" {one_line(patch.label)}" if patch.label else ""
+        where = f"part {patch.part + 1} of {patch.nparts}, " if patch.nparts > 1 else ""
+        console.say(f"  patch {patch.patch_id}{label}: {where}"
+                    f"{patch.library.rsplit('/', 1)[-1]}, applied at {patch.universe} "
+                    f"({_when(patch.time_ns)}) from {patch.object_path}")
     for universe, names in _joint_changes(view):
         console.say(f"  universe {universe}: {', '.join(names)} changed in one step "
                     "(a patch of several libraries)")
@@ -207,6 +213,25 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _applied_now(process, mailbox: int, patch_id: bytes) -> list | None:
+    """The entries of the runtime's applied table with ``patch_id`` (one
+    per target library), None if the runtime keeps no table."""
+    from ulp.agent_abi import MAILBOX_HEADER_SIZE, MailboxHeader
+    from ulp.trigger.snapshot import applied_patches
+
+    table = MailboxHeader.unpack(process.read(mailbox, MAILBOX_HEADER_SIZE)).applied_table
+    if not table:
+        return None
+    return [entry for entry in applied_patches(process, table) if entry.patch_id == patch_id]
+
+
+def _when(time_ns: int) -> str:
+    """A CLOCK_REALTIME time in nanoseconds, as the local time to the second."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(time_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """The checks an apply makes before it changes anything, and nothing else."""
     from ulp.errors import UlpError
@@ -233,9 +258,16 @@ def cmd_check(args: argparse.Namespace) -> int:
                                     for write in transition.entry_detours(target, part)])
         checks.append(("entries", f"{units - len(todo)} of {units} already jump to the "
                                   "tracker"))
-        find_mailbox(process)
+        applied = _applied_now(process, find_mailbox(process), metadata.patch_id)
         checks.append(("runtime", "loaded"))
-        verdict, code = "can be applied (unless it is applied already: ulp status)", 0
+        if applied is None:
+            verdict = "can be applied (unless it is applied already: ulp status)"
+        elif applied:
+            verdict = (f"is applied (universe {applied[0].universe}, "
+                       f"{_when(applied[0].time_ns)})")
+        else:
+            verdict = "is not applied, and can be"
+        code = 0
     except UlpError as error:
         verdict, code = f"cannot be applied: {error}", int(error.exit_code)
     finally:
