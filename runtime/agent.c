@@ -426,20 +426,6 @@ static void no_agent_in_child(void)
     ulp_mailbox.state = ULP_AGENT_DEMAND;
 }
 
-enum agent_mode { AGENT_AT_START, AGENT_OFF, AGENT_ON_DEMAND };
-
-/* ULP_AGENT=off (or 0, no): no agent thread, ever; demand: none until a
- * trigger starts it; anything else, or unset: one from the start. */
-static enum agent_mode agent_mode(void)
-{
-    const char *setting = getenv("ULP_AGENT");
-    if (!setting)
-        return AGENT_AT_START;
-    if (strcmp(setting, "off") == 0 || strcmp(setting, "0") == 0 || strcmp(setting, "no") == 0)
-        return AGENT_OFF;
-    return strcmp(setting, "demand") == 0 ? AGENT_ON_DEMAND : AGENT_AT_START;
-}
-
 __attribute__((constructor)) static void ulp_runtime_init(void)
 {
     ulp_mailbox.dispatch = (uint64_t)(uintptr_t)ulp_agent_dispatch;
@@ -451,17 +437,20 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
     ulp_mailbox.applied_table = ulp_applied_table_address();
     measure_thread_layout();
     ulp_foreign_init();
-    enum agent_mode mode = agent_mode();
+    char why[400];
+    enum ulp_agent_mode mode = ulp_agent_mode(why, sizeof why);
     static const char *const told[] = {
-        [AGENT_AT_START] = "starting",
-        [AGENT_OFF] = "off (ULP_AGENT): the process cannot be patched",
-        [AGENT_ON_DEMAND] = "on demand (ULP_AGENT): started by the first trigger",
+        [ULP_AGENT_MODE_START] = "starting",
+        [ULP_AGENT_MODE_OFF] = "off: the process cannot be patched",
+        [ULP_AGENT_MODE_DEMAND] = "on demand: started by the first trigger",
     };
     ulp_log_message(ULP_LOG_RUNTIME, 0, "runtime loaded (ABI %d), agent %s", ULP_ABI_VERSION,
                     told[mode]);
-    if (mode == AGENT_OFF)
+    if (mode != ULP_AGENT_MODE_START)    /* a message of its own: a path may be long */
+        ulp_log_message(ULP_LOG_RUNTIME, 0, "agent %s by %s", ulp_agent_mode_name(mode), why);
+    if (mode == ULP_AGENT_MODE_OFF)
         return;
-    if (mode == AGENT_ON_DEMAND) {
+    if (mode == ULP_AGENT_MODE_DEMAND) {
         ulp_mailbox.state = ULP_AGENT_DEMAND;
         pthread_atfork(NULL, NULL, no_agent_in_child);
         return;

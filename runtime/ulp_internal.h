@@ -38,6 +38,12 @@ int ulp_in_transition(int slot);
 int ulp_read_memory(uintptr_t address, void *buffer, size_t size);
 ssize_t ulp_read_memory_vector(const struct iovec *local, const struct iovec *remote, size_t n);
 
+/* config.c: whether this process gets the agent (ULP_AGENT, /etc/ulp/agent.conf);
+ * ordered from the least to the most restrictive */
+enum ulp_agent_mode { ULP_AGENT_MODE_START, ULP_AGENT_MODE_DEMAND, ULP_AGENT_MODE_OFF };
+enum ulp_agent_mode ulp_agent_mode(char *why, size_t why_size);
+const char *ulp_agent_mode_name(enum ulp_agent_mode mode);
+
 /* applied.c */
 uint64_t ulp_applied_table_address(void);
 uint64_t ulp_applied_now(void);

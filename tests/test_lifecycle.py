@@ -333,6 +333,56 @@ def test_ulp_agent_off_is_as_single_threaded_as_without_the_runtime(lc: Path) ->
         assert ask(app, "call 0") == "value=2"
 
 
+def runtime_log(pid: int) -> list[str]:
+    log = json.loads(tool("ulp", "messages", "--json", str(pid)).stdout)
+    return [message["text"] for message in log["messages"]]
+
+
+def test_the_administrators_rules_keep_the_agent_out_of_the_processes_they_name(
+        lc: Path, tmp_path: Path) -> None:
+    """Rules of /etc/ulp/agent.conf's form (runtime/config.c), here in the
+    file ULP_AGENT_CONFIG names besides it: the first rule that matches the
+    program's path or its user decides; a line that does not parse is
+    logged and skipped; the environment cannot give the agent back."""
+    import pwd
+
+    baseline = ("threads=1", "unshare=ok child-threads=1")
+    rules = tmp_path / "agent.conf"
+    user = pwd.getpwuid(os.getuid()).pw_name
+    cases = [
+        # (the rules, ULP_AGENT, the mode the process gets, the line deciding)
+        (f"# keep it out\noff path {lc / 'app'}\n", None, "off", 2),
+        (f"off path {lc}/a*\nstart user {user}\n", "demand", "off", 1),
+        (f"off path /nowhere/*\nthis is not a rule\noff user {user}\n", None, "off", 3),
+        (f"demand user {os.getuid()}\noff user {user}\n", None, "demand", 1),
+        (f"off path /nowhere/*\noff user nobody-{os.getpid()}\n", None, "start", 0),
+    ]
+    for text, env_mode, mode, line in cases:
+        rules.write_text(text)
+        env = {"ULP_AGENT_CONFIG": str(rules)} | ({"ULP_AGENT": env_mode} if env_mode else {})
+        with start(lc, env=env) as app:
+            assert ask(app, f"open 0 {lc / 'lib' / 'liblc.so'}") == "opened"
+            log = runtime_log(app.pid)
+            loaded = next(entry for entry in log if entry.startswith("runtime loaded"))
+            if mode == "start":
+                assert agent_threads(app.pid) == 1 and "agent starting" in loaded, (text, log)
+                continue
+            assert observed(app) == baseline, text
+            assert f"agent {'off' if mode == 'off' else 'on demand'}" in loaded, (text, log)
+            assert any(entry.startswith(f"agent {mode} by line {line} (") for entry in log), \
+                (text, log)
+            if "not a rule" in text:
+                assert any(entry.startswith("ignored line 2 (not MODE KIND PATTERN) of ")
+                           for entry in log), log
+            if mode == "off":
+                code, err = trigger_here(app.pid, lc / "fix.ulp")
+                assert code == ExitCode.NO_RUNTIME and "agent.conf" in err, err
+                assert ask(app, "call 0") == "value=1"
+            else:
+                apply(app, lc / "fix.ulp")
+                assert ask(app, "call 0") == "value=2"
+
+
 # --- item 14: execve while the trigger works ------------------------------------------------------
 
 

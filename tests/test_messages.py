@@ -124,8 +124,10 @@ def test_the_log_is_read_without_the_agent_and_without_running_the_process(e2e) 
             log = read(app.pid)
         finally:
             os.kill(app.pid, signal.SIGCONT)
-    [message] = log["messages"]
-    assert message["kind"] == "runtime" and "agent off (ULP_AGENT)" in message["text"]
+    loaded, why = log["messages"]
+    assert loaded["kind"] == "runtime" and "agent off: the process cannot be patched" in \
+        loaded["text"]
+    assert why["text"] == "agent off by ULP_AGENT"
 
 
 def test_a_process_without_the_runtime_has_no_log(e2e) -> None:

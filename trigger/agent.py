@@ -145,7 +145,8 @@ class Agent:
         header = self.header()
         if header.state == AgentState.OFF:
             raise UlpError(f"process {self.process.pid} runs the ulp runtime without its agent "
-                           "(started with ULP_AGENT=off): it cannot be patched",
+                           "(ULP_AGENT=off, or a rule of /etc/ulp/agent.conf: `ulp messages "
+                           f"{self.process.pid}` says which): it cannot be patched",
                            ExitCode.NO_RUNTIME)
         if header.state == AgentState.ENDED:
             raise self._agent_gone()
