@@ -31,7 +31,8 @@ def run(*command: str | Path) -> None:
 
 
 def build() -> None:
-    step("build the library live-patchable, prepare it, build the patch and pack it")
+    step("build the library live-patchable, prepare it, build the patch and pack it "
+         f"(in {BUILD.relative_to(ROOT)}: every command below runs there as shown)")
     shutil.rmtree(BUILD, ignore_errors=True)
     BUILD.mkdir(parents=True)
     for name in ("libgreet.c", "greet_fix.c", "app.c", "patch.desc"):
@@ -48,7 +49,8 @@ def build() -> None:
 class App:
     def __init__(self) -> None:
         env = dict(os.environ, LD_PRELOAD=str(RUNTIME))
-        print(f"$ LD_PRELOAD={RUNTIME.relative_to(ROOT)} ./app &", flush=True)
+        # as a user would type it in BUILD: relative to ROOT it would not run there
+        print(f"$ LD_PRELOAD={RUNTIME} ./app &", flush=True)
         self.proc = subprocess.Popen([str(BUILD / "app")], cwd=BUILD, env=env, text=True,
                                      stdout=subprocess.PIPE)
         self.lines: queue.Queue[str] = queue.Queue()

@@ -213,6 +213,7 @@ def test_in_place_keeps_the_file_mode(small):
     assert result.returncode == 0, result.stderr
     assert (small.stat().st_mode & 0o777) == 0o750
     assert [f.names for f in PreparedLibrary.open(str(small)).functions] == [("foo",), ("bar",)]
+    assert result.stdout == f"{small}: prepared for live patching, 2 functions\n"
     assert not [p for p in small.parent.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -72,8 +72,10 @@ def _body(argv: list[str] | None) -> int:
     output = link_target(named)
     # Say where the bytes went when a link led elsewhere: that file is the one loaded.
     through = f" (the file {output} its links lead to)" if output != named else ""
-    if prepare(args.library, output):
-        print(f"{args.library}: prepared for live patching"
+    functions = prepare(args.library, output)
+    if functions is not None:
+        print(f"{args.library}: prepared for live patching, {functions} function"
+              + ("" if functions == 1 else "s")
               + (f", written to {args.output}" if args.output else "") + through)
     else:
         print(f"{args.library}: already prepared, left unchanged"
@@ -94,10 +96,11 @@ def link_target(path: str) -> str:
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
-def prepare(path: str, output: str) -> bool:
-    """Prepare ``path`` into ``output`` (may be the same file).
+def prepare(path: str, output: str) -> int | None:
+    """Prepare ``path`` into ``output`` (may be the same file); return how
+    many functions it prepared.
 
-    Return False if ``path`` was already prepared: it is then only copied
+    Return None if ``path`` was already prepared: it is then only copied
     to ``output`` when that is another file.
     """
     check_input(path)
@@ -113,9 +116,9 @@ def prepare(path: str, output: str) -> bool:
         verify_prepared(path)
         if not _same_file(path, output):
             _replace_atomically(output, path, lambda tmp: shutil.copyfile(path, tmp))
-        return False
+        return None
     _replace_atomically(output, path, lambda tmp: _rewrite(library, nobits, tmp))
-    return True
+    return len(library.functions)
 
 
 def _rewrite(library: Library, nobits: list[NobitsSection], out: str) -> None:
