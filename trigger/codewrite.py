@@ -38,6 +38,14 @@ class Pause:
 _pauses = threading.local()  # each thread's last pause: ulp-trigger runs one per process
 
 RELEASE_WAIT = 0.2  # how long to wait for a thread to stop so that it can be detached
+#: With more threads than this still to stop, the wait for them sleeps
+#: BATCH_SLEEP and then takes every stop that came, instead of waking at each
+#: thread's SIGCHLD: each wake-up of this real-time process took a CPU from
+#: the threads still on their way to their stop (2 cores, 128 busy threads:
+#: the 257-thread pause 8.9 ms [7.7..10.1] waking, 6.6 ms [6.3..7.1]
+#: sleeping 0.3 ms; with 9 threads waking is faster, 0.85 against 1.03 ms)
+BATCH_ABOVE = 32
+BATCH_SLEEP = 0.0003
 _DEATHS = (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)
 
 
@@ -327,7 +335,10 @@ def _wait_all(process: Process, seized: list[Tracee], deadline: float) -> dict[i
                 raise UlpError(f"timed out waiting for {len(waiting)} thread(s) to stop "
                                f"(thread {next(iter(waiting))}, in an uninterruptible wait?)",
                                ExitCode.RETRY)
-            wait_for_sigchld(min(remaining, 0.001))
+            if len(waiting) > BATCH_ABOVE:
+                time.sleep(min(remaining, BATCH_SLEEP))
+            else:
+                wait_for_sigchld(min(remaining, 0.001))
     except BaseException:
         release = time.monotonic() + RELEASE_WAIT
         for tracee in waiting.values():
