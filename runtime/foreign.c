@@ -426,6 +426,43 @@ static int is_return_address(uintptr_t word)
     return 1;
 }
 
+/* Is WORD the start of a patchable function's padding: 14 NOPs, or the
+ * stub ulp-prepare (or the trigger, for a private function) writes there
+ * (lea r10, [rip + d]; jmp [rip + d]), before the entry's NOP, short jump
+ * or endbr64?  A call just before it ends the function before: a call that
+ * never returns (the compiler lays the next function right after a call
+ * to abort or __stack_chk_fail), so no activation resumes there.  The
+ * word is then a pointer to the padding, as every entry of the
+ * __patchable_function_entries section each such library carries in its
+ * writable data holds, not a return address (SQLite has 35 of them). */
+static int is_padding_start(uintptr_t word)
+{
+    enum { LOOK = ULP_PADDING_SIZE + 4 };
+    uint8_t b[LOOK];
+    const uint8_t *at = NULL;
+    for (uint32_t i = 0; i < s.ncode && !at; i++) {
+        if (word - s.code[i].low >= s.code[i].high - s.code[i].low ||
+            s.code[i].high - word < LOOK)
+            continue;
+        if (s.code[i].readable)
+            at = (const uint8_t *)word;
+        else if (ulp_read_memory(word, b, LOOK) == 0)
+            at = b;
+    }
+    if (!at)
+        return 0;
+    static const uint8_t nops[ULP_PADDING_SIZE] = {
+        0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90};
+    int padding = memcmp(at, nops, sizeof nops) == 0 ||
+                  (at[0] == 0x4c && at[1] == 0x8d && at[2] == 0x15 &&   /* lea r10, [rip + d] */
+                   at[7] == 0xff && at[8] == 0x25);                      /* jmp [rip + d] */
+    const uint8_t *entry = at + ULP_PADDING_SIZE;
+    return padding && ((entry[0] == 0x66 && entry[1] == 0x90) || entry[0] == 0xeb ||
+                       (entry[0] == 0x90 && entry[1] == 0x90) ||
+                       (entry[0] == 0xf3 && entry[1] == 0x0f && entry[2] == 0x1e &&
+                        entry[3] == 0xfa));
+}
+
 /* Is RETURNS_TO glibc's __restore_rt (or code that looks the same)? */
 static int is_restore_rt(uintptr_t returns_to)
 {
@@ -455,7 +492,8 @@ static int search_words(const uintptr_t *words, size_t n, uintptr_t at, size_t l
     for (size_t i = 0; i < n; i++) {
         uintptr_t word = words[i];
         if (may_be_code(word) && ulp_is_prepared_code(word) &&
-            (is_return_address(word) || interrupted_rip(words, i, lead)) &&
+            ((is_return_address(word) && !is_padding_start(word)) ||
+             interrupted_rip(words, i, lead)) &&
             !judged_elsewhere(at + i * 8)) {
             s.found_at = at + i * 8;
             s.found_word = word;

@@ -28,6 +28,7 @@ from consistency_support import (
     tool,
     trigger,
 )
+from elftools.elf.elffile import ELFFile
 
 from support import PATCHABLE, shared_library
 
@@ -705,6 +706,35 @@ def test_a_search_that_would_take_too_long_is_refused_and_can_be_waived(coro) ->
         done = trigger("--trust-stacks", "--revert", app.pid, coro["fix"])
         assert done.returncode == 0, done.stderr
         assert ask(app, "tag") == "tag=1"
+
+
+def test_a_pointer_to_the_padding_after_a_call_that_never_returns_is_no_waiting_activation(
+        build_dir: Path) -> None:
+    """A library function ending with a call that never returns (abort),
+    the next function laid right after it: the library's own
+    __patchable_function_entries (writable data) holds a pointer to that
+    function's padding, just past the call, the very word a return address
+    would be.  The commit's search for activations on unnoted stacks must
+    not take it for one (SQLite has 35 such words: every apply failed)."""
+    root = build_dir / "noreturn"
+    lib = prepared_library(root / "lib" / "libnr.so", [C_DIR / "nr_lib.c"],
+                           "-falign-functions=1", "-fno-reorder-functions")
+    with open(lib, "rb") as stream:
+        elf = ELFFile(stream)
+        text = elf.get_section_by_name(".text")
+        value = next(s["st_value"] for s in elf.get_section_by_name(".symtab").iter_symbols()
+                     if s.name == "nr_value")
+        code = text.data()
+        # what makes the case: a call (e8 rel32) ends where nr_value's padding begins
+        padding = value - 14
+        assert code[padding - text["sh_addr"] - 5] == 0xE8, code.hex()
+    app = cc(root / "app", [C_DIR / "nr_app.c"], f"-L{lib.parent}", "-lnr")
+    fix = patch(root, "fix", lib, {"nr_value": "nr_value_v2"}, C_DIR / "nr_fix.c")
+    with LiveProcess([app], env={"LD_LIBRARY_PATH": str(lib.parent)}) as target:
+        assert target.next_line() == "ready"
+        assert ask(target, "call") == "value=1"
+        apply(target.pid, fix)
+        assert ask(target, "call") == "value=2"
 
 
 def in_transition(pid: int) -> bool:

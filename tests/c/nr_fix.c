@@ -1,0 +1,4 @@
+int nr_value_v2(void)
+{
+    return 2;
+}
