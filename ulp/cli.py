@@ -112,7 +112,7 @@ def _show_process(console: Console, view) -> None:
         where = f"part {patch.part + 1} of {patch.nparts}, " if patch.nparts > 1 else ""
         console.say(f"  patch {patch.patch_id}{label}: {where}"
                     f"{patch.library.rsplit('/', 1)[-1]}, applied at {patch.universe} "
-                    f"({_when(patch.time_ns)}) from {patch.object_path}")
+                    f"({_when(patch.time_ns)}) from {one_line(patch.object_path)}")
     for universe, names in _joint_changes(view):
         console.say(f"  universe {universe}: {', '.join(names)} changed in one step "
                     "(a patch of several libraries)")
