@@ -27,6 +27,11 @@ system-deps:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc gdb make; \
 		else echo "missing:$$missing (install them, or run as root)"; exit 1; fi; \
 	fi
+	@# boost.context: the coroutine tests make stacks with it (make_fcontext)
+	@if ! ldconfig -p | grep -q 'libboost_context\.so'; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libboost-context1.74.0; \
+		else echo "missing: libboost_context (install libboost-context1.74.0, or run as root)"; exit 1; fi; \
+	fi
 
 venv: $(VENV)/.installed
 

@@ -23,10 +23,11 @@
  * the agent's tick finds no such word on it any more while no thread is
  * pending (no thread could mark it again).
  *
- * Stacks made otherwise (hand-written stack switches, boost.context) are
- * judged like these if the program notes them itself (ulp_note_stack,
- * exported); a commit refuses while an activation waits on one it was not
- * told of (foreign.c).
+ * boost.context's make_fcontext is followed the same way (below).  Stacks
+ * made otherwise (hand-written stack switches) are judged like these if
+ * the program notes them itself (ulp_note_stack, exported); a commit
+ * refuses while an activation waits on one it was not told of
+ * (foreign.c).
  *
  * The table is changed under a mutex by makecontext only; a commit (every
  * other thread stopped, maybe one inside makecontext holding the mutex)
@@ -158,6 +159,31 @@ __asm__(".text\n"
         "    popq %rsi\n    popq %rdi\n    popq %rax\n"
         "    jmp *ulp_glibc_makecontext(%rip)\n"
         ".size makecontext, .-makecontext\n");
+
+/* --- boost.context ---------------------------------------------------------- */
+
+/* boost.context (and what is built on it: Boost.Coroutine2, Boost.Fiber,
+ * folly's fibers, Boost.Asio's spawn) makes every stack with
+ * make_fcontext(SP, SIZE, FN): SP is the stack's top, the stack
+ * [SP - SIZE, SP).  The program's call reaches this definition first, as
+ * for makecontext, when boost.context is a shared library (linked into
+ * the program itself, the program's own definition wins and the stack
+ * stays unnoted: a commit then waits while an activation waits there,
+ * foreign.c).  Not variadic: plain C passes every argument on. */
+typedef void *(*make_fcontext_fn)(void *sp, size_t size, void (*fn)(void));
+static make_fcontext_fn boost_make_fcontext;
+
+ULP_EXPORT void *make_fcontext(void *sp, size_t size, void (*fn)(void))
+{
+    make_fcontext_fn next = __atomic_load_n(&boost_make_fcontext, __ATOMIC_ACQUIRE);
+    if (!next) {
+        next = (make_fcontext_fn)dlsym(RTLD_NEXT, "make_fcontext");
+        __atomic_store_n(&boost_make_fcontext, next, __ATOMIC_RELEASE);
+    }
+    if ((uintptr_t)sp > size)
+        ulp_note_stack((char *)sp - size, size);
+    return next ? next(sp, size, fn) : NULL;
+}
 
 /* --- a commit ------------------------------------------------------------- */
 
