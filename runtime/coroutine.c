@@ -235,7 +235,20 @@ static int on_a_thread_stack(uintptr_t low, uintptr_t high,
     return 0;
 }
 
-/* Mark every noted stack that holds a word of prepared code pending, in
+/* Does one of THREADS[0..N) run prepared code on [LOW, HIGH)?  Its
+ * activation there may have left no word yet (its outermost frame has not
+ * called out): its %rip is the only trace. */
+static int runs_prepared_code_on(uintptr_t low, uintptr_t high,
+                                 const struct ulp_request_thread *threads, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (low <= threads[i].rsp && threads[i].rsp < high && ulp_is_prepared_code(threads[i].rip))
+            return 1;
+    return 0;
+}
+
+/* Mark every noted stack that holds a word of prepared code, or on which a
+ * stopped thread runs prepared code, pending, in
  * universe G (the one before the commit), and release the table.  A stack
  * that cannot be read any more is forgotten: it was freed.  THREADS[0..N):
  * the stopped threads, as the commit has them. */
@@ -246,7 +259,8 @@ ULP_HIDDEN void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_t
         struct ulp_coroutine_stack *s = &stacks[i];
         if (s->high == 0 || on_a_thread_stack(s->low, s->high, threads, n))
             continue;
-        int found = holds_prepared_code(s->low, s->high);
+        int found = runs_prepared_code_on(s->low, s->high, threads, n) ? 1
+                    : holds_prepared_code(s->low, s->high);
         if (found < 0) {
             ulp_clear_coroutine_stack(s);
             rewrite(s, 0, 0);

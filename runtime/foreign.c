@@ -720,6 +720,20 @@ static int search_maps(int maps)
     }
 }
 
+/* A stopped thread that runs prepared code on a stack the commit cannot
+ * judge: its activation may leave no word anywhere (its outermost frame
+ * has not called out yet), and a coroutine's may be resumed later by any
+ * thread.  NULL if none. */
+static const struct ulp_request_thread *running_on_unnoted_stack(void)
+{
+    for (uint32_t i = 0; i < s.nthreads; i++) {
+        const struct ulp_request_thread *t = &s.threads[i];
+        if (ulp_is_prepared_code(t->rip) && !on_known_stack(t->rsp))
+            return t;
+    }
+    return NULL;
+}
+
 /* With every thread but the agent stopped, as THREADS[0..N) describe, the
  * code of the commit's libraries known and the coroutine table held
  * (ulp_coroutine_stacks_judgeable): NULL if no activation waits on memory
@@ -736,6 +750,14 @@ ULP_HIDDEN const char *ulp_unnoted_stack_activation(const struct ulp_request_thr
     ulp_prepared_code_bounds(&s.code_low, &s.code_high);
     if (s.code_low >= s.code_high)
         return NULL;
+    const struct ulp_request_thread *running = running_on_unnoted_stack();
+    if (running) {
+        snprintf(message, size, "thread %d runs library code (0x%lx) on a stack the runtime "
+                 "was not told of (%%rsp 0x%lx: a coroutine switched without makecontext? "
+                 "note its stacks with ulp_note_stack, or retry once it has left the library)",
+                 running->tid, (unsigned long)running->rip, (unsigned long)running->rsp);
+        return message;
+    }
     build_filter();
     int maps = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     if (maps < 0) {

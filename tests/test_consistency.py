@@ -738,6 +738,83 @@ def test_a_pointer_to_the_padding_after_a_call_that_never_returns_is_no_waiting_
         assert ask(target, "call") == "value=2"
 
 
+@pytest.mark.parametrize("then,expected", [("let spin", "spun=11"),
+                                           ("switch away", "away tag=2 spun=11")])
+def test_a_coroutine_running_inside_the_library_at_the_commit_keeps_its_universe(
+        coro, then, expected) -> None:
+    """A thread runs a coroutine (makecontext) that spins in
+    coro_spin_then_tag, the outermost frame of its activation, when the
+    patch is applied: the activation is live on the coroutine's stack, but
+    its only trace is the thread's %rip, no word on the stack.  The commit
+    must keep that stack in the old universe as it keeps the thread: the
+    activation's call after the commit sees 1 (11; 12 was the mix: the
+    thread, pending, judged its nested call on a noted stack that was not
+    pending as one of an activation begun there after the commit).
+    "switch away": a signal's handler switches from the loop back to the
+    thread's own stack, where the thread calls the library and moves to the
+    new universe (2), then resumes the loop: the stack keeps the old one."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        # the library registered from main's stack: the coroutine's stack
+        # holds no word of the runtime's first-call code
+        assert ask(app, "tag") == "tag=1"
+        assert ask(app, "spin thread") == "spinning"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"
+        assert ask(app, then) == expected
+
+
+def test_a_thread_running_the_library_on_a_stack_not_noted_holds_the_commit_back(coro) -> None:
+    """The activation above on a stack nobody noted: the commit cannot know
+    it is a coroutine's, which a signal's handler may switch away from and
+    which its thread may resume after leaving the library, and it has no
+    word to find.  So a thread stopped running prepared code on such a stack
+    holds the commit back (15, RETRY).  Before, the apply went through, the
+    handler switched away, the thread moved to the new universe at its next
+    call, resumed the loop, and the activation saw 1 and 2 (spun=12)."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "tag") == "tag=1"
+        assert ask(app, "spin thread unnoted") == "spinning"
+        refused = trigger(app.pid, coro["fix"])
+        assert refused.returncode == 15, (refused.returncode, refused.stderr)
+        assert "runs library code" in refused.stderr, refused.stderr
+        assert "not told of" in refused.stderr, refused.stderr
+        assert ask(app, "switch away") == "away tag=1 spun=11"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"
+
+
+def test_a_resumed_coroutine_between_two_calls_keeps_the_transition_open(coro) -> None:
+    """A coroutine parked inside L before the patch keeps its stack pending
+    in the old universe.  Resumed on a new thread (never pending), it
+    returns from the callback into L and spins there: for that time no
+    live frame on the stack holds a return address into L, though the
+    activation runs.  The agent's tick, which cannot see where a running thread is, must not take
+    that for a stack with no activation and end the transition: the return
+    address of the callback's call, popped but not overwritten, lies just
+    below the stack pointer (a frame's last call out leaves it there until
+    the frame makes another; docs/consistency.md, Invariant C), and keeps
+    the stack pending: the activation's next call sees the old universe
+    (11, not 12).  The transition ends once the stack is unmapped."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "park spin") == "parked"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"
+        assert ask(app, "resume spinning") == "resumed, spinning"
+        # the agent ticks every few ms at first: give it 2 s to (wrongly) end it
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and in_transition(app.pid):
+            time.sleep(0.05)
+        assert ask(app, "finish") == "resumed run=11"
+        assert ask(app, "unpark") == "unparked"
+        deadline = time.monotonic() + 30
+        while in_transition(app.pid):
+            assert time.monotonic() < deadline, "the transition did not end"
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def fcontext(build_dir: Path) -> dict[str, Path]:
     boost = ctypes.util.find_library("boost_context")

@@ -24,6 +24,23 @@
  *           a new one): coro_run returns; prints "resumed run=<tags>"
  *   unpark -> frees the parked coroutine's stack and clears its saved
  *           context; prints "unparked"
+ *   spin thread -> a new thread runs a coroutine (makecontext, a stack of
+ *           its own) that enters coro_spin_then_tag and spins there: an activation
+ *           running on a coroutine stack with no return address into the
+ *           library on it; prints "spinning" once it spins
+ *   spin thread unnoted -> the same on a stack told to no one (glibc's
+ *           own makecontext)
+ *   switch away -> a signal's handler on the spinning thread switches back
+ *           to the thread's own stack from inside the loop; there the
+ *           thread calls coro_tag, then lets the loop go on and resumes it;
+ *           the thread ends; prints "away tag=<its tag> spun=<the loop's>"
+ *   let spin -> lets it go on: coro_spin_then_tag returns 10 + coro_tag();
+ *           the thread ends; prints "spun=<that>"
+ *   park spin -> "park", but the parked activation is coro_run_then_spin's
+ *   resume spinning -> resumes it on a new thread, which spins in
+ *           coro_run_then_spin after the callback returned; prints
+ *           "resumed, spinning" once it spins
+ *   finish -> lets it go on, joins the thread; prints "resumed run=<tags>"
  *   old kernel -> from now on, in every thread, the two ioctls a kernel
  *           before 6.7 / 6.11 lacks (PAGEMAP_SCAN, PROCMAP_QUERY) fail with
  *           ENOTTY (a seccomp filter); prints "old kernel"
@@ -40,6 +57,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/time.h>
@@ -49,6 +67,8 @@
 int coro_tag(void);
 int coro_run(void (*callback)(void));
 int coro_spin(volatile int *spinning, volatile int *go);
+int coro_spin_then_tag(volatile int *spinning, volatile int *go);
+int coro_run_then_spin(void (*callback)(void), volatile int *spinning, volatile int *go);
 
 #define STACK_SIZE (256 * 1024)
 
@@ -162,6 +182,13 @@ static void park_from_handler(int signal_number)
     swapcontext(&parked_context, &parker_context);
 }
 
+static volatile int thread_spinning, thread_spin_go, thread_spin_tag;
+
+static void parked_spinning_coroutine(void)
+{
+    parked_run = coro_run_then_spin(park_here, &thread_spinning, &thread_spin_go);
+}
+
 static int parked_on_heap, parked_static;
 static char static_stack[STACK_SIZE] __attribute__((aligned(16)));
 
@@ -179,7 +206,7 @@ static void park(const char *how)
         parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
-    if (strcmp(how, "park") != 0)
+    if (strcmp(how, "park") != 0 && strcmp(how, "park spin") != 0)
         make = own_stack_switch(parked_stack, STACK_SIZE, strcmp(how, "park own") == 0);
     int by_signal = strcmp(how, "park unnoted signal") == 0;
     if (by_signal) {
@@ -188,9 +215,58 @@ static void park(const char *how)
         arm_timer();
     }
     make_coroutine(make, &parked_context, parked_stack, &parker_context,
-                   by_signal ? spinning_coroutine : parked_coroutine);
+                   by_signal ? spinning_coroutine
+                   : strcmp(how, "park spin") == 0 ? parked_spinning_coroutine
+                   : parked_coroutine);
     swapcontext(&parker_context, &parked_context);
     printf("parked\n");
+}
+
+/* --- a coroutine running on a thread, spinning inside the library ----------- */
+
+static ucontext_t spinner_context, spinner_home;
+static pthread_t spinner;
+
+static void spin_on_coroutine(void)
+{
+    thread_spin_tag = coro_spin_then_tag(&thread_spinning, &thread_spin_go);
+}
+
+static ucontext_t spinner_handler;
+static volatile int switched_away, away_tag;
+
+/* SIGUSR1 on the spinning thread: switch from inside the loop back to the
+ * thread's own stack (spin_thread below), as a scheduler's handler would. */
+static void switch_away(int signal_number)
+{
+    (void)signal_number;
+    switched_away = 1;
+    swapcontext(&spinner_handler, &spinner_home);
+}
+
+/* UNNOTED (non-NULL): the coroutine's stack is made with glibc's own
+ * makecontext and told to no one. */
+static void *spin_thread(void *unnoted)
+{
+    void *stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+    make_context make = unnoted ? own_stack_switch(stack, STACK_SIZE, 0) : makecontext;
+    make_coroutine(make, &spinner_context, stack, &spinner_home, spin_on_coroutine);
+    swapcontext(&spinner_home, &spinner_context);
+    if (switched_away) {        /* the handler switched back here */
+        switched_away = 0;
+        away_tag = coro_tag();  /* an entry from the thread's own stack */
+        thread_spin_go = 1;
+        swapcontext(&spinner_home, &spinner_handler);   /* the handler returns into the loop */
+    }
+    munmap(stack, STACK_SIZE);
+    return NULL;
+}
+
+static void wait_for(volatile int *flag)
+{
+    while (!*flag)
+        sched_yield();
 }
 
 /* Resume the parked coroutine from the calling thread until it returns. */
@@ -229,6 +305,31 @@ int main(int argc, char **argv)
             park(line);
         } else if (strncmp(line, "old kernel", 10) == 0) {
             printf(pretend_old_kernel() == 0 ? "old kernel\n" : "seccomp failed\n");
+        } else if (strncmp(line, "switch away", 11) == 0) {
+            pthread_kill(spinner, SIGUSR1);
+            pthread_join(spinner, NULL);
+            printf("away tag=%d spun=%d\n", away_tag, thread_spin_tag);
+        } else if (strncmp(line, "spin thread", 11) == 0) {
+            struct sigaction action = {.sa_handler = switch_away};
+            sigaction(SIGUSR1, &action, NULL);
+            thread_spinning = thread_spin_go = 0;
+            pthread_create(&spinner, NULL, spin_thread,
+                           strstr(line, "unnoted") ? (void *)1 : NULL);
+            wait_for(&thread_spinning);
+            printf("spinning\n");
+        } else if (strncmp(line, "let spin", 8) == 0) {
+            thread_spin_go = 1;
+            pthread_join(spinner, NULL);
+            printf("spun=%d\n", thread_spin_tag);
+        } else if (strncmp(line, "resume spinning", 15) == 0) {
+            thread_spinning = thread_spin_go = 0;
+            pthread_create(&spinner, NULL, resume, NULL);
+            wait_for(&thread_spinning);
+            printf("resumed, spinning\n");
+        } else if (strncmp(line, "finish", 6) == 0) {
+            thread_spin_go = 1;
+            pthread_join(spinner, NULL);
+            printf("resumed run=%d\n", parked_run);
         } else if (strncmp(line, "resume spin", 11) == 0) {
             spin_go = 1;
             resume(NULL);

@@ -23,3 +23,28 @@ int coro_spin(volatile int *spinning, volatile int *go)
         ;
     return coro_tag();
 }
+
+/* coro_run, but between the callback and the second tag it says it spins
+ * (*SPINNING) and spins until *GO: after a resume, the activation runs in
+ * the library with no return address into it on its stack for as long as
+ * the test wants. */
+int coro_run_then_spin(void (*callback)(void), volatile int *spinning, volatile int *go)
+{
+    int before = coro_tag();
+    callback();
+    *spinning = 1;
+    while (!*go)
+        ;
+    int after = coro_tag();
+    return 10 * before + after;
+}
+
+/* coro_spin, but its call comes before the return (not a tail jump, which
+ * would end the activation): returns 10 + the tag. */
+int coro_spin_then_tag(volatile int *spinning, volatile int *go)
+{
+    *spinning = 1;
+    while (!*go)
+        ;
+    return 10 + coro_tag();
+}
