@@ -20,6 +20,9 @@
  * frame's %rip there.  Found, the commit changes nothing and answers
  * COROUTINES (exit 15, RETRY), naming where: the activation cannot be put
  * in a universe, so the commit waits for it to end.  A delay, never a mix.
+ * A stopped thread that runs prepared code on such a stack holds the
+ * commit back the same way: its activation may not have called out yet
+ * (no word anywhere), and a signal's handler may switch away from it.
  *
  * Not searched: the threads' own stacks and the noted coroutine stacks
  * (judged by their rules), glibc's thread stacks (live or kept for reuse:
