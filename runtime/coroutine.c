@@ -35,6 +35,7 @@
  * tracker reads entries without a lock: each has a sequence number, odd
  * while makecontext rewrites it. */
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <ucontext.h>
 
@@ -171,18 +172,46 @@ __asm__(".text\n"
  * stays unnoted: a commit then waits while an activation waits there,
  * foreign.c).  Not variadic: plain C passes every argument on. */
 typedef void *(*make_fcontext_fn)(void *sp, size_t size, void (*fn)(void));
-static make_fcontext_fn boost_make_fcontext;
+ULP_EXPORT void *make_fcontext(void *sp, size_t size, void (*fn)(void));
+
+/* The make_fcontext the caller at CALLER would have called without the
+ * runtime: the next one in the global scope, or, for an object loaded
+ * with RTLD_LOCAL whose boost.context is in its own scope only, the one
+ * that object's scope holds.  NULL if there is none but this one. */
+static make_fcontext_fn boost_make_fcontext_for(const void *caller)
+{
+    static make_fcontext_fn global;
+    make_fcontext_fn found = __atomic_load_n(&global, __ATOMIC_ACQUIRE);
+    if (found)
+        return found;
+    found = (make_fcontext_fn)dlsym(RTLD_NEXT, "make_fcontext");
+    if (found) {
+        __atomic_store_n(&global, found, __ATOMIC_RELEASE);
+        return found;
+    }
+    Dl_info info;
+    struct link_map *object = NULL;
+    if (!dladdr1(caller, &info, (void **)&object, RTLD_DL_LINKMAP) || !object)
+        return NULL;
+    void *handle = dlopen(object->l_name[0] ? object->l_name : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    if (!handle)
+        return NULL;
+    found = (make_fcontext_fn)dlsym(handle, "make_fcontext");
+    dlclose(handle);    /* the caller's object stays loaded: it is calling */
+    return found == make_fcontext ? NULL : found;
+}
 
 ULP_EXPORT void *make_fcontext(void *sp, size_t size, void (*fn)(void))
 {
-    make_fcontext_fn next = __atomic_load_n(&boost_make_fcontext, __ATOMIC_ACQUIRE);
+    make_fcontext_fn next = boost_make_fcontext_for(__builtin_return_address(0));
     if (!next) {
-        next = (make_fcontext_fn)dlsym(RTLD_NEXT, "make_fcontext");
-        __atomic_store_n(&boost_make_fcontext, next, __ATOMIC_RELEASE);
+        ulp_log_message(ULP_LOG_RUNTIME, 0, "make_fcontext called, but no boost.context "
+                        "defines it: returned NULL");
+        return NULL;
     }
     if ((uintptr_t)sp > size)
         ulp_note_stack((char *)sp - size, size);
-    return next ? next(sp, size, fn) : NULL;
+    return next(sp, size, fn);
 }
 
 /* --- a commit ------------------------------------------------------------- */

@@ -8,6 +8,7 @@ ptrace; every wait has a timeout.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import json
 import os
 import random
@@ -507,3 +508,24 @@ def test_a_silent_target_is_described_by_its_threads(lc: Path) -> None:
     message = str(failure.value)
     assert f"process {app.pid} printed nothing for 0.2s; its threads: {app.pid} app " in message
     assert re.search(r"\d+ ulp-agent [RS] \(\w+\) traced by 0 in \S+", message), message
+
+
+def test_a_plugin_with_its_own_boost_context_still_makes_coroutines(build_dir: Path) -> None:
+    """The runtime's make_fcontext (which notes boost.context's coroutine
+    stacks) must hand every call on to the boost.context the caller would
+    have reached without it, also one that only the caller's own scope
+    holds: a plugin loaded with RTLD_LOCAL that links libboost_context,
+    which the runtime's lookup of the next definition does not see.  Before,
+    make_fcontext returned NULL there and the plugin's coroutine could not
+    start."""
+    boost = ctypes.util.find_library("boost_context")
+    assert boost, "libboost_context is missing: `make system-deps` installs it"
+    root = build_dir / "fc_plugin"
+    root.mkdir(exist_ok=True)
+    plugin = shared_library(root / "libplugin.so", [C_DIR / "fc_plugin.c"], f"-l:{boost}",
+                            patchable=False)
+    program = cc(root / "main", [C_DIR / "fc_main.c"], "-ldl")
+    for env in ({}, {"LD_PRELOAD": str(RUNTIME)}):
+        ran = subprocess.run([program, plugin], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **env})
+        assert (ran.returncode, ran.stdout) == (0, "plugin_run=42\n"), (env, ran)
