@@ -277,7 +277,7 @@ static int runs_prepared_code_on(uintptr_t low, uintptr_t high,
 }
 
 /* Mark every noted stack that holds a word of prepared code, or on which a
- * stopped thread runs prepared code, pending, in
+ * stopped thread runs prepared code, pending, and every other one not, in
  * universe G (the one before the commit), and release the table.  A stack
  * that cannot be read any more is forgotten: it was freed.  THREADS[0..N):
  * the stopped threads, as the commit has them. */
@@ -290,35 +290,48 @@ ULP_HIDDEN void ulp_mark_coroutine_stacks(uint64_t g, const struct ulp_request_t
             continue;
         int found = runs_prepared_code_on(s->low, s->high, threads, n) ? 1
                     : holds_prepared_code(s->low, s->high);
-        if (found < 0) {
+        if (found <= 0)         /* no live activation: the world is stopped */
             ulp_clear_coroutine_stack(s);
+        if (found < 0)
             rewrite(s, 0, 0);
-        } else if (found > 0) {
+        else if (found > 0)
             ulp_mark_coroutine_stack(s, g);
-        }
     }
     pthread_mutex_unlock(&stacks_lock);
 }
 
 /* The agent's tick, when no thread is pending (none can mark a stack
- * again): a pending stack with no word of prepared code left, or not
- * readable any more (freed), is pending no more: no activation that began
- * before the commit is live there (a live one keeps its return address
- * where it is).  Returns how many stay pending. */
+ * again): a pending stack not readable any more (unmapped) is pending no
+ * more; one with no word of prepared code left is pending no more if no
+ * other thread ran while the tick looked (quiet.c: a thread running the
+ * stack's activation may be at the one moment it has no word there) and
+ * none slept with its stack pointer there.  Returns how many stay
+ * pending. */
 ULP_HIDDEN uint32_t ulp_coroutine_tick(int threads_pending)
 {
-    if (threads_pending || pthread_mutex_trylock(&stacks_lock) != 0)
+    static uint8_t empty[ULP_MAX_COROUTINE_STACKS];
+    if (threads_pending || !__atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_ACQUIRE) ||
+        pthread_mutex_trylock(&stacks_lock) != 0)
         return __atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_ACQUIRE);
-    for (uint32_t i = 0; i < nstacks && ulp_pending_coroutine_stacks; i++) {
+    int quiet = ulp_quiet_begin();
+    int any_empty = 0;
+    for (uint32_t i = 0; i < nstacks; i++) {
         struct ulp_coroutine_stack *s = &stacks[i];
+        empty[i] = 0;
         if (!__atomic_load_n(&s->pending, __ATOMIC_ACQUIRE))
             continue;
         int found = holds_prepared_code(s->low, s->high);
-        if (found <= 0)
+        if (found < 0) {
             ulp_clear_coroutine_stack(s);
-        if (found < 0)
             rewrite(s, 0, 0);
+        }
+        empty[i] = found == 0;
+        any_empty |= empty[i];
     }
+    if (any_empty && quiet && ulp_quiet_end())
+        for (uint32_t i = 0; i < nstacks; i++)
+            if (empty[i] && !ulp_quiet_thread_on(stacks[i].low, stacks[i].high))
+                ulp_clear_coroutine_stack(&stacks[i]);
     pthread_mutex_unlock(&stacks_lock);
     return __atomic_load_n(&ulp_pending_coroutine_stacks, __ATOMIC_ACQUIRE);
 }

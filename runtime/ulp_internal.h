@@ -59,6 +59,11 @@ void ulp_foreign_init(void);
 const char *ulp_unnoted_stack_activation(const struct ulp_request_thread *threads, uint32_t n,
                                          char *message, size_t size);
 
+/* quiet.c: whether every other thread slept through a search */
+int ulp_quiet_begin(void);
+int ulp_quiet_end(void);
+int ulp_quiet_thread_on(uintptr_t low, uintptr_t high);
+
 /* coroutine.c: stacks made with makecontext */
 #define ULP_MAX_COROUTINE_STACKS 4096
 extern uint32_t ulp_pending_coroutine_stacks;

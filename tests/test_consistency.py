@@ -815,6 +815,43 @@ def test_a_resumed_coroutine_between_two_calls_keeps_the_transition_open(coro) -
             time.sleep(0.05)
 
 
+@pytest.mark.parametrize("ending", ["sleep", "commit"])
+def test_the_tick_clears_a_stack_only_while_every_other_thread_sleeps(coro, ending) -> None:
+    """A coroutine parked inside L on a stack from malloc's heap keeps the
+    stack pending after the patch; resumed, it finishes, and its stack is
+    cleared and freed (readable still, nothing of L on it).  The agent's
+    tick may take "nothing found" for "no activation" only if no other
+    thread ran while it searched (one caught between pushing a stack
+    argument and its call leaves no word; docs/consistency.md): while a
+    thread of the program runs a loop, the transition stays open; once it
+    sleeps, the transition ends.  Before, the tick ended it at once.
+    "commit": the thread keeps running, and the next commit (the revert),
+    with every thread stopped, finds nothing there and clears the stack."""
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "park heap") == "parked"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "resume") == "resumed run=11"
+        assert ask(app, "busy on") == "busy"
+        assert ask(app, "unpark") == "unparked"
+        # the agent ticks at 1, 2, 4 ... ms after the apply: 2 s hold several ticks
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            assert in_transition(app.pid), "the tick ended the transition while a thread ran"
+            time.sleep(0.1)
+        if ending == "sleep":
+            assert ask(app, "busy off") == "idle"
+        else:
+            revert(app.pid, coro["fix"])
+        deadline = time.monotonic() + 30
+        while in_transition(app.pid):
+            assert time.monotonic() < deadline, "the transition did not end"
+            time.sleep(0.05)
+        assert ask(app, "tag") == ("tag=2" if ending == "sleep" else "tag=1")
+        if ending == "commit":
+            assert ask(app, "busy off") == "idle"
+
+
 @pytest.fixture(scope="module")
 def fcontext(build_dir: Path) -> dict[str, Path]:
     boost = ctypes.util.find_library("boost_context")

@@ -41,6 +41,9 @@
  *           coro_run_then_spin after the callback returned; prints
  *           "resumed, spinning" once it spins
  *   finish -> lets it go on, joins the thread; prints "resumed run=<tags>"
+ *   park heap -> "park" on a stack from malloc's heap
+ *   busy on / busy off -> a thread runs a loop of the program's own, never
+ *           asleep, until "busy off"; prints "busy" / "idle"
  *   old kernel -> from now on, in every thread, the two ioctls a kernel
  *           before 6.7 / 6.11 lacks (PAGEMAP_SCAN, PROCMAP_QUERY) fail with
  *           ENOTTY (a seccomp filter); prints "old kernel"
@@ -195,7 +198,7 @@ static char static_stack[STACK_SIZE] __attribute__((aligned(16)));
 static void park(const char *how)
 {
     make_context make = makecontext;
-    parked_on_heap = strcmp(how, "park unnoted heap") == 0;
+    parked_on_heap = strcmp(how, "park unnoted heap") == 0 || strcmp(how, "park heap") == 0;
     parked_static = strcmp(how, "park unnoted static") == 0;
     if (parked_static) {
         parked_stack = static_stack;
@@ -206,7 +209,8 @@ static void park(const char *how)
         parked_stack = mmap(NULL, STACK_SIZE, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
-    if (strcmp(how, "park") != 0 && strcmp(how, "park spin") != 0)
+    if (strcmp(how, "park") != 0 && strcmp(how, "park spin") != 0 &&
+        strcmp(how, "park heap") != 0)
         make = own_stack_switch(parked_stack, STACK_SIZE, strcmp(how, "park own") == 0);
     int by_signal = strcmp(how, "park unnoted signal") == 0;
     if (by_signal) {
@@ -269,6 +273,19 @@ static void wait_for(volatile int *flag)
         sched_yield();
 }
 
+/* --- a thread running code of the program's, never asleep ------------------ */
+
+static volatile int busy;
+static pthread_t busy_thread;
+
+static void *keep_busy(void *unused)
+{
+    (void)unused;
+    while (busy)
+        ;
+    return NULL;
+}
+
 /* Resume the parked coroutine from the calling thread until it returns. */
 static void *resume(void *unused)
 {
@@ -305,6 +322,14 @@ int main(int argc, char **argv)
             park(line);
         } else if (strncmp(line, "old kernel", 10) == 0) {
             printf(pretend_old_kernel() == 0 ? "old kernel\n" : "seccomp failed\n");
+        } else if (strncmp(line, "busy on", 7) == 0) {
+            busy = 1;
+            pthread_create(&busy_thread, NULL, keep_busy, NULL);
+            printf("busy\n");
+        } else if (strncmp(line, "busy off", 8) == 0) {
+            busy = 0;
+            pthread_join(busy_thread, NULL);
+            printf("idle\n");
         } else if (strncmp(line, "switch away", 11) == 0) {
             pthread_kill(spinner, SIGUSR1);
             pthread_join(spinner, NULL);
