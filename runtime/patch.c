@@ -992,7 +992,9 @@ static int publish(const struct parsed_request *req, struct patch *const *parts,
     for (uint32_t k = 0; k < n; k++)
         libs[k] = parts[k]->lib;
     ulp_know_code_of(libs, n);
-    if (!(req->head->flags & ULP_REQUEST_TRUST_STACKS))
+    why = ulp_threads_sharing_a_record(req->threads, req->head->nthreads, unnoted,
+                                       sizeof unnoted);
+    if (!why && !(req->head->flags & ULP_REQUEST_TRUST_STACKS))
         why = ulp_unnoted_stack_activation(req->threads, req->head->nthreads, unnoted,
                                            sizeof unnoted);
     if (why) {

@@ -28,6 +28,8 @@
 #include <link.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -274,6 +276,39 @@ ULP_HIDDEN void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlib
     add_code_range((uintptr_t)__start_ulp_tracker_text, (uintptr_t)__stop_ulp_tracker_text, 0, 0);
     for (uint32_t k = 0; k < nlibs; k++)
         add_library_code(libs[k]);
+}
+
+/* Do two of the stopped THREADS[0..N) share one thread pointer (a raw
+ * clone that kept its creator's TLS)?  They would share one record, and
+ * one's entry could end the other's pending state in the middle of its
+ * activation: a commit waits until one has ended.  NULL, or why, in
+ * MESSAGE. */
+ULP_HIDDEN const char *ulp_threads_sharing_a_record(const struct ulp_request_thread *threads,
+                                                    uint32_t n, char *message, size_t size)
+{
+    enum { SLOTS = 16384 };     /* more than twice the threads a request holds */
+    static uint32_t seen[SLOTS];        /* an index into THREADS + 1; the agent's */
+    _Static_assert(SLOTS / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
+                   "every thread of a request has a slot");
+    memset(seen, 0, sizeof seen);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t tp = threads[i].thread_pointer;
+        if (!tp)
+            continue;
+        uint32_t at = (uint32_t)((tp * 0x9e3779b97f4a7c15ULL) >> 50) & (SLOTS - 1);
+        for (; seen[at]; at = (at + 1) & (SLOTS - 1)) {
+            const struct ulp_request_thread *other = &threads[seen[at] - 1];
+            if (other->thread_pointer == tp) {
+                snprintf(message, size, "threads %d and %d share one thread pointer (a raw "
+                         "clone without TLS of its own): the runtime cannot tell their "
+                         "activations apart; retry once one of them has ended",
+                         other->tid, threads[i].tid);
+                return message;
+            }
+        }
+        seen[at] = i + 1;
+    }
+    return NULL;
 }
 
 /* Start a transition of the libraries LIBS[0..NLIBS) (in table slots

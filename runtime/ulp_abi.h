@@ -108,7 +108,8 @@ enum ulp_status {
     ULP_E_REFERENCE = 19,       /* a data reference of the patch cannot be filled */
     ULP_E_PINS_RELEASED = 20,   /* a COMMIT/REVERT with every thread stopped came after
                                  * the agent let go of the pins kept for it: retry */
-    ULP_E_COROUTINES = 21,      /* coroutine stacks cannot be judged now (coroutine.c) */
+    ULP_E_COROUTINES = 21,      /* activations cannot be judged now: coroutine stacks,
+                                   unnoted stacks, threads sharing a record */
 };
 
 /* The request: this header, then ndeps patch ids (16 bytes each), then

@@ -29,6 +29,8 @@ void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot);
 int ulp_is_prepared_code(uintptr_t word);
 void ulp_add_code_range(uintptr_t low, uintptr_t high);
 void ulp_add_code_of(const void *address);
+const char *ulp_threads_sharing_a_record(const struct ulp_request_thread *threads, uint32_t n,
+                                         char *message, size_t size);
 int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uint32_t nlibs,
                          const struct ulp_request_thread *threads, uint32_t n);
 int ulp_transition_tick(void);

@@ -852,6 +852,30 @@ def test_the_tick_clears_a_stack_only_while_every_other_thread_sleeps(coro, endi
             assert ask(app, "busy off") == "idle"
 
 
+def test_threads_sharing_one_thread_pointer_hold_the_commit_back(build_dir: Path) -> None:
+    """A thread made with a raw clone that kept its creator's thread
+    pointer shares the creator's TLS, so one record of the runtime for two
+    threads: one's entry could end the other's pending state in the middle
+    of its activation.  A commit that finds two stopped threads with one
+    thread pointer changes nothing (15, RETRY, naming both); once the clone
+    has ended, the same apply goes through.  Before, it went through at
+    once."""
+    coro = patched_program(build_dir / "rawclone", "coro", C_DIR / "cm_coro_lib.c",
+                           C_DIR / "rc_app.c", {"coro_tag": "coro_tag_v2"},
+                           C_DIR / "cm_coro_fix.c", fix_name="fix_coro")
+    with LiveProcess([coro["app"]], env={"LD_LIBRARY_PATH": str(coro["root"] / "lib")}) as app:
+        assert app.next_line() == "ready"
+        assert ask(app, "tag") == "tag=1"
+        assert ask(app, "clone") == "cloned"
+        refused = trigger(app.pid, coro["fix"])
+        assert refused.returncode == 15, (refused.returncode, refused.stderr)
+        assert "share one thread pointer" in refused.stderr, refused.stderr
+        assert ask(app, "tag") == "tag=1"                 # nothing changed
+        assert ask(app, "stop") == "stopped"
+        apply(app.pid, coro["fix"])
+        assert ask(app, "tag") == "tag=2"
+
+
 @pytest.fixture(scope="module")
 def fcontext(build_dir: Path) -> dict[str, Path]:
     boost = ctypes.util.find_library("boost_context")

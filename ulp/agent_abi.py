@@ -124,7 +124,7 @@ class Status(enum.IntEnum):
     PRIVATE = 18  # a private function's entry cannot be routed
     REFERENCE = 19  # a data reference cannot be filled
     PINS_RELEASED = 20  # a commit with every thread stopped came too late: retry
-    COROUTINES = 21  # coroutine stacks cannot be judged now (makecontext busy, too many)
+    COROUTINES = 21  # activations cannot be judged now (coroutine or unnoted stacks, shared TLS)
 
 
 class RefKind(enum.IntEnum):
