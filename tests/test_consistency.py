@@ -651,10 +651,7 @@ def test_a_coroutine_parked_on_a_stack_not_noted_holds_the_commit_back(coro, how
         if kernel:
             assert ask(app, kernel) == kernel
         assert ask(app, how) == "parked"
-        refused = trigger(app.pid, coro["fix"])
-        assert refused.returncode == 15, (refused.returncode, refused.stderr)
-        assert "a stack the runtime was not told of" in refused.stderr
-        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        refused_for_now(app.pid, coro["fix"], "a stack the runtime was not told of")
         assert ask(app, "tag") == "tag=1"                 # nothing changed
         assert ask(app, "resume") == "resumed run=11"
         assert ask(app, "unpark") == "unparked"
@@ -679,9 +676,7 @@ def test_a_coroutine_parked_by_a_signal_handler_holds_the_commit_back(coro) -> N
         # holds no word of the runtime's first-call code, only the frame
         assert ask(app, "tag") == "tag=1"
         assert ask(app, "park unnoted signal") == "parked"
-        refused = trigger(app.pid, coro["fix"])
-        assert refused.returncode == 15, (refused.returncode, refused.stderr)
-        assert "a stack the runtime was not told of" in refused.stderr
+        refused_for_now(app.pid, coro["fix"], "a stack the runtime was not told of")
         assert ask(app, "resume spin") == "resumed spin=1"
         apply(app.pid, coro["fix"])
         assert ask(app, "tag") == "tag=2"
@@ -776,10 +771,7 @@ def test_a_thread_running_the_library_on_a_stack_not_noted_holds_the_commit_back
         assert app.next_line() == "ready"
         assert ask(app, "tag") == "tag=1"
         assert ask(app, "spin thread unnoted") == "spinning"
-        refused = trigger(app.pid, coro["fix"])
-        assert refused.returncode == 15, (refused.returncode, refused.stderr)
-        assert "runs library code" in refused.stderr, refused.stderr
-        assert "not told of" in refused.stderr, refused.stderr
+        refused_for_now(app.pid, coro["fix"], "runs library code (")
         assert ask(app, "switch away") == "away tag=1 spun=11"
         apply(app.pid, coro["fix"])
         assert ask(app, "tag") == "tag=2"
@@ -809,10 +801,7 @@ def test_a_resumed_coroutine_between_two_calls_keeps_the_transition_open(coro) -
             time.sleep(0.05)
         assert ask(app, "finish") == "resumed run=11"
         assert ask(app, "unpark") == "unparked"
-        deadline = time.monotonic() + 30
-        while in_transition(app.pid):
-            assert time.monotonic() < deadline, "the transition did not end"
-            time.sleep(0.05)
+        wait_for_the_transition_to_end(app.pid)
 
 
 @pytest.mark.parametrize("ending", ["sleep", "commit"])
@@ -843,10 +832,7 @@ def test_the_tick_clears_a_stack_only_while_every_other_thread_sleeps(coro, endi
             assert ask(app, "busy off") == "idle"
         else:
             revert(app.pid, coro["fix"])
-        deadline = time.monotonic() + 30
-        while in_transition(app.pid):
-            assert time.monotonic() < deadline, "the transition did not end"
-            time.sleep(0.05)
+        wait_for_the_transition_to_end(app.pid)
         assert ask(app, "tag") == ("tag=2" if ending == "sleep" else "tag=1")
         if ending == "commit":
             assert ask(app, "busy off") == "idle"
@@ -867,9 +853,7 @@ def test_threads_sharing_one_thread_pointer_hold_the_commit_back(build_dir: Path
         assert app.next_line() == "ready"
         assert ask(app, "tag") == "tag=1"
         assert ask(app, "clone") == "cloned"
-        refused = trigger(app.pid, coro["fix"])
-        assert refused.returncode == 15, (refused.returncode, refused.stderr)
-        assert "share one thread pointer" in refused.stderr, refused.stderr
+        refused_for_now(app.pid, coro["fix"], "share one thread pointer")
         assert ask(app, "tag") == "tag=1"                 # nothing changed
         assert ask(app, "stop") == "stopped"
         apply(app.pid, coro["fix"])
@@ -928,10 +912,7 @@ def test_a_coroutine_begun_by_a_pending_thread_keeps_its_universe_after_the_thre
         assert ask(app, "tag") == "tag=2"                # main has moved
         assert ask(app, where) == "resumed run=11"
         assert ask(app, "unpark") == "unparked"
-        deadline = time.monotonic() + 30
-        while in_transition(app.pid):
-            assert time.monotonic() < deadline, "the transition did not end"
-            time.sleep(0.05)
+        wait_for_the_transition_to_end(app.pid)
         assert ask(app, "park") == "parked"              # a new activation: the new universe
         assert ask(app, "resume") == "resumed run=22"
 
@@ -961,6 +942,21 @@ def in_transition(pid: int) -> bool:
     return any(lib["in_transition"] for lib in json.loads(listed.stdout)[0]["libraries"])
 
 
+def wait_for_the_transition_to_end(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while in_transition(pid):
+        assert time.monotonic() < deadline, "the transition did not end"
+        time.sleep(0.05)
+
+
+def refused_for_now(pid: int, fix: Path, reason: str) -> None:
+    """The trigger changes nothing and says to retry (15), one line saying REASON."""
+    refused = trigger(pid, fix)
+    assert refused.returncode == 15, (refused.returncode, refused.stderr)
+    assert reason in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
 @pytest.mark.parametrize("how", ["park", "park own"])
 @pytest.mark.parametrize("where", ["resume", "resume thread"])
 def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, where, how) -> None:
@@ -979,9 +975,6 @@ def test_a_coroutine_parked_inside_the_library_resumes_in_its_universe(coro, whe
         assert ask(app, where) == "resumed run=11"        # the parked activation: the old one
         assert ask(app, "tag") == "tag=2"
         assert ask(app, "unpark") == "unparked"
-        deadline = time.monotonic() + 30
-        while in_transition(app.pid):
-            assert time.monotonic() < deadline, "the transition did not end"
-            time.sleep(0.05)
+        wait_for_the_transition_to_end(app.pid)
         assert ask(app, how) == "parked"                  # a new activation: the new universe
         assert ask(app, where) == "resumed run=22"
