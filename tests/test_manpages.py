@@ -21,7 +21,7 @@ def documented_options(page: str) -> set[str]:
 
 def every_option(parser) -> set[str]:
     found = set(manpages.options(parser))
-    for sub in manpages.subcommands(parser).values():
+    for sub in manpages.all_subcommands(parser).values():
         found |= set(manpages.options(sub))
     return found
 
@@ -34,7 +34,7 @@ def test_every_option_is_documented_and_nothing_else(tmp_path: Path) -> None:
         page = (tmp_path / "man1" / f"{name}.1").read_text()
         assert page.startswith(f'.TH "{name.upper()}" 1')
         assert documented_options(page) == every_option(parser), name
-        for command in manpages.subcommands(parser):
+        for command in manpages.all_subcommands(parser):
             assert f".SS {command}\n" in page
 
 
@@ -54,6 +54,9 @@ def test_bash_completes_options_and_subcommands(tmp_path: Path) -> None:
     assert set(complete("ulp", "pa")) == {"patches"}
     assert "--process" in complete("ulp", "patches", "--pro")
     assert complete("ulp-prepare", "--cfl") == ["--cflags"]
+    assert set(complete("ulp", "var", "")) >= {"get", "set"}
+    assert complete("ulp", "var", "set", "--ty") == ["--type"]
+    assert "--json" in complete("ulp", "patches", "-p", "123", "--js")
 
 
 def test_the_shipped_pages_are_the_generated_ones(tmp_path: Path) -> None:

@@ -12,12 +12,15 @@
                    registered, staged, applied, reverted, refused and why),
                    read without stopping it (ulp/messages.py)
   ulp runtime-path the runtime of this installation: LD_PRELOAD=$(ulp runtime-path)
+  ulp var get|set PID LIB:SYMBOL   a global variable of a running process,
+                   read, or written with every thread stopped (ulp/variables.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from datetime import UTC
 
 from ulp.console import ArgumentParser, Console, add_output_options, run_command, seconds
@@ -335,6 +338,70 @@ def cmd_livepatchable(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_var(args: argparse.Namespace) -> int:
+    """Read (get) or write (set) a global variable of a running process."""
+    from ulp import variables
+    from ulp.process import Process
+
+    process = Process(args.pid)
+    try:
+        variable = variables.find_variable(process, args.variable)
+        kind = variables.value_type(variable, args.type)
+        value = variables.read_value(process, variable, kind)
+        document = {"pid": args.pid, "variable": args.variable, "object": variable.object_path,
+                    "address": variable.address, "size": variable.size, "type": kind,
+                    "value": value}
+        if args.action == "set":
+            data = variables.encode_value(variable, kind, args.value)
+            variables.write_value(process, variable, data, args.timeout)
+            document["previous"], document["value"] = value, variables.read_value(
+                process, variable, kind)
+    finally:
+        process.close()
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
+        return 0
+    console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
+    shown = repr(value) if kind == "str" else str(value)
+    if args.action == "get":
+        print(f"{args.variable} = {one_line(shown)}")
+    else:
+        new = repr(document["value"]) if kind == "str" else str(document["value"])
+        console.say(f"{args.variable} = {one_line(new)} (was {one_line(shown)})")
+    console.detail(f"{kind}, {variable.size} bytes at {variable.address:#x} in "
+                   f"{one_line(variable.object_path)}")
+    return 0
+
+
+def _var_parsers(commands) -> None:
+    from ulp.variables import TYPES
+
+    var = commands.add_parser("var", help="read or write a global variable of a running "
+                              "process (a prepared library's or the program's), no patch "
+                              "needed")
+    actions = var.add_subparsers(dest="action", required=True, metavar="ACTION")
+    where = "LIB:SYMBOL: LIB a loaded object's path or file name, empty for the program"
+    get = _subcommand(actions, "get", cmd_var, "print the value of a variable (read without "
+                      "stopping the process)", "PID", "VARIABLE")
+    get.add_argument("--type", choices=TYPES, help="how to read it (default: an integer of "
+                     "the variable's size, or its bytes in hex)")
+    put = _subcommand(actions, "set", cmd_var, "write a value into a variable, with every "
+                      "thread of the process stopped", "PID", "VARIABLE", "VALUE")
+    put.add_argument("--type", choices=TYPES, required=True,
+                     help="the value's type; a number type must have the variable's size, "
+                          "str writes into a char array with its NUL")
+    put.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
+                     help="bound for stopping the threads (default: 10)")
+    for parser in (get, put):
+        parser.description = f"VARIABLE is {where}."
+    # VALUE may be -1e300, -inf or -0x10: numbers, not options (argparse
+    # takes only -5 and -1.5 for numbers; -- before VALUE works too)
+    if hasattr(put, "_negative_number_matcher"):
+        put._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|inf(inity)?|nan|0[xXoObB][0-9a-fA-F_]+)$",
+            re.IGNORECASE)
+
+
 def _subcommand(commands, name: str, run, help: str, *positionals: str) -> ArgumentParser:
     """A subcommand reporting state: its positionals (PID is a number), then
     --quiet, --verbose and --json."""
@@ -373,6 +440,7 @@ def build_parser() -> ArgumentParser:
                 "print the runtime's log of process PID: loaded, libraries registered, "
                 "patches staged, applied, reverted or refused and why; read through "
                 "/proc/PID/mem without stopping it", "PID")
+    _var_parsers(commands)
     _subcommand(commands, "livepatchable", cmd_livepatchable,
                 "tell whether a shared object is prepared, or built for live patching, and "
                 "which of its functions are ready", "FILE")
