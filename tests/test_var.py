@@ -6,6 +6,7 @@ program prints them on request, so a test sees what the process sees."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,7 @@ def refused(app: LiveProcess, code: ExitCode, text: str, *args: str | int) -> No
     ("libvar.so:ratio", "f64", "0.5"),
     ("libvar.so:name", "str", "'alpha'"),
     ("libvar.so:hidden", None, "3"),            # static: .symtab only
+    ("libvar.so:limit", None, "5"),             # a constant can be read
     (":app_global", None, "42"),               # the program's own
 ])
 def test_get_reads_each_type(app, variable, kind, shown) -> None:
@@ -154,6 +156,8 @@ def test_set_json_gives_the_value_before_and_after(app) -> None:
      "holds 15 characters at most"),
     (("set", "{pid}", "libvar.so:counter", "1"), ExitCode.USAGE, "--type"),
     (("get", "999999999", "libvar.so:counter"), ExitCode.NO_PROCESS, "999999999"),
+    (("set", "{pid}", "libvar.so:limit", "6", "--type", "i32"), ExitCode.USAGE,
+     "read-only"),
 ])
 def test_bad_names_types_and_values_are_refused_and_change_nothing(app, args, code,
                                                                    text) -> None:
@@ -185,3 +189,30 @@ def test_set_in_a_process_with_the_runtime_stops_its_agent_too(var_program) -> N
                                     "i32")
         assert returncode == 0, stderr
         assert ask(process, "show") == INITIAL.replace("counter=7", "counter=11")
+        # a thread's id (the agent's) names its process
+        agent = next(int(tid) for tid in os.listdir(f"/proc/{process.pid}/task")
+                     if int(tid) != process.pid)
+        returncode, stdout, stderr = var("get", agent, "libvar.so:counter", "--json")
+        assert returncode == 0, stderr
+        assert (json.loads(stdout)["pid"], json.loads(stdout)["value"]) == (process.pid, 11)
+
+
+def test_a_variable_the_program_copied_is_written_where_the_process_uses_it(
+        build_dir: Path, var_program) -> None:
+    """A program that uses a library's variable directly has its own copy
+    (an R_X86_64_COPY relocation), and the library's code uses that copy:
+    `libvar.so:counter` must name it, or a write would change nothing the
+    process sees (it did: "counter = 99 (was 7)", and the process still
+    printed 7)."""
+    app = cc(build_dir / "var" / "copy_app", [C_DIR / "var_copy_app.c"],
+             f"-L{var_program['lib'].parent}", "-lvar")
+    env = {"LD_LIBRARY_PATH": str(var_program["lib"].parent)}
+    with LiveProcess([app], env=env, preload_runtime=False) as process:
+        assert process.next_line() == "ready"
+        returncode, _, stderr = var("set", process.pid, "libvar.so:counter", "99", "--type",
+                                    "i32")
+        assert returncode == 0, stderr
+        shown = ask(process, "show")
+        assert "counter=99 " in shown and shown.endswith("direct=99"), shown
+        assert var("get", process.pid, "libvar.so:counter")[1] == "libvar.so:counter = 99\n"
+        assert var("get", process.pid, ":counter")[1] == ":counter = 99\n"

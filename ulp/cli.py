@@ -348,7 +348,8 @@ def cmd_var(args: argparse.Namespace) -> int:
         variable = variables.find_variable(process, args.variable)
         kind = variables.value_type(variable, args.type)
         value = variables.read_value(process, variable, kind)
-        document = {"pid": args.pid, "variable": args.variable, "object": variable.object_path,
+        document = {"pid": process.pid, "variable": args.variable,
+                    "object": variable.object_path,
                     "address": variable.address, "size": variable.size, "type": kind,
                     "value": value}
         if args.action == "set":

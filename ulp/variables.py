@@ -57,8 +57,39 @@ def find_variable(process: Process, spec: str) -> Variable:
         raise VariableError(f"{spec}: name a variable as LIB:SYMBOL (:SYMBOL for the program)")
     path, start = _mapped_object(process, library)
     symbol = _data_symbol(process.object_file(path, start), spec, name)
+    if library:
+        interposed = _program_copy(process, path, start, name, symbol)
+        if interposed is not None:
+            return Variable(spec, *interposed)
     address = _load_bias(process.object_file(path, start), start) + symbol.value
     return Variable(spec, path, address, symbol.size)
+
+
+def _program_copy(process: Process, path: str, start: int, name: str,
+                  symbol: Symbol) -> tuple[str, int, int] | None:
+    """Where the program keeps its own copy of a library's exported
+    variable, if it does: (program path, address, size).
+
+    A program that uses a library's variable directly gets a copy of it
+    (an R_X86_64_COPY relocation) and its definition comes first in the
+    lookup, so the library's own code uses that copy too: the library's
+    variable is then never read again, and writing it would change nothing
+    the process sees."""
+    from ulp.elfinfo import dynamic_symbol_value, open_elf
+
+    with open_elf(process.object_file(path, start)) as elf:
+        if dynamic_symbol_value(elf, name) is None:
+            return None     # not exported: the library's own references only
+    objects = process.mapped_objects(reuse=True)
+    program = _program_path(process)
+    if program not in objects or program == path:
+        return None
+    file = process.object_file(program, objects[program])
+    with open_elf(file) as elf:
+        value = dynamic_symbol_value(elf, name)
+    if value is None:
+        return None
+    return program, _load_bias(file, objects[program]) + value, symbol.size
 
 
 def _mapped_object(process: Process, library: str) -> tuple[str, int]:
@@ -133,8 +164,10 @@ def _covering(process: Process, variable: Variable, permission: str) -> None:
             at = mapping.end
             if at >= end:
                 return
-    need = "writable" if permission == "w" else "readable"
-    raise UlpError(f"{variable.spec} at {variable.address:#x} is not in {need} memory of "
+    if permission == "w":
+        raise VariableError(f"{variable.spec} is read-only in process {process.pid} (a "
+                            "constant): refusing to write it")
+    raise UlpError(f"{variable.spec} at {variable.address:#x} is not in readable memory of "
                    f"process {process.pid}", ExitCode.TARGET_MISMATCH)
 
 

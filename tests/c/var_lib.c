@@ -10,6 +10,7 @@ unsigned long long huge = 18446744073709551615ULL;
 float weight = 1.25f;
 double ratio = 0.5;
 char name[16] = "alpha";
+const int limit = 5;
 static volatile int hidden = 3;   /* volatile: kept, read at each show */
 __thread int per_thread = 1;
 
