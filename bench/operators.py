@@ -219,22 +219,49 @@ def busy_target(rounds: int) -> None:
               f"pause {spread(pauses) if pauses else '-'} ({load()})")
 
 
-def fleet(count: int, libpulp: Path | None) -> None:
-    """N + 1 idle processes, one trigger call applying to all, one reverting."""
-    run_fleet("ulp", [BUILD / "fleet", str(count)], count,
-              [[INSTALLED_TRIGGER, "fix.ulp"], [INSTALLED_TRIGGER, "--revert", "fix.ulp"]],
-              BUILD, spawn)
+def fleet(count: int, libpulp: Path | None, rounds: int) -> None:
+    """N + 1 idle processes, one trigger call applying to all, one reverting;
+    with libpulp, its fleet and trigger too, the two in turn over ROUNDS
+    rounds, the order swapped every round: the first fleet after the machine
+    was idle runs slower (3.89 s, then 3.63, 2.95, 2.5-2.7 s for the same
+    ulp in four runs in a row, 2026-11-24), and libpulp's always came
+    second."""
+    ulp_walls: list[float] = []
+    libpulp_walls: list[float] = []
+    for number in range(rounds):
+        runs = [lambda: ulp_walls.append(ulp_fleet(count))]
+        if libpulp is not None:
+            runs.append(lambda: libpulp_walls.append(libpulp_fleet(libpulp)))
+        for run in runs if number % 2 == 0 else reversed(runs):
+            run()
     if libpulp is None:
         print("  libpulp: not run (no --libpulp DIR: it is in no package registry this "
               "project reaches; docs/benchmarks.md)")
         return
+    verdict = "faster" if statistics.median(ulp_walls) < statistics.median(libpulp_walls) \
+        else "NOT faster"
+    print(f"  apply to every process, {rounds} round(s), order swapped each round: "
+          f"ulp {spread(ulp_walls)}, libpulp {spread(libpulp_walls)}: ulp is {verdict} by "
+          f"median (faster in {sum(u < p for u, p in zip(ulp_walls, libpulp_walls, strict=True))}"
+          f" of {rounds} rounds)")
+
+
+def ulp_fleet(count: int) -> float:
+    """The wall time of ulp's apply to the fleet."""
+    return run_fleet("ulp", [BUILD / "fleet", str(count)], count,
+                     [[INSTALLED_TRIGGER, "fix.ulp"], [INSTALLED_TRIGGER, "--revert", "fix.ulp"]],
+                     BUILD, spawn)
+
+
+def libpulp_fleet(libpulp: Path) -> float:
+    """The wall time of libpulp's trigger on its own 4,001-process stress test."""
     tests = libpulp / "tests"
     env = dict(os.environ, LD_PRELOAD=str(libpulp / "lib" / ".libs" / "libpulp.so"),
                LD_LIBRARY_PATH=str(tests / ".libs"))
     ulp = str(libpulp / "tools" / "ulp")
-    run_fleet("libpulp", [tests / ".libs" / "stress"], 4000,
-              [[ulp, "trigger", ".libs/libstress_livepatch1.so"]], tests,
-              lambda argv: on_terminal(argv, env, tests))
+    return run_fleet("libpulp", [tests / ".libs" / "stress"], 4000,
+                     [[ulp, "trigger", ".libs/libstress_livepatch1.so"]], tests,
+                     lambda argv: on_terminal(argv, env, tests))
 
 
 def on_terminal(argv: list, env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -255,7 +282,9 @@ SETTLE = 3.0  # seconds between a fleet's "ready" and the first command
 
 
 def run_fleet(name: str, argv: list, count: int, commands: list[list[str]], cwd: Path,
-              start) -> None:
+              start) -> float:
+    """Start the fleet, run COMMANDS on it, stop it: the first command's wall time."""
+    walls = []
     started = time.perf_counter()
     proc = start(argv)
     # the fleet's children outlive a parent that is killed: they are killed too
@@ -275,6 +304,7 @@ def run_fleet(name: str, argv: list, count: int, commands: list[list[str]], cwd:
         time.sleep(SETTLE)
         for command in commands:
             wall, cpu, out = timed(command, cwd=cwd)
+            walls.append(wall)
             shown = " ".join([Path(command[0]).name, *command[1:]])
             summary = [line for line in out.splitlines() if "process(es):" in line]
             print(f"  {name}: {shown}: wall {wall:.2f} s, cpu {cpu:.2f} s ({load()})"
@@ -288,6 +318,7 @@ def run_fleet(name: str, argv: list, count: int, commands: list[list[str]], cwd:
             if (process_start(pid) or (0, None))[1] == started_at:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+    return walls[0]
 
 
 def process_start(pid: int) -> tuple[int, int] | None:
@@ -319,11 +350,13 @@ def main() -> int:
                         help="only the fleet benchmark: N + 1 idle processes (make bench-fleet)")
     parser.add_argument("--libpulp", type=Path, metavar="DIR",
                         help="with --fleet: a built libpulp tree to compare with")
+    parser.add_argument("--fleet-rounds", type=int, default=4, metavar="R",
+                        help="with --fleet: rounds of both fleets, in turn (default: 4)")
     args = parser.parse_args()
     build()
     if args.fleet:
         print(f"a fleet of idle processes, one command ({time.strftime('%Y-%m-%d %H:%M')}):")
-        fleet(args.fleet, args.libpulp)
+        fleet(args.fleet, args.libpulp, args.fleet_rounds)
         return 0
     print("one idle process:")
     one_idle_process(args.rounds)

@@ -286,17 +286,20 @@ ULP_HIDDEN void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlib
 ULP_HIDDEN const char *ulp_threads_sharing_a_record(const struct ulp_request_thread *threads,
                                                     uint32_t n, char *message, size_t size)
 {
-    enum { SLOTS = 16384 };     /* more than twice the threads a request holds */
-    static uint32_t seen[SLOTS];        /* an index into THREADS + 1; the agent's */
-    _Static_assert(SLOTS / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
+    enum { MOST = 16384 };      /* more than twice the threads a request holds */
+    static uint32_t seen[MOST];         /* an index into THREADS + 1; the agent's */
+    _Static_assert(MOST / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
                    "every thread of a request has a slot");
-    memset(seen, 0, sizeof seen);
+    uint32_t slots = 16;        /* twice the threads, a power of 2: little to clear */
+    while (slots < 2 * n && slots < MOST)
+        slots *= 2;
+    memset(seen, 0, slots * sizeof seen[0]);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t tp = threads[i].thread_pointer;
         if (!tp)
             continue;
-        uint32_t at = (uint32_t)((tp * 0x9e3779b97f4a7c15ULL) >> 50) & (SLOTS - 1);
-        for (; seen[at]; at = (at + 1) & (SLOTS - 1)) {
+        uint32_t at = (uint32_t)((tp * 0x9e3779b97f4a7c15ULL) >> 40) & (slots - 1);
+        for (; seen[at]; at = (at + 1) & (slots - 1)) {
             const struct ulp_request_thread *other = &threads[seen[at] - 1];
             if (other->thread_pointer == tp) {
                 snprintf(message, size, "threads %d and %d share one thread pointer (a raw "
