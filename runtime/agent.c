@@ -433,7 +433,7 @@ __attribute__((constructor)) static void ulp_runtime_init(void)
     ulp_mailbox.universe_address = (uint64_t)(uintptr_t)&ulp_global_universe;
     ulp_mailbox.idle_address = (uint64_t)(uintptr_t)ulp_agent_wait_return;
     ulp_mailbox.staged_fd = -1;
-    ulp_mailbox.features = ULP_FEATURE_INLINE_OBJECT;
+    ulp_mailbox.features = ULP_FEATURE_INLINE_OBJECT | ULP_FEATURE_THREAD_BOUNDS;
     ulp_mailbox.applied_table = ulp_applied_table_address();
     measure_thread_layout();
     ulp_foreign_init();

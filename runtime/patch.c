@@ -992,6 +992,14 @@ static int publish(const struct parsed_request *req, struct patch *const *parts,
     for (uint32_t k = 0; k < n; k++)
         libs[k] = parts[k]->lib;
     ulp_know_code_of(libs, n);
+    /* the request lies in the mailbox, the agent's while it handles it */
+    if ((req->head->flags & ULP_REQUEST_FILL_BOUNDS) &&
+        ulp_fill_thread_stacks((struct ulp_request_thread *)req->threads,
+                               req->head->nthreads) != 0) {
+        ulp_coroutine_stacks_unjudged();
+        return answer(reply, ULP_E_COROUTINES, "cannot read /proc/self/maps to find the "
+                      "threads' stacks; nothing changed");
+    }
     why = ulp_threads_sharing_a_record(req->threads, req->head->nthreads, unnoted,
                                        sizeof unnoted);
     if (!why && !(req->head->flags & ULP_REQUEST_TRUST_STACKS))

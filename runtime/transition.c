@@ -208,6 +208,18 @@ static int words_of_prepared_code(uintptr_t low, uintptr_t high)
     return 0;
 }
 
+/* Where the frames of T's own stack can end: glibc puts a thread's static
+ * TLS and then its control block, where its thread pointer points, at the
+ * top of the thread's stack mapping, so no frame lies above the thread
+ * pointer (the control block's saved contexts are mangled).  The main
+ * thread's control block is elsewhere: its stack ends with the mapping. */
+static uintptr_t own_frames_end(const struct ulp_request_thread *t, uintptr_t from)
+{
+    if (from < t->thread_pointer && t->thread_pointer < t->stack_high)
+        return t->thread_pointer;
+    return t->stack_high;
+}
+
 /* May the stopped thread T be inside an activation?  Its current stack is
  * searched from %rsp up; when it stopped on another stack than its own (a
  * signal handler's, a coroutine's), its own stack is searched whole. */
@@ -217,10 +229,12 @@ static int may_be_inside(const struct ulp_request_thread *t)
         return 1;
     if (!t->here_high || t->rsp > t->here_high)
         return 1;   /* the trigger could not tell where its stack ends */
-    if (words_of_prepared_code(t->rsp, t->here_high))
-        return 1;
     int on_own_stack = t->stack_low <= t->rsp && t->rsp < t->stack_high;
-    return !on_own_stack && words_of_prepared_code(t->stack_low, t->stack_high);
+    if (words_of_prepared_code(t->rsp, on_own_stack ? own_frames_end(t, t->rsp)
+                                                    : t->here_high))
+        return 1;
+    return !on_own_stack && words_of_prepared_code(t->stack_low,
+                                                   own_frames_end(t, t->stack_low));
 }
 
 static int remember_pending(pid_t tid, int slot, struct ulp_thread_record *record)

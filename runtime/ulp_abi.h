@@ -136,7 +136,7 @@ struct ulp_request {
     uint16_t part;              /* PREPARE: which target library of the patch (ABI 5) */
     uint16_t nparts;            /* PREPARE: how many it has; 0 or 1: one */
     uint32_t nthreads;          /* COMMIT, REVERT: the stopped threads (ABI 6) */
-    uint32_t flags;             /* ULP_REQUEST_KEEP_PINS (ABI 6), _TRUST_STACKS */
+    uint32_t flags;             /* ULP_REQUEST_KEEP_PINS (ABI 6), _TRUST_STACKS, _FILL_BOUNDS */
 };
 
 /* PREPARE's so_fd: the patch object is the request's last so_size bytes,
@@ -144,12 +144,17 @@ struct ulp_request {
  * ULP_FEATURE_INLINE_OBJECT. */
 #define ULP_SO_INLINE (-2)
 #define ULP_FEATURE_INLINE_OBJECT 1
+/* COMMIT and REVERT take ULP_REQUEST_FILL_BOUNDS (threadstacks.c). */
+#define ULP_FEATURE_THREAD_BOUNDS 2
 
 /* Keep the libraries this request pinned loaded until the next request is
  * answered: a COMMIT or REVERT sent while every thread is stopped then
  * needs no lock of the loader, which a stopped thread may hold. */
 #define ULP_REQUEST_KEEP_PINS 1
 #define ULP_REQUEST_TRUST_STACKS 2   /* no search for activations on unnoted stacks (foreign.c) */
+/* COMMIT, REVERT: the threads' stack_low, stack_high and here_high are 0;
+ * the runtime finds them in its own mappings (threadstacks.c). */
+#define ULP_REQUEST_FILL_BOUNDS 4
 
 struct ulp_request_unit {
     uint32_t index;             /* function index in the target library */

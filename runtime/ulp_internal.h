@@ -61,6 +61,9 @@ void ulp_foreign_init(void);
 const char *ulp_unnoted_stack_activation(const struct ulp_request_thread *threads, uint32_t n,
                                          char *message, size_t size);
 
+/* threadstacks.c: the stopped threads' stacks, from /proc/self/maps */
+int ulp_fill_thread_stacks(struct ulp_request_thread *threads, uint32_t n);
+
 /* quiet.c: whether every other thread slept through a search */
 int ulp_quiet_begin(void);
 int ulp_quiet_end(void);

@@ -499,6 +499,7 @@ int main(void)
     VALUE(ULP_ABI_VERSION); VALUE(ULP_MESSAGE_MAX); VALUE(ULP_REQUEST_MAX);
     VALUE(ULP_REQUEST_KEEP_PINS);
     VALUE(ULP_REQUEST_TRUST_STACKS); VALUE(ULP_SO_INLINE); VALUE(ULP_FEATURE_INLINE_OBJECT);
+    VALUE(ULP_REQUEST_FILL_BOUNDS); VALUE(ULP_FEATURE_THREAD_BOUNDS);
     printf("magic %s\n", ULP_MAILBOX_MAGIC);
 @VALUES@
     return 0;
@@ -592,6 +593,8 @@ def test_python_mirror_matches_the_c_header(tmp_path: Path) -> None:
     assert int(values["ULP_REQUEST_TRUST_STACKS"]) == agent_abi.REQUEST_TRUST_STACKS
     assert int(values["ULP_SO_INLINE"]) == agent_abi.SO_INLINE
     assert int(values["ULP_FEATURE_INLINE_OBJECT"]) == agent_abi.FEATURE_INLINE_OBJECT
+    assert int(values["ULP_REQUEST_FILL_BOUNDS"]) == agent_abi.REQUEST_FILL_BOUNDS
+    assert int(values["ULP_FEATURE_THREAD_BOUNDS"]) == agent_abi.FEATURE_THREAD_BOUNDS
     assert int(values["ULP_MESSAGE_MAX"]) == agent_abi.MESSAGE_MAX
     assert int(values["ULP_REQUEST_MAX"]) == agent_abi.REQUEST_MAX
     assert values["magic"].encode() + b"\0" == agent_abi.MAILBOX_MAGIC

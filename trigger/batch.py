@@ -206,7 +206,7 @@ def _work(handle: Callable[[int], list[Outcome]], pid: int) -> tuple:
 def _record(outcome: Outcome) -> tuple:
     pause = outcome.pause
     return (outcome.pid, outcome.patch, int(outcome.code), outcome.message, outcome.reverting,
-            None if pause is None else (pause.threads, pause.seconds))
+            None if pause is None else (pause.threads, pause.seconds, pause.span))
 
 
 def _outcome(record: tuple) -> Outcome:

@@ -188,7 +188,9 @@ def _run_single(args: argparse.Namespace, steps: list[batch.Step], console: Cons
     console.say(outcome.message)
     if args.verbose and outcome.pause is not None:
         console.say(f"application threads stopped: {outcome.pause.threads}, "
-                    f"for {outcome.pause.seconds * 1000:.3f} ms")
+                    f"for {outcome.pause.seconds * 1000:.3f} ms at most each "
+                    f"({outcome.pause.span * 1000:.3f} ms from the first stop to the "
+                    "last release)")
     return ExitCode.OK
 
 

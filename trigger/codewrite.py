@@ -29,10 +29,19 @@ from ulp.trigger.tracee import WALL, ThreadGone, Tracee, thread_is_exiting, wait
 
 @dataclass(frozen=True)
 class Pause:
-    """One stop of the application: from the first interrupt to the last detach."""
+    """One stop of the application.
+
+    ``seconds``: the longest stop of any thread, each bounded by the moment
+    just before it was interrupted and the moment just after it was let go
+    (it runs before the first and after the second); ``span``: from the
+    first interrupt to the last release, the figure this reported before
+    (the threads are interrupted one after the other and let go one after
+    the other, the first interrupted first, so no thread is stopped that
+    long: with 257 threads, 0.7 ms more)."""
 
     threads: int
     seconds: float
+    span: float = 0.0
 
 
 _pauses = threading.local()  # each thread's last pause: ulp-trigger runs one per process
@@ -120,11 +129,13 @@ def all_threads_stopped(process: Process, held: dict[int, Tracee],
     """
     deadline = time.monotonic() + timeout
     stopped: dict[int, Tracee] = {}
+    longest: list[float] = []
     with scheduled_first(), _reaper.watching(held), _stopping(process, held, deadline,
-                                                              stopped) as started:
+                                                              stopped, longest) as started:
         yield stopped
     if started:
-        _pauses.last = Pause(len(stopped), time.monotonic() - started[0])
+        _pauses.last = Pause(len(stopped), longest[0] if longest else 0.0,
+                             time.monotonic() - started[0])
 
 
 class _Reaper:
@@ -209,8 +220,9 @@ def _reap_dead(held: dict[int, Tracee]) -> None:
 
 @contextlib.contextmanager
 def _stopping(process: Process, held: dict[int, Tracee], deadline: float,
-              stopped: dict[int, Tracee]) -> Iterator[list[float]]:
-    """Stop the threads into ``stopped``; yield [time of the first interrupt]."""
+              stopped: dict[int, Tracee], longest: list[float]) -> Iterator[list[float]]:
+    """Stop the threads into ``stopped``; yield [time of the first interrupt].
+    Once they are let go, ``longest`` holds the longest stop of any of them."""
     started: list[float] = []
     exiting: set[int] = set()  # listed, but could not be seized: they never run again
     try:
@@ -229,8 +241,18 @@ def _stopping(process: Process, held: dict[int, Tracee], deadline: float,
             raise process.gone()
         yield started
     finally:
-        for tracee in stopped.values():
-            tracee.detach()
+        longest.append(_let_go_in_order(stopped))
+
+
+def _let_go_in_order(stopped: dict[int, Tracee]) -> float:
+    """Detach every stopped thread, the first interrupted first; the
+    longest time any was held, from its interrupt to its release."""
+    longest = 0.0
+    for tracee in sorted(stopped.values(), key=lambda t: t.interrupted_at or 0.0):
+        tracee.detach()
+        if tracee.interrupted_at is not None:
+            longest = max(longest, time.monotonic() - tracee.interrupted_at)
+    return longest
 
 
 def _seize_all(process: Process, tids: list[int]) -> list[Tracee]:
@@ -263,6 +285,7 @@ def _seize_all(process: Process, tids: list[int]) -> list[Tracee]:
 def _interrupt_all(seized: list[Tracee]) -> None:
     for tracee in seized:
         try:
+            tracee.interrupted_at = time.monotonic()
             tracee.interrupt()
         except ThreadGone:
             pass  # _wait_all collects it

@@ -121,7 +121,13 @@ def _containing(ranges: list[Range], starts: list[int], address: int) -> Range |
     return None
 
 
-def thread_table(process: Process, stopped: dict[int, Tracee]) -> list[RequestThread]:
+def leaves_stacks_to_runtime(threads: int, runtime_finds_stacks: bool) -> bool:
+    """Does the table of ``threads`` threads leave their stacks 0, for the runtime?"""
+    return runtime_finds_stacks and threads > QUERY_THREADS_MAX
+
+
+def thread_table(process: Process, stopped: dict[int, Tracee],
+                 runtime_finds_stacks: bool = False) -> list[RequestThread]:
     """One entry per thread in ``stopped``: %rip, %rsp, thread pointer, its own
     stack (the mapping of [stack] for the main thread, else the mapping its
     thread pointer lies in: glibc puts the thread's control block at the top
@@ -129,9 +135,15 @@ def thread_table(process: Process, stopped: dict[int, Tracee]) -> list[RequestTh
 
     With a few threads, each mapping is asked of the kernel (PROCMAP_QUERY):
     reading and parsing the text of every mapping was most of this, and
-    every thread waits meanwhile."""
+    every thread waits meanwhile.  With more, and ``runtime_finds_stacks``
+    (the runtime announces FEATURE_THREAD_BOUNDS), the stacks are left 0
+    for the runtime to find in its own mappings, in C (the request then
+    says REQUEST_FILL_BOUNDS): 0.95 ms of the 257-thread pause here."""
     threads = [(tid, tracee.registers_when_stopped or tracee.get_registers())
                for tid, tracee in sorted(stopped.items())]
+    if leaves_stacks_to_runtime(len(threads), runtime_finds_stacks):
+        return [RequestThread(tid, regs.rip, regs.rsp, regs.fs_base, 0, 0, 0)
+                for tid, regs in threads]
     rows = None
     if len(threads) <= QUERY_THREADS_MAX:
         try:

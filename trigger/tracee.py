@@ -133,6 +133,8 @@ class Tracee:
         self._xstate: bytes | None = None
         #: its registers, read as soon as it stopped (codewrite): valid until it runs
         self.registers_when_stopped = None
+        #: time.monotonic() just before it was interrupted (codewrite's pause)
+        self.interrupted_at: float | None = None
 
     # -- attaching -------------------------------------------------------------
     def seize(self) -> None:

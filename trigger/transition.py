@@ -52,7 +52,7 @@ from ulp.trigger import private
 from ulp.trigger.agent import Agent
 from ulp.trigger.codewrite import CodeWrite, check_code, write_code
 from ulp.trigger.elfscan import TargetLibrary, for_path, mapped_version, prepared_or_error
-from ulp.trigger.threadtable import thread_table
+from ulp.trigger.threadtable import leaves_stacks_to_runtime, thread_table
 from ulp.trigger.tracee import Tracee
 
 #: ``ulp-trigger --trust-stacks``: the operator vouches that the target runs
@@ -110,9 +110,15 @@ def _prepared_or_error(process: Process, path: str, base: int) -> TargetLibrary 
     instead of raised (UlpError.first_path names another process's copy)."""
     try:
         source, version = mapped_version(process, path, base)
+        return prepared_or_error(source, version)
     except OSError:
         return UlpError(f"{path}: cannot read", ExitCode.FILE_MISSING)
-    return prepared_or_error(source, version)
+    except UlpError as error:
+        # unmapped between the look at its version and the read (a library
+        # the program dlcloses meanwhile): not a candidate any more
+        if error.exit_code == ExitCode.FILE_MISSING:
+            return error
+        raise
 
 
 @functools.lru_cache(maxsize=1024)
@@ -358,8 +364,11 @@ def _committing(agent: Agent, metadata: PatchMetadata, op: Op):
     """COMMIT or REVERT, sent while every other thread is stopped: the
     runtime starts the transition from where each thread stopped."""
     def send(stopped: dict[int, Tracee]) -> tuple[int, str]:
-        request = _request(op, metadata, threads=tuple(thread_table(agent.process, stopped)))
+        runtime_finds = bool(agent.features & agent_abi.FEATURE_THREAD_BOUNDS)
+        threads = tuple(thread_table(agent.process, stopped, runtime_finds))
+        request = _request(op, metadata, threads=threads)
         request.trust_stacks = trust_stacks
+        request.fill_bounds = leaves_stacks_to_runtime(len(threads), runtime_finds)
         return agent.call(request)
     return send
 

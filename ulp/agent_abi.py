@@ -35,9 +35,14 @@ REQUEST_HEADER_FORMAT = "<IIII16sQ32s32sIiQIIIHHII"
 #: a runtime announcing FEATURE_INLINE_OBJECT in its mailbox takes
 SO_INLINE = -2
 FEATURE_INLINE_OBJECT = 1
+#: a runtime announcing FEATURE_THREAD_BOUNDS finds the stopped threads'
+#: stacks itself for a COMMIT or REVERT flagged REQUEST_FILL_BOUNDS
+FEATURE_THREAD_BOUNDS = 2
 REQUEST_KEEP_PINS = 1  # request flags: keep the libraries pinned for the next request
 #: COMMIT, REVERT: no search for activations on stacks nobody noted (runtime/foreign.c)
 REQUEST_TRUST_STACKS = 2
+#: COMMIT, REVERT: the threads' stack bounds are left 0 for the runtime (threadstacks.c)
+REQUEST_FILL_BOUNDS = 4
 REQUEST_UNIT_FORMAT = "<II"
 REQUEST_PRIVATE_FORMAT = "<qIIQQ"  # entry_delta, name, flags, desc (written by the runtime), size
 REQUEST_REF_FORMAT = "<IIq"  # kind, name, delta
@@ -198,6 +203,7 @@ class Request:
     threads: tuple[RequestThread, ...] = ()  # COMMIT, REVERT: every stopped thread (ABI 6)
     keep_pins: bool = False  # the next request (sent with every thread stopped) uses them
     trust_stacks: bool = False  # COMMIT, REVERT: the operator vouches no stack goes unnoted
+    fill_bounds: bool = False  # COMMIT, REVERT: the runtime finds the threads' stacks
     inline_object: bytes = b""  # PREPARE with SO_INLINE: the patch object's bytes
 
     def privates_offset(self) -> int:
@@ -229,7 +235,8 @@ class Request:
                              len(self.privates), len(self.refs), label, self.part,
                              self.nparts, len(self.threads),
                              (REQUEST_KEEP_PINS if self.keep_pins else 0)
-                             | (REQUEST_TRUST_STACKS if self.trust_stacks else 0))
+                             | (REQUEST_TRUST_STACKS if self.trust_stacks else 0)
+                             | (REQUEST_FILL_BOUNDS if self.fill_bounds else 0))
         threads = b"".join(thread.pack() for thread in self.threads)
         data = (header + b"".join(self.requires) + units + privates + refs + threads
                 + bytes(strings) + self.inline_object)
