@@ -11,15 +11,16 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from consistency_support import C_DIR, LiveProcess, patch, prepared_library, tool
+from consistency_support import C_DIR, LiveProcess, ask, patch, prepared_library, tool
 
 from support import ROOT, RUNTIME, TIMEOUT, cc
-from ulp import agent_abi
+from ulp import agent_abi, patchfile
 from ulp.process import Process
 from ulp.trigger import threadtable, workers
 from ulp.trigger.tracee import Tracee
@@ -93,6 +94,65 @@ def test_the_thread_table_asked_of_the_kernel_is_the_one_read_from_maps(build_di
     assert len(threads) == 2  # the program and the agent
     assert [row[2:] for row in queried] == [row[2:] for row in read]
     assert all(own and here for _, _, own, here in queried)
+
+
+def _request_threads(process: Process, mailbox: int) -> tuple[int, list]:
+    """The flags and the thread table of the last request written to the
+    mailbox, as the agent left it (it fills a COMMIT's stacks in place)."""
+    header = struct.calcsize(agent_abi.REQUEST_HEADER_FORMAT)
+    fields = struct.unpack(agent_abi.REQUEST_HEADER_FORMAT,
+                           process.read(mailbox + agent_abi.REQUEST_OFFSET, header))
+    nunits, nrequires, nprivates, nrefs, nthreads = (fields[1], fields[2], fields[11],
+                                                     fields[12], fields[16])
+    start = (header + 16 * nrequires + struct.calcsize(agent_abi.REQUEST_UNIT_FORMAT) * nunits
+             + struct.calcsize(agent_abi.REQUEST_PRIVATE_FORMAT) * nprivates
+             + struct.calcsize(agent_abi.REQUEST_REF_FORMAT) * nrefs)
+    size = struct.calcsize(agent_abi.REQUEST_THREAD_FORMAT)
+    data = process.read(mailbox + agent_abi.REQUEST_OFFSET + start, size * nthreads)
+    return fields[17], [agent_abi.RequestThread(tid, rip, rsp, tp, low, high, here)
+                        for tid, _, rip, rsp, tp, low, high, here
+                        in struct.iter_unpack(agent_abi.REQUEST_THREAD_FORMAT, data)]
+
+
+def test_the_stacks_the_runtime_finds_are_the_ones_the_trigger_would_send(
+        build_dir: Path, monkeypatch) -> None:
+    """Above 16 threads the trigger leaves each thread's stacks 0 in the
+    COMMIT (REQUEST_FILL_BOUNDS) and the runtime finds them in its own
+    mappings (runtime/threadstacks.c): they must be exactly the ones the
+    trigger reads from /proc/PID/maps at the same stop, for every thread
+    (the main thread's [stack], the others' from their thread pointers, the
+    mapping of each stack pointer).  One real apply to 40 threads."""
+    from ulp.trigger import agent as agent_module
+    from ulp.trigger import transition
+    from ulp.trigger.tracee import block_sigchld
+
+    root = build_dir / "fill-bounds"
+    lib = prepared_library(root / "lib" / "libe2e.so", [C_DIR / "e2e_lib.c"])
+    app = cc(root / "app", [C_DIR / "many_threads_app.c"], f"-L{root / 'lib'}", "-le2e",
+             "-pthread")
+    fix = patch(root, "fix", lib, {"lib_value": "lib_value_v2"}, C_DIR / "e2e_fix.c")
+    own_tables = []
+    original = threadtable.thread_table
+
+    def both_tables(process, stopped, runtime_finds_stacks=False):
+        own_tables.append(original(process, stopped))
+        return original(process, stopped, runtime_finds_stacks)
+
+    monkeypatch.setattr(transition, "thread_table", both_tables)
+    block_sigchld()
+    with LiveProcess([app, "40"], env={"LD_LIBRARY_PATH": str(lib.parent)}) as proc:
+        assert proc.next_line() == "ready"
+        process = Process(proc.pid)
+        try:
+            transition.apply(process, patchfile.read_patch_file(str(fix)), TIMEOUT, str(fix))
+            flags, filled = _request_threads(process, agent_module.find_mailbox(process))
+        finally:
+            process.close()
+        assert ask(proc, "call") == "value=200"       # the patched lib_value
+    assert flags & agent_abi.REQUEST_FILL_BOUNDS          # the runtime did find them
+    assert len(own_tables) == 1 and len(own_tables[0]) == 42  # 40, the spinner, main
+    assert sorted(filled, key=lambda t: t.tid) == sorted(own_tables[0], key=lambda t: t.tid)
+    assert all(thread.stack_high and thread.here_high for thread in filled)
 
 
 def test_a_worker_that_dies_leaves_its_process_without_an_outcome() -> None:
