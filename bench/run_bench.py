@@ -30,7 +30,7 @@ import rwlib  # noqa: E402
 OUT = ROOT / "build" / "bench"
 PROCESSES = 3  # per process kind, interleaved
 ROUNDS = 20  # per process, variants interleaved within each
-APPLIES = {8: 4, 256: 2}
+APPLIES = {8: 7, 256: 7}
 PREPARE_FUNCTIONS = 5000
 
 
