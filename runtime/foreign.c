@@ -699,6 +699,17 @@ static int search_queried(int maps)
     }
 }
 
+/* Search the readable and writable mappings of a table the commit read
+ * already (threadstacks.c), every thread stopped since: no query each. */
+static int search_table(int maps, const struct ulp_mapping *table, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (table[i].writable &&
+            search_writable(table[i].low, table[i].high, table[i].inode, ""))
+            return name_found_in(maps, table[i].low), 1;
+    return 0;
+}
+
 /* Search every mapping /proc/self/maps lists, a buffer of lines at a time. */
 static int search_maps(int maps)
 {
@@ -771,7 +782,9 @@ ULP_HIDDEN const char *ulp_unnoted_stack_activation(const struct ulp_request_thr
     s.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     s.pagemap_scan = 1;
     s.searched = 0;
-    int found = search_queried(maps);
+    uint32_t nmappings = 0;
+    const struct ulp_mapping *mappings = ulp_take_fresh_mappings(&nmappings);
+    int found = mappings ? search_table(maps, mappings, nmappings) : search_queried(maps);
     if (found < 0)
         found = search_maps(maps);
     close(maps);

@@ -23,26 +23,33 @@
 
 #define MAX_RANGES 65536        /* the kernel's default vm.max_map_count is 65530 */
 
-static struct range {
-    uintptr_t low, high;
-} ranges[MAX_RANGES];
+static struct ulp_mapping ranges[MAX_RANGES];
 static uint32_t nranges;
-static struct range main_stack;
+static struct ulp_mapping main_stack;
+static uint64_t read_for = UINT64_MAX;  /* the mailbox serial of the request they were read for */
 
-/* One line of /proc/self/maps, NUL-terminated: its range into the table. */
+/* One line of /proc/self/maps, NUL-terminated ("LOW-HIGH PERMS OFFSET
+ * DEV INODE PATH"): its mapping into the table. */
 static void add_line(char *line)
 {
     char *end;
-    uintptr_t low = strtoul(line, &end, 16);
+    struct ulp_mapping m = {0};
+    m.low = strtoul(line, &end, 16);
     if (*end != '-')
         return;
-    uintptr_t high = strtoul(end + 1, &end, 16);
-    if (*end != ' ' || nranges == MAX_RANGES)
+    m.high = strtoul(end + 1, &end, 16);
+    if (*end != ' ' || nranges == MAX_RANGES || strlen(end) < 5)
         return;
-    ranges[nranges++] = (struct range){low, high};
+    m.writable = end[1] == 'r' && end[2] == 'w';
+    strtoul(end + 6, &end, 16);                 /* offset */
+    strtoul(end, &end, 16);                     /* device major */
+    if (*end == ':')
+        strtoul(end + 1, &end, 16);             /* minor */
+    m.inode = strtoul(end, &end, 10);
+    ranges[nranges++] = m;
     size_t length = strlen(line);
     if (length >= 7 && strcmp(line + length - 7, "[stack]") == 0)
-        main_stack = (struct range){low, high};
+        main_stack = m;
 }
 
 /* Every mapping of the process into RANGES (the kernel lists them in
@@ -54,7 +61,7 @@ static int read_ranges(void)
     if (fd < 0)
         return -1;
     nranges = 0;
-    main_stack = (struct range){0, 0};
+    main_stack = (struct ulp_mapping){0};
     size_t kept = 0;
     for (;;) {
         ssize_t got = read(fd, text + kept, sizeof text - 1 - kept);
@@ -75,8 +82,8 @@ static int read_ranges(void)
     }
 }
 
-/* The mapping that holds ADDRESS, or {0, 0}. */
-static struct range containing(uintptr_t address)
+/* The mapping that holds ADDRESS, or one of {0, 0}. */
+static struct ulp_mapping containing(uintptr_t address)
 {
     uint32_t low = 0, high = nranges;
     while (low < high) {
@@ -88,22 +95,38 @@ static struct range containing(uintptr_t address)
     }
     if (low < nranges && ranges[low].low <= address)
         return ranges[low];
-    return (struct range){0, 0};
+    return (struct ulp_mapping){0};
 }
 
 /* Fill stack_low, stack_high and here_high of THREADS[0..N), every one of
  * them stopped; -1 if the mappings cannot be read. */
 ULP_HIDDEN int ulp_fill_thread_stacks(struct ulp_request_thread *threads, uint32_t n)
 {
+    read_for = UINT64_MAX;
     if (read_ranges() != 0)
         return -1;
+    read_for = __atomic_load_n(&ulp_mailbox.serial, __ATOMIC_RELAXED);
     pid_t main_thread = getpid();
     for (uint32_t i = 0; i < n; i++) {
         struct ulp_request_thread *t = &threads[i];
-        struct range own = t->tid == main_thread ? main_stack : containing(t->thread_pointer);
+        struct ulp_mapping own = t->tid == main_thread ? main_stack
+                                                       : containing(t->thread_pointer);
         t->stack_low = own.low;
         t->stack_high = own.high;
         t->here_high = containing(t->rsp).high;
     }
     return 0;
+}
+
+/* The mappings read for the request being handled (the serial of the
+ * mailbox counts answered requests; every thread stopped since), once: the search for activations on unnoted stacks goes through
+ * them instead of asking the kernel for each (foreign.c).  NULL if the
+ * request had the trigger find the stacks. */
+ULP_HIDDEN const struct ulp_mapping *ulp_take_fresh_mappings(uint32_t *n)
+{
+    if (read_for != __atomic_load_n(&ulp_mailbox.serial, __ATOMIC_RELAXED))
+        return NULL;
+    read_for = UINT64_MAX;
+    *n = nranges;
+    return ranges;
 }

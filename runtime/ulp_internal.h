@@ -62,7 +62,13 @@ const char *ulp_unnoted_stack_activation(const struct ulp_request_thread *thread
                                          char *message, size_t size);
 
 /* threadstacks.c: the stopped threads' stacks, from /proc/self/maps */
+struct ulp_mapping {
+    uintptr_t low, high;
+    uint64_t inode;             /* 0: anonymous */
+    int writable;               /* readable and writable */
+};
 int ulp_fill_thread_stacks(struct ulp_request_thread *threads, uint32_t n);
+const struct ulp_mapping *ulp_take_fresh_mappings(uint32_t *n);
 
 /* quiet.c: whether every other thread slept through a search */
 int ulp_quiet_begin(void);
