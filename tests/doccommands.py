@@ -95,14 +95,14 @@ def problem(shown: Shown) -> str | None:
     if parser is None:
         return f"{shown}: no command {name} (commands: {', '.join(sorted(parsers))})"
     words = [word for word in args if not word.startswith("-")]
-    sub = manpages.subcommands(parser)
-    chosen = None
+    sub = manpages.all_subcommands(parser)
+    chosen = []  # the subcommand, and its own (ulp var get)
     if sub and words:
-        chosen = sub.get(words[0])
-        if chosen is None:
+        if words[0] not in sub:
             return f"{shown}: {name} has no subcommand {words[0]}"
-    known = set(manpages.options(parser)) | set(manpages.options(chosen) if chosen else ())
-    for word in args:
+        chosen = [sub[key] for key in (words[0], " ".join(words[:2])) if key in sub]
+    known = set(manpages.options(parser)).union(*map(manpages.options, chosen))
+    for word in args[:args.index("--")] if "--" in args else args:  # then positionals only
         option = word.split("=", 1)[0]
         if option.startswith("-") and option != "-" and option not in known:
             return f"{shown}: {name} has no option {option}"

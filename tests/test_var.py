@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from consistency_support import ask, prepared_library
 from support import C_DIR, LiveProcess, cc, tool
 from ulp.errors import ExitCode
 
+BIN = Path(sys.executable).parent
 INITIAL = ("counter=7 flag=1 small=-2 big=-5 huge=18446744073709551615 weight=1.25 ratio=0.5 "
            "name=alpha hidden=3 app_global=42")
 
@@ -216,3 +219,37 @@ def test_a_variable_the_program_copied_is_written_where_the_process_uses_it(
         assert "counter=99 " in shown and shown.endswith("direct=99"), shown
         assert var("get", process.pid, "libvar.so:counter")[1] == "libvar.so:counter = 99\n"
         assert var("get", process.pid, ":counter")[1] == ":counter = 99\n"
+
+
+def test_a_large_bss_array_is_read_and_written_across_its_mappings(app) -> None:
+    """`pad` (.bss, 12 KiB) starts in the last page mapped from the file and
+    goes on in the anonymous mapping after it."""
+    returncode, stdout, _ = var("get", app.pid, "libvar.so:pad", "--type", "str")
+    assert (returncode, stdout) == (0, "libvar.so:pad = ''\n")
+    text = "y" * (3 * 4096 + 99)
+    assert var("set", app.pid, "libvar.so:pad", text, "--type", "str")[0] == 0
+    returncode, stdout, _ = var("get", app.pid, "libvar.so:pad", "--type", "str")
+    assert stdout == f"libvar.so:pad = '{text}'\n"
+
+
+def test_a_string_that_is_not_utf8_is_written_as_given_and_shown_escaped(app) -> None:
+    """The process is not asked to show it: its line would not be UTF-8."""
+    written = subprocess.run([str(BIN / "ulp"), "var", "set", str(app.pid), "libvar.so:name",
+                              b"caf\xe9\x1b[1m", "--type", "str"], capture_output=True,
+                             timeout=60)
+    assert written.returncode == 0, written.stderr
+    returncode, stdout, _ = var("get", app.pid, "libvar.so:name", "--type", "str")
+    assert stdout == "libvar.so:name = 'caf\\xe9\\x1b[1m'\n"   # one line, no escape sequence
+    returncode, stdout, _ = var("get", app.pid, "libvar.so:name")      # the bytes as given
+    assert stdout == "libvar.so:name = " + b"caf\xe9\x1b[1m".ljust(16, b"\0").hex() + "\n"
+
+
+def test_another_users_process_is_refused(app) -> None:
+    for args in (("get", app.pid, "libvar.so:counter"),
+                 ("set", app.pid, "libvar.so:counter", "1", "--type", "i32")):
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               str(BIN / "ulp"), "var", *map(str, args)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == ExitCode.PERMISSION, done.stderr
+        assert "permission denied" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert ask(app, "show") == INITIAL

@@ -363,12 +363,13 @@ def cmd_var(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2, default=str))
         return 0
     console = Console("ulp", quiet=args.quiet, verbose=args.verbose)
-    shown = repr(value) if kind == "str" else str(value)
+    def shown(value) -> str:  # a string quoted, its control characters escaped
+        return f"'{one_line(value)}'" if kind == "str" else one_line(str(value))
+
     if args.action == "get":
-        print(f"{args.variable} = {one_line(shown)}")
+        print(f"{args.variable} = {shown(value)}")
     else:
-        new = repr(document["value"]) if kind == "str" else str(document["value"])
-        console.say(f"{args.variable} = {one_line(new)} (was {one_line(shown)})")
+        console.say(f"{args.variable} = {shown(document['value'])} (was {shown(value)})")
     console.detail(f"{kind}, {variable.size} bytes at {variable.address:#x} in "
                    f"{one_line(variable.object_path)}")
     return 0

@@ -22,10 +22,13 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ulp.errors import ExitCode, UlpError, one_line
 from ulp.process import Process
-from ulp.symbols import Symbol
+
+if TYPE_CHECKING:  # ulp.symbols needs pyelftools: not for `ulp --help`
+    from ulp.symbols import Symbol
 
 #: struct format and size of each number type
 NUMBER_TYPES = {
@@ -187,8 +190,8 @@ def read_value(process: Process, variable: Variable, kind: str) -> int | float |
     data = process.read(variable.address, variable.size)
     if kind in NUMBER_TYPES:
         return struct.unpack(NUMBER_TYPES[kind], data)[0]
-    if kind == "str":
-        return data.split(b"\0", 1)[0].decode(errors="surrogateescape")
+    if kind == "str":  # bytes that are not UTF-8 as \xNN
+        return data.split(b"\0", 1)[0].decode(errors="backslashreplace")
     return data.hex()
 
 

@@ -11,6 +11,7 @@ float weight = 1.25f;
 double ratio = 0.5;
 char name[16] = "alpha";
 const int limit = 5;
+char pad[3 * 4096 + 100];      /* .bss: from the file's last page into the anonymous mapping */
 static volatile int hidden = 3;   /* volatile: kept, read at each show */
 __thread int per_thread = 1;
 
