@@ -207,7 +207,7 @@ def test_a_variable_the_program_copied_is_written_where_the_process_uses_it(
     `libvar.so:counter` must name it, or a write would change nothing the
     process sees (it did: "counter = 99 (was 7)", and the process still
     printed 7)."""
-    app = cc(build_dir / "var" / "copy_app", [C_DIR / "var_copy_app.c"],
+    app = cc(build_dir / "var" / "copy_app", [C_DIR / "var_app.c"], "-DDIRECT",
              f"-L{var_program['lib'].parent}", "-lvar")
     env = {"LD_LIBRARY_PATH": str(var_program["lib"].parent)}
     with LiveProcess([app], env=env, preload_runtime=False) as process:
