@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ulp.errors import ExitCode, UlpError
-from ulp.process import Process
+from ulp.process import Process, stat_fields
 from ulp.trigger.priority import scheduled_first
 from ulp.trigger.tracee import WALL, ThreadGone, Tracee, thread_is_exiting, wait_for_sigchld
 
@@ -237,11 +237,29 @@ def _stopping(process: Process, held: dict[int, Tracee], deadline: float,
                 started.append(time.monotonic())
             _interrupt_all(seized)
             stopped.update(_wait_all(process, seized, deadline))
+            if not exiting and _thread_count(process) == len(stopped) + len(held):
+                break  # no thread started meanwhile: spares listing them again
         if not process.known():
             raise process.gone()
         yield started
     finally:
         longest.append(_let_go_in_order(stopped))
+
+
+def _thread_count(process: Process) -> int | None:
+    """How many threads the process has (/proc/PID/stat: one read instead of
+    listing /proc/PID/task, 0.2 ms with 257 threads while every thread
+    waits); None if unknown.
+
+    Equal to the threads held and stopped, with none exiting, there is no
+    other: a stopped thread cannot end without the whole process, and one
+    that did stays counted until this tracer reaps it.  (From the pause
+    helper's branch, session 8.)"""
+    fields = stat_fields(process.pid)
+    try:
+        return int(fields[17]) if fields else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _let_go_in_order(stopped: dict[int, Tracee]) -> float:
