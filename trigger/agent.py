@@ -122,6 +122,7 @@ class Agent:
         self._return_slot_written = False  # the dispatcher's return address, since attach()
         self._saved_priority = None  # the agent's scheduling before attach() raised it
         self._header = header = self.header()  # as the last read of the mailbox left it
+        self._to_collect: MailboxHeader | None = None  # answered, not stopped again (call)
         if header.magic != agent_abi.MAILBOX_MAGIC or header.abi_version != agent_abi.ABI_VERSION:
             raise UlpError(f"process {process.pid} has an incompatible ulp runtime "
                            f"(ABI {header.abi_version})", ExitCode.NO_RUNTIME)
@@ -275,8 +276,15 @@ class Agent:
         return UlpError(f"the ulp agent of process {self.process.pid} is gone",
                         ExitCode.NO_RUNTIME)
 
-    def call(self, request: Request) -> tuple[int, str]:
-        """Run one request on the agent; return the runtime's status and message."""
+    def call(self, request: Request, collect: bool = True) -> tuple[int, str]:
+        """Run one request on the agent; return the runtime's status and message.
+
+        ``collect=False``: return as soon as the answer is there, the agent
+        still on its way back to its wait; ``collect()`` stops it there.  A
+        COMMIT sent with every other thread stopped lets them go first: the
+        agent's wait after such a request is long (runtime/agent.c,
+        COLLECT_WAIT_SECONDS), it ticks only once stopped and let go."""
+        self.collect()
         if self.tracee is None or not self.tracee.stopped:
             raise self._agent_gone()  # reaped meanwhile (an execve killed it)
         # the agent was stopped in its wait since the mailbox was last read:
@@ -286,7 +294,10 @@ class Agent:
         self.running_request = True
         self.tracee.resume()
         raw = self._wait_answer(header.serial, request.op)
-        self._stop_in_wait(header)
+        if collect:
+            self._stop_in_wait(header)
+        else:
+            self._to_collect = header
         self._header = answer = MailboxHeader.unpack(raw)
         message = raw[agent_abi.MESSAGE_OFFSET:].split(b"\0", 1)[0].decode(errors="replace")
         return answer.status, message
@@ -339,6 +350,12 @@ class Agent:
         finally:
             os.close(target)
         return fd
+
+    def collect(self) -> None:
+        """After ``call(..., collect=False)``: stop the agent in its wait."""
+        header, self._to_collect = self._to_collect, None
+        if header is not None and self.tracee is not None:
+            self._stop_in_wait(header)
 
     def _stop_in_wait(self, header: MailboxHeader) -> None:
         """Stop the agent once it waits again after answering.  Between two
@@ -409,6 +426,10 @@ class Agent:
         An agent still running a request is let go as it is: it finishes the
         request and idles again on its own.
         """
+        try:
+            self.collect()
+        except UlpError:
+            pass  # not back in its wait in time: let go below as it is
         tracee, self.tracee = self.tracee, None
         if tracee is None:
             return

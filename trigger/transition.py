@@ -369,7 +369,10 @@ def _committing(agent: Agent, metadata: PatchMetadata, op: Op):
         request = _request(op, metadata, threads=threads)
         request.trust_stacks = trust_stacks
         request.fill_bounds = leaves_stacks_to_runtime(len(threads), runtime_finds)
-        return agent.call(request)
+        # the threads go as soon as the answer is there; the agent is
+        # stopped in its wait afterwards (Agent.collect; from the pause
+        # helper's branch, session 8)
+        return agent.call(request, collect=False)
     return send
 
 
