@@ -75,9 +75,6 @@ struct ulp_pm_scan_arg {
 #define REGION_SHIFT 21                 /* the filter's granule: 2 MiB */
 #define REGION_SLOTS 1024               /* of the filter's hash set, a power of 2 */
 #define MAX_SEARCHED_RANGES 256         /* as many as transition.c keeps */
-#define OWN_STACK_SLOTS 16384           /* more than twice the threads a request holds */
-_Static_assert(OWN_STACK_SLOTS / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
-               "every thread of a request has a slot");
 
 /* The kernel's signal frame on x86-64 (struct rt_sigframe): the address
  * the handler returns to (glibc's __restore_rt: mov $15, %rax; syscall),
@@ -96,8 +93,7 @@ static uintptr_t restore_rt_at;         /* glibc's __restore_rt, found when the 
 static struct {
     const struct ulp_request_thread *threads;
     uint32_t nthreads;
-    uint32_t own_stacks[OWN_STACK_SLOTS];
-    uint32_t own_stack_mask;            /* the slots in use: twice the threads, a power of 2 */
+    struct ulp_thread_index own_stacks; /* the threads by their own stack's start */
     uintptr_t code_low, code_high;      /* bounds of every prepared code range */
     /* The 2 MiB regions that hold prepared code, as a hash set (0: free;
      * a region number + 1): most words within the bounds (pointers to the
@@ -193,35 +189,24 @@ ULP_HIDDEN void ulp_foreign_init(void)
 
 /* --- what is not searched ------------------------------------------------------ */
 
-/* The threads' own stacks by their start, as a hash set (0: free; else a
- * thread's index + 1): a process of many threads has as many stacks, each
- * a mapping the search asks about. */
-static uint32_t *own_stack_slot(uintptr_t low)
+static uint64_t own_stack_start(const struct ulp_request_thread *t)
 {
-    size_t i = (size_t)((low * 0x9e3779b97f4a7c15ULL) >> 50) & s.own_stack_mask;
-    while (s.own_stacks[i] != 0 && s.threads[s.own_stacks[i] - 1].stack_low != low)
-        i = (i + 1) & s.own_stack_mask;
-    return &s.own_stacks[i];
+    return t->stack_low;
 }
 
-/* As many slots as twice the threads, not the whole table: a process is
- * searched at its first commit, and every page of the table touched then
- * is a page fault (most processes of a fleet have a few threads). */
+/* The threads' own stacks by their start: a process of many threads has
+ * as many stacks, each a mapping the search asks about. */
 static void index_own_stacks(void)
 {
-    uint32_t slots = 16;
-    while (slots < 2 * s.nthreads && slots < OWN_STACK_SLOTS)
-        slots *= 2;
-    s.own_stack_mask = slots - 1;
-    memset(s.own_stacks, 0, slots * sizeof s.own_stacks[0]);
-    for (uint32_t i = 0; i < s.nthreads && i < OWN_STACK_SLOTS / 2; i++)
+    ulp_thread_index_clear(&s.own_stacks, s.threads, s.nthreads, own_stack_start);
+    for (uint32_t i = 0; i < s.nthreads && i < ULP_THREAD_INDEX_SLOTS / 2; i++)
         if (s.threads[i].stack_high)
-            *own_stack_slot(s.threads[i].stack_low) = i + 1;
+            *ulp_thread_index_slot(&s.own_stacks, s.threads[i].stack_low) = i + 1;
 }
 
 static int is_own_stack(uintptr_t low, uintptr_t high)
 {
-    uint32_t at = *own_stack_slot(low);
+    uint32_t at = *ulp_thread_index_slot(&s.own_stacks, low);
     return at != 0 && s.threads[at - 1].stack_high == high;
 }
 

@@ -995,13 +995,11 @@ static int publish(const struct parsed_request *req, struct patch *const *parts,
     /* the request lies in the mailbox, the agent's while it handles it */
     if ((req->head->flags & ULP_REQUEST_FILL_BOUNDS) &&
         ulp_fill_thread_stacks((struct ulp_request_thread *)req->threads,
-                               req->head->nthreads) != 0) {
-        ulp_coroutine_stacks_unjudged();
-        return answer(reply, ULP_E_COROUTINES, "cannot read /proc/self/maps to find the "
-                      "threads' stacks; nothing changed");
-    }
-    why = ulp_threads_sharing_a_record(req->threads, req->head->nthreads, unnoted,
-                                       sizeof unnoted);
+                               req->head->nthreads) != 0)
+        why = "cannot read /proc/self/maps to find the threads' stacks";
+    if (!why)
+        why = ulp_threads_sharing_a_record(req->threads, req->head->nthreads, unnoted,
+                                           sizeof unnoted);
     if (!why && !(req->head->flags & ULP_REQUEST_TRUST_STACKS))
         why = ulp_unnoted_stack_activation(req->threads, req->head->nthreads, unnoted,
                                            sizeof unnoted);

@@ -118,10 +118,11 @@ ULP_HIDDEN int ulp_fill_thread_stacks(struct ulp_request_thread *threads, uint32
     return 0;
 }
 
-/* The mappings read for the request being handled (the serial of the
- * mailbox counts answered requests; every thread stopped since), once: the search for activations on unnoted stacks goes through
- * them instead of asking the kernel for each (foreign.c).  NULL if the
- * request had the trigger find the stacks. */
+/* The mappings read for the request being handled (the mailbox's serial
+ * counts answered requests; every thread stopped since), once: the search
+ * for activations on unnoted stacks goes through them instead of asking
+ * the kernel for each (foreign.c).  NULL if the request had the trigger
+ * find the stacks. */
 ULP_HIDDEN const struct ulp_mapping *ulp_take_fresh_mappings(uint32_t *n)
 {
     if (read_for != __atomic_load_n(&ulp_mailbox.serial, __ATOMIC_RELAXED))

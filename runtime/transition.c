@@ -292,6 +292,33 @@ ULP_HIDDEN void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlib
         add_library_code(libs[k]);
 }
 
+ULP_HIDDEN void ulp_thread_index_clear(struct ulp_thread_index *index,
+                                       const struct ulp_request_thread *threads, uint32_t n,
+                                       uint64_t (*key)(const struct ulp_request_thread *t))
+{
+    uint32_t slots = 16;
+    while (slots < 2 * n && slots < ULP_THREAD_INDEX_SLOTS)
+        slots *= 2;
+    index->threads = threads;
+    index->key = key;
+    index->mask = slots - 1;
+    memset(index->slots, 0, slots * sizeof index->slots[0]);
+}
+
+/* The slot of the thread whose key is KEY, or the free one where it goes. */
+ULP_HIDDEN uint32_t *ulp_thread_index_slot(struct ulp_thread_index *index, uint64_t key)
+{
+    uint32_t at = (uint32_t)((key * 0x9e3779b97f4a7c15ULL) >> 40) & index->mask;
+    while (index->slots[at] != 0 && index->key(&index->threads[index->slots[at] - 1]) != key)
+        at = (at + 1) & index->mask;
+    return &index->slots[at];
+}
+
+static uint64_t thread_pointer_of(const struct ulp_request_thread *t)
+{
+    return t->thread_pointer;
+}
+
 /* Do two of the stopped THREADS[0..N) share one thread pointer (a raw
  * clone that kept its creator's TLS)?  They would share one record, and
  * one's entry could end the other's pending state in the middle of its
@@ -300,30 +327,20 @@ ULP_HIDDEN void ulp_know_code_of(struct ulp_lib_desc *const *libs, uint32_t nlib
 ULP_HIDDEN const char *ulp_threads_sharing_a_record(const struct ulp_request_thread *threads,
                                                     uint32_t n, char *message, size_t size)
 {
-    enum { MOST = 16384 };      /* more than twice the threads a request holds */
-    static uint32_t seen[MOST];         /* an index into THREADS + 1; the agent's */
-    _Static_assert(MOST / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
-                   "every thread of a request has a slot");
-    uint32_t slots = 16;        /* twice the threads, a power of 2: little to clear */
-    while (slots < 2 * n && slots < MOST)
-        slots *= 2;
-    memset(seen, 0, slots * sizeof seen[0]);
+    static struct ulp_thread_index by_pointer;  /* the agent's */
+    ulp_thread_index_clear(&by_pointer, threads, n, thread_pointer_of);
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t tp = threads[i].thread_pointer;
-        if (!tp)
+        if (!threads[i].thread_pointer)
             continue;
-        uint32_t at = (uint32_t)((tp * 0x9e3779b97f4a7c15ULL) >> 40) & (slots - 1);
-        for (; seen[at]; at = (at + 1) & (slots - 1)) {
-            const struct ulp_request_thread *other = &threads[seen[at] - 1];
-            if (other->thread_pointer == tp) {
-                snprintf(message, size, "threads %d and %d share one thread pointer (a raw "
-                         "clone without TLS of its own): the runtime cannot tell their "
-                         "activations apart; retry once one of them has ended",
-                         other->tid, threads[i].tid);
-                return message;
-            }
+        uint32_t *slot = ulp_thread_index_slot(&by_pointer, threads[i].thread_pointer);
+        if (*slot != 0) {
+            snprintf(message, size, "threads %d and %d share one thread pointer (a raw "
+                     "clone without TLS of its own): the runtime cannot tell their "
+                     "activations apart; retry once one of them has ended",
+                     threads[*slot - 1].tid, threads[i].tid);
+            return message;
         }
-        seen[at] = i + 1;
+        *slot = i + 1;
     }
     return NULL;
 }

@@ -29,6 +29,24 @@ void *ulp_choose_version(const struct ulp_func_desc *fd, uintptr_t slot);
 int ulp_is_prepared_code(uintptr_t word);
 void ulp_add_code_range(uintptr_t low, uintptr_t high);
 void ulp_add_code_of(const void *address);
+/* A hash set of the stopped threads of a request by one 64-bit key of
+ * each (their own stack's start, their thread pointer): slots hold a
+ * thread's index + 1, 0 is free.  Sized twice the threads, a power of 2,
+ * and only that much cleared: a process's first commit faults in every
+ * page it touches. */
+#define ULP_THREAD_INDEX_SLOTS 16384    /* more than twice the threads a request holds */
+_Static_assert(ULP_THREAD_INDEX_SLOTS / 2 >= ULP_REQUEST_MAX / sizeof(struct ulp_request_thread),
+               "every thread of a request has a slot");
+struct ulp_thread_index {
+    const struct ulp_request_thread *threads;
+    uint64_t (*key)(const struct ulp_request_thread *t);
+    uint32_t mask;
+    uint32_t slots[ULP_THREAD_INDEX_SLOTS];
+};
+void ulp_thread_index_clear(struct ulp_thread_index *index,
+                            const struct ulp_request_thread *threads, uint32_t n,
+                            uint64_t (*key)(const struct ulp_request_thread *t));
+uint32_t *ulp_thread_index_slot(struct ulp_thread_index *index, uint64_t key);
 const char *ulp_threads_sharing_a_record(const struct ulp_request_thread *threads, uint32_t n,
                                          char *message, size_t size);
 int ulp_begin_transition(struct ulp_lib_desc *const *libs, const int *slots, uint32_t nlibs,
